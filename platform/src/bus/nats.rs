@@ -1,0 +1,288 @@
+//! The event bus on a real nats-server with JetStream, through async-nats.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::Mutex;
+
+use super::{
+    AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Storage, StoredMsg, StreamSpec,
+    Tail,
+};
+
+type MessageStream = Pin<Box<dyn Stream<Item = Result<jetstream::Message, BusError>> + Send>>;
+
+/// A connection to nats-server, shared by every service of a process.
+pub struct NatsBus {
+    addr: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// Long-lived pull streams of durable consumers, keyed by (stream, durable).
+    durables: Mutex<BTreeMap<(String, String), MessageStream>>,
+}
+
+impl NatsBus {
+    /// Connects to nats-server at `addr` (for example `127.0.0.1:4222`).
+    pub async fn connect(addr: &str) -> Result<NatsBus, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(3))
+            .request_timeout(Some(Duration::from_secs(10)))
+            .connect(addr)
+            .await
+            .map_err(|e| BusError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
+        let js = jetstream::new(client.clone());
+        Ok(NatsBus { addr: addr.to_string(), client, js, durables: Mutex::new(BTreeMap::new()) })
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> BusError {
+        let text = e.to_string();
+        if text.contains("timed out") {
+            BusError::Timeout(format!("{what} at {}: {text}", self.addr))
+        } else {
+            BusError::Other(format!("{what} at {}: {text}", self.addr))
+        }
+    }
+
+    async fn stream(&self, name: &str) -> Result<jetstream::stream::Stream<()>, BusError> {
+        self.js.get_stream_no_info(name).await.map_err(|e| self.err("get stream", e))
+    }
+
+    async fn settle(&self, token: &AckToken, kind: AckKind) -> Result<(), BusError> {
+        let payload: Bytes = kind.into();
+        self.client
+            .publish(token.0.clone(), payload)
+            .await
+            .map_err(|e| self.err("ack", e))
+    }
+
+    async fn durable_stream(&self, stream: &str, durable: &str) -> Result<MessageStream, BusError> {
+        let consumer: consumer::PullConsumer = self
+            .stream(stream)
+            .await?
+            .get_consumer(durable)
+            .await
+            .map_err(|e| self.err("get consumer", e))?;
+        let messages = consumer.messages().await.map_err(|e| self.err("pull", e))?;
+        let addr = self.addr.clone();
+        Ok(Box::pin(messages.map(move |m| {
+            m.map_err(|e| BusError::Other(format!("pull at {addr}: {e}")))
+        })))
+    }
+}
+
+fn stored(msg: &jetstream::Message) -> Result<(StoredMsg, u64, u64), BusError> {
+    let info = msg.info().map_err(|e| BusError::Other(format!("message info: {e}")))?;
+    let stored = StoredMsg {
+        subject: msg.subject.to_string(),
+        seq: info.stream_sequence,
+        payload: msg.payload.clone(),
+    };
+    Ok((stored, info.delivered.max(1) as u64, info.pending))
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), BusError> {
+        let config = stream::Config {
+            name: spec.name.clone(),
+            subjects: spec.subjects.clone(),
+            storage: match spec.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            duplicate_window: spec.duplicate_window,
+            max_messages: if spec.max_msgs > 0 { spec.max_msgs } else { -1 },
+            allow_direct: true,
+            ..Default::default()
+        };
+        self.js.get_or_create_stream(config).await.map_err(|e| self.err("create stream", e))?;
+        Ok(())
+    }
+
+    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
+        let config = consumer::pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            filter_subject: spec.filter.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_deliver: spec.max_deliver,
+            max_ack_pending: spec.max_ack_pending,
+            ..Default::default()
+        };
+        self.stream(&spec.stream)
+            .await?
+            .get_or_create_consumer(&spec.durable, config)
+            .await
+            .map_err(|e| self.err("create consumer", e))?;
+        Ok(())
+    }
+
+    async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
+        let publish = jetstream::message::PublishMessage::build().payload(payload).message_id(msg_id);
+        let ack = self
+            .js
+            .send_publish(subject.to_string(), publish)
+            .await
+            .map_err(|e| self.err("publish", e))?
+            .await
+            .map_err(|e| self.err("publish ack", e))?;
+        Ok(PubAck { stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    async fn fetch(
+        &self,
+        stream: &str,
+        durable: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let key = (stream.to_string(), durable.to_string());
+        let mut durables = self.durables.lock().await;
+        if !durables.contains_key(&key) {
+            let messages = self.durable_stream(stream, durable).await?;
+            durables.insert(key.clone(), messages);
+        }
+        let messages = durables.get_mut(&key).expect("inserted above");
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, messages.next()).await {
+            Err(_elapsed) => return Ok(out),
+            Ok(first) => first,
+        };
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(msg)) => {
+                    let (msg_stored, delivered, pending) = stored(&msg)?;
+                    let reply = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
+                    out.push(Delivery { msg: msg_stored, delivered, pending, token: AckToken(reply) });
+                }
+                Some(Err(e)) => {
+                    // A broken pull stream is rebuilt on the next fetch.
+                    durables.remove(&key);
+                    return if out.is_empty() { Err(e) } else { Ok(out) };
+                }
+                None => {
+                    durables.remove(&key);
+                    return Ok(out);
+                }
+            }
+            if out.len() >= max {
+                return Ok(out);
+            }
+            match messages.next().now_or_never() {
+                Some(item) => next = item,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn ack(&self, token: &AckToken) -> Result<(), BusError> {
+        self.settle(token, AckKind::Ack).await
+    }
+
+    async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
+        self.settle(token, AckKind::Nak(Some(delay))).await
+    }
+
+    async fn term(&self, token: &AckToken) -> Result<(), BusError> {
+        self.settle(token, AckKind::Term).await
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredMsg>, BusError> {
+        let handle = self.stream(stream).await?;
+        let config = consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from_seq.max(1) },
+            ack_policy: consumer::AckPolicy::None,
+            filter_subject: filter.to_string(),
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer =
+            handle.create_consumer(config).await.map_err(|e| self.err("create reader", e))?;
+        let pending = consumer.cached_info().num_pending as usize;
+        let name = consumer.cached_info().name.clone();
+        let (want, expires) = match pending {
+            0 if wait.is_zero() => (0, wait),
+            0 => (1, wait),
+            n => (n.min(max), Duration::from_secs(10)),
+        };
+        let mut out = Vec::with_capacity(want);
+        if want > 0 {
+            let mut batch = consumer
+                .batch()
+                .max_messages(want)
+                .expires(expires.max(Duration::from_millis(10)))
+                .messages()
+                .await
+                .map_err(|e| self.err("read", e))?;
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(|e| self.err("read", e))?;
+                out.push(stored(&msg)?.0);
+                if out.len() >= want {
+                    break;
+                }
+            }
+        }
+        // Best effort: an abandoned reader also expires after its inactive threshold.
+        let _ = handle.delete_consumer(&name).await;
+        Ok(out)
+    }
+
+    async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
+        let handle = self.stream(stream).await?;
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => Ok(Some(StoredMsg {
+                subject: msg.subject.to_string(),
+                seq: msg.sequence,
+                payload: msg.payload,
+            })),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(self.err("last message", e)),
+        }
+    }
+
+    async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        };
+        let consumer = self
+            .stream(stream)
+            .await?
+            .create_consumer(config)
+            .await
+            .map_err(|e| self.err("create tail", e))?;
+        let messages = consumer.messages().await.map_err(|e| self.err("tail", e))?;
+        Ok(Box::new(NatsTail { messages: Box::pin(messages), addr: self.addr.clone() }))
+    }
+}
+
+struct NatsTail {
+    messages: Pin<Box<consumer::pull::Ordered>>,
+    addr: String,
+}
+
+#[async_trait]
+impl Tail for NatsTail {
+    async fn next(&mut self) -> Result<StoredMsg, BusError> {
+        match self.messages.next().await {
+            Some(Ok(msg)) => Ok(stored(&msg)?.0),
+            Some(Err(e)) => Err(BusError::Other(format!("tail at {}: {e}", self.addr))),
+            None => Err(BusError::Other(format!("tail at {} ended", self.addr))),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Configuration of one fafnir deployment: instruments, shards, addresses,
+//! and the knobs of each service. One value is shared by every service of a
+//! deployment, whether they run in one process (`fafnir up`), one each
+//! (`fafnir serve`) or as nodes of the simulation.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::domain::Instrument;
+
+/// Where each service listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAddrs {
+    pub gateway: SocketAddr,
+    pub auth: SocketAddr,
+    pub market: SocketAddr,
+    pub orders: SocketAddr,
+    pub portfolio: SocketAddr,
+    /// One address per engine shard, in shard order.
+    pub engines: Vec<SocketAddr>,
+}
+
+impl ServiceAddrs {
+    /// Consecutive ports on one host from `base`: gateway, auth, market,
+    /// orders, portfolio, then one per engine shard.
+    pub fn local(host: std::net::IpAddr, base: u16, engine_shards: usize) -> ServiceAddrs {
+        let at = |offset: usize| SocketAddr::new(host, base + offset as u16);
+        ServiceAddrs {
+            gateway: at(0),
+            auth: at(1),
+            market: at(2),
+            orders: at(3),
+            portfolio: at(4),
+            engines: (0..engine_shards).map(|i| at(5 + i)).collect(),
+        }
+    }
+}
+
+/// Argon2id cost parameters. Production-like defaults; a simulation or a test
+/// may use cheap ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PasswordHashing {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub lanes: u32,
+}
+
+impl PasswordHashing {
+    /// OWASP's argon2id minimum (19 MiB, 2 passes).
+    pub const STANDARD: PasswordHashing = PasswordHashing { memory_kib: 19_456, iterations: 2, lanes: 1 };
+    /// Cheap parameters for tests and simulation.
+    pub const CHEAP: PasswordHashing = PasswordHashing { memory_kib: 64, iterations: 1, lanes: 1 };
+}
+
+/// A per-user token bucket on the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Everything a deployment's services need to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformConfig {
+    /// Prefix of every stream name, subject and Redis key of this deployment, so
+    /// that several deployments (or tests) share one NATS and one Redis.
+    pub namespace: String,
+    pub instruments: Vec<Instrument>,
+    /// The symbols of each engine shard; every instrument in exactly one shard.
+    pub engine_shards: Vec<Vec<String>>,
+    pub addrs: ServiceAddrs,
+    pub nats_addr: String,
+    pub redis_addr: String,
+    /// HMAC-SHA256 key of the JWTs.
+    pub jwt_secret: String,
+    pub jwt_ttl: Duration,
+    pub password_hashing: PasswordHashing,
+    pub rate_limit: RateLimit,
+    /// How long a service waits for another before giving up on a call.
+    pub call_timeout: Duration,
+    /// JetStream's duplicate window on the streams this deployment creates.
+    pub duplicate_window: Duration,
+}
+
+impl PlatformConfig {
+    /// Two instruments on one engine shard, ports from 50051 on 127.0.0.1,
+    /// NATS and Redis on their standard local ports.
+    pub fn local_default() -> PlatformConfig {
+        let instruments = vec![
+            Instrument::new("ACME", 1, 1, 1, 1_000_000),
+            Instrument::new("GLOBX", 5, 10, 1, 200_000),
+        ];
+        let engine_shards = vec![instruments.iter().map(|i| i.symbol.clone()).collect()];
+        PlatformConfig {
+            namespace: "fafnir".into(),
+            instruments,
+            engine_shards,
+            addrs: ServiceAddrs::local([127, 0, 0, 1].into(), 50051, 1),
+            nats_addr: "127.0.0.1:4222".into(),
+            redis_addr: "127.0.0.1:6379".into(),
+            jwt_secret: "fafnir-dev-secret-change-me".into(),
+            jwt_ttl: Duration::from_secs(3600),
+            password_hashing: PasswordHashing::STANDARD,
+            rate_limit: RateLimit { per_second: 1000, burst: 2000 },
+            call_timeout: Duration::from_secs(5),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+
+    pub fn instrument(&self, symbol: &str) -> Option<&Instrument> {
+        self.instruments.iter().find(|i| i.symbol == symbol)
+    }
+
+    /// Checks the configuration is coherent; the message names what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let ns_ok = !self.namespace.is_empty()
+            && self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ns_ok {
+            return Err(format!("namespace {:?}: use letters, digits, '_' and '-'", self.namespace));
+        }
+        if self.instruments.is_empty() {
+            return Err("instruments: at least one is needed".into());
+        }
+        for inst in &self.instruments {
+            inst.validate()?;
+        }
+        if self.engine_shards.len() != self.addrs.engines.len() {
+            return Err(format!(
+                "engine_shards: {} shards but {} engine addresses",
+                self.engine_shards.len(),
+                self.addrs.engines.len()
+            ));
+        }
+        for inst in &self.instruments {
+            let owners = self.engine_shards.iter().filter(|s| s.contains(&inst.symbol)).count();
+            if owners != 1 {
+                return Err(format!("engine_shards: {} is in {owners} shards, must be in one", inst.symbol));
+            }
+        }
+        for symbol in self.engine_shards.iter().flatten() {
+            if self.instrument(symbol).is_none() {
+                return Err(format!("engine_shards: unknown symbol {symbol}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stream names, subjects and key prefixes of this deployment.
+    pub fn names(&self) -> Names {
+        Names { ns: self.namespace.clone() }
+    }
+}
+
+/// Stream names, subjects and Redis keys, all under the deployment's namespace.
+#[derive(Clone, Debug)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    fn stream(&self, what: &str) -> String {
+        format!("{}_{what}", self.ns.replace('-', "_").to_uppercase())
+    }
+    pub fn orders_stream(&self) -> String {
+        self.stream("ORDERS")
+    }
+    pub fn trades_stream(&self) -> String {
+        self.stream("TRADES")
+    }
+    pub fn md_stream(&self) -> String {
+        self.stream("MD")
+    }
+    pub fn ledger_stream(&self) -> String {
+        self.stream("LEDGER")
+    }
+    pub fn users_stream(&self) -> String {
+        self.stream("USERS")
+    }
+    pub fn orders_all(&self) -> String {
+        format!("{}.orders.>", self.ns)
+    }
+    pub fn orders_of(&self, symbol: &str) -> String {
+        format!("{}.orders.{symbol}.*", self.ns)
+    }
+    pub fn order_accepted(&self, symbol: &str) -> String {
+        format!("{}.orders.{symbol}.accepted", self.ns)
+    }
+    pub fn order_cancel(&self, symbol: &str) -> String {
+        format!("{}.orders.{symbol}.cancel", self.ns)
+    }
+    pub fn trades_all(&self) -> String {
+        format!("{}.trades.>", self.ns)
+    }
+    pub fn trades_of(&self, symbol: &str) -> String {
+        format!("{}.trades.{symbol}", self.ns)
+    }
+    pub fn md_all(&self) -> String {
+        format!("{}.md.>", self.ns)
+    }
+    pub fn md_of(&self, symbol: &str) -> String {
+        format!("{}.md.{symbol}", self.ns)
+    }
+    pub fn ledger_all(&self) -> String {
+        format!("{}.ledger.>", self.ns)
+    }
+    pub fn ledger(&self, kind: &str) -> String {
+        format!("{}.ledger.{kind}", self.ns)
+    }
+    pub fn users(&self) -> String {
+        format!("{}.users", self.ns)
+    }
+    /// Prefix of every Redis key of this deployment.
+    pub fn key_prefix(&self) -> String {
+        format!("{}:", self.ns)
+    }
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.ns)
+    }
+}

@@ -1,0 +1,28 @@
+//! # fafnir platform
+//!
+//! The trading services of fafnir — gateway, auth, market, orders, engine and
+//! portfolio — written once and run either for real (tokio, nats-server,
+//! redis-server) or inside the deterministic `madsim` world of `fafnir-sim`.
+//!
+//! ## Layout
+//!
+//! - [`domain`]: pure types; money in integer cents, prices in ticks, quantities in shares.
+//! - [`book`]: the central limit order book, pure (no I/O, no clock, no randomness).
+//! - [`bus`]: the [`bus::EventBus`] trait (the JetStream semantics used) and its NATS adapter.
+//! - [`kv`]: the [`kv::Kv`] trait (the Redis commands used) and its Redis adapter.
+//! - [`services`]: one module per service, each with a `serve` entry point taking its
+//!   dependencies, plus [`services::launch`] that starts a whole deployment.
+//! - [`proto`]: the generated gRPC and event types (`platform/proto/*.proto`).
+//! - [`config`]: one deployment's configuration; [`clock`]: the one wall-clock read.
+//!
+//! JetStream is the system of record; Redis holds derived state only. Every
+//! stateful service rebuilds itself from its streams on start.
+
+pub mod book;
+pub mod bus;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod kv;
+pub mod proto;
+pub mod services;

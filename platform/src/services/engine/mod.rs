@@ -1,0 +1,161 @@
+//! The matching engine: one [`Matcher`] per symbol of its shard.
+//!
+//! It reads each symbol's ORDERS subject in stream order (gap-free), matches,
+//! and publishes every outcome to TRADES — one event per fill with the fill id
+//! as message id, and at least one event per input — plus a market-data update.
+//!
+//! Recovery: the last TRADES event of a symbol names the input it came from
+//! (`input_seq`) and its position (`index`). A restarted engine replays the
+//! symbol's ORDERS up to that input silently, re-publishes only the missing
+//! tail of that input's events, and goes on from the next input. So nothing is
+//! published twice and nothing is lost, with or without Redis.
+
+pub mod matcher;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::bus::read_to_end;
+use crate::proto::engine::engine_server::{Engine, EngineServer};
+use crate::proto::engine::{BookView, GetBookRequest, Level};
+use crate::proto::events::{EngineEvent, OrderEvent};
+use crate::services::{decode, ensure_streams, publish_until_stored, Deps, ServiceError, Shutdown, TaskGroup};
+
+pub use matcher::Matcher;
+
+type Books = Arc<Mutex<BTreeMap<String, Matcher>>>;
+
+/// Runs engine shard `shard` until `shutdown`.
+pub async fn serve(deps: Deps, shard: usize, shutdown: Shutdown) -> Result<(), ServiceError> {
+    let Some(symbols) = deps.cfg.engine_shards.get(shard).cloned() else {
+        return Err(ServiceError::Config(format!("engine shard {shard} does not exist")));
+    };
+    let addr = deps.cfg.addrs.engines[shard];
+    ensure_streams(&deps).await?;
+    let books: Books = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = TaskGroup::default();
+    for symbol in &symbols {
+        let matcher = recover(&deps, symbol).await?;
+        let next_seq = matcher.last_input_seq + 1;
+        books.lock().expect("books lock").insert(symbol.clone(), matcher);
+        tasks.spawn(run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone()));
+    }
+    tracing::info!(%addr, shard, ?symbols, "engine serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(EngineServer::new(EngineSvc { books }))
+        .serve_with_shutdown(addr, shutdown)
+        .await;
+    drop(tasks);
+    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+}
+
+/// Rebuilds a symbol's matcher from the streams (see the module docs).
+pub async fn recover(deps: &Deps, symbol: &str) -> Result<Matcher, ServiceError> {
+    let names = deps.cfg.names();
+    let trades = names.trades_stream();
+    let last = match deps.bus.last_on_subject(&trades, &names.trades_of(symbol)).await? {
+        Some(m) => Some(decode::<EngineEvent>(&trades, m.seq, &m.payload)?),
+        None => None,
+    };
+    let (done_input, done_index) = last.map_or((0, None), |e| (e.input_seq, Some(e.index)));
+    let orders = names.orders_stream();
+    let inputs = read_to_end(deps.bus.as_ref(), &orders, &names.orders_of(symbol), 1).await?;
+    let mut matcher = Matcher::new(symbol);
+    let mut republished = 0usize;
+    for m in &inputs {
+        let input: OrderEvent = decode(&orders, m.seq, &m.payload)?;
+        let outputs = matcher.apply(m.seq, &input);
+        if m.seq < done_input {
+            continue;
+        }
+        for event in &outputs.events {
+            let already = m.seq == done_input && done_index.is_some_and(|i| event.index <= i);
+            if !already {
+                publish_event(deps, event).await;
+                republished += 1;
+            }
+        }
+        publish_market_data(deps, &outputs.market_data).await;
+    }
+    tracing::info!(symbol, inputs = inputs.len(), done_input, republished, "engine recovered");
+    Ok(matcher)
+}
+
+async fn publish_event(deps: &Deps, event: &EngineEvent) {
+    let subject = deps.cfg.names().trades_of(&event.symbol);
+    let payload = Bytes::from(event.encode_to_vec());
+    publish_until_stored(deps.bus.as_ref(), &subject, &matcher::msg_id(event), payload).await;
+}
+
+/// Market data is best effort: a lost update is superseded by the next one.
+async fn publish_market_data(deps: &Deps, md: &crate::proto::events::MarketData) {
+    let subject = deps.cfg.names().md_of(&md.symbol);
+    let msg_id = format!("{}-md{}", md.symbol, md.input_seq);
+    if let Err(e) = deps.bus.publish(&subject, &msg_id, Bytes::from(md.encode_to_vec())).await {
+        tracing::debug!(error = %e, "market data not published");
+    }
+}
+
+async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64, shutdown: Shutdown) {
+    let names = deps.cfg.names();
+    let (orders, filter) = (names.orders_stream(), names.orders_of(&symbol));
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = deps.bus.read(&orders, &filter, next_seq, 256, Duration::from_millis(500)) => r,
+        };
+        let msgs = match read {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                tracing::warn!(symbol, error = %e, "engine read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for m in msgs {
+            let input: OrderEvent = match decode(&orders, m.seq, &m.payload) {
+                Ok(i) => i,
+                Err(e) => panic!("engine cannot skip an input it cannot read: {e}"),
+            };
+            let outputs = {
+                let mut books = books.lock().expect("books lock");
+                books.get_mut(&symbol).expect("own symbol").apply(m.seq, &input)
+            };
+            for event in &outputs.events {
+                publish_event(&deps, event).await;
+            }
+            publish_market_data(&deps, &outputs.market_data).await;
+            next_seq = m.seq + 1;
+        }
+    }
+}
+
+struct EngineSvc {
+    books: Books,
+}
+
+#[tonic::async_trait]
+impl Engine for EngineSvc {
+    async fn get_book(&self, req: Request<GetBookRequest>) -> Result<Response<BookView>, Status> {
+        let req = req.into_inner();
+        let books = self.books.lock().expect("books lock");
+        let m = books
+            .get(&req.symbol)
+            .ok_or_else(|| Status::not_found(format!("symbol {} is not on this engine shard", req.symbol)))?;
+        let depth = if req.depth == 0 { 10 } else { req.depth as usize };
+        let (bids, asks) = m.book.depth(depth);
+        let level = |(p, q, n): (crate::domain::PriceTicks, crate::domain::Shares, u32)| Level { price_ticks: p.0, qty: q.0, orders: n };
+        Ok(Response::new(BookView {
+            symbol: req.symbol,
+            bids: bids.into_iter().map(level).collect(),
+            asks: asks.into_iter().map(level).collect(),
+            last_match_seq: m.book.last_match_seq(),
+            last_input_seq: m.last_input_seq,
+        }))
+    }
+}

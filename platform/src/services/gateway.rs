@@ -1,0 +1,345 @@
+//! The gateway: the public API. Checks the JWT on every call but Register and
+//! Login, applies a per-user token-bucket rate limit, forwards to the services,
+//! and streams execution reports and market data from JetStream to clients.
+//! A user only ever sees and touches their own orders and account: the user id
+//! comes from the verified token, never from the request.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::bus::Tail;
+use crate::clock;
+use crate::domain::UserId;
+use crate::proto::auth::auth_client::AuthClient;
+use crate::proto::common::{Order, PortfolioView, Quote};
+use crate::proto::events::{engine_event, EngineEvent, MarketData};
+use crate::proto::gateway::gateway_server::{Gateway, GatewayServer};
+use crate::proto::gateway::*;
+use crate::proto::market::market_client::MarketClient;
+use crate::proto::orders::orders_client::OrdersClient;
+use crate::proto::portfolio::portfolio_client::PortfolioClient;
+use crate::proto::{auth, market, orders, portfolio};
+use crate::services::{channel, decode, jwt, Deps, ServiceError, Shutdown, TaskGroup};
+
+type Subscribers<T> = Arc<Mutex<BTreeMap<u64, (Filter, mpsc::Sender<Result<T, Status>>)>>>;
+
+#[derive(Clone)]
+enum Filter {
+    Account(u64),
+    Symbols(Vec<String>),
+}
+
+struct Bucket {
+    tokens_milli: u64,
+    last: Instant,
+}
+
+struct State {
+    deps: Deps,
+    auth: AuthClient<Channel>,
+    orders: OrdersClient<Channel>,
+    portfolio: PortfolioClient<Channel>,
+    market: MarketClient<Channel>,
+    buckets: Mutex<BTreeMap<u64, Bucket>>,
+    executions: Subscribers<ExecutionReport>,
+    market_data: Subscribers<MarketDataUpdate>,
+    next_sub: Mutex<u64>,
+}
+
+/// Runs the gateway until `shutdown`.
+pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
+    crate::services::ensure_streams(&deps).await?;
+    let cfg = &deps.cfg;
+    let names = cfg.names();
+    let t = cfg.call_timeout;
+    let state = Arc::new(State {
+        auth: AuthClient::new(channel(cfg.addrs.auth, t)),
+        orders: OrdersClient::new(channel(cfg.addrs.orders, t)),
+        portfolio: PortfolioClient::new(channel(cfg.addrs.portfolio, t)),
+        market: MarketClient::new(channel(cfg.addrs.market, t)),
+        buckets: Mutex::new(BTreeMap::new()),
+        executions: Arc::default(),
+        market_data: Arc::default(),
+        next_sub: Mutex::new(0),
+        deps: deps.clone(),
+    });
+    let trades_tail = deps.bus.tail(&names.trades_stream(), &names.trades_all()).await?;
+    let md_tail = deps.bus.tail(&names.md_stream(), &names.md_all()).await?;
+    let mut tasks = TaskGroup::default();
+    tasks.spawn(fan_out_trades(state.clone(), trades_tail, shutdown.clone()));
+    tasks.spawn(fan_out_md(state.clone(), md_tail, shutdown.clone()));
+    let addr = cfg.addrs.gateway;
+    tracing::info!(%addr, "gateway serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(GatewayServer::new(GatewaySvc { state }))
+        .serve_with_shutdown(addr, shutdown)
+        .await;
+    drop(tasks);
+    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+}
+
+fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, item: T) {
+    let mut subs = subs.lock().expect("subscribers lock");
+    subs.retain(|_, (filter, tx)| {
+        if !wants(filter) {
+            return !tx.is_closed();
+        }
+        // A client that does not keep up loses its stream rather than stalling everyone.
+        tx.try_send(Ok(item.clone())).is_ok()
+    });
+}
+
+async fn fan_out_trades(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Shutdown) {
+    let names = state.deps.cfg.names();
+    let stream = names.trades_stream();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = tail.next() => r,
+        };
+        let msg = match next {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "execution tail failed; reopening");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(t) = state.deps.bus.tail(&stream, &names.trades_all()).await {
+                    tail = t;
+                }
+                continue;
+            }
+        };
+        let Ok(event) = decode::<EngineEvent>(&stream, msg.seq, &msg.payload) else { continue };
+        for (account, report) in execution_reports(&state, &event) {
+            send_to(&state.executions, |f| matches!(f, Filter::Account(a) if *a == account), report);
+        }
+    }
+}
+
+/// The execution reports an engine event means, with the account each is for.
+fn execution_reports(state: &State, e: &EngineEvent) -> Vec<(u64, ExecutionReport)> {
+    let tick = state.deps.cfg.instrument(&e.symbol).map_or(1, |i| i.tick_cents);
+    let report = |order_id: u64, kind| ExecutionReport { order_id, symbol: e.symbol.clone(), kind: Some(kind), ts_ms: e.ts_ms };
+    match &e.kind {
+        Some(engine_event::Kind::Fill(f)) => {
+            let fill = |remaining, maker| {
+                execution_report::Kind::Fill(Fill { match_seq: f.match_seq, price_cents: f.price_ticks * tick, qty: f.qty, remaining, maker })
+            };
+            vec![
+                (f.maker_account, report(f.maker_order, fill(f.maker_remaining, true))),
+                (f.taker_account, report(f.taker_order, fill(f.taker_remaining, false))),
+            ]
+        }
+        Some(engine_event::Kind::Closed(c)) => {
+            let reason = format!("{:?}", crate::services::close_reason_from_proto(c.reason)).to_lowercase();
+            vec![(c.account, report(c.order_id, execution_report::Kind::Closed(Closed { remaining: c.remaining, reason })))]
+        }
+        _ => Vec::new(),
+    }
+}
+
+async fn fan_out_md(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Shutdown) {
+    let names = state.deps.cfg.names();
+    let stream = names.md_stream();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = tail.next() => r,
+        };
+        let msg = match next {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "market data tail failed; reopening");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(t) = state.deps.bus.tail(&stream, &names.md_all()).await {
+                    tail = t;
+                }
+                continue;
+            }
+        };
+        let Ok(md) = decode::<MarketData>(&stream, msg.seq, &msg.payload) else { continue };
+        let tick = state.deps.cfg.instrument(&md.symbol).map_or(1, |i| i.tick_cents);
+        let update = MarketDataUpdate {
+            symbol: md.symbol.clone(),
+            ts_ms: md.ts_ms,
+            bid_cents: md.bid_ticks * tick,
+            bid_qty: md.bid_qty,
+            ask_cents: md.ask_ticks * tick,
+            ask_qty: md.ask_qty,
+            trades: md.trades.iter().map(|t| Trade { match_seq: t.match_seq, price_cents: t.price_ticks * tick, qty: t.qty }).collect(),
+        };
+        let symbol = md.symbol;
+        send_to(&state.market_data, |f| matches!(f, Filter::Symbols(s) if s.is_empty() || s.contains(&symbol)), update);
+    }
+}
+
+struct GatewaySvc {
+    state: Arc<State>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+impl GatewaySvc {
+    /// The verified caller, after the rate limit.
+    fn caller<T>(&self, req: &Request<T>) -> Result<UserId, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization header (Bearer <token> from Login)"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization header must be 'Bearer <token>'"))?;
+        let cfg = &self.state.deps.cfg;
+        let claims = jwt::verify(&cfg.jwt_secret, token, clock::now_ms() / 1000)
+            .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
+        self.rate_limit(claims.sub)?;
+        Ok(claims.user())
+    }
+
+    fn rate_limit(&self, user: u64) -> Result<(), Status> {
+        let limit = self.state.deps.cfg.rate_limit;
+        let now = Instant::now();
+        let mut buckets = self.state.buckets.lock().expect("buckets lock");
+        let burst_milli = u64::from(limit.burst) * 1000;
+        let b = buckets.entry(user).or_insert(Bucket { tokens_milli: burst_milli, last: now });
+        let refill = now.duration_since(b.last).as_millis() as u64 * u64::from(limit.per_second);
+        b.tokens_milli = (b.tokens_milli + refill).min(burst_milli);
+        b.last = now;
+        if b.tokens_milli < 1000 {
+            return Err(Status::resource_exhausted(format!("rate limit: {} requests per second", limit.per_second)));
+        }
+        b.tokens_milli -= 1000;
+        Ok(())
+    }
+
+    fn subscribe<T>(&self, subs: &Subscribers<T>, filter: Filter) -> mpsc::Receiver<Result<T, Status>> {
+        let (tx, rx) = mpsc::channel(4096);
+        let id = {
+            let mut next = self.state.next_sub.lock().expect("sub lock");
+            *next += 1;
+            *next
+        };
+        subs.lock().expect("subscribers lock").insert(id, (filter, tx));
+        rx
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewaySvc {
+    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+        let r = req.into_inner();
+        let reply = self
+            .state
+            .auth
+            .clone()
+            .register(auth::RegisterRequest { username: r.username, password: r.password, role: r.role })
+            .await?
+            .into_inner();
+        Ok(Response::new(RegisterReply { user_id: reply.user_id }))
+    }
+
+    async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        let r = req.into_inner();
+        let reply = self.state.auth.clone().login(auth::LoginRequest { username: r.username, password: r.password }).await?.into_inner();
+        Ok(Response::new(LoginReply { token: reply.token, user_id: reply.user_id }))
+    }
+
+    async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
+        let user = self.caller(&req)?;
+        let r = req.into_inner();
+        let call = portfolio::DepositRequest { account_id: user.0, cents: r.cents, request_id: r.request_id };
+        self.state.portfolio.clone().deposit(call).await
+    }
+
+    async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<Order>, Status> {
+        let user = self.caller(&req)?;
+        let r = req.into_inner();
+        let call = orders::SubmitRequest {
+            user_id: user.0,
+            client_order_id: r.client_order_id,
+            symbol: r.symbol,
+            side: r.side,
+            order_type: r.order_type,
+            price_cents: r.price_cents,
+            qty: r.qty,
+        };
+        self.state.orders.clone().submit(call).await
+    }
+
+    async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<Order>, Status> {
+        let user = self.caller(&req)?;
+        let order_id = req.into_inner().order_id;
+        self.state.orders.clone().cancel(orders::CancelRequest { user_id: user.0, order_id }).await
+    }
+
+    async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
+        let user = self.caller(&req)?;
+        let order_id = req.into_inner().order_id;
+        self.state.orders.clone().get(orders::GetRequest { user_id: user.0, order_id }).await
+    }
+
+    async fn list_orders(&self, req: Request<ListOrdersRequest>) -> Result<Response<ListOrdersReply>, Status> {
+        let user = self.caller(&req)?;
+        let reply = self.state.orders.clone().list(orders::ListRequest { user_id: user.0 }).await?.into_inner();
+        Ok(Response::new(ListOrdersReply { orders: reply.orders }))
+    }
+
+    async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
+        let user = self.caller(&req)?;
+        self.state.portfolio.clone().get_portfolio(portfolio::GetPortfolioRequest { account_id: user.0 }).await
+    }
+
+    async fn list_instruments(&self, req: Request<ListInstrumentsRequest>) -> Result<Response<ListInstrumentsReply>, Status> {
+        self.caller(&req)?;
+        let reply = self.state.market.clone().list_instruments(market::ListInstrumentsRequest {}).await?.into_inner();
+        Ok(Response::new(ListInstrumentsReply { instruments: reply.instruments }))
+    }
+
+    async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
+        self.caller(&req)?;
+        let symbol = req.into_inner().symbol;
+        self.state.market.clone().get_quote(market::GetQuoteRequest { symbol }).await
+    }
+
+    async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let reply = self.state.market.clone().get_candles(market::GetCandlesRequest { symbol: r.symbol, limit: r.limit }).await?.into_inner();
+        Ok(Response::new(GetCandlesReply { candles: reply.candles }))
+    }
+
+    type StreamExecutionsStream = BoxStream<ExecutionReport>;
+
+    async fn stream_executions(&self, req: Request<StreamExecutionsRequest>) -> Result<Response<Self::StreamExecutionsStream>, Status> {
+        let user = self.caller(&req)?;
+        let rx = self.subscribe(&self.state.executions, Filter::Account(user.0));
+        Ok(Response::new(receiver_stream(rx)))
+    }
+
+    type StreamMarketDataStream = BoxStream<MarketDataUpdate>;
+
+    async fn stream_market_data(&self, req: Request<StreamMarketDataRequest>) -> Result<Response<Self::StreamMarketDataStream>, Status> {
+        self.caller(&req)?;
+        let symbols = req.into_inner().symbols;
+        for s in &symbols {
+            if self.state.deps.cfg.instrument(s).is_none() {
+                return Err(Status::invalid_argument(format!("symbols: unknown symbol {s:?}")));
+            }
+        }
+        let rx = self.subscribe(&self.state.market_data, Filter::Symbols(symbols));
+        Ok(Response::new(receiver_stream(rx)))
+    }
+}

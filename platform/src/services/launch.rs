@@ -1,0 +1,137 @@
+//! Starting services: one, or a whole deployment in one process. What
+//! `fafnir up`, `fafnir serve`, the tests and the simulator call.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::services::{auth, engine, gateway, market, orders, portfolio, shutdown_on, Deps, ServiceError, ServiceKind, Shutdown};
+
+impl ServiceKind {
+    pub const ALL: [ServiceKind; 6] =
+        [ServiceKind::Portfolio, ServiceKind::Auth, ServiceKind::Market, ServiceKind::Engine, ServiceKind::Orders, ServiceKind::Gateway];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Gateway => "gateway",
+            ServiceKind::Auth => "auth",
+            ServiceKind::Market => "market",
+            ServiceKind::Orders => "orders",
+            ServiceKind::Engine => "engine",
+            ServiceKind::Portfolio => "portfolio",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ServiceKind> {
+        ServiceKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Runs one service (engine: one shard) until `shutdown`.
+pub async fn serve(kind: ServiceKind, shard: usize, deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
+    deps.cfg.validate().map_err(ServiceError::Config)?;
+    match kind {
+        ServiceKind::Gateway => gateway::serve(deps, shutdown).await,
+        ServiceKind::Auth => auth::serve(deps, shutdown).await,
+        ServiceKind::Market => market::serve(deps, shutdown).await,
+        ServiceKind::Orders => orders::serve(deps, shutdown).await,
+        ServiceKind::Engine => engine::serve(deps, shard, shutdown).await,
+        ServiceKind::Portfolio => portfolio::serve(deps, shutdown).await,
+    }
+}
+
+/// A service running as a task of this process.
+pub struct ServiceHandle {
+    pub kind: ServiceKind,
+    pub shard: usize,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServiceError>>,
+}
+
+impl ServiceHandle {
+    /// The name of the instance, for example `engine-0`.
+    pub fn name(&self) -> String {
+        instance_name(self.kind, self.shard)
+    }
+
+    /// Asks the service to stop and waits up to `grace` before killing it.
+    pub async fn stop(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+
+    /// Kills the service at once, as a crash would.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Whether the service has stopped (for example on an error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits for the service to end and returns how it ended.
+    pub async fn join(self) -> Result<(), ServiceError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServiceError::Serve { addr: String::new(), reason: format!("service task ended: {e}") }),
+        }
+    }
+}
+
+fn instance_name(kind: ServiceKind, shard: usize) -> String {
+    match kind {
+        ServiceKind::Engine => format!("engine-{shard}"),
+        _ => kind.name().to_string(),
+    }
+}
+
+/// Starts one service as a task.
+pub fn spawn(kind: ServiceKind, shard: usize, deps: Deps) -> ServiceHandle {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = shutdown_on(async move {
+        let _ = stopped.await;
+    });
+    let task = tokio::spawn(serve(kind, shard, deps, shutdown));
+    ServiceHandle { kind, shard, stop: Some(stop), task }
+}
+
+/// Every service of the deployment (every engine shard), keyed by instance name.
+pub fn spawn_all(deps: &Deps) -> BTreeMap<String, ServiceHandle> {
+    let mut all = BTreeMap::new();
+    for kind in ServiceKind::ALL {
+        let shards = if kind == ServiceKind::Engine { deps.cfg.engine_shards.len() } else { 1 };
+        for shard in 0..shards {
+            let h = spawn(kind, shard, deps.clone());
+            all.insert(h.name(), h);
+        }
+    }
+    all
+}
+
+/// Waits until every service of the deployment accepts connections.
+pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
+    let a = &deps.cfg.addrs;
+    let mut addrs = vec![("gateway", a.gateway), ("auth", a.auth), ("market", a.market), ("orders", a.orders), ("portfolio", a.portfolio)];
+    addrs.extend(a.engines.iter().map(|e| ("engine", *e)));
+    let deadline = tokio::time::Instant::now() + timeout;
+    for (name, addr) in addrs {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("valid uri");
+        loop {
+            if endpoint.connect().await.is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{name} is not serving on {addr} after {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The market service: instruments, last trade, top of book and one-minute
+//! OHLC candles.
+//!
+//! Quotes and candles live in Redis (derived state). Trades come from the
+//! TRADES stream read in order; every Redis write is idempotent on the fill's
+//! match sequence, so the service replays TRADES from the start on every boot
+//! and a Redis that lost its data is rebuilt. Top of book comes from the
+//! market-data stream and is superseded by each update.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::bus::StoredMsg;
+use crate::domain::Instrument;
+use crate::kv::KvError;
+use crate::proto::common::{self, Candle, Quote};
+use crate::proto::events::{engine_event, EngineEvent, FillEvent, MarketData};
+use crate::proto::market::market_server::{Market, MarketServer};
+use crate::proto::market::{GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest};
+use crate::services::{decode, ensure_streams, Deps, ServiceError, Shutdown, TaskGroup};
+
+const CANDLE_MS: i64 = 60_000;
+
+/// Runs the market service until `shutdown`.
+pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
+    ensure_streams(&deps).await?;
+    let names = deps.cfg.names();
+    let md_tail = deps.bus.tail(&names.md_stream(), &names.md_all()).await?;
+    let mut tasks = TaskGroup::default();
+    tasks.spawn(follow_trades(deps.clone(), shutdown.clone()));
+    tasks.spawn(follow_md(deps.clone(), md_tail, shutdown.clone()));
+    let addr = deps.cfg.addrs.market;
+    tracing::info!(%addr, "market serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(MarketServer::new(MarketSvc { deps: Arc::new(deps) }))
+        .serve_with_shutdown(addr, shutdown)
+        .await;
+    drop(tasks);
+    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+}
+
+async fn follow_trades(deps: Deps, shutdown: Shutdown) {
+    let names = deps.cfg.names();
+    let (stream, filter) = (names.trades_stream(), names.trades_all());
+    let mut next = 1;
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = deps.bus.read(&stream, &filter, next, 512, Duration::from_millis(500)) => r,
+        };
+        match read {
+            Ok(msgs) => {
+                for m in msgs {
+                    while let Err(e) = apply_trade_msg(&deps, &stream, &m).await {
+                        tracing::warn!(error = %e, "market update failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    next = m.seq + 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "market read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn apply_trade_msg(deps: &Deps, stream: &str, m: &StoredMsg) -> Result<(), KvError> {
+    let Ok(event) = decode::<EngineEvent>(stream, m.seq, &m.payload) else {
+        tracing::error!(seq = m.seq, "undecodable trade event skipped by market");
+        return Ok(());
+    };
+    if let Some(engine_event::Kind::Fill(f)) = &event.kind {
+        apply_fill(deps, &event.symbol, event.ts_ms, f).await?;
+    }
+    Ok(())
+}
+
+fn field_i64(v: Option<&Bytes>) -> i64 {
+    v.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Applies a fill to the quote and its candle, each at most once.
+async fn apply_fill(deps: &Deps, symbol: &str, ts_ms: i64, f: &FillEvent) -> Result<(), KvError> {
+    let names = deps.cfg.names();
+    let kv = deps.kv.as_ref();
+    let bucket = ts_ms.div_euclid(CANDLE_MS) * CANDLE_MS;
+    let candles_key = names.key(&format!("market:candles:{symbol}"));
+    let field = format!("{bucket:015}");
+    let old = kv.hget(&candles_key, &field).await?;
+    let mut c: Vec<i64> = old
+        .as_ref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default();
+    let seq = f.match_seq as i64;
+    if c.len() != 6 {
+        c = vec![f.price_ticks, f.price_ticks, f.price_ticks, f.price_ticks, 0, 0];
+    }
+    if seq > c[5] {
+        c[1] = c[1].max(f.price_ticks);
+        c[2] = c[2].min(f.price_ticks);
+        c[3] = f.price_ticks;
+        c[4] += f.qty;
+        c[5] = seq;
+        let value = c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        kv.hset(&candles_key, &[(&field, Bytes::from(value))]).await?;
+    }
+    let quote_key = names.key(&format!("market:quote:{symbol}"));
+    let q = kv.hgetall(&quote_key).await?;
+    if seq > field_i64(q.get("match_seq")) {
+        let num = |v: i64| Bytes::from(v.to_string());
+        kv.hset(
+            &quote_key,
+            &[
+                ("match_seq", num(seq)),
+                ("last_ticks", num(f.price_ticks)),
+                ("last_qty", num(f.qty)),
+                ("trades", num(field_i64(q.get("trades")) + 1)),
+                ("volume", num(field_i64(q.get("volume")) + f.qty)),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn follow_md(deps: Deps, mut tail: Box<dyn crate::bus::Tail>, shutdown: Shutdown) {
+    let stream = deps.cfg.names().md_stream();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = tail.next() => r,
+        };
+        let msg = match next {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "market data tail failed; reopening");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let names = deps.cfg.names();
+                if let Ok(t) = deps.bus.tail(&stream, &names.md_all()).await {
+                    tail = t;
+                }
+                continue;
+            }
+        };
+        let Ok(md) = decode::<MarketData>(&stream, msg.seq, &msg.payload) else { continue };
+        let key = deps.cfg.names().key(&format!("market:quote:{}", md.symbol));
+        let num = |v: i64| Bytes::from(v.to_string());
+        let fields = [
+            ("book_seq", num(md.input_seq as i64)),
+            ("bid_ticks", num(md.bid_ticks)),
+            ("bid_qty", num(md.bid_qty)),
+            ("ask_ticks", num(md.ask_ticks)),
+            ("ask_qty", num(md.ask_qty)),
+        ];
+        if let Err(e) = deps.kv.hset(&key, &fields).await {
+            tracing::warn!(error = %e, "top of book not stored");
+        }
+    }
+}
+
+struct MarketSvc {
+    deps: Arc<Deps>,
+}
+
+impl MarketSvc {
+    fn instrument(&self, symbol: &str) -> Result<&Instrument, Status> {
+        self.deps.cfg.instrument(symbol).ok_or_else(|| Status::not_found(format!("symbol: unknown symbol {symbol:?}")))
+    }
+}
+
+fn kv_status(e: KvError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Market for MarketSvc {
+    async fn list_instruments(&self, _: Request<ListInstrumentsRequest>) -> Result<Response<ListInstrumentsReply>, Status> {
+        let instruments = self
+            .deps
+            .cfg
+            .instruments
+            .iter()
+            .map(|i| common::Instrument {
+                symbol: i.symbol.clone(),
+                tick_cents: i.tick_cents,
+                lot_shares: i.lot_shares,
+                min_price_cents: i.min_price_ticks * i.tick_cents,
+                max_price_cents: i.max_price_ticks * i.tick_cents,
+            })
+            .collect();
+        Ok(Response::new(ListInstrumentsReply { instruments }))
+    }
+
+    async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
+        let symbol = req.into_inner().symbol;
+        let tick = self.instrument(&symbol)?.tick_cents;
+        let key = self.deps.cfg.names().key(&format!("market:quote:{symbol}"));
+        let q = self.deps.kv.hgetall(&key).await.map_err(kv_status)?;
+        let get = |f: &str| field_i64(q.get(f));
+        Ok(Response::new(Quote {
+            symbol,
+            last_price_cents: get("last_ticks") * tick,
+            last_qty: get("last_qty"),
+            bid_cents: get("bid_ticks") * tick,
+            bid_qty: get("bid_qty"),
+            ask_cents: get("ask_ticks") * tick,
+            ask_qty: get("ask_qty"),
+            trades: get("trades") as u64,
+            volume: get("volume"),
+        }))
+    }
+
+    async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
+        let req = req.into_inner();
+        let tick = self.instrument(&req.symbol)?.tick_cents;
+        let key = self.deps.cfg.names().key(&format!("market:candles:{}", req.symbol));
+        let all = self.deps.kv.hgetall(&key).await.map_err(kv_status)?;
+        let mut candles: Vec<Candle> = all
+            .iter()
+            .filter_map(|(start, v)| {
+                let c: Vec<i64> = std::str::from_utf8(v).ok()?.split(',').filter_map(|x| x.parse().ok()).collect();
+                (c.len() == 6).then(|| Candle {
+                    start_ms: start.parse().unwrap_or(0),
+                    open_cents: c[0] * tick,
+                    high_cents: c[1] * tick,
+                    low_cents: c[2] * tick,
+                    close_cents: c[3] * tick,
+                    volume: c[4],
+                })
+            })
+            .collect();
+        if req.limit > 0 && candles.len() > req.limit as usize {
+            candles.drain(..candles.len() - req.limit as usize);
+        }
+        Ok(Response::new(GetCandlesReply { candles }))
+    }
+}

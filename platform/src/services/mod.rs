@@ -1,0 +1,208 @@
+//! The services. Each module has a `serve(deps, shutdown)` entry point that the
+//! `fafnir` binary and the simulator call alike.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::Status;
+
+use crate::bus::{BusError, EventBus, Storage, StreamSpec};
+use crate::config::PlatformConfig;
+use crate::domain::{CloseReason, OrderStatus, OrderType, Side};
+use crate::kv::{Kv, KvError};
+use crate::proto::{common, events};
+
+pub mod auth;
+pub mod engine;
+pub mod gateway;
+pub mod jwt;
+pub mod launch;
+pub mod market;
+pub mod orders;
+pub mod portfolio;
+
+/// What every service is handed: its configuration and its I/O.
+#[derive(Clone)]
+pub struct Deps {
+    pub cfg: Arc<PlatformConfig>,
+    pub bus: Arc<dyn EventBus>,
+    pub kv: Arc<dyn Kv>,
+}
+
+/// Why a service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("gRPC server on {addr}: {reason}")]
+    Serve { addr: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("corrupt event at {stream}#{seq}: {reason}")]
+    Corrupt { stream: String, seq: u64, reason: String },
+}
+
+/// Which services exist, for `fafnir serve <service>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServiceKind {
+    Gateway,
+    Auth,
+    Market,
+    Orders,
+    Engine,
+    Portfolio,
+}
+
+/// A shutdown signal that can be awaited by several tasks.
+pub type Shutdown = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// Turns any future into a [`Shutdown`].
+pub fn shutdown_on(fut: impl Future<Output = ()> + Send + 'static) -> Shutdown {
+    use futures::FutureExt;
+    fut.boxed().shared()
+}
+
+/// Creates every stream of the deployment. Idempotent; each service calls it at start.
+pub async fn ensure_streams(deps: &Deps) -> Result<(), BusError> {
+    let names = deps.cfg.names();
+    let window = deps.cfg.duplicate_window;
+    let spec = |name: String, subject: String, storage: Storage, max_msgs: i64| StreamSpec {
+        name,
+        subjects: vec![subject],
+        storage,
+        duplicate_window: window,
+        max_msgs,
+    };
+    let streams = [
+        spec(names.orders_stream(), names.orders_all(), Storage::File, 0),
+        spec(names.trades_stream(), names.trades_all(), Storage::File, 0),
+        spec(names.ledger_stream(), names.ledger_all(), Storage::File, 0),
+        spec(names.users_stream(), names.users(), Storage::File, 0),
+        spec(names.md_stream(), names.md_all(), Storage::Memory, 100_000),
+    ];
+    for stream in &streams {
+        deps.bus.ensure_stream(stream).await?;
+    }
+    Ok(())
+}
+
+/// Publishes, retrying with backoff until the broker has stored the message.
+/// Used where giving up would lose a fact (the engine's outputs); the message id
+/// makes every retry harmless.
+pub async fn publish_until_stored(bus: &dyn EventBus, subject: &str, msg_id: &str, payload: Bytes) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match bus.publish(subject, msg_id, payload.clone()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(subject, msg_id, error = %e, "publish failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Decodes a protobuf event, naming where it came from on failure.
+pub fn decode<M: Message + Default>(stream: &str, seq: u64, payload: &[u8]) -> Result<M, ServiceError> {
+    M::decode(payload).map_err(|e| ServiceError::Corrupt { stream: stream.to_string(), seq, reason: e.to_string() })
+}
+
+pub(crate) fn bus_status(e: BusError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+pub(crate) fn side_from_proto(v: i32) -> Result<Side, Status> {
+    match common::Side::try_from(v) {
+        Ok(common::Side::Buy) => Ok(Side::Buy),
+        Ok(common::Side::Sell) => Ok(Side::Sell),
+        _ => Err(Status::invalid_argument(format!("side: {v} is not BUY or SELL"))),
+    }
+}
+
+pub(crate) fn side_to_proto(side: Side) -> common::Side {
+    match side {
+        Side::Buy => common::Side::Buy,
+        Side::Sell => common::Side::Sell,
+    }
+}
+
+pub(crate) fn order_type_from_proto(v: i32) -> Result<OrderType, Status> {
+    match common::OrderType::try_from(v) {
+        Ok(common::OrderType::Market) => Ok(OrderType::Market),
+        Ok(common::OrderType::Limit) => Ok(OrderType::Limit),
+        Ok(common::OrderType::Ioc) => Ok(OrderType::Ioc),
+        Ok(common::OrderType::Fok) => Ok(OrderType::Fok),
+        _ => Err(Status::invalid_argument(format!("order_type: {v} is not MARKET, LIMIT, IOC or FOK"))),
+    }
+}
+
+pub(crate) fn order_type_to_proto(t: OrderType) -> common::OrderType {
+    match t {
+        OrderType::Market => common::OrderType::Market,
+        OrderType::Limit => common::OrderType::Limit,
+        OrderType::Ioc => common::OrderType::Ioc,
+        OrderType::Fok => common::OrderType::Fok,
+    }
+}
+
+pub(crate) fn status_to_proto(s: OrderStatus) -> common::OrderStatus {
+    match s {
+        OrderStatus::Accepted => common::OrderStatus::Accepted,
+        OrderStatus::PartiallyFilled => common::OrderStatus::PartiallyFilled,
+        OrderStatus::Filled => common::OrderStatus::Filled,
+        OrderStatus::Canceled => common::OrderStatus::Canceled,
+        OrderStatus::Rejected => common::OrderStatus::Rejected,
+    }
+}
+
+pub(crate) fn close_reason_to_proto(r: CloseReason) -> events::CloseReason {
+    match r {
+        CloseReason::Canceled => events::CloseReason::Canceled,
+        CloseReason::Expired => events::CloseReason::Expired,
+        CloseReason::Killed => events::CloseReason::Killed,
+        CloseReason::Rejected => events::CloseReason::Rejected,
+    }
+}
+
+pub(crate) fn close_reason_from_proto(v: i32) -> CloseReason {
+    match events::CloseReason::try_from(v) {
+        Ok(events::CloseReason::Canceled) => CloseReason::Canceled,
+        Ok(events::CloseReason::Expired) => CloseReason::Expired,
+        Ok(events::CloseReason::Killed) => CloseReason::Killed,
+        _ => CloseReason::Rejected,
+    }
+}
+
+/// A lazily connected gRPC channel to `addr`.
+pub fn channel(addr: std::net::SocketAddr, timeout: Duration) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address is a valid URI")
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .connect_lazy()
+}
+
+/// Aborts its tasks when dropped, so a service's helpers die with it, whether
+/// it stops gracefully or its task is aborted (a crash, in tests and simulation).
+#[derive(Default)]
+pub struct TaskGroup(Vec<tokio::task::JoinHandle<()>>);
+
+impl TaskGroup {
+    pub fn spawn(&mut self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(fut));
+    }
+}
+
+impl Drop for TaskGroup {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The orders service: validates orders, runs the accept saga, and keeps each
+//! order's status from the engine's events.
+//!
+//! Accept saga: validate -> portfolio reserves cash (buy) or shares (sell) ->
+//! publish `OrderAccepted` to ORDERS with the order id as message id -> only
+//! then answer the client. The order id is derived from (user, client order id),
+//! so a retried submit reserves and publishes idempotently and is booked once.
+//! On start the records are rebuilt from ORDERS and TRADES.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::bus::{read_to_end, ConsumerSpec};
+use crate::clock;
+use crate::domain::{order_id_for, CloseReason, Instrument, OrderId, OrderStatus, OrderType, Side, UserId};
+use crate::proto::common::Order;
+use crate::proto::events::{self, engine_event, order_event, EngineEvent, OrderEvent};
+use crate::proto::orders::orders_server::{Orders, OrdersServer};
+use crate::proto::orders::{CancelRequest, GetRequest, ListReply, ListRequest, SubmitRequest};
+use crate::proto::portfolio::portfolio_client::PortfolioClient;
+use crate::proto::portfolio::ReserveRequest;
+use crate::services::{
+    bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
+    side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
+};
+
+/// The durable consumer of the TRADES stream.
+pub const DURABLE: &str = "orders";
+
+/// One order as this service knows it.
+#[derive(Clone, Debug)]
+struct Record {
+    order: Order,
+    /// The accepted event is stored in the stream.
+    confirmed: bool,
+    fills: BTreeSet<u64>,
+    closed: Option<CloseReason>,
+}
+
+impl Record {
+    fn status(&self) -> OrderStatus {
+        if self.order.filled_qty == self.order.qty {
+            return OrderStatus::Filled;
+        }
+        match self.closed {
+            Some(CloseReason::Rejected) => OrderStatus::Rejected,
+            Some(_) => OrderStatus::Canceled,
+            None if self.order.filled_qty > 0 => OrderStatus::PartiallyFilled,
+            None => OrderStatus::Accepted,
+        }
+    }
+
+    fn view(&self) -> Order {
+        let mut o = self.order.clone();
+        o.status = status_to_proto(self.status()) as i32;
+        o.reason = match self.closed {
+            Some(CloseReason::Canceled) => "canceled".into(),
+            Some(CloseReason::Expired) => "unfilled remainder expired".into(),
+            Some(CloseReason::Killed) => "fill-or-kill could not fill completely".into(),
+            Some(CloseReason::Rejected) => "rejected by the engine".into(),
+            None => String::new(),
+        };
+        o
+    }
+}
+
+#[derive(Default)]
+struct Records {
+    by_id: BTreeMap<OrderId, Record>,
+    by_user: BTreeMap<UserId, Vec<OrderId>>,
+    inflight: BTreeSet<OrderId>,
+}
+
+impl Records {
+    fn insert(&mut self, id: OrderId, record: Record) {
+        let user = UserId(record.order.user_id);
+        if self.by_id.insert(id, record).is_none() {
+            self.by_user.entry(user).or_default().push(id);
+        }
+    }
+
+    fn apply_accepted(&mut self, a: &events::OrderAccepted, tick_cents: i64) {
+        let id = OrderId(a.order_id);
+        if let Some(r) = self.by_id.get_mut(&id) {
+            r.confirmed = true;
+            return;
+        }
+        let order = Order {
+            order_id: a.order_id,
+            user_id: a.user_id,
+            client_order_id: a.client_order_id.clone(),
+            symbol: a.symbol.clone(),
+            side: a.side,
+            order_type: a.order_type,
+            price_cents: a.limit_ticks * tick_cents,
+            qty: a.qty,
+            ..Order::default()
+        };
+        self.insert(id, Record { order, confirmed: true, fills: BTreeSet::new(), closed: None });
+    }
+
+    /// Applies an engine event; false when it names an order not known yet.
+    fn apply_engine(&mut self, e: &EngineEvent, tick_cents: i64) -> bool {
+        match &e.kind {
+            Some(engine_event::Kind::Fill(f)) => {
+                let known = [f.maker_order, f.taker_order].map(|o| self.by_id.contains_key(&OrderId(o)));
+                if known.contains(&false) {
+                    return false;
+                }
+                for order in [f.maker_order, f.taker_order] {
+                    let r = self.by_id.get_mut(&OrderId(order)).expect("checked above");
+                    if r.fills.insert(f.match_seq) {
+                        r.order.filled_qty += f.qty;
+                        r.order.filled_notional_cents += f.qty * f.price_ticks * tick_cents;
+                        assert!(r.order.filled_qty <= r.order.qty, "order {order:x} overfilled: {:?}", r.order);
+                    }
+                }
+                true
+            }
+            Some(engine_event::Kind::Closed(c)) => match self.by_id.get_mut(&OrderId(c.order_id)) {
+                Some(r) => {
+                    r.closed = Some(close_reason_from_proto(c.reason));
+                    true
+                }
+                None => false,
+            },
+            _ => true,
+        }
+    }
+}
+
+struct State {
+    deps: Deps,
+    records: Mutex<Records>,
+    portfolio: PortfolioClient<tonic::transport::Channel>,
+}
+
+impl State {
+    fn tick(&self, symbol: &str) -> i64 {
+        self.deps.cfg.instrument(symbol).map_or(1, |i| i.tick_cents)
+    }
+}
+
+/// Runs the orders service until `shutdown`.
+pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
+    ensure_streams(&deps).await?;
+    let names = deps.cfg.names();
+    deps.bus
+        .ensure_consumer(&ConsumerSpec {
+            stream: names.trades_stream(),
+            durable: DURABLE.into(),
+            filter: names.trades_all(),
+            ack_wait: Duration::from_secs(5),
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+        })
+        .await?;
+    let portfolio = PortfolioClient::new(channel(deps.cfg.addrs.portfolio, deps.cfg.call_timeout));
+    let state = Arc::new(State { deps: deps.clone(), records: Mutex::new(Records::default()), portfolio });
+    rebuild(&state).await?;
+    let mut tasks = TaskGroup::default();
+    tasks.spawn(consume(state.clone(), shutdown.clone()));
+    let addr = deps.cfg.addrs.orders;
+    tracing::info!(%addr, "orders serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(OrdersServer::new(OrdersSvc { state }))
+        .serve_with_shutdown(addr, shutdown)
+        .await;
+    drop(tasks);
+    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+}
+
+async fn rebuild(state: &State) -> Result<(), ServiceError> {
+    let names = state.deps.cfg.names();
+    let bus = state.deps.bus.as_ref();
+    let orders_stream = names.orders_stream();
+    let orders = read_to_end(bus, &orders_stream, "", 1).await?;
+    let trades_stream = names.trades_stream();
+    let trades = read_to_end(bus, &trades_stream, "", 1).await?;
+    let mut records = state.records.lock().expect("records lock");
+    for m in &orders {
+        let input: OrderEvent = decode(&orders_stream, m.seq, &m.payload)?;
+        if let Some(order_event::Kind::Accepted(a)) = &input.kind {
+            records.apply_accepted(a, state.tick(&a.symbol));
+        }
+    }
+    for m in &trades {
+        let e: EngineEvent = decode(&trades_stream, m.seq, &m.payload)?;
+        let known = records.apply_engine(&e, state.tick(&e.symbol));
+        assert!(known, "TRADES#{} names an order missing from ORDERS", m.seq);
+    }
+    tracing::info!(orders = records.by_id.len(), trade_events = trades.len(), "orders rebuilt from streams");
+    Ok(())
+}
+
+async fn consume(state: Arc<State>, shutdown: Shutdown) {
+    let names = state.deps.cfg.names();
+    let stream = names.trades_stream();
+    let bus = state.deps.bus.clone();
+    loop {
+        let fetched = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = bus.fetch(&stream, DURABLE, 256, Duration::from_millis(500)) => r,
+        };
+        let deliveries = match fetched {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "orders fetch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for d in deliveries {
+            let known = match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
+                Ok(e) => state.records.lock().expect("records lock").apply_engine(&e, state.tick(&e.symbol)),
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable trade event terminated");
+                    let _ = bus.term(&d.token).await;
+                    continue;
+                }
+            };
+            // An event may overtake the local record of its order's acceptance;
+            // it is redelivered once the record is there.
+            let settled = if known { bus.ack(&d.token).await } else { bus.nak(&d.token, Duration::from_millis(20)).await };
+            if let Err(e) = settled {
+                tracing::warn!(error = %e, "ack failed");
+            }
+        }
+    }
+}
+
+/// A submit that passed validation.
+struct Valid {
+    inst: Instrument,
+    side: Side,
+    kind: OrderType,
+    limit_ticks: i64,
+}
+
+fn validate(deps: &Deps, req: &SubmitRequest) -> Result<Valid, Status> {
+    if req.client_order_id.is_empty() || req.client_order_id.len() > 64 {
+        return Err(Status::invalid_argument("client_order_id: 1 to 64 characters, unique per order"));
+    }
+    let inst = deps
+        .cfg
+        .instrument(&req.symbol)
+        .ok_or_else(|| Status::invalid_argument(format!("symbol: unknown symbol {:?}", req.symbol)))?
+        .clone();
+    let side = side_from_proto(req.side)?;
+    let kind = order_type_from_proto(req.order_type)?;
+    if req.qty <= 0 {
+        return Err(Status::invalid_argument(format!("qty: {} is not a positive number of shares", req.qty)));
+    }
+    if req.qty % inst.lot_shares != 0 {
+        return Err(Status::invalid_argument(format!("qty: {} is not a multiple of the lot of {} shares", req.qty, inst.lot_shares)));
+    }
+    let limit_ticks = if kind == OrderType::Market {
+        if req.price_cents != 0 {
+            return Err(Status::invalid_argument("price_cents: a market order takes no price (send 0)"));
+        }
+        0
+    } else {
+        if req.price_cents <= 0 {
+            return Err(Status::invalid_argument(format!("price_cents: {} is not a positive price", req.price_cents)));
+        }
+        let ticks = inst.to_ticks(req.price_cents).ok_or_else(|| {
+            Status::invalid_argument(format!("price_cents: {} is off the tick of {} cents", req.price_cents, inst.tick_cents))
+        })?;
+        if ticks.0 < inst.min_price_ticks || ticks.0 > inst.max_price_ticks {
+            return Err(Status::invalid_argument(format!(
+                "price_cents: {} is outside the band {}..={} cents",
+                req.price_cents,
+                inst.min_price_ticks * inst.tick_cents,
+                inst.max_price_ticks * inst.tick_cents
+            )));
+        }
+        ticks.0
+    };
+    Ok(Valid { inst, side, kind, limit_ticks })
+}
+
+struct OrdersSvc {
+    state: Arc<State>,
+}
+
+/// Removes an order id from the in-flight set when the submit ends, however it ends.
+struct InflightGuard<'a> {
+    state: &'a State,
+    id: OrderId,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.state.records.lock().expect("records lock").inflight.remove(&self.id);
+    }
+}
+
+impl OrdersSvc {
+    async fn accept(&self, req: &SubmitRequest, v: &Valid, id: OrderId) -> Result<Order, Status> {
+        let state = &self.state;
+        // Market buys reserve at the band's top: every fill is at or below it.
+        let reserve_ticks = if v.kind == OrderType::Market { v.inst.max_price_ticks } else { v.limit_ticks };
+        let reserve = ReserveRequest {
+            order_id: id.0,
+            account_id: req.user_id,
+            symbol: req.symbol.clone(),
+            side: side_to_proto(v.side) as i32,
+            qty: req.qty,
+            price_ticks: reserve_ticks,
+        };
+        state.portfolio.clone().reserve(reserve).await.map_err(|s| match s.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => s,
+            _ => Status::unavailable(format!("portfolio: {}; retry with the same client_order_id", s.message())),
+        })?;
+        let accepted = events::OrderAccepted {
+            order_id: id.0,
+            user_id: req.user_id,
+            client_order_id: req.client_order_id.clone(),
+            symbol: req.symbol.clone(),
+            side: side_to_proto(v.side) as i32,
+            order_type: order_type_to_proto(v.kind) as i32,
+            limit_ticks: v.limit_ticks,
+            qty: req.qty,
+            reserve_price_ticks: reserve_ticks,
+            accepted_ms: clock::now_ms(),
+        };
+        let order = Order {
+            order_id: id.0,
+            user_id: req.user_id,
+            client_order_id: req.client_order_id.clone(),
+            symbol: req.symbol.clone(),
+            side: req.side,
+            order_type: req.order_type,
+            price_cents: req.price_cents,
+            qty: req.qty,
+            ..Order::default()
+        };
+        // Recorded before publishing, so the engine's events never find it missing.
+        state.records.lock().expect("records lock").insert(id, Record { order, confirmed: false, fills: BTreeSet::new(), closed: None });
+        let input = OrderEvent { kind: Some(order_event::Kind::Accepted(accepted.clone())) };
+        let subject = state.deps.cfg.names().order_accepted(&req.symbol);
+        state
+            .deps
+            .bus
+            .publish(&subject, &id.to_string(), Bytes::from(input.encode_to_vec()))
+            .await
+            .map_err(|e| Status::unavailable(format!("{}; the order is not confirmed, retry with the same client_order_id", bus_status(e).message())))?;
+        let mut records = state.records.lock().expect("records lock");
+        records.apply_accepted(&accepted, v.inst.tick_cents);
+        Ok(records.by_id[&id].view())
+    }
+
+    fn owned(&self, user: u64, order: u64) -> Result<Record, Status> {
+        let records = self.state.records.lock().expect("records lock");
+        match records.by_id.get(&OrderId(order)) {
+            Some(r) if r.order.user_id == user => Ok(r.clone()),
+            _ => Err(Status::not_found(format!("order {order:x}: no such order of yours"))),
+        }
+    }
+}
+
+fn same_order(a: &Order, req: &SubmitRequest) -> bool {
+    a.symbol == req.symbol && a.side == req.side && a.order_type == req.order_type && a.price_cents == req.price_cents && a.qty == req.qty
+}
+
+#[tonic::async_trait]
+impl Orders for OrdersSvc {
+    async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<Order>, Status> {
+        let req = req.into_inner();
+        let valid = validate(&self.state.deps, &req)?;
+        let id = order_id_for(UserId(req.user_id), &req.client_order_id);
+        {
+            let mut records = self.state.records.lock().expect("records lock");
+            if let Some(r) = records.by_id.get(&id) {
+                if !same_order(&r.order, &req) {
+                    return Err(Status::already_exists(format!(
+                        "client_order_id {:?} was used for a different order",
+                        req.client_order_id
+                    )));
+                }
+                if r.confirmed {
+                    return Ok(Response::new(r.view()));
+                }
+            }
+            if !records.inflight.insert(id) {
+                return Err(Status::aborted("a submit with this client_order_id is in progress; retry"));
+            }
+        }
+        let _guard = InflightGuard { state: &self.state, id };
+        self.accept(&req, &valid, id).await.map(Response::new)
+    }
+
+    async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Order>, Status> {
+        let req = req.into_inner();
+        let record = self.owned(req.user_id, req.order_id)?;
+        if record.status().is_final() {
+            return Err(Status::failed_precondition(format!("order {:x} is already {:?}", req.order_id, record.status())));
+        }
+        let input = OrderEvent {
+            kind: Some(order_event::Kind::Cancel(events::CancelRequested {
+                order_id: req.order_id,
+                user_id: req.user_id,
+                symbol: record.order.symbol.clone(),
+                requested_ms: clock::now_ms(),
+            })),
+        };
+        let subject = self.state.deps.cfg.names().order_cancel(&record.order.symbol);
+        let msg_id = format!("cxl-{}", OrderId(req.order_id));
+        self.state.deps.bus.publish(&subject, &msg_id, Bytes::from(input.encode_to_vec())).await.map_err(bus_status)?;
+        Ok(Response::new(self.owned(req.user_id, req.order_id)?.view()))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<Order>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(self.owned(req.user_id, req.order_id)?.view()))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let user = UserId(req.into_inner().user_id);
+        let records = self.state.records.lock().expect("records lock");
+        let orders = records
+            .by_user
+            .get(&user)
+            .map(|ids| ids.iter().map(|id| records.by_id[id].view()).collect())
+            .unwrap_or_default();
+        Ok(Response::new(ListReply { orders }))
+    }
+}

@@ -1,0 +1,271 @@
+//! The portfolio service: accounts, deposits, cash, holdings, reservations,
+//! and exactly-once settlement of fills.
+//!
+//! Every change is first made durable in the LEDGER stream (deposits,
+//! reservations, releases; this service is its only writer) or comes from the
+//! TRADES stream (fills, closes), and only then applied to the in-memory
+//! [`Ledger`]. On start the ledger is rebuilt by replaying both streams, so a
+//! restart or a Redis wipe loses nothing and applies nothing twice.
+
+pub mod ledger;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::bus::ConsumerSpec;
+use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares, Side};
+use crate::proto::common::{Holding as HoldingView, PortfolioView};
+use crate::proto::events::{self, engine_event, ledger_event, EngineEvent, LedgerEvent};
+use crate::proto::portfolio::portfolio_server::{Portfolio, PortfolioServer};
+use crate::proto::portfolio::{DepositRequest, GetPortfolioRequest, ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest};
+use crate::services::{bus_status, decode, ensure_streams, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup};
+
+pub use ledger::{Ledger, ReserveError, Reservation};
+
+/// The durable consumer of the TRADES stream.
+pub const DURABLE: &str = "portfolio";
+
+struct State {
+    deps: Deps,
+    ledger: Mutex<Ledger>,
+}
+
+/// Runs the portfolio service until `shutdown`.
+pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
+    ensure_streams(&deps).await?;
+    let names = deps.cfg.names();
+    deps.bus
+        .ensure_consumer(&ConsumerSpec {
+            stream: names.trades_stream(),
+            durable: DURABLE.into(),
+            filter: names.trades_all(),
+            ack_wait: Duration::from_secs(5),
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+        })
+        .await?;
+    let ledger = rebuild(&deps).await?;
+    let state = Arc::new(State { deps: deps.clone(), ledger: Mutex::new(ledger) });
+    let mut tasks = TaskGroup::default();
+    tasks.spawn(consume(state.clone(), shutdown.clone()));
+    let addr = deps.cfg.addrs.portfolio;
+    tracing::info!(%addr, "portfolio serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(PortfolioServer::new(PortfolioSvc { state }))
+        .serve_with_shutdown(addr, shutdown)
+        .await;
+    drop(tasks);
+    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+}
+
+/// Replays LEDGER then TRADES into a fresh ledger.
+pub async fn rebuild(deps: &Deps) -> Result<Ledger, ServiceError> {
+    let names = deps.cfg.names();
+    let mut ledger = Ledger::new(&deps.cfg.instruments);
+    let stream = names.ledger_stream();
+    let msgs = crate::bus::read_to_end(deps.bus.as_ref(), &stream, "", 1).await?;
+    for m in &msgs {
+        apply_ledger_event(&mut ledger, &decode(&stream, m.seq, &m.payload)?);
+    }
+    let stream = names.trades_stream();
+    let trades = crate::bus::read_to_end(deps.bus.as_ref(), &stream, "", 1).await?;
+    for m in &trades {
+        apply_engine_event(&mut ledger, &decode(&stream, m.seq, &m.payload)?);
+    }
+    tracing::info!(ledger_events = msgs.len(), trade_events = trades.len(), "portfolio rebuilt from streams");
+    Ok(ledger)
+}
+
+/// Applies one LEDGER event.
+pub fn apply_ledger_event(ledger: &mut Ledger, event: &LedgerEvent) {
+    match &event.kind {
+        Some(ledger_event::Kind::Deposited(d)) => {
+            ledger.deposit(AccountId(d.account), Cents(d.cents), &d.request_id);
+        }
+        Some(ledger_event::Kind::Reserved(r)) => {
+            let side = side_from_proto(r.side).expect("ledger holds valid sides");
+            ledger.reserve(
+                OrderId(r.order_id),
+                Reservation {
+                    account: AccountId(r.account),
+                    symbol: r.symbol.clone(),
+                    side,
+                    qty: Shares(r.qty),
+                    price: PriceTicks(r.price_ticks),
+                },
+            );
+        }
+        Some(ledger_event::Kind::Released(r)) => ledger.release(OrderId(r.order_id)),
+        None => tracing::warn!("empty ledger event ignored"),
+    }
+}
+
+/// Applies one TRADES event: settles a fill or releases a closed order's rest.
+pub fn apply_engine_event(ledger: &mut Ledger, event: &EngineEvent) {
+    match &event.kind {
+        Some(engine_event::Kind::Fill(f)) => {
+            ledger.settle(&settlement(&event.symbol, f));
+        }
+        Some(engine_event::Kind::Closed(c)) => {
+            ledger.close(OrderId(c.order_id), Shares(c.remaining));
+        }
+        Some(engine_event::Kind::Rested(_)) | Some(engine_event::Kind::Ignored(_)) | None => {}
+    }
+}
+
+/// Who bought and who sold in a fill event.
+pub fn settlement(symbol: &str, f: &events::FillEvent) -> ledger::FillSettlement {
+    let taker_buys = side_from_proto(f.taker_side).expect("fills carry a valid side") == Side::Buy;
+    let (buy_order, buyer, sell_order, seller) = if taker_buys {
+        (f.taker_order, f.taker_account, f.maker_order, f.maker_account)
+    } else {
+        (f.maker_order, f.maker_account, f.taker_order, f.taker_account)
+    };
+    ledger::FillSettlement {
+        symbol: symbol.to_string(),
+        match_seq: f.match_seq,
+        price: PriceTicks(f.price_ticks),
+        qty: Shares(f.qty),
+        buy_order: OrderId(buy_order),
+        buyer: AccountId(buyer),
+        sell_order: OrderId(sell_order),
+        seller: AccountId(seller),
+    }
+}
+
+async fn consume(state: Arc<State>, shutdown: Shutdown) {
+    let names = state.deps.cfg.names();
+    let stream = names.trades_stream();
+    loop {
+        let fetched = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = state.deps.bus.fetch(&stream, DURABLE, 256, Duration::from_millis(500)) => r,
+        };
+        let deliveries = match fetched {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "portfolio fetch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for d in deliveries {
+            match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
+                Ok(event) => apply_engine_event(&mut *state.ledger.lock().await, &event),
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable trade event terminated");
+                    let _ = state.deps.bus.term(&d.token).await;
+                    continue;
+                }
+            }
+            if let Err(e) = state.deps.bus.ack(&d.token).await {
+                // Harmless: the redelivery is recognised as already settled.
+                tracing::warn!(error = %e, "ack failed");
+            }
+        }
+    }
+}
+
+fn view(ledger: &Ledger, account: AccountId) -> PortfolioView {
+    let a = ledger.account(account);
+    PortfolioView {
+        account_id: account.0,
+        cash_cents: a.cash.0,
+        reserved_cents: a.reserved_cash.0,
+        holdings: a
+            .holdings
+            .iter()
+            .filter(|(_, h)| h.qty.0 != 0 || h.reserved.0 != 0)
+            .map(|(symbol, h)| HoldingView { symbol: symbol.clone(), qty: h.qty.0, reserved_qty: h.reserved.0 })
+            .collect(),
+    }
+}
+
+struct PortfolioSvc {
+    state: Arc<State>,
+}
+
+impl PortfolioSvc {
+    async fn record(&self, kind: &str, msg_id: &str, event: ledger_event::Kind) -> Result<LedgerEvent, Status> {
+        let event = LedgerEvent { kind: Some(event) };
+        let subject = self.state.deps.cfg.names().ledger(kind);
+        let payload = Bytes::from(event.encode_to_vec());
+        self.state.deps.bus.publish(&subject, msg_id, payload).await.map_err(bus_status)?;
+        Ok(event)
+    }
+}
+
+#[tonic::async_trait]
+impl Portfolio for PortfolioSvc {
+    async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
+        let req = req.into_inner();
+        if req.cents <= 0 {
+            return Err(Status::invalid_argument(format!("cents: {} is not a positive amount", req.cents)));
+        }
+        if req.request_id.is_empty() || req.request_id.len() > 128 {
+            return Err(Status::invalid_argument("request_id: 1 to 128 characters, unique per deposit"));
+        }
+        let account = AccountId(req.account_id);
+        let mut ledger = self.state.ledger.lock().await;
+        let request_id = format!("{}/{}", account.0, req.request_id);
+        if !ledger.has_deposit(&request_id) {
+            let kind = ledger_event::Kind::Deposited(events::Deposited { account: account.0, cents: req.cents, request_id: request_id.clone() });
+            let event = self.record("deposit", &format!("dep-{request_id}"), kind).await?;
+            apply_ledger_event(&mut ledger, &event);
+        }
+        Ok(Response::new(view(&ledger, account)))
+    }
+
+    async fn reserve(&self, req: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
+        let req = req.into_inner();
+        let side = side_from_proto(req.side)?;
+        if req.qty <= 0 || req.price_ticks <= 0 {
+            return Err(Status::invalid_argument("qty and price_ticks must be positive"));
+        }
+        let order = OrderId(req.order_id);
+        let reservation = Reservation {
+            account: AccountId(req.account_id),
+            symbol: req.symbol.clone(),
+            side,
+            qty: Shares(req.qty),
+            price: PriceTicks(req.price_ticks),
+        };
+        let mut ledger = self.state.ledger.lock().await;
+        let exists = ledger.check_reserve(order, &reservation).map_err(|e| match e {
+            ReserveError::UnknownSymbol(_) => Status::invalid_argument(e.to_string()),
+            _ => Status::failed_precondition(e.to_string()),
+        })?;
+        if !exists {
+            let kind = ledger_event::Kind::Reserved(events::Reserved {
+                order_id: order.0,
+                account: req.account_id,
+                symbol: req.symbol,
+                side: side_to_proto(side) as i32,
+                qty: req.qty,
+                price_ticks: req.price_ticks,
+            });
+            let event = self.record("reserve", &format!("res-{order}"), kind).await?;
+            apply_ledger_event(&mut ledger, &event);
+        }
+        Ok(Response::new(ReserveReply {}))
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+        let order = OrderId(req.into_inner().order_id);
+        let mut ledger = self.state.ledger.lock().await;
+        let kind = ledger_event::Kind::Released(events::Released { order_id: order.0 });
+        let event = self.record("release", &format!("rel-{order}"), kind).await?;
+        apply_ledger_event(&mut ledger, &event);
+        Ok(Response::new(ReleaseReply {}))
+    }
+
+    async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
+        let account = AccountId(req.into_inner().account_id);
+        Ok(Response::new(view(&*self.state.ledger.lock().await, account)))
+    }
+}
