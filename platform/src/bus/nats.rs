@@ -39,6 +39,17 @@ impl NatsBus {
         Ok(NatsBus { addr: addr.to_string(), client, js, durables: Mutex::new(BTreeMap::new()) })
     }
 
+    /// Deletes every stream whose name starts with `prefix` (test clean-up).
+    pub async fn delete_streams_with_prefix(&self, prefix: &str) -> Result<usize, BusError> {
+        let names: Vec<String> = self.js.stream_names().filter_map(|n| async move { n.ok() }).collect().await;
+        let mut deleted = 0;
+        for name in names.iter().filter(|n| n.starts_with(prefix)) {
+            self.js.delete_stream(name).await.map_err(|e| self.err("delete stream", e))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     fn err(&self, what: &str, e: impl std::fmt::Display) -> BusError {
         let text = e.to_string();
         if text.contains("timed out") {

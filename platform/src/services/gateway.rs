@@ -78,12 +78,10 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(fan_out_md(state.clone(), md_tail, shutdown.clone()));
     let addr = cfg.addrs.gateway;
     tracing::info!(%addr, "gateway serving");
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(GatewayServer::new(GatewaySvc { state }))
-        .serve_with_shutdown(addr, shutdown)
-        .await;
-    drop(tasks);
-    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+        .serve_with_shutdown(addr, shutdown);
+    tasks.serve_until_failure(addr, server).await
 }
 
 fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, item: T) {
@@ -260,7 +258,7 @@ impl Gateway for GatewaySvc {
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
         let user = self.caller(&req)?;
         let r = req.into_inner();
-        let call = portfolio::DepositRequest { account_id: user.0, cents: r.cents, request_id: r.request_id };
+        let call = portfolio::DepositRequest { account_id: user.0, cents: r.cents, request_id: r.request_id, symbol: r.symbol, qty: r.qty };
         self.state.portfolio.clone().deposit(call).await
     }
 

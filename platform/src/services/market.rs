@@ -34,12 +34,10 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(follow_md(deps.clone(), md_tail, shutdown.clone()));
     let addr = deps.cfg.addrs.market;
     tracing::info!(%addr, "market serving");
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(MarketServer::new(MarketSvc { deps: Arc::new(deps) }))
-        .serve_with_shutdown(addr, shutdown)
-        .await;
-    drop(tasks);
-    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+        .serve_with_shutdown(addr, shutdown);
+    tasks.serve_until_failure(addr, server).await
 }
 
 async fn follow_trades(deps: Deps, shutdown: Shutdown) {

@@ -43,6 +43,8 @@ pub enum ServiceError {
     Serve { addr: String, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("service stopped: {0}")]
+    TaskEnded(String),
     #[error("corrupt event at {stream}#{seq}: {reason}")]
     Corrupt { stream: String, seq: u64, reason: String },
 }
@@ -188,14 +190,37 @@ pub fn channel(addr: std::net::SocketAddr, timeout: Duration) -> tonic::transpor
         .connect_lazy()
 }
 
-/// Aborts its tasks when dropped, so a service's helpers die with it, whether
-/// it stops gracefully or its task is aborted (a crash, in tests and simulation).
+/// A service's background tasks. Dropping the group aborts them, so they die
+/// with the service whether it stops gracefully or its task is aborted (a
+/// crash, in tests and simulation); and [`TaskGroup::serve_until_failure`]
+/// ends the service when one of them ends, so a panicking consumer never
+/// leaves a server answering from state that no longer advances.
 #[derive(Default)]
 pub struct TaskGroup(Vec<tokio::task::JoinHandle<()>>);
 
 impl TaskGroup {
     pub fn spawn(&mut self, fut: impl Future<Output = ()> + Send + 'static) {
         self.0.push(tokio::spawn(fut));
+    }
+
+    /// Runs `server` until it ends or any task of the group ends, whichever is first.
+    pub async fn serve_until_failure<E: std::fmt::Display>(
+        mut self,
+        addr: std::net::SocketAddr,
+        server: impl Future<Output = Result<(), E>>,
+    ) -> Result<(), ServiceError> {
+        let first_end = async {
+            if self.0.is_empty() {
+                return futures::future::pending().await;
+            }
+            let (ended, _, _) = futures::future::select_all(self.0.iter_mut()).await;
+            ended
+        };
+        tokio::select! {
+            served = server => served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() }),
+            // Tasks return only on shutdown; anything else is a panic.
+            ended = first_end => ended.map_err(|e| ServiceError::TaskEnded(format!("a background task failed: {e}"))),
+        }
     }
 }
 

@@ -46,12 +46,10 @@ pub async fn serve(deps: Deps, shard: usize, shutdown: Shutdown) -> Result<(), S
         tasks.spawn(run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone()));
     }
     tracing::info!(%addr, shard, ?symbols, "engine serving");
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(EngineServer::new(EngineSvc { books }))
-        .serve_with_shutdown(addr, shutdown)
-        .await;
-    drop(tasks);
-    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+        .serve_with_shutdown(addr, shutdown);
+    tasks.serve_until_failure(addr, server).await
 }
 
 /// Rebuilds a symbol's matcher from the streams (see the module docs).

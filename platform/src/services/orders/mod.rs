@@ -167,12 +167,10 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(consume(state.clone(), shutdown.clone()));
     let addr = deps.cfg.addrs.orders;
     tracing::info!(%addr, "orders serving");
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(OrdersServer::new(OrdersSvc { state }))
-        .serve_with_shutdown(addr, shutdown)
-        .await;
-    drop(tasks);
-    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+        .serve_with_shutdown(addr, shutdown);
+    tasks.serve_until_failure(addr, server).await
 }
 
 async fn rebuild(state: &State) -> Result<(), ServiceError> {

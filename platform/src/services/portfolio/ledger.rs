@@ -110,7 +110,7 @@ impl Ledger {
         self.instruments.get(symbol).unwrap_or_else(|| panic!("ledger event for unknown symbol {symbol}"))
     }
 
-    /// Applies a deposit; false when this request id was applied before.
+    /// Applies a deposit of cash; false when this request id was applied before.
     pub fn deposit(&mut self, account: AccountId, cents: Cents, request_id: &str) -> bool {
         assert!(cents.0 > 0, "deposit of {} cents", cents.0);
         if !self.deposits.insert(request_id.to_string()) {
@@ -118,6 +118,18 @@ impl Ledger {
         }
         let acct = self.accounts.entry(account).or_default();
         acct.cash = Cents(acct.cash.0.checked_add(cents.0).expect("cash overflows i64 cents"));
+        true
+    }
+
+    /// Applies a deposit of shares; false when this request id was applied before.
+    pub fn deposit_shares(&mut self, account: AccountId, symbol: &str, qty: Shares, request_id: &str) -> bool {
+        assert!(qty.0 > 0, "deposit of {} shares", qty.0);
+        self.tick(symbol);
+        if !self.deposits.insert(request_id.to_string()) {
+            return false;
+        }
+        let h = self.accounts.entry(account).or_default().holdings.entry(symbol.to_string()).or_default();
+        h.qty.0 = h.qty.0.checked_add(qty.0).expect("holding overflows i64 shares");
         true
     }
 

@@ -55,12 +55,10 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(consume(state.clone(), shutdown.clone()));
     let addr = deps.cfg.addrs.portfolio;
     tracing::info!(%addr, "portfolio serving");
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(PortfolioServer::new(PortfolioSvc { state }))
-        .serve_with_shutdown(addr, shutdown)
-        .await;
-    drop(tasks);
-    served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() })
+        .serve_with_shutdown(addr, shutdown);
+    tasks.serve_until_failure(addr, server).await
 }
 
 /// Replays LEDGER then TRADES into a fresh ledger.
@@ -84,8 +82,11 @@ pub async fn rebuild(deps: &Deps) -> Result<Ledger, ServiceError> {
 /// Applies one LEDGER event.
 pub fn apply_ledger_event(ledger: &mut Ledger, event: &LedgerEvent) {
     match &event.kind {
-        Some(ledger_event::Kind::Deposited(d)) => {
+        Some(ledger_event::Kind::Deposited(d)) if d.symbol.is_empty() => {
             ledger.deposit(AccountId(d.account), Cents(d.cents), &d.request_id);
+        }
+        Some(ledger_event::Kind::Deposited(d)) => {
+            ledger.deposit_shares(AccountId(d.account), &d.symbol, Shares(d.qty), &d.request_id);
         }
         Some(ledger_event::Kind::Reserved(r)) => {
             let side = side_from_proto(r.side).expect("ledger holds valid sides");
@@ -204,8 +205,20 @@ impl PortfolioSvc {
 impl Portfolio for PortfolioSvc {
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
         let req = req.into_inner();
-        if req.cents <= 0 {
-            return Err(Status::invalid_argument(format!("cents: {} is not a positive amount", req.cents)));
+        if req.symbol.is_empty() {
+            if req.cents <= 0 {
+                return Err(Status::invalid_argument(format!("cents: {} is not a positive amount", req.cents)));
+            }
+        } else {
+            let Some(inst) = self.state.deps.cfg.instrument(&req.symbol) else {
+                return Err(Status::invalid_argument(format!("symbol: unknown symbol {:?}", req.symbol)));
+            };
+            if req.qty <= 0 || req.qty % inst.lot_shares != 0 || req.cents != 0 {
+                return Err(Status::invalid_argument(format!(
+                    "qty: a share deposit needs a positive multiple of the lot ({}) and cents 0",
+                    inst.lot_shares
+                )));
+            }
         }
         if req.request_id.is_empty() || req.request_id.len() > 128 {
             return Err(Status::invalid_argument("request_id: 1 to 128 characters, unique per deposit"));
@@ -214,7 +227,13 @@ impl Portfolio for PortfolioSvc {
         let mut ledger = self.state.ledger.lock().await;
         let request_id = format!("{}/{}", account.0, req.request_id);
         if !ledger.has_deposit(&request_id) {
-            let kind = ledger_event::Kind::Deposited(events::Deposited { account: account.0, cents: req.cents, request_id: request_id.clone() });
+            let kind = ledger_event::Kind::Deposited(events::Deposited {
+                account: account.0,
+                cents: req.cents,
+                request_id: request_id.clone(),
+                symbol: req.symbol.clone(),
+                qty: req.qty,
+            });
             let event = self.record("deposit", &format!("dep-{request_id}"), kind).await?;
             apply_ledger_event(&mut ledger, &event);
         }

@@ -1,0 +1,494 @@
+//! The platform end to end against the real nats-server and redis-server.
+//!
+//! Each test runs its own deployment in this process under its own namespace
+//! (streams, subjects, Redis keys) and its own ports, so tests run in
+//! parallel, and deletes what it created. A test that cannot reach NATS or
+//! Redis fails: it is never silently skipped (`ci/test` starts the servers).
+#![cfg(not(madsim))]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fafnir_platform::book::{Book, BookEvent, NewOrder};
+use fafnir_platform::bus::nats::NatsBus;
+use fafnir_platform::bus::read_to_end;
+use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
+use fafnir_platform::domain::{order_id_for, AccountId, Instrument, OrderType as DomainType, PriceTicks, Shares, Side as DomainSide, UserId};
+use fafnir_platform::kv::wipe_prefix;
+use fafnir_platform::proto::common::{Order, OrderStatus, OrderType, PortfolioView, Role, Side};
+use fafnir_platform::proto::events::{engine_event, EngineEvent};
+use fafnir_platform::proto::gateway::execution_report;
+use fafnir_platform::services::launch::{self, ServiceHandle};
+use fafnir_platform::services::{jwt, Deps, ServiceKind};
+use fafnir_scenarios::client::{Client, OrderSpec};
+use tonic::Code;
+
+const PASSWORD: &str = "correct horse battery";
+
+struct TestPlatform {
+    deps: Deps,
+    bus: Arc<NatsBus>,
+    services: BTreeMap<String, ServiceHandle>,
+}
+
+fn test_config(test: &str) -> PlatformConfig {
+    let mut cfg = PlatformConfig::local_default();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    cfg.namespace = format!("t-{test}-{}-{nanos}", std::process::id());
+    cfg.instruments = vec![Instrument::new("ACME", 1, 1, 1, 100_000), Instrument::new("GLOBX", 5, 10, 1, 200_000)];
+    cfg.engine_shards = vec![vec!["ACME".into()], vec!["GLOBX".into()]];
+    let ports = fafnir_scenarios::real::free_ports(7);
+    cfg.addrs = ServiceAddrs {
+        gateway: ([127, 0, 0, 1], ports[0]).into(),
+        auth: ([127, 0, 0, 1], ports[1]).into(),
+        market: ([127, 0, 0, 1], ports[2]).into(),
+        orders: ([127, 0, 0, 1], ports[3]).into(),
+        portfolio: ([127, 0, 0, 1], ports[4]).into(),
+        engines: vec![([127, 0, 0, 1], ports[5]).into(), ([127, 0, 0, 1], ports[6]).into()],
+    };
+    cfg.password_hashing = PasswordHashing::CHEAP;
+    cfg.jwt_secret = format!("secret-{test}");
+    cfg
+}
+
+impl TestPlatform {
+    async fn start(test: &str) -> TestPlatform {
+        let cfg = test_config(test);
+        let (deps, bus) = fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
+        let services = launch::spawn_all(&deps);
+        let mut p = TestPlatform { deps, bus, services };
+        p.wait_serving().await;
+        p.services.retain(|_, _| true);
+        p
+    }
+
+    async fn wait_serving(&self) {
+        launch::wait_until_serving(&self.deps, Duration::from_secs(30)).await.expect("platform serving");
+    }
+
+    fn gateway(&self) -> std::net::SocketAddr {
+        self.deps.cfg.addrs.gateway
+    }
+
+    async fn user(&self, name: &str) -> Client {
+        Client::register_and_login(self.gateway(), name, PASSWORD, Role::Trader).await.expect("register and login")
+    }
+
+    /// Kills a service (as a crash) and leaves it down.
+    fn kill(&mut self, name: &str) {
+        self.services.remove(name).unwrap_or_else(|| panic!("no service {name}")).kill();
+    }
+
+    fn start_service(&mut self, kind: ServiceKind, shard: usize) {
+        let h = launch::spawn(kind, shard, self.deps.clone());
+        self.services.insert(h.name(), h);
+    }
+
+    async fn stop_all(&mut self) {
+        for (_, h) in std::mem::take(&mut self.services) {
+            h.kill();
+        }
+        // Let the killed servers release their ports.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// Waits until the engine has answered every input in ORDERS.
+    async fn wait_engine_caught_up(&self) {
+        let names = self.deps.cfg.names();
+        let bus = self.deps.bus.as_ref();
+        let inputs = read_to_end(bus, &names.orders_stream(), "", 1).await.expect("read orders");
+        let last = inputs.last().map_or(0, |m| m.seq);
+        eventually("the engine to catch up", || async {
+            let events = self.engine_events().await;
+            events.iter().any(|e| e.input_seq == last).then_some(())
+        })
+        .await;
+    }
+
+    async fn cleanup(mut self) {
+        for (name, h) in &self.services {
+            assert!(!h.is_finished(), "{name} died during the test");
+        }
+        self.stop_all().await;
+        let ns = self.deps.cfg.namespace.clone();
+        let prefix = self.deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
+        self.bus.delete_streams_with_prefix(&prefix).await.expect("delete test streams");
+        wipe_prefix(self.deps.kv.as_ref(), &format!("{ns}:")).await.expect("wipe test keys");
+    }
+
+    async fn engine_events(&self) -> Vec<EngineEvent> {
+        let names = self.deps.cfg.names();
+        let stream = names.trades_stream();
+        let msgs = read_to_end(self.deps.bus.as_ref(), &stream, "", 1).await.expect("read trades");
+        msgs.iter().map(|m| prost::Message::decode(&m.payload[..]).expect("engine event")).collect()
+    }
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after 20 s.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn order_reaches(c: &Client, id: u64, status: OrderStatus) -> Order {
+    eventually(&format!("order {id:x} to be {status:?}"), || async {
+        c.order(id).await.ok().filter(|o| o.status == status as i32)
+    })
+    .await
+}
+
+async fn portfolio_is(c: &Client, cash: i64, reserved: i64, holdings: &[(&str, i64, i64)]) -> PortfolioView {
+    let want: Vec<(String, i64, i64)> = holdings.iter().map(|(s, q, r)| (s.to_string(), *q, *r)).collect();
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = c.portfolio().await.expect("portfolio");
+        let got: Vec<(String, i64, i64)> = p.holdings.iter().map(|h| (h.symbol.clone(), h.qty, h.reserved_qty)).collect();
+        if p.cash_cents == cash && p.reserved_cents == reserved && got == want {
+            return p;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("portfolio of user {} never became cash {cash} reserved {reserved} holdings {want:?}; last {last:?}", c.user_id);
+        }
+        last = Some(p);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn end_to_end_crossing_limits_and_a_market_order() {
+    let p = TestPlatform::start("e2e").await;
+    let alice = p.user("alice").await;
+    let bob = p.user("bob").await;
+    alice.deposit_cash(1_000_000, "a-1").await.unwrap();
+    bob.deposit_shares("ACME", 100, "b-1").await.unwrap();
+    let mut alice_reports = alice.executions().await.unwrap();
+
+    let sell = bob.submit(&OrderSpec::limit("s1", "ACME", Side::Sell, 10_000, 50)).await.unwrap();
+    assert_eq!(sell.status, OrderStatus::Accepted as i32);
+    let buy1 = alice.submit(&OrderSpec::limit("b1", "ACME", Side::Buy, 10_100, 30)).await.unwrap();
+    let buy1 = order_reaches(&alice, buy1.order_id, OrderStatus::Filled).await;
+    assert_eq!((buy1.filled_qty, buy1.filled_notional_cents), (30, 300_000), "filled at the maker's price");
+    let buy2 = alice.submit(&OrderSpec::limit("b2", "ACME", Side::Buy, 9_900, 10)).await.unwrap();
+    let sell = order_reaches(&bob, sell.order_id, OrderStatus::PartiallyFilled).await;
+    assert_eq!(sell.filled_qty, 30);
+    // Resting alice bid 10 @ 99.00: wait until it rests before the market sell.
+    portfolio_is(&alice, 700_000, 99_000, &[("ACME", 30, 0)]).await;
+    let mkt = bob.submit(&OrderSpec::market("m1", "ACME", Side::Sell, 15)).await.unwrap();
+    let mkt = order_reaches(&bob, mkt.order_id, OrderStatus::Canceled).await;
+    assert_eq!((mkt.filled_qty, mkt.filled_notional_cents), (10, 99_000), "10 filled, the 5 left expire");
+    order_reaches(&alice, buy2.order_id, OrderStatus::Filled).await;
+
+    portfolio_is(&alice, 601_000, 0, &[("ACME", 40, 0)]).await;
+    portfolio_is(&bob, 399_000, 0, &[("ACME", 60, 20)]).await;
+
+    bob.cancel(sell.order_id).await.unwrap();
+    let sell = order_reaches(&bob, sell.order_id, OrderStatus::Canceled).await;
+    assert_eq!(sell.filled_qty, 30);
+    portfolio_is(&bob, 399_000, 0, &[("ACME", 60, 0)]).await;
+
+    let mut fills = Vec::new();
+    while fills.len() < 2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), alice_reports.message()).await.expect("report in time").unwrap().unwrap();
+        if let Some(execution_report::Kind::Fill(f)) = r.kind {
+            fills.push((r.order_id, f.price_cents, f.qty, f.remaining, f.maker));
+        }
+    }
+    assert_eq!(fills, vec![(buy1.order_id, 10_000, 30, 0, false), (buy2.order_id, 9_900, 10, 0, true)]);
+
+    let quote = eventually("the quote", || async { alice.quote("ACME").await.ok().filter(|q| q.trades == 2) }).await;
+    assert_eq!((quote.last_price_cents, quote.last_qty, quote.volume), (9_900, 10, 40));
+    let orders = alice.orders().await.unwrap();
+    assert_eq!(orders.len(), 2);
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn ioc_and_fok_partial_and_no_fill() {
+    let p = TestPlatform::start("iocfok").await;
+    let carol = p.user("carol").await;
+    let dave = p.user("dave").await;
+    carol.deposit_cash(1_000_000, "c").await.unwrap();
+    dave.deposit_shares("ACME", 100, "d").await.unwrap();
+    let ask = dave.submit(&OrderSpec::limit("s1", "ACME", Side::Sell, 5_000, 10)).await.unwrap();
+    portfolio_is(&dave, 0, 0, &[("ACME", 100, 10)]).await;
+
+    let ioc = carol.submit(&OrderSpec::limit("i1", "ACME", Side::Buy, 5_000, 15).with_type(OrderType::Ioc)).await.unwrap();
+    let ioc = order_reaches(&carol, ioc.order_id, OrderStatus::Canceled).await;
+    assert_eq!(ioc.filled_qty, 10, "IOC takes what is there and cancels the rest");
+    order_reaches(&dave, ask.order_id, OrderStatus::Filled).await;
+
+    let ioc = carol.submit(&OrderSpec::limit("i2", "ACME", Side::Buy, 4_000, 5).with_type(OrderType::Ioc)).await.unwrap();
+    let ioc = order_reaches(&carol, ioc.order_id, OrderStatus::Canceled).await;
+    assert_eq!(ioc.filled_qty, 0, "IOC with nothing to take fills nothing");
+
+    dave.submit(&OrderSpec::limit("s2", "ACME", Side::Sell, 5_000, 10)).await.unwrap();
+    portfolio_is(&dave, 50_000, 0, &[("ACME", 90, 10)]).await;
+    let fok = carol.submit(&OrderSpec::limit("f1", "ACME", Side::Buy, 5_000, 20).with_type(OrderType::Fok)).await.unwrap();
+    let fok = order_reaches(&carol, fok.order_id, OrderStatus::Canceled).await;
+    assert_eq!(fok.filled_qty, 0, "FOK that cannot fill completely fills nothing");
+    portfolio_is(&carol, 950_000, 0, &[("ACME", 10, 0)]).await;
+    let fok = carol.submit(&OrderSpec::limit("f2", "ACME", Side::Buy, 5_000, 10).with_type(OrderType::Fok)).await.unwrap();
+    let fok = order_reaches(&carol, fok.order_id, OrderStatus::Filled).await;
+    assert_eq!(fok.filled_notional_cents, 50_000, "the killed FOK left the book as it was");
+
+    portfolio_is(&carol, 900_000, 0, &[("ACME", 20, 0)]).await;
+    portfolio_is(&dave, 100_000, 0, &[("ACME", 80, 0)]).await;
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_retried_submit_is_booked_once() {
+    let p = TestPlatform::start("retry").await;
+    let eve = p.user("eve").await;
+    let frank = p.user("frank").await;
+    eve.deposit_cash(100_000, "e1").await.unwrap();
+    eve.deposit_cash(100_000, "e1").await.unwrap();
+    frank.deposit_shares("ACME", 100, "f1").await.unwrap();
+    frank.submit(&OrderSpec::limit("s", "ACME", Side::Sell, 1_000, 10)).await.unwrap();
+
+    let spec = OrderSpec::limit("x1", "ACME", Side::Buy, 1_000, 10);
+    let first = eve.submit(&spec).await.unwrap();
+    let (a, b, c) = tokio::join!(eve.submit(&spec), eve.submit(&spec), eve.submit(&spec));
+    for retry in [a, b, c] {
+        match retry {
+            Ok(o) => assert_eq!(o.order_id, first.order_id, "a retry answers with the same order"),
+            Err(s) => assert_eq!(s.code(), Code::Aborted, "only 'in progress' may refuse a retry: {s}"),
+        }
+    }
+    assert_eq!(first.order_id, order_id_for(UserId(eve.user_id), "x1").0);
+    let reused = eve.submit(&OrderSpec { qty: 5, ..spec.clone() }).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused}");
+
+    order_reaches(&eve, first.order_id, OrderStatus::Filled).await;
+    portfolio_is(&eve, 90_000, 0, &[("ACME", 10, 0)]).await;
+    assert_eq!(eve.orders().await.unwrap().len(), 1);
+    let fills = p.engine_events().await.iter().filter(|e| matches!(e.kind, Some(engine_event::Kind::Fill(_)))).count();
+    assert_eq!(fills, 1, "one fill in the TRADES stream");
+    p.cleanup().await;
+}
+
+/// Submits, retrying while the platform is (partly) down; the client order id
+/// makes each retry the same order.
+async fn submit_retrying(c: &Client, spec: &OrderSpec) -> Order {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.submit(spec).await {
+            Ok(o) => return o,
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded) => {
+                assert!(tokio::time::Instant::now() < deadline, "submit {} never accepted: {s}", spec.client_order_id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("submit {} refused: {s}", spec.client_order_id),
+        }
+    }
+}
+
+/// A deterministic two-user order flow: (user index, spec).
+fn flow() -> Vec<(usize, OrderSpec)> {
+    (0..40)
+        .map(|i| {
+            let price = 10_000 + ((i * 37) % 9) as i64 * 10 - 40;
+            let qty = 5 + (i % 4) as i64 * 5;
+            let (user, side) = if i % 2 == 0 { (0, Side::Buy) } else { (1, Side::Sell) };
+            let mut spec = OrderSpec::limit(&format!("o{i}"), "ACME", side, price, qty);
+            if i % 7 == 3 {
+                spec = spec.with_type(OrderType::Ioc);
+            }
+            (user, spec)
+        })
+        .collect()
+}
+
+/// What the flow must end in: each account's (cash, ACME) and each order's filled qty.
+fn expected(n: usize, users: [u64; 2], cash0: [i64; 2], shares0: [i64; 2]) -> ([(i64, i64); 2], BTreeMap<u64, i64>, usize) {
+    let mut book = Book::new();
+    let mut events = Vec::new();
+    let mut filled = BTreeMap::new();
+    let mut acct = [(cash0[0], shares0[0]), (cash0[1], shares0[1])];
+    let mut fills = 0;
+    for (u, spec) in flow().into_iter().take(n) {
+        let id = order_id_for(UserId(users[u]), &spec.client_order_id);
+        filled.insert(id.0, 0);
+        let side = if spec.side == Side::Buy { DomainSide::Buy } else { DomainSide::Sell };
+        let kind = if spec.order_type == OrderType::Ioc { DomainType::Ioc } else { DomainType::Limit };
+        book.submit(
+            NewOrder { id, account: AccountId(users[u]), side, kind, limit: Some(PriceTicks(spec.price_cents)), qty: Shares(spec.qty) },
+            &mut events,
+        );
+    }
+    for e in events {
+        if let BookEvent::Fill(f) = e {
+            fills += 1;
+            *filled.get_mut(&f.maker_order.0).unwrap() += f.qty.0;
+            *filled.get_mut(&f.taker_order.0).unwrap() += f.qty.0;
+            let buyer = if f.taker_side == DomainSide::Buy { f.taker_account } else { f.maker_account };
+            let notional = f.price.0 * f.qty.0;
+            for (i, a) in acct.iter_mut().enumerate() {
+                if AccountId(users[i]) == buyer {
+                    *a = (a.0 - notional, a.1 + f.qty.0);
+                } else {
+                    *a = (a.0 + notional, a.1 - f.qty.0);
+                }
+            }
+        }
+    }
+    (acct, filled, fills)
+}
+
+async fn check_flow_outcome(p: &TestPlatform, users: &[Client; 2], want: &([(i64, i64); 2], BTreeMap<u64, i64>, usize)) {
+    for (i, c) in users.iter().enumerate() {
+        let (cash, shares) = want.0[i];
+        let mut open_reserved = 0;
+        for o in c.orders().await.unwrap() {
+            let expect = want.1[&o.order_id];
+            let o = eventually("order fills", || async {
+                c.order(o.order_id).await.ok().filter(|x| x.filled_qty == expect && x.status != OrderStatus::Accepted as i32 || expect == 0 && x.filled_qty == 0)
+            })
+            .await;
+            if o.status == OrderStatus::Accepted as i32 || o.status == OrderStatus::PartiallyFilled as i32 {
+                open_reserved += (o.qty - o.filled_qty) * if o.side == Side::Buy as i32 { o.price_cents } else { 1 };
+            }
+        }
+        let (reserved_cash, reserved_shares) = if i == 0 { (open_reserved, 0) } else { (0, open_reserved) };
+        portfolio_is(c, cash, reserved_cash, &[("ACME", shares, reserved_shares)]).await;
+    }
+    let events = p.engine_events().await;
+    let seqs: Vec<u64> = events.iter().filter_map(|e| match &e.kind { Some(engine_event::Kind::Fill(f)) => Some(f.match_seq), _ => None }).collect();
+    assert_eq!(seqs, (1..=want.2 as u64).collect::<Vec<_>>(), "every fill once, in order, none twice");
+}
+
+#[tokio::test]
+async fn restarts_and_a_redis_wipe_change_nothing() {
+    let mut p = TestPlatform::start("restart").await;
+    let users = [p.user("gina").await, p.user("hank").await];
+    users[0].deposit_cash(10_000_000, "g").await.unwrap();
+    users[1].deposit_shares("ACME", 1_000, "h").await.unwrap();
+    let ids = [users[0].user_id, users[1].user_id];
+    let want = expected(40, ids, [10_000_000, 0], [0, 1_000]);
+    assert!(want.2 >= 10, "the flow crosses often enough to matter ({} fills)", want.2);
+    let flow = flow();
+
+    for (u, spec) in &flow[..10] {
+        submit_retrying(&users[*u], spec).await;
+    }
+    // The engine dies with orders still arriving; they wait in the stream.
+    p.kill("engine-0");
+    for (u, spec) in &flow[10..20] {
+        submit_retrying(&users[*u], spec).await;
+    }
+    // The portfolio dies, and the engine comes back and fills what waited: the
+    // fills reach the restarted portfolio both in its replay of TRADES and as
+    // deliveries of its durable consumer, and must be settled once.
+    p.kill("portfolio");
+    p.start_service(ServiceKind::Engine, 0);
+    p.wait_engine_caught_up().await;
+    let deps = p.deps.clone();
+    let restarter = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        launch::spawn(ServiceKind::Portfolio, 0, deps)
+    });
+    // Submits fail over to retries until the portfolio is back.
+    for (u, spec) in &flow[20..30] {
+        submit_retrying(&users[*u], spec).await;
+    }
+    let portfolio = restarter.await.unwrap();
+    p.services.insert(portfolio.name(), portfolio);
+    // Checked now, before another restart could rebuild over a double settlement.
+    check_flow_outcome(&p, &users, &expected(30, ids, [10_000_000, 0], [0, 1_000])).await;
+    // Engine, portfolio and orders all at once, while the last orders go in.
+    p.kill("engine-0");
+    p.kill("portfolio");
+    p.kill("orders");
+    p.start_service(ServiceKind::Orders, 0);
+    p.start_service(ServiceKind::Portfolio, 0);
+    p.start_service(ServiceKind::Engine, 0);
+    for (u, spec) in &flow[30..] {
+        submit_retrying(&users[*u], spec).await;
+    }
+    check_flow_outcome(&p, &users, &want).await;
+    let quote_before = users[0].quote("ACME").await.unwrap();
+
+    // Redis loses everything; a full restart rebuilds the same state from the streams.
+    p.stop_all().await;
+    let wiped = wipe_prefix(p.deps.kv.as_ref(), &format!("{}:", p.deps.cfg.namespace)).await.unwrap();
+    assert!(wiped > 0, "the market kept state in Redis");
+    p.services = launch::spawn_all(&p.deps);
+    p.wait_serving().await;
+    check_flow_outcome(&p, &users, &want).await;
+    let quote_after = eventually("quote rebuilt", || async {
+        users[0].quote("ACME").await.ok().filter(|q| q.trades == quote_before.trades)
+    })
+    .await;
+    assert_eq!((quote_after.last_price_cents, quote_after.volume), (quote_before.last_price_cents, quote_before.volume));
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_input_changes_nothing_and_says_why() {
+    let p = TestPlatform::start("badinput").await;
+    let ivy = p.user("ivy").await;
+    let jack = p.user("jack").await;
+    ivy.deposit_cash(100_000, "i").await.unwrap();
+    ivy.deposit_shares("ACME", 10, "i-s").await.unwrap();
+    jack.deposit_shares("ACME", 10, "j-s").await.unwrap();
+    let jacks = jack.submit(&OrderSpec::limit("j1", "ACME", Side::Sell, 2_000, 5)).await.unwrap();
+    let before = portfolio_is(&ivy, 100_000, 0, &[("ACME", 10, 0)]).await;
+
+    let cases: Vec<(OrderSpec, Code, &str)> = vec![
+        (OrderSpec::limit("q0", "ACME", Side::Buy, 1_000, 0), Code::InvalidArgument, "qty"),
+        (OrderSpec::limit("q-", "ACME", Side::Buy, 1_000, -5), Code::InvalidArgument, "qty"),
+        (OrderSpec::limit("lot", "GLOBX", Side::Buy, 1_000, 5), Code::InvalidArgument, "lot"),
+        (OrderSpec::limit("tick", "GLOBX", Side::Buy, 10_003, 10), Code::InvalidArgument, "tick"),
+        (OrderSpec::limit("p0", "ACME", Side::Buy, 0, 1), Code::InvalidArgument, "price"),
+        (OrderSpec::limit("band", "ACME", Side::Buy, 100_001, 1), Code::InvalidArgument, "band"),
+        (OrderSpec::limit("sym", "NOPE", Side::Buy, 1_000, 1), Code::InvalidArgument, "unknown symbol"),
+        (OrderSpec { price_cents: 500, ..OrderSpec::market("mp", "ACME", Side::Buy, 1) }, Code::InvalidArgument, "market"),
+        (OrderSpec { side: Side::Unspecified, ..OrderSpec::limit("side", "ACME", Side::Buy, 1_000, 1) }, Code::InvalidArgument, "side"),
+        (OrderSpec::limit("cash", "ACME", Side::Buy, 10_000, 11), Code::FailedPrecondition, "insufficient cash"),
+        (OrderSpec::limit("shares", "ACME", Side::Sell, 1_000, 11), Code::FailedPrecondition, "insufficient shares"),
+        (OrderSpec::market("mcash", "ACME", Side::Buy, 2), Code::FailedPrecondition, "insufficient cash"),
+    ];
+    for (spec, code, words) in cases {
+        let err = ivy.submit(&spec).await.expect_err(&spec.client_order_id);
+        assert_eq!(err.code(), code, "{}: {err}", spec.client_order_id);
+        assert!(err.message().contains(words), "{}: {:?} should mention {words:?}", spec.client_order_id, err.message());
+    }
+    assert_eq!(ivy.deposit_cash(-5, "neg").await.unwrap_err().code(), Code::InvalidArgument);
+
+    let anonymous = Client::new(p.gateway());
+    assert_eq!(anonymous.portfolio().await.unwrap_err().code(), Code::Unauthenticated);
+    let submit = anonymous.submit(&OrderSpec::limit("anon", "ACME", Side::Buy, 1_000, 1)).await.unwrap_err();
+    assert_eq!(submit.code(), Code::Unauthenticated);
+    let claims = jwt::Claims { sub: ivy.user_id, role: Role::Trader as i32, exp: i64::MAX / 2 };
+    let forged = Client { token: Some(jwt::issue("not-the-secret", &claims)), ..anonymous.clone() };
+    let err = forged.submit(&OrderSpec::limit("forged", "ACME", Side::Buy, 1_000, 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let expired = Client { token: Some(jwt::issue(&p.deps.cfg.jwt_secret, &jwt::Claims { exp: 1, ..claims })), ..anonymous };
+    assert_eq!(expired.portfolio().await.unwrap_err().code(), Code::Unauthenticated);
+
+    assert_eq!(ivy.order(jacks.order_id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(ivy.cancel(jacks.order_id).await.unwrap_err().code(), Code::NotFound);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ivy.portfolio().await.unwrap(), before, "nothing moved");
+    assert!(ivy.orders().await.unwrap().is_empty(), "nothing booked");
+    let jacks = jack.order(jacks.order_id).await.unwrap();
+    assert_eq!(jacks.status, OrderStatus::Accepted as i32, "another user could not touch it");
+    portfolio_is(&jack, 0, 0, &[("ACME", 10, 5)]).await;
+    let fills = p.engine_events().await.iter().filter(|e| matches!(e.kind, Some(engine_event::Kind::Fill(_)))).count();
+    assert_eq!(fills, 0);
+    p.cleanup().await;
+}
