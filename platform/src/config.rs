@@ -86,10 +86,8 @@ impl PlatformConfig {
     /// Two instruments on one engine shard, ports from 50051 on 127.0.0.1,
     /// NATS and Redis on their standard local ports.
     pub fn local_default() -> PlatformConfig {
-        let instruments = vec![
-            Instrument::new("ACME", 1, 1, 1, 1_000_000),
-            Instrument::new("GLOBX", 5, 10, 1, 200_000),
-        ];
+        let instruments =
+            vec![Instrument::new("ACME", 1, 1, 1, 1_000_000), Instrument::new("GLOBX", 5, 10, 1, 200_000)];
         let engine_shards = vec![instruments.iter().map(|i| i.symbol.clone()).collect()];
         PlatformConfig {
             namespace: "fafnir".into(),

@@ -30,7 +30,14 @@ pub struct OrderSpec {
 
 impl OrderSpec {
     pub fn limit(coid: &str, symbol: &str, side: Side, price_cents: i64, qty: i64) -> OrderSpec {
-        OrderSpec { client_order_id: coid.into(), symbol: symbol.into(), side, order_type: OrderType::Limit, price_cents, qty }
+        OrderSpec {
+            client_order_id: coid.into(),
+            symbol: symbol.into(),
+            side,
+            order_type: OrderType::Limit,
+            price_cents,
+            qty,
+        }
     }
     pub fn market(coid: &str, symbol: &str, side: Side, qty: i64) -> OrderSpec {
         OrderSpec { order_type: OrderType::Market, price_cents: 0, ..OrderSpec::limit(coid, symbol, side, 0, qty) }
@@ -60,7 +67,12 @@ impl Client {
     }
 
     /// Registers (as a trader or market maker) and logs in.
-    pub async fn register_and_login(addr: SocketAddr, username: &str, password: &str, role: Role) -> Result<Client, Status> {
+    pub async fn register_and_login(
+        addr: SocketAddr,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<Client, Status> {
         let mut c = Client::new(addr);
         let reg = RegisterRequest { username: username.into(), password: password.into(), role: role as i32 };
         c.api.register(reg).await?;
@@ -69,7 +81,8 @@ impl Client {
     }
 
     pub async fn login(&mut self, username: &str, password: &str) -> Result<(), Status> {
-        let reply = self.api.login(LoginRequest { username: username.into(), password: password.into() }).await?.into_inner();
+        let reply =
+            self.api.login(LoginRequest { username: username.into(), password: password.into() }).await?.into_inner();
         self.token = Some(reply.token);
         self.user_id = reply.user_id;
         Ok(())

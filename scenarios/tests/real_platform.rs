@@ -15,7 +15,9 @@ use fafnir_platform::book::{Book, BookEvent, NewOrder};
 use fafnir_platform::bus::nats::NatsBus;
 use fafnir_platform::bus::read_to_end;
 use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
-use fafnir_platform::domain::{order_id_for, AccountId, Instrument, OrderType as DomainType, PriceTicks, Shares, Side as DomainSide, UserId};
+use fafnir_platform::domain::{
+    order_id_for, AccountId, Instrument, OrderType as DomainType, PriceTicks, Shares, Side as DomainSide, UserId,
+};
 use fafnir_platform::kv::wipe_prefix;
 use fafnir_platform::proto::common::{Order, OrderStatus, OrderType, PortfolioView, Role, Side};
 use fafnir_platform::proto::events::{engine_event, EngineEvent};
@@ -56,7 +58,8 @@ fn test_config(test: &str) -> PlatformConfig {
 impl TestPlatform {
     async fn start(test: &str) -> TestPlatform {
         let cfg = test_config(test);
-        let (deps, bus) = fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
+        let (deps, bus) =
+            fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
         let services = launch::spawn_all(&deps);
         let mut p = TestPlatform { deps, bus, services };
         p.wait_serving().await;
@@ -155,12 +158,16 @@ async fn portfolio_is(c: &Client, cash: i64, reserved: i64, holdings: &[(&str, i
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let p = c.portfolio().await.expect("portfolio");
-        let got: Vec<(String, i64, i64)> = p.holdings.iter().map(|h| (h.symbol.clone(), h.qty, h.reserved_qty)).collect();
+        let got: Vec<(String, i64, i64)> =
+            p.holdings.iter().map(|h| (h.symbol.clone(), h.qty, h.reserved_qty)).collect();
         if p.cash_cents == cash && p.reserved_cents == reserved && got == want {
             return p;
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("portfolio of user {} never became cash {cash} reserved {reserved} holdings {want:?}; last {last:?}", c.user_id);
+            panic!(
+                "portfolio of user {} never became cash {cash} reserved {reserved} holdings {want:?}; last {last:?}",
+                c.user_id
+            );
         }
         last = Some(p);
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -201,7 +208,11 @@ async fn end_to_end_crossing_limits_and_a_market_order() {
 
     let mut fills = Vec::new();
     while fills.len() < 2 {
-        let r = tokio::time::timeout(Duration::from_secs(10), alice_reports.message()).await.expect("report in time").unwrap().unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), alice_reports.message())
+            .await
+            .expect("report in time")
+            .unwrap()
+            .unwrap();
         if let Some(execution_report::Kind::Fill(f)) = r.kind {
             fills.push((r.order_id, f.price_cents, f.qty, f.remaining, f.maker));
         }
@@ -225,22 +236,26 @@ async fn ioc_and_fok_partial_and_no_fill() {
     let ask = dave.submit(&OrderSpec::limit("s1", "ACME", Side::Sell, 5_000, 10)).await.unwrap();
     portfolio_is(&dave, 0, 0, &[("ACME", 100, 10)]).await;
 
-    let ioc = carol.submit(&OrderSpec::limit("i1", "ACME", Side::Buy, 5_000, 15).with_type(OrderType::Ioc)).await.unwrap();
+    let ioc =
+        carol.submit(&OrderSpec::limit("i1", "ACME", Side::Buy, 5_000, 15).with_type(OrderType::Ioc)).await.unwrap();
     let ioc = order_reaches(&carol, ioc.order_id, OrderStatus::Canceled).await;
     assert_eq!(ioc.filled_qty, 10, "IOC takes what is there and cancels the rest");
     order_reaches(&dave, ask.order_id, OrderStatus::Filled).await;
 
-    let ioc = carol.submit(&OrderSpec::limit("i2", "ACME", Side::Buy, 4_000, 5).with_type(OrderType::Ioc)).await.unwrap();
+    let ioc =
+        carol.submit(&OrderSpec::limit("i2", "ACME", Side::Buy, 4_000, 5).with_type(OrderType::Ioc)).await.unwrap();
     let ioc = order_reaches(&carol, ioc.order_id, OrderStatus::Canceled).await;
     assert_eq!(ioc.filled_qty, 0, "IOC with nothing to take fills nothing");
 
     dave.submit(&OrderSpec::limit("s2", "ACME", Side::Sell, 5_000, 10)).await.unwrap();
     portfolio_is(&dave, 50_000, 0, &[("ACME", 90, 10)]).await;
-    let fok = carol.submit(&OrderSpec::limit("f1", "ACME", Side::Buy, 5_000, 20).with_type(OrderType::Fok)).await.unwrap();
+    let fok =
+        carol.submit(&OrderSpec::limit("f1", "ACME", Side::Buy, 5_000, 20).with_type(OrderType::Fok)).await.unwrap();
     let fok = order_reaches(&carol, fok.order_id, OrderStatus::Canceled).await;
     assert_eq!(fok.filled_qty, 0, "FOK that cannot fill completely fills nothing");
     portfolio_is(&carol, 950_000, 0, &[("ACME", 10, 0)]).await;
-    let fok = carol.submit(&OrderSpec::limit("f2", "ACME", Side::Buy, 5_000, 10).with_type(OrderType::Fok)).await.unwrap();
+    let fok =
+        carol.submit(&OrderSpec::limit("f2", "ACME", Side::Buy, 5_000, 10).with_type(OrderType::Fok)).await.unwrap();
     let fok = order_reaches(&carol, fok.order_id, OrderStatus::Filled).await;
     assert_eq!(fok.filled_notional_cents, 50_000, "the killed FOK left the book as it was");
 
@@ -287,7 +302,12 @@ async fn submit_retrying(c: &Client, spec: &OrderSpec) -> Order {
     loop {
         match c.submit(spec).await {
             Ok(o) => return o,
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Aborted | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                ) =>
+            {
                 assert!(tokio::time::Instant::now() < deadline, "submit {} never accepted: {s}", spec.client_order_id);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -313,7 +333,12 @@ fn flow() -> Vec<(usize, OrderSpec)> {
 }
 
 /// What the flow must end in: each account's (cash, ACME) and each order's filled qty.
-fn expected(n: usize, users: [u64; 2], cash0: [i64; 2], shares0: [i64; 2]) -> ([(i64, i64); 2], BTreeMap<u64, i64>, usize) {
+fn expected(
+    n: usize,
+    users: [u64; 2],
+    cash0: [i64; 2],
+    shares0: [i64; 2],
+) -> ([(i64, i64); 2], BTreeMap<u64, i64>, usize) {
     let mut book = Book::new();
     let mut events = Vec::new();
     let mut filled = BTreeMap::new();
@@ -325,7 +350,14 @@ fn expected(n: usize, users: [u64; 2], cash0: [i64; 2], shares0: [i64; 2]) -> ([
         let side = if spec.side == Side::Buy { DomainSide::Buy } else { DomainSide::Sell };
         let kind = if spec.order_type == OrderType::Ioc { DomainType::Ioc } else { DomainType::Limit };
         book.submit(
-            NewOrder { id, account: AccountId(users[u]), side, kind, limit: Some(PriceTicks(spec.price_cents)), qty: Shares(spec.qty) },
+            NewOrder {
+                id,
+                account: AccountId(users[u]),
+                side,
+                kind,
+                limit: Some(PriceTicks(spec.price_cents)),
+                qty: Shares(spec.qty),
+            },
             &mut events,
         );
     }
@@ -348,14 +380,21 @@ fn expected(n: usize, users: [u64; 2], cash0: [i64; 2], shares0: [i64; 2]) -> ([
     (acct, filled, fills)
 }
 
-async fn check_flow_outcome(p: &TestPlatform, users: &[Client; 2], want: &([(i64, i64); 2], BTreeMap<u64, i64>, usize)) {
+async fn check_flow_outcome(
+    p: &TestPlatform,
+    users: &[Client; 2],
+    want: &([(i64, i64); 2], BTreeMap<u64, i64>, usize),
+) {
     for (i, c) in users.iter().enumerate() {
         let (cash, shares) = want.0[i];
         let mut open_reserved = 0;
         for o in c.orders().await.unwrap() {
             let expect = want.1[&o.order_id];
             let o = eventually("order fills", || async {
-                c.order(o.order_id).await.ok().filter(|x| x.filled_qty == expect && x.status != OrderStatus::Accepted as i32 || expect == 0 && x.filled_qty == 0)
+                c.order(o.order_id).await.ok().filter(|x| {
+                    x.filled_qty == expect && x.status != OrderStatus::Accepted as i32
+                        || expect == 0 && x.filled_qty == 0
+                })
             })
             .await;
             if o.status == OrderStatus::Accepted as i32 || o.status == OrderStatus::PartiallyFilled as i32 {
@@ -366,7 +405,13 @@ async fn check_flow_outcome(p: &TestPlatform, users: &[Client; 2], want: &([(i64
         portfolio_is(c, cash, reserved_cash, &[("ACME", shares, reserved_shares)]).await;
     }
     let events = p.engine_events().await;
-    let seqs: Vec<u64> = events.iter().filter_map(|e| match &e.kind { Some(engine_event::Kind::Fill(f)) => Some(f.match_seq), _ => None }).collect();
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(engine_event::Kind::Fill(f)) => Some(f.match_seq),
+            _ => None,
+        })
+        .collect();
     assert_eq!(seqs, (1..=want.2 as u64).collect::<Vec<_>>(), "every fill once, in order, none twice");
 }
 
@@ -432,7 +477,10 @@ async fn restarts_and_a_redis_wipe_change_nothing() {
         users[0].quote("ACME").await.ok().filter(|q| q.trades == quote_before.trades)
     })
     .await;
-    assert_eq!((quote_after.last_price_cents, quote_after.volume), (quote_before.last_price_cents, quote_before.volume));
+    assert_eq!(
+        (quote_after.last_price_cents, quote_after.volume),
+        (quote_before.last_price_cents, quote_before.volume)
+    );
     p.cleanup().await;
 }
 
@@ -455,8 +503,16 @@ async fn bad_input_changes_nothing_and_says_why() {
         (OrderSpec::limit("p0", "ACME", Side::Buy, 0, 1), Code::InvalidArgument, "price"),
         (OrderSpec::limit("band", "ACME", Side::Buy, 100_001, 1), Code::InvalidArgument, "band"),
         (OrderSpec::limit("sym", "NOPE", Side::Buy, 1_000, 1), Code::InvalidArgument, "unknown symbol"),
-        (OrderSpec { price_cents: 500, ..OrderSpec::market("mp", "ACME", Side::Buy, 1) }, Code::InvalidArgument, "market"),
-        (OrderSpec { side: Side::Unspecified, ..OrderSpec::limit("side", "ACME", Side::Buy, 1_000, 1) }, Code::InvalidArgument, "side"),
+        (
+            OrderSpec { price_cents: 500, ..OrderSpec::market("mp", "ACME", Side::Buy, 1) },
+            Code::InvalidArgument,
+            "market",
+        ),
+        (
+            OrderSpec { side: Side::Unspecified, ..OrderSpec::limit("side", "ACME", Side::Buy, 1_000, 1) },
+            Code::InvalidArgument,
+            "side",
+        ),
         (OrderSpec::limit("cash", "ACME", Side::Buy, 10_000, 11), Code::FailedPrecondition, "insufficient cash"),
         (OrderSpec::limit("shares", "ACME", Side::Sell, 1_000, 11), Code::FailedPrecondition, "insufficient shares"),
         (OrderSpec::market("mcash", "ACME", Side::Buy, 2), Code::FailedPrecondition, "insufficient cash"),
@@ -464,7 +520,12 @@ async fn bad_input_changes_nothing_and_says_why() {
     for (spec, code, words) in cases {
         let err = ivy.submit(&spec).await.expect_err(&spec.client_order_id);
         assert_eq!(err.code(), code, "{}: {err}", spec.client_order_id);
-        assert!(err.message().contains(words), "{}: {:?} should mention {words:?}", spec.client_order_id, err.message());
+        assert!(
+            err.message().contains(words),
+            "{}: {:?} should mention {words:?}",
+            spec.client_order_id,
+            err.message()
+        );
     }
     assert_eq!(ivy.deposit_cash(-5, "neg").await.unwrap_err().code(), Code::InvalidArgument);
 
@@ -476,7 +537,8 @@ async fn bad_input_changes_nothing_and_says_why() {
     let forged = Client { token: Some(jwt::issue("not-the-secret", &claims)), ..anonymous.clone() };
     let err = forged.submit(&OrderSpec::limit("forged", "ACME", Side::Buy, 1_000, 1)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
-    let expired = Client { token: Some(jwt::issue(&p.deps.cfg.jwt_secret, &jwt::Claims { exp: 1, ..claims })), ..anonymous };
+    let expired =
+        Client { token: Some(jwt::issue(&p.deps.cfg.jwt_secret, &jwt::Claims { exp: 1, ..claims })), ..anonymous };
     assert_eq!(expired.portfolio().await.unwrap_err().code(), Code::Unauthenticated);
 
     assert_eq!(ivy.order(jacks.order_id).await.unwrap_err().code(), Code::NotFound);

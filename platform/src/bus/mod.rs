@@ -116,16 +116,9 @@ pub trait EventBus: Send + Sync + 'static {
     /// Creates the durable consumer, or checks that it exists. Idempotent.
     async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError>;
     /// Publishes and waits until the broker has stored the message.
-    async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes)
-        -> Result<PubAck, BusError>;
+    async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError>;
     /// Up to `max` deliveries for the durable consumer, waiting at most `wait` for the first.
-    async fn fetch(
-        &self,
-        stream: &str,
-        durable: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, BusError>;
+    async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
     /// The delivery is done with; it will not be redelivered.
     async fn ack(&self, token: &AckToken) -> Result<(), BusError>;
     /// The delivery failed; redeliver it after `delay`.
@@ -143,8 +136,7 @@ pub trait EventBus: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Vec<StoredMsg>, BusError>;
     /// The last stored message on exactly this subject.
-    async fn last_on_subject(&self, stream: &str, subject: &str)
-        -> Result<Option<StoredMsg>, BusError>;
+    async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError>;
     /// Messages matching `filter` published from now on.
     async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError>;
 }

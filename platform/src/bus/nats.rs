@@ -10,10 +10,7 @@ use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::Mutex;
 
-use super::{
-    AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Storage, StoredMsg, StreamSpec,
-    Tail,
-};
+use super::{AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Storage, StoredMsg, StreamSpec, Tail};
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<jetstream::Message, BusError>> + Send>>;
 
@@ -65,34 +62,22 @@ impl NatsBus {
 
     async fn settle(&self, token: &AckToken, kind: AckKind) -> Result<(), BusError> {
         let payload: Bytes = kind.into();
-        self.client
-            .publish(token.0.clone(), payload)
-            .await
-            .map_err(|e| self.err("ack", e))
+        self.client.publish(token.0.clone(), payload).await.map_err(|e| self.err("ack", e))
     }
 
     async fn durable_stream(&self, stream: &str, durable: &str) -> Result<MessageStream, BusError> {
-        let consumer: consumer::PullConsumer = self
-            .stream(stream)
-            .await?
-            .get_consumer(durable)
-            .await
-            .map_err(|e| self.err("get consumer", e))?;
+        let consumer: consumer::PullConsumer =
+            self.stream(stream).await?.get_consumer(durable).await.map_err(|e| self.err("get consumer", e))?;
         let messages = consumer.messages().await.map_err(|e| self.err("pull", e))?;
         let addr = self.addr.clone();
-        Ok(Box::pin(messages.map(move |m| {
-            m.map_err(|e| BusError::Other(format!("pull at {addr}: {e}")))
-        })))
+        Ok(Box::pin(messages.map(move |m| m.map_err(|e| BusError::Other(format!("pull at {addr}: {e}"))))))
     }
 }
 
 fn stored(msg: &jetstream::Message) -> Result<(StoredMsg, u64, u64), BusError> {
     let info = msg.info().map_err(|e| BusError::Other(format!("message info: {e}")))?;
-    let stored = StoredMsg {
-        subject: msg.subject.to_string(),
-        seq: info.stream_sequence,
-        payload: msg.payload.clone(),
-    };
+    let stored =
+        StoredMsg { subject: msg.subject.to_string(), seq: info.stream_sequence, payload: msg.payload.clone() };
     Ok((stored, info.delivered.max(1) as u64, info.pending))
 }
 
@@ -145,13 +130,7 @@ impl EventBus for NatsBus {
         Ok(PubAck { stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate })
     }
 
-    async fn fetch(
-        &self,
-        stream: &str,
-        durable: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, BusError> {
+    async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         let key = (stream.to_string(), durable.to_string());
         let mut durables = self.durables.lock().await;
         if !durables.contains_key(&key) {
@@ -255,11 +234,9 @@ impl EventBus for NatsBus {
     async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
         let handle = self.stream(stream).await?;
         match handle.get_last_raw_message_by_subject(subject).await {
-            Ok(msg) => Ok(Some(StoredMsg {
-                subject: msg.subject.to_string(),
-                seq: msg.sequence,
-                payload: msg.payload,
-            })),
+            Ok(msg) => {
+                Ok(Some(StoredMsg { subject: msg.subject.to_string(), seq: msg.sequence, payload: msg.payload }))
+            }
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(self.err("last message", e)),
         }
@@ -271,12 +248,8 @@ impl EventBus for NatsBus {
             deliver_policy: consumer::DeliverPolicy::New,
             ..Default::default()
         };
-        let consumer = self
-            .stream(stream)
-            .await?
-            .create_consumer(config)
-            .await
-            .map_err(|e| self.err("create tail", e))?;
+        let consumer =
+            self.stream(stream).await?.create_consumer(config).await.map_err(|e| self.err("create tail", e))?;
         let messages = consumer.messages().await.map_err(|e| self.err("tail", e))?;
         Ok(Box::new(NatsTail { messages: Box::pin(messages), addr: self.addr.clone() }))
     }

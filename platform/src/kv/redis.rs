@@ -19,10 +19,7 @@ pub struct RedisKv {
 impl RedisKv {
     /// Connects to redis-server at `addr` (for example `127.0.0.1:6379`).
     pub async fn connect(addr: &str) -> Result<RedisKv, KvError> {
-        let unreachable = |e: redis::RedisError| KvError::Unreachable {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        };
+        let unreachable = |e: redis::RedisError| KvError::Unreachable { addr: addr.to_string(), reason: e.to_string() };
         let client = redis::Client::open(format!("redis://{addr}/")).map_err(unreachable)?;
         let conn = client.get_multiplexed_async_connection().await.map_err(unreachable)?;
         let mut kv = RedisKv { addr: addr.to_string(), conn };
@@ -67,8 +64,7 @@ impl Kv for RedisKv {
 
     async fn hset(&self, key: &str, fields: &[(&str, Bytes)]) -> Result<(), KvError> {
         let items: Vec<(&str, &[u8])> = fields.iter().map(|(f, v)| (*f, v.as_ref())).collect();
-        let _: i64 = self.conn.clone().hset_multiple(key, &items).await.map_err(|e| self.err(e))
-            .map(|()| 0)?;
+        let _: i64 = self.conn.clone().hset_multiple(key, &items).await.map_err(|e| self.err(e)).map(|()| 0)?;
         Ok(())
     }
 
@@ -78,8 +74,7 @@ impl Kv for RedisKv {
     }
 
     async fn hgetall(&self, key: &str) -> Result<BTreeMap<String, Bytes>, KvError> {
-        let v: Vec<(String, Vec<u8>)> =
-            self.conn.clone().hgetall(key).await.map_err(|e| self.err(e))?;
+        let v: Vec<(String, Vec<u8>)> = self.conn.clone().hgetall(key).await.map_err(|e| self.err(e))?;
         Ok(v.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect())
     }
 

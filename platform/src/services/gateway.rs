@@ -124,11 +124,18 @@ async fn fan_out_trades(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Sh
 /// The execution reports an engine event means, with the account each is for.
 fn execution_reports(state: &State, e: &EngineEvent) -> Vec<(u64, ExecutionReport)> {
     let tick = state.deps.cfg.instrument(&e.symbol).map_or(1, |i| i.tick_cents);
-    let report = |order_id: u64, kind| ExecutionReport { order_id, symbol: e.symbol.clone(), kind: Some(kind), ts_ms: e.ts_ms };
+    let report =
+        |order_id: u64, kind| ExecutionReport { order_id, symbol: e.symbol.clone(), kind: Some(kind), ts_ms: e.ts_ms };
     match &e.kind {
         Some(engine_event::Kind::Fill(f)) => {
             let fill = |remaining, maker| {
-                execution_report::Kind::Fill(Fill { match_seq: f.match_seq, price_cents: f.price_ticks * tick, qty: f.qty, remaining, maker })
+                execution_report::Kind::Fill(Fill {
+                    match_seq: f.match_seq,
+                    price_cents: f.price_ticks * tick,
+                    qty: f.qty,
+                    remaining,
+                    maker,
+                })
             };
             vec![
                 (f.maker_account, report(f.maker_order, fill(f.maker_remaining, true))),
@@ -137,7 +144,10 @@ fn execution_reports(state: &State, e: &EngineEvent) -> Vec<(u64, ExecutionRepor
         }
         Some(engine_event::Kind::Closed(c)) => {
             let reason = format!("{:?}", crate::services::close_reason_from_proto(c.reason)).to_lowercase();
-            vec![(c.account, report(c.order_id, execution_report::Kind::Closed(Closed { remaining: c.remaining, reason })))]
+            vec![(
+                c.account,
+                report(c.order_id, execution_report::Kind::Closed(Closed { remaining: c.remaining, reason })),
+            )]
         }
         _ => Vec::new(),
     }
@@ -171,7 +181,11 @@ async fn fan_out_md(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Shutdo
             bid_qty: md.bid_qty,
             ask_cents: md.ask_ticks * tick,
             ask_qty: md.ask_qty,
-            trades: md.trades.iter().map(|t| Trade { match_seq: t.match_seq, price_cents: t.price_ticks * tick, qty: t.qty }).collect(),
+            trades: md
+                .trades
+                .iter()
+                .map(|t| Trade { match_seq: t.match_seq, price_cents: t.price_ticks * tick, qty: t.qty })
+                .collect(),
         };
         let symbol = md.symbol;
         send_to(&state.market_data, |f| matches!(f, Filter::Symbols(s) if s.is_empty() || s.contains(&symbol)), update);
@@ -251,14 +265,26 @@ impl Gateway for GatewaySvc {
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let r = req.into_inner();
-        let reply = self.state.auth.clone().login(auth::LoginRequest { username: r.username, password: r.password }).await?.into_inner();
+        let reply = self
+            .state
+            .auth
+            .clone()
+            .login(auth::LoginRequest { username: r.username, password: r.password })
+            .await?
+            .into_inner();
         Ok(Response::new(LoginReply { token: reply.token, user_id: reply.user_id }))
     }
 
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
         let user = self.caller(&req)?;
         let r = req.into_inner();
-        let call = portfolio::DepositRequest { account_id: user.0, cents: r.cents, request_id: r.request_id, symbol: r.symbol, qty: r.qty };
+        let call = portfolio::DepositRequest {
+            account_id: user.0,
+            cents: r.cents,
+            request_id: r.request_id,
+            symbol: r.symbol,
+            qty: r.qty,
+        };
         self.state.portfolio.clone().deposit(call).await
     }
 
@@ -300,7 +326,10 @@ impl Gateway for GatewaySvc {
         self.state.portfolio.clone().get_portfolio(portfolio::GetPortfolioRequest { account_id: user.0 }).await
     }
 
-    async fn list_instruments(&self, req: Request<ListInstrumentsRequest>) -> Result<Response<ListInstrumentsReply>, Status> {
+    async fn list_instruments(
+        &self,
+        req: Request<ListInstrumentsRequest>,
+    ) -> Result<Response<ListInstrumentsReply>, Status> {
         self.caller(&req)?;
         let reply = self.state.market.clone().list_instruments(market::ListInstrumentsRequest {}).await?.into_inner();
         Ok(Response::new(ListInstrumentsReply { instruments: reply.instruments }))
@@ -315,13 +344,22 @@ impl Gateway for GatewaySvc {
     async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
         self.caller(&req)?;
         let r = req.into_inner();
-        let reply = self.state.market.clone().get_candles(market::GetCandlesRequest { symbol: r.symbol, limit: r.limit }).await?.into_inner();
+        let reply = self
+            .state
+            .market
+            .clone()
+            .get_candles(market::GetCandlesRequest { symbol: r.symbol, limit: r.limit })
+            .await?
+            .into_inner();
         Ok(Response::new(GetCandlesReply { candles: reply.candles }))
     }
 
     type StreamExecutionsStream = BoxStream<ExecutionReport>;
 
-    async fn stream_executions(&self, req: Request<StreamExecutionsRequest>) -> Result<Response<Self::StreamExecutionsStream>, Status> {
+    async fn stream_executions(
+        &self,
+        req: Request<StreamExecutionsRequest>,
+    ) -> Result<Response<Self::StreamExecutionsStream>, Status> {
         let user = self.caller(&req)?;
         let rx = self.subscribe(&self.state.executions, Filter::Account(user.0));
         Ok(Response::new(receiver_stream(rx)))
@@ -329,7 +367,10 @@ impl Gateway for GatewaySvc {
 
     type StreamMarketDataStream = BoxStream<MarketDataUpdate>;
 
-    async fn stream_market_data(&self, req: Request<StreamMarketDataRequest>) -> Result<Response<Self::StreamMarketDataStream>, Status> {
+    async fn stream_market_data(
+        &self,
+        req: Request<StreamMarketDataRequest>,
+    ) -> Result<Response<Self::StreamMarketDataStream>, Status> {
         self.caller(&req)?;
         let symbols = req.into_inner().symbols;
         for s in &symbols {

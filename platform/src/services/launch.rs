@@ -7,11 +7,19 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::services::{auth, engine, gateway, market, orders, portfolio, shutdown_on, Deps, ServiceError, ServiceKind, Shutdown};
+use crate::services::{
+    auth, engine, gateway, market, orders, portfolio, shutdown_on, Deps, ServiceError, ServiceKind, Shutdown,
+};
 
 impl ServiceKind {
-    pub const ALL: [ServiceKind; 6] =
-        [ServiceKind::Portfolio, ServiceKind::Auth, ServiceKind::Market, ServiceKind::Engine, ServiceKind::Orders, ServiceKind::Gateway];
+    pub const ALL: [ServiceKind; 6] = [
+        ServiceKind::Portfolio,
+        ServiceKind::Auth,
+        ServiceKind::Market,
+        ServiceKind::Engine,
+        ServiceKind::Orders,
+        ServiceKind::Gateway,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -118,7 +126,13 @@ pub fn spawn_all(deps: &Deps) -> BTreeMap<String, ServiceHandle> {
 /// Waits until every service of the deployment accepts connections.
 pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
     let a = &deps.cfg.addrs;
-    let mut addrs = vec![("gateway", a.gateway), ("auth", a.auth), ("market", a.market), ("orders", a.orders), ("portfolio", a.portfolio)];
+    let mut addrs = vec![
+        ("gateway", a.gateway),
+        ("auth", a.auth),
+        ("market", a.market),
+        ("orders", a.orders),
+        ("portfolio", a.portfolio),
+    ];
     addrs.extend(a.engines.iter().map(|e| ("engine", *e)));
     let deadline = tokio::time::Instant::now() + timeout;
     for (name, addr) in addrs {

@@ -19,7 +19,9 @@ use crate::kv::KvError;
 use crate::proto::common::{self, Candle, Quote};
 use crate::proto::events::{engine_event, EngineEvent, FillEvent, MarketData};
 use crate::proto::market::market_server::{Market, MarketServer};
-use crate::proto::market::{GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest};
+use crate::proto::market::{
+    GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest,
+};
 use crate::services::{decode, ensure_streams, Deps, ServiceError, Shutdown, TaskGroup};
 
 const CANDLE_MS: i64 = 60_000;
@@ -178,7 +180,10 @@ fn kv_status(e: KvError) -> Status {
 
 #[tonic::async_trait]
 impl Market for MarketSvc {
-    async fn list_instruments(&self, _: Request<ListInstrumentsRequest>) -> Result<Response<ListInstrumentsReply>, Status> {
+    async fn list_instruments(
+        &self,
+        _: Request<ListInstrumentsRequest>,
+    ) -> Result<Response<ListInstrumentsReply>, Status> {
         let instruments = self
             .deps
             .cfg

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "fafnir", version, about = "A trading backend built to be measured: how fast is it, and is every fill right?")]
+#[command(
+    name = "fafnir",
+    version,
+    about = "A trading backend built to be measured: how fast is it, and is every fill right?"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,10 @@ mod real_main {
         let mut services = launch::spawn_all(&deps);
         launch::wait_until_serving(&deps, Duration::from_secs(30)).await?;
         let a = &deps.cfg.addrs;
-        println!("fafnir is up (namespace {:?}; NATS {}, Redis {})", deps.cfg.namespace, deps.cfg.nats_addr, deps.cfg.redis_addr);
+        println!(
+            "fafnir is up (namespace {:?}; NATS {}, Redis {})",
+            deps.cfg.namespace, deps.cfg.nats_addr, deps.cfg.redis_addr
+        );
         println!("  gateway   {}   <- the public API", a.gateway);
         println!("  auth {}  market {}  orders {}  portfolio {}", a.auth, a.market, a.orders, a.portfolio);
         for (i, e) in a.engines.iter().enumerate() {

@@ -27,7 +27,13 @@ pub struct Outputs {
 
 impl Matcher {
     pub fn new(symbol: &str) -> Matcher {
-        Matcher { symbol: symbol.to_string(), book: Book::new(), seen: BTreeSet::new(), last_input_seq: 0, scratch: Vec::new() }
+        Matcher {
+            symbol: symbol.to_string(),
+            book: Book::new(),
+            seen: BTreeSet::new(),
+            last_input_seq: 0,
+            scratch: Vec::new(),
+        }
     }
 
     /// Applies the ORDERS message at `seq`. Inputs must come in stream order.
@@ -49,7 +55,10 @@ impl Matcher {
                 c.requested_ms
             }
             None => {
-                events.push(engine_event::Kind::Ignored(events::IgnoredEvent { order_id: 0, reason: "empty input".into() }));
+                events.push(engine_event::Kind::Ignored(events::IgnoredEvent {
+                    order_id: 0,
+                    reason: "empty input".into(),
+                }));
                 0
             }
         };
@@ -57,7 +66,7 @@ impl Matcher {
         for e in self.scratch.drain(..) {
             let kind = to_kind(e);
             if let engine_event::Kind::Fill(f) = &kind {
-                trades.push(f.clone());
+                trades.push(*f);
             }
             events.push(kind);
         }
@@ -80,7 +89,10 @@ impl Matcher {
     fn accept(&mut self, a: &events::OrderAccepted, events: &mut Vec<engine_event::Kind>) {
         let order = OrderId(a.order_id);
         if !self.seen.insert(order) {
-            events.push(engine_event::Kind::Ignored(events::IgnoredEvent { order_id: a.order_id, reason: "duplicate order id".into() }));
+            events.push(engine_event::Kind::Ignored(events::IgnoredEvent {
+                order_id: a.order_id,
+                reason: "duplicate order id".into(),
+            }));
             return;
         }
         let side = side_from_proto(a.side).expect("orders publishes valid sides");
@@ -95,7 +107,16 @@ impl Matcher {
     fn market_data(&self, seq: u64, ts_ms: i64, trades: Vec<events::FillEvent>) -> MarketData {
         let (bid_ticks, bid_qty) = self.book.best_bid().map_or((0, 0), |(p, q)| (p.0, q.0));
         let (ask_ticks, ask_qty) = self.book.best_ask().map_or((0, 0), |(p, q)| (p.0, q.0));
-        MarketData { symbol: self.symbol.clone(), ts_ms, bid_ticks, bid_qty, ask_ticks, ask_qty, trades, input_seq: seq }
+        MarketData {
+            symbol: self.symbol.clone(),
+            ts_ms,
+            bid_ticks,
+            bid_qty,
+            ask_ticks,
+            ask_qty,
+            trades,
+            input_seq: seq,
+        }
     }
 }
 
@@ -122,9 +143,10 @@ fn to_kind(e: BookEvent) -> engine_event::Kind {
             remaining: remaining.0,
             reason: close_reason_to_proto(reason) as i32,
         }),
-        BookEvent::CancelRejected { order } => {
-            engine_event::Kind::Ignored(events::IgnoredEvent { order_id: order.0, reason: "cancel of an order not resting".into() })
-        }
+        BookEvent::CancelRejected { order } => engine_event::Kind::Ignored(events::IgnoredEvent {
+            order_id: order.0,
+            reason: "cancel of an order not resting".into(),
+        }),
     }
 }
 

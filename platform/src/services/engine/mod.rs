@@ -147,7 +147,11 @@ impl Engine for EngineSvc {
             .ok_or_else(|| Status::not_found(format!("symbol {} is not on this engine shard", req.symbol)))?;
         let depth = if req.depth == 0 { 10 } else { req.depth as usize };
         let (bids, asks) = m.book.depth(depth);
-        let level = |(p, q, n): (crate::domain::PriceTicks, crate::domain::Shares, u32)| Level { price_ticks: p.0, qty: q.0, orders: n };
+        let level = |(p, q, n): (crate::domain::PriceTicks, crate::domain::Shares, u32)| Level {
+            price_ticks: p.0,
+            qty: q.0,
+            orders: n,
+        };
         Ok(Response::new(BookView {
             symbol: req.symbol,
             bids: bids.into_iter().map(level).collect(),

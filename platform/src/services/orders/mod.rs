@@ -224,7 +224,8 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             };
             // An event may overtake the local record of its order's acceptance;
             // it is redelivered once the record is there.
-            let settled = if known { bus.ack(&d.token).await } else { bus.nak(&d.token, Duration::from_millis(20)).await };
+            let settled =
+                if known { bus.ack(&d.token).await } else { bus.nak(&d.token, Duration::from_millis(20)).await };
             if let Err(e) = settled {
                 tracing::warn!(error = %e, "ack failed");
             }
@@ -255,7 +256,10 @@ fn validate(deps: &Deps, req: &SubmitRequest) -> Result<Valid, Status> {
         return Err(Status::invalid_argument(format!("qty: {} is not a positive number of shares", req.qty)));
     }
     if req.qty % inst.lot_shares != 0 {
-        return Err(Status::invalid_argument(format!("qty: {} is not a multiple of the lot of {} shares", req.qty, inst.lot_shares)));
+        return Err(Status::invalid_argument(format!(
+            "qty: {} is not a multiple of the lot of {} shares",
+            req.qty, inst.lot_shares
+        )));
     }
     let limit_ticks = if kind == OrderType::Market {
         if req.price_cents != 0 {
@@ -267,7 +271,10 @@ fn validate(deps: &Deps, req: &SubmitRequest) -> Result<Valid, Status> {
             return Err(Status::invalid_argument(format!("price_cents: {} is not a positive price", req.price_cents)));
         }
         let ticks = inst.to_ticks(req.price_cents).ok_or_else(|| {
-            Status::invalid_argument(format!("price_cents: {} is off the tick of {} cents", req.price_cents, inst.tick_cents))
+            Status::invalid_argument(format!(
+                "price_cents: {} is off the tick of {} cents",
+                req.price_cents, inst.tick_cents
+            ))
         })?;
         if ticks.0 < inst.min_price_ticks || ticks.0 > inst.max_price_ticks {
             return Err(Status::invalid_argument(format!(
@@ -339,15 +346,19 @@ impl OrdersSvc {
             ..Order::default()
         };
         // Recorded before publishing, so the engine's events never find it missing.
-        state.records.lock().expect("records lock").insert(id, Record { order, confirmed: false, fills: BTreeSet::new(), closed: None });
+        state
+            .records
+            .lock()
+            .expect("records lock")
+            .insert(id, Record { order, confirmed: false, fills: BTreeSet::new(), closed: None });
         let input = OrderEvent { kind: Some(order_event::Kind::Accepted(accepted.clone())) };
         let subject = state.deps.cfg.names().order_accepted(&req.symbol);
-        state
-            .deps
-            .bus
-            .publish(&subject, &id.to_string(), Bytes::from(input.encode_to_vec()))
-            .await
-            .map_err(|e| Status::unavailable(format!("{}; the order is not confirmed, retry with the same client_order_id", bus_status(e).message())))?;
+        state.deps.bus.publish(&subject, &id.to_string(), Bytes::from(input.encode_to_vec())).await.map_err(|e| {
+            Status::unavailable(format!(
+                "{}; the order is not confirmed, retry with the same client_order_id",
+                bus_status(e).message()
+            ))
+        })?;
         let mut records = state.records.lock().expect("records lock");
         records.apply_accepted(&accepted, v.inst.tick_cents);
         Ok(records.by_id[&id].view())
@@ -363,7 +374,11 @@ impl OrdersSvc {
 }
 
 fn same_order(a: &Order, req: &SubmitRequest) -> bool {
-    a.symbol == req.symbol && a.side == req.side && a.order_type == req.order_type && a.price_cents == req.price_cents && a.qty == req.qty
+    a.symbol == req.symbol
+        && a.side == req.side
+        && a.order_type == req.order_type
+        && a.price_cents == req.price_cents
+        && a.qty == req.qty
 }
 
 #[tonic::async_trait]
@@ -397,7 +412,11 @@ impl Orders for OrdersSvc {
         let req = req.into_inner();
         let record = self.owned(req.user_id, req.order_id)?;
         if record.status().is_final() {
-            return Err(Status::failed_precondition(format!("order {:x} is already {:?}", req.order_id, record.status())));
+            return Err(Status::failed_precondition(format!(
+                "order {:x} is already {:?}",
+                req.order_id,
+                record.status()
+            )));
         }
         let input = OrderEvent {
             kind: Some(order_event::Kind::Cancel(events::CancelRequested {

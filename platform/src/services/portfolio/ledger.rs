@@ -80,10 +80,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(instruments: &[Instrument]) -> Ledger {
-        Ledger {
-            instruments: instruments.iter().map(|i| (i.symbol.clone(), i.clone())).collect(),
-            ..Ledger::default()
-        }
+        Ledger { instruments: instruments.iter().map(|i| (i.symbol.clone(), i.clone())).collect(), ..Ledger::default() }
     }
 
     pub fn account(&self, id: AccountId) -> Account {
@@ -286,7 +283,13 @@ mod tests {
     }
 
     fn buy(account: u64, qty: i64, price: i64) -> Reservation {
-        Reservation { account: AccountId(account), symbol: "ACME".into(), side: Side::Buy, qty: Shares(qty), price: PriceTicks(price) }
+        Reservation {
+            account: AccountId(account),
+            symbol: "ACME".into(),
+            side: Side::Buy,
+            qty: Shares(qty),
+            price: PriceTicks(price),
+        }
     }
 
     fn sell(account: u64, qty: i64, price: i64) -> Reservation {
@@ -313,7 +316,11 @@ mod tests {
         l.deposit(AccountId(2), Cents(5_000), "d2");
         l.deposit(AccountId(3), Cents(1), "d3");
         l.reserve(OrderId(90), buy(2, 50, 100));
-        l.accounts.get_mut(&AccountId(3)).unwrap().holdings.insert("ACME".into(), Holding { qty: Shares(50), reserved: Shares(0) });
+        l.accounts
+            .get_mut(&AccountId(3))
+            .unwrap()
+            .holdings
+            .insert("ACME".into(), Holding { qty: Shares(50), reserved: Shares(0) });
         l.reserve(OrderId(91), sell(3, 50, 100));
         let mut f = fill(100, 100, 50);
         (f.buy_order, f.buyer, f.sell_order, f.seller) = (OrderId(90), AccountId(2), OrderId(91), AccountId(3));

@@ -22,10 +22,14 @@ use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares, Side};
 use crate::proto::common::{Holding as HoldingView, PortfolioView};
 use crate::proto::events::{self, engine_event, ledger_event, EngineEvent, LedgerEvent};
 use crate::proto::portfolio::portfolio_server::{Portfolio, PortfolioServer};
-use crate::proto::portfolio::{DepositRequest, GetPortfolioRequest, ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest};
-use crate::services::{bus_status, decode, ensure_streams, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup};
+use crate::proto::portfolio::{
+    DepositRequest, GetPortfolioRequest, ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest,
+};
+use crate::services::{
+    bus_status, decode, ensure_streams, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
+};
 
-pub use ledger::{Ledger, ReserveError, Reservation};
+pub use ledger::{Ledger, Reservation, ReserveError};
 
 /// The durable consumer of the TRADES stream.
 pub const DURABLE: &str = "portfolio";
