@@ -57,13 +57,15 @@ fn test_config(test: &str) -> PlatformConfig {
 
 impl TestPlatform {
     async fn start(test: &str) -> TestPlatform {
-        let cfg = test_config(test);
+        TestPlatform::start_with(test_config(test)).await
+    }
+
+    async fn start_with(cfg: PlatformConfig) -> TestPlatform {
         let (deps, bus) =
             fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
         let services = launch::spawn_all(&deps);
-        let mut p = TestPlatform { deps, bus, services };
+        let p = TestPlatform { deps, bus, services };
         p.wait_serving().await;
-        p.services.retain(|_, _| true);
         p
     }
 
@@ -553,4 +555,88 @@ async fn bad_input_changes_nothing_and_says_why() {
     let fills = p.engine_events().await.iter().filter(|e| matches!(e.kind, Some(engine_event::Kind::Fill(_)))).count();
     assert_eq!(fills, 0);
     p.cleanup().await;
+}
+
+#[tokio::test]
+async fn market_data_streams_candles_and_roles() {
+    let p = TestPlatform::start("md").await;
+    let maker = Client::register_and_login(p.gateway(), "maker", PASSWORD, Role::MarketMaker).await.unwrap();
+    let taker = p.user("taker").await;
+    let admin = fafnir_platform::proto::gateway::RegisterRequest {
+        username: "root".into(),
+        password: PASSWORD.into(),
+        role: Role::Admin as i32,
+    };
+    let refused = Client::new(p.gateway()).api.register(admin).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "nobody registers themselves as admin");
+    let taken = Client::register_and_login(p.gateway(), "maker", PASSWORD, Role::Trader).await.err().unwrap();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    let mut wrong = Client::new(p.gateway());
+    assert_eq!(wrong.login("maker", "not the password").await.unwrap_err().code(), Code::Unauthenticated);
+
+    maker.deposit_shares("GLOBX", 100, "m").await.unwrap();
+    taker.deposit_cash(1_000_000, "t").await.unwrap();
+    let mut md = taker.market_data(&["GLOBX"]).await.unwrap();
+    assert_eq!(taker.market_data(&["NOPE"]).await.unwrap_err().code(), Code::InvalidArgument);
+
+    maker.submit(&OrderSpec::limit("a", "GLOBX", Side::Sell, 2_005, 50)).await.unwrap();
+    let update =
+        tokio::time::timeout(Duration::from_secs(10), md.message()).await.expect("md in time").unwrap().unwrap();
+    assert_eq!((update.symbol.as_str(), update.ask_cents, update.ask_qty, update.bid_qty), ("GLOBX", 2_005, 50, 0));
+    taker.submit(&OrderSpec::limit("b", "GLOBX", Side::Buy, 2_010, 20)).await.unwrap();
+    let update =
+        tokio::time::timeout(Duration::from_secs(10), md.message()).await.expect("md in time").unwrap().unwrap();
+    assert_eq!(update.trades.len(), 1);
+    assert_eq!((update.trades[0].price_cents, update.trades[0].qty), (2_005, 20));
+    assert_eq!((update.ask_cents, update.ask_qty), (2_005, 30));
+
+    taker.submit(&OrderSpec::limit("c", "GLOBX", Side::Buy, 2_005, 10)).await.unwrap();
+    let candles = eventually("a candle with both trades", || async {
+        taker.candles("GLOBX").await.ok().filter(|c| c.len() == 1 && c[0].volume == 30)
+    })
+    .await;
+    let c = &candles[0];
+    assert_eq!((c.open_cents, c.high_cents, c.low_cents, c.close_cents), (2_005, 2_005, 2_005, 2_005));
+    assert_eq!(c.start_ms % 60_000, 0, "one-minute buckets");
+    portfolio_is(&taker, 1_000_000 - 30 * 2_005, 0, &[("GLOBX", 30, 0)]).await;
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_per_user() {
+    let mut cfg = test_config("ratelimit");
+    cfg.rate_limit = fafnir_platform::config::RateLimit { per_second: 1, burst: 5 };
+    let p = TestPlatform::start_with(cfg).await;
+    let busy = p.user("busy").await;
+    let calm = p.user("calm").await;
+    let mut refused = 0;
+    for _ in 0..8 {
+        match busy.portfolio().await {
+            Ok(_) => {}
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s}");
+                refused += 1;
+            }
+        }
+    }
+    assert!((2..=3).contains(&refused), "a burst of 5 at 1/s lets 5 or 6 of 8 through; refused {refused}");
+    calm.portfolio().await.expect("another user has their own bucket");
+    p.cleanup().await;
+}
+
+#[test]
+fn fafnir_up_names_the_unreachable_server() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["up", "--nats", "127.0.0.1:1", "--base-port", "1"])
+        .output()
+        .expect("run fafnir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach NATS") && stderr.contains("127.0.0.1:1"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["serve", "nonsense"])
+        .output()
+        .expect("run fafnir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown service \"nonsense\""), "{stderr}");
 }
