@@ -1,1 +1,22 @@
-//! placeholder
+//! # fafnir sim
+//!
+//! The deterministic world: under `cargo sim` (`--cfg madsim`) every fafnir
+//! service, a simulated JetStream broker and a simulated Redis are nodes of
+//! one `madsim` world with a modelled network and injected faults. A seed
+//! replays a run exactly.
+//!
+//! ## Layout
+//!
+//! - [`trace`]: the trace hash over every event the world delivers, in order.
+//! - [`broker`]: the simulated JetStream broker node and its [`fafnir_platform::bus::EventBus`] client.
+//! - [`redis`]: the simulated Redis node and its [`fafnir_platform::kv::Kv`] client.
+//! - [`conformance`]: behaviour tests written once against the traits, run against
+//!   the simulated models (`cargo sim test`) and the real servers (`cargo test`).
+
+pub mod conformance;
+pub mod trace;
+
+#[cfg(madsim)]
+pub mod broker;
+#[cfg(madsim)]
+pub mod redis;

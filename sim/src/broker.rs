@@ -1,0 +1,1 @@
+//! The simulated JetStream broker (being written).

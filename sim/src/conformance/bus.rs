@@ -1,0 +1,1 @@
+//! Event-bus conformance cases (being written).

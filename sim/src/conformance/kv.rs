@@ -1,0 +1,1 @@
+//! Kv conformance cases (being written).

@@ -1,0 +1,1 @@
+//! Runs the event-bus conformance cases (being written).

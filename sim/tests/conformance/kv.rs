@@ -1,0 +1,1 @@
+//! Runs the kv conformance cases (being written).
