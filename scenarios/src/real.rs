@@ -26,7 +26,7 @@ pub async fn connect(cfg: PlatformConfig) -> Result<(Deps, Arc<NatsBus>), String
         )
     })?;
     let bus = Arc::new(bus);
-    let deps = Deps { cfg: Arc::new(cfg), bus: bus.clone(), kv: Arc::new(kv) };
+    let deps = Deps::new(Arc::new(cfg), bus.clone(), Arc::new(kv));
     Ok((deps, bus))
 }
 

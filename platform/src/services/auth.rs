@@ -101,6 +101,7 @@ struct AuthSvc {
 #[tonic::async_trait]
 impl Auth for AuthSvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+        self.state.deps.work("auth.register").await;
         let req = req.into_inner();
         check_username(&req.username)?;
         if req.password.len() < 8 || req.password.len() > 128 {
@@ -134,6 +135,7 @@ impl Auth for AuthSvc {
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        self.state.deps.work("auth.login").await;
         let req = req.into_inner();
         let cfg = &self.state.deps.cfg;
         let user = self.state.users.lock().await.get(&req.username).cloned();
@@ -147,6 +149,7 @@ impl Auth for AuthSvc {
     }
 
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
+        self.state.deps.work("auth.verify").await;
         let cfg = &self.state.deps.cfg;
         let claims = jwt::verify(&cfg.jwt_secret, &req.into_inner().token, clock::now_ms() / 1000)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;

@@ -252,6 +252,7 @@ impl GatewaySvc {
 #[tonic::async_trait]
 impl Gateway for GatewaySvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+        self.state.deps.work("gateway.register").await;
         let r = req.into_inner();
         let reply = self
             .state
@@ -264,6 +265,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        self.state.deps.work("gateway.login").await;
         let r = req.into_inner();
         let reply = self
             .state
@@ -276,6 +278,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
+        self.state.deps.work("gateway.deposit").await;
         let user = self.caller(&req)?;
         let r = req.into_inner();
         let call = portfolio::DepositRequest {
@@ -289,6 +292,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<Order>, Status> {
+        self.state.deps.work("gateway.submit_order").await;
         let user = self.caller(&req)?;
         let r = req.into_inner();
         let call = orders::SubmitRequest {
@@ -304,24 +308,28 @@ impl Gateway for GatewaySvc {
     }
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<Order>, Status> {
+        self.state.deps.work("gateway.cancel_order").await;
         let user = self.caller(&req)?;
         let order_id = req.into_inner().order_id;
         self.state.orders.clone().cancel(orders::CancelRequest { user_id: user.0, order_id }).await
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
+        self.state.deps.work("gateway.get_order").await;
         let user = self.caller(&req)?;
         let order_id = req.into_inner().order_id;
         self.state.orders.clone().get(orders::GetRequest { user_id: user.0, order_id }).await
     }
 
     async fn list_orders(&self, req: Request<ListOrdersRequest>) -> Result<Response<ListOrdersReply>, Status> {
+        self.state.deps.work("gateway.list_orders").await;
         let user = self.caller(&req)?;
         let reply = self.state.orders.clone().list(orders::ListRequest { user_id: user.0 }).await?.into_inner();
         Ok(Response::new(ListOrdersReply { orders: reply.orders }))
     }
 
     async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
+        self.state.deps.work("gateway.get_portfolio").await;
         let user = self.caller(&req)?;
         self.state.portfolio.clone().get_portfolio(portfolio::GetPortfolioRequest { account_id: user.0 }).await
     }
@@ -330,18 +338,21 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<ListInstrumentsRequest>,
     ) -> Result<Response<ListInstrumentsReply>, Status> {
+        self.state.deps.work("gateway.list_instruments").await;
         self.caller(&req)?;
         let reply = self.state.market.clone().list_instruments(market::ListInstrumentsRequest {}).await?.into_inner();
         Ok(Response::new(ListInstrumentsReply { instruments: reply.instruments }))
     }
 
     async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
+        self.state.deps.work("gateway.get_quote").await;
         self.caller(&req)?;
         let symbol = req.into_inner().symbol;
         self.state.market.clone().get_quote(market::GetQuoteRequest { symbol }).await
     }
 
     async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
+        self.state.deps.work("gateway.get_candles").await;
         self.caller(&req)?;
         let r = req.into_inner();
         let reply = self
@@ -360,6 +371,7 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<StreamExecutionsRequest>,
     ) -> Result<Response<Self::StreamExecutionsStream>, Status> {
+        self.state.deps.work("gateway.stream_executions").await;
         let user = self.caller(&req)?;
         let rx = self.subscribe(&self.state.executions, Filter::Account(user.0));
         Ok(Response::new(receiver_stream(rx)))
@@ -371,6 +383,7 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<StreamMarketDataRequest>,
     ) -> Result<Response<Self::StreamMarketDataStream>, Status> {
+        self.state.deps.work("gateway.stream_market_data").await;
         self.caller(&req)?;
         let symbols = req.into_inner().symbols;
         for s in &symbols {

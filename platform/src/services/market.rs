@@ -54,6 +54,7 @@ async fn follow_trades(deps: Deps, shutdown: Shutdown) {
         match read {
             Ok(msgs) => {
                 for m in msgs {
+                    deps.work("market.trade").await;
                     while let Err(e) = apply_trade_msg(&deps, &stream, &m).await {
                         tracing::warn!(error = %e, "market update failed; retrying");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -184,6 +185,7 @@ impl Market for MarketSvc {
         &self,
         _: Request<ListInstrumentsRequest>,
     ) -> Result<Response<ListInstrumentsReply>, Status> {
+        self.deps.work("market.list_instruments").await;
         let instruments = self
             .deps
             .cfg
@@ -201,6 +203,7 @@ impl Market for MarketSvc {
     }
 
     async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
+        self.deps.work("market.get_quote").await;
         let symbol = req.into_inner().symbol;
         let tick = self.instrument(&symbol)?.tick_cents;
         let key = self.deps.cfg.names().key(&format!("market:quote:{symbol}"));
@@ -220,6 +223,7 @@ impl Market for MarketSvc {
     }
 
     async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
+        self.deps.work("market.get_candles").await;
         let req = req.into_inner();
         let tick = self.instrument(&req.symbol)?.tick_cents;
         let key = self.deps.cfg.names().key(&format!("market:candles:{}", req.symbol));

@@ -24,12 +24,45 @@ pub mod market;
 pub mod orders;
 pub mod portfolio;
 
-/// What every service is handed: its configuration and its I/O.
+/// What every service is handed: its configuration, its I/O, and (in
+/// simulation) the model of its processing time.
 #[derive(Clone)]
 pub struct Deps {
     pub cfg: Arc<PlatformConfig>,
     pub bus: Arc<dyn EventBus>,
     pub kv: Arc<dyn Kv>,
+    /// None for real: real work takes real time.
+    pub service_time: Option<Arc<dyn ServiceTime>>,
+}
+
+impl Deps {
+    pub fn new(cfg: Arc<PlatformConfig>, bus: Arc<dyn EventBus>, kv: Arc<dyn Kv>) -> Deps {
+        Deps { cfg, bus, kv, service_time: None }
+    }
+
+    pub fn with_service_time(mut self, model: Arc<dyn ServiceTime>) -> Deps {
+        self.service_time = Some(model);
+        self
+    }
+
+    /// Takes the modelled processing time of one unit of work of `handler`
+    /// (for example `"orders.submit"`). Free for real.
+    pub async fn work(&self, handler: &'static str) {
+        if let Some(model) = &self.service_time {
+            model.process(handler).await;
+        }
+    }
+}
+
+/// Processing time, modelled. madsim runs CPU work in zero simulated time, so
+/// without a model every handler would be instantaneous and no queue would
+/// ever form. The simulation draws each call's time from a distribution and
+/// bounds how many calls a service processes at once.
+#[async_trait::async_trait]
+pub trait ServiceTime: Send + Sync + 'static {
+    /// Waits one call's processing time, holding one of the service's
+    /// concurrency slots while it does.
+    async fn process(&self, handler: &'static str);
 }
 
 /// Why a service could not start or stopped.

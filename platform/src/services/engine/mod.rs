@@ -47,7 +47,7 @@ pub async fn serve(deps: Deps, shard: usize, shutdown: Shutdown) -> Result<(), S
     }
     tracing::info!(%addr, shard, ?symbols, "engine serving");
     let server = tonic::transport::Server::builder()
-        .add_service(EngineServer::new(EngineSvc { books }))
+        .add_service(EngineServer::new(EngineSvc { deps: deps.clone(), books }))
         .serve_with_shutdown(addr, shutdown);
     tasks.serve_until_failure(addr, server).await
 }
@@ -120,6 +120,7 @@ async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64,
                 Ok(i) => i,
                 Err(e) => panic!("engine cannot skip an input it cannot read: {e}"),
             };
+            deps.work("engine.match").await;
             let outputs = {
                 let mut books = books.lock().expect("books lock");
                 books.get_mut(&symbol).expect("own symbol").apply(m.seq, &input)
@@ -134,12 +135,14 @@ async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64,
 }
 
 struct EngineSvc {
+    deps: Deps,
     books: Books,
 }
 
 #[tonic::async_trait]
 impl Engine for EngineSvc {
     async fn get_book(&self, req: Request<GetBookRequest>) -> Result<Response<BookView>, Status> {
+        self.deps.work("engine.get_book").await;
         let req = req.into_inner();
         let books = self.books.lock().expect("books lock");
         let m = books

@@ -214,6 +214,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             }
         };
         for d in deliveries {
+            state.deps.work("orders.track").await;
             let known = match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
                 Ok(e) => state.records.lock().expect("records lock").apply_engine(&e, state.tick(&e.symbol)),
                 Err(e) => {
@@ -384,6 +385,7 @@ fn same_order(a: &Order, req: &SubmitRequest) -> bool {
 #[tonic::async_trait]
 impl Orders for OrdersSvc {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<Order>, Status> {
+        self.state.deps.work("orders.submit").await;
         let req = req.into_inner();
         let valid = validate(&self.state.deps, &req)?;
         let id = order_id_for(UserId(req.user_id), &req.client_order_id);
@@ -409,6 +411,7 @@ impl Orders for OrdersSvc {
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Order>, Status> {
+        self.state.deps.work("orders.cancel").await;
         let req = req.into_inner();
         let record = self.owned(req.user_id, req.order_id)?;
         if record.status().is_final() {
@@ -433,11 +436,13 @@ impl Orders for OrdersSvc {
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<Order>, Status> {
+        self.state.deps.work("orders.get").await;
         let req = req.into_inner();
         Ok(Response::new(self.owned(req.user_id, req.order_id)?.view()))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        self.state.deps.work("orders.list").await;
         let user = UserId(req.into_inner().user_id);
         let records = self.state.records.lock().expect("records lock");
         let orders = records

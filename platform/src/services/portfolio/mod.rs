@@ -160,6 +160,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             }
         };
         for d in deliveries {
+            state.deps.work("portfolio.settle").await;
             match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
                 Ok(event) => apply_engine_event(&mut *state.ledger.lock().await, &event),
                 Err(e) => {
@@ -208,6 +209,7 @@ impl PortfolioSvc {
 #[tonic::async_trait]
 impl Portfolio for PortfolioSvc {
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
+        self.state.deps.work("portfolio.deposit").await;
         let req = req.into_inner();
         if req.symbol.is_empty() {
             if req.cents <= 0 {
@@ -245,6 +247,7 @@ impl Portfolio for PortfolioSvc {
     }
 
     async fn reserve(&self, req: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
+        self.state.deps.work("portfolio.reserve").await;
         let req = req.into_inner();
         let side = side_from_proto(req.side)?;
         if req.qty <= 0 || req.price_ticks <= 0 {
@@ -279,6 +282,7 @@ impl Portfolio for PortfolioSvc {
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+        self.state.deps.work("portfolio.release").await;
         let order = OrderId(req.into_inner().order_id);
         let mut ledger = self.state.ledger.lock().await;
         let kind = ledger_event::Kind::Released(events::Released { order_id: order.0 });
@@ -288,6 +292,7 @@ impl Portfolio for PortfolioSvc {
     }
 
     async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
+        self.state.deps.work("portfolio.get_portfolio").await;
         let account = AccountId(req.into_inner().account_id);
         Ok(Response::new(view(&*self.state.ledger.lock().await, account)))
     }

@@ -1,134 +1,47 @@
-//! The platform end to end against the real nats-server and redis-server.
-//!
-//! Each test runs its own deployment in this process under its own namespace
-//! (streams, subjects, Redis keys) and its own ports, so tests run in
-//! parallel, and deletes what it created. A test that cannot reach NATS or
-//! Redis fails: it is never silently skipped (`ci/test` starts the servers).
-#![cfg(not(madsim))]
+//! The end-to-end flows of the platform, written once against [`Platform`]
+//! and run in both worlds: against the real nats-server and redis-server
+//! (`real.rs`) and in the deterministic simulation (`sim.rs`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fafnir_platform::book::{Book, BookEvent, NewOrder};
-use fafnir_platform::bus::nats::NatsBus;
 use fafnir_platform::bus::read_to_end;
-use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
 use fafnir_platform::domain::{
-    order_id_for, AccountId, Instrument, OrderType as DomainType, PriceTicks, Shares, Side as DomainSide, UserId,
+    order_id_for, AccountId, OrderType as DomainType, PriceTicks, Shares, Side as DomainSide, UserId,
 };
-use fafnir_platform::kv::wipe_prefix;
 use fafnir_platform::proto::common::{Order, OrderStatus, OrderType, PortfolioView, Role, Side};
 use fafnir_platform::proto::events::{engine_event, EngineEvent};
 use fafnir_platform::proto::gateway::execution_report;
-use fafnir_platform::services::launch::{self, ServiceHandle};
-use fafnir_platform::services::{jwt, Deps, ServiceKind};
+use fafnir_platform::services::jwt;
 use fafnir_scenarios::client::{Client, OrderSpec};
 use tonic::Code;
 
-const PASSWORD: &str = "correct horse battery";
+use crate::Platform;
 
-struct TestPlatform {
-    deps: Deps,
-    bus: Arc<NatsBus>,
-    services: BTreeMap<String, ServiceHandle>,
+pub const PASSWORD: &str = "correct horse battery";
+
+async fn user(p: &dyn Platform, name: &str) -> Client {
+    Client::register_and_login(p.gateway(), name, PASSWORD, Role::Trader).await.expect("register and login")
 }
 
-fn test_config(test: &str) -> PlatformConfig {
-    let mut cfg = PlatformConfig::local_default();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    cfg.namespace = format!("t-{test}-{}-{nanos}", std::process::id());
-    cfg.instruments = vec![Instrument::new("ACME", 1, 1, 1, 100_000), Instrument::new("GLOBX", 5, 10, 1, 200_000)];
-    cfg.engine_shards = vec![vec!["ACME".into()], vec!["GLOBX".into()]];
-    let ports = fafnir_scenarios::real::free_ports(7);
-    cfg.addrs = ServiceAddrs {
-        gateway: ([127, 0, 0, 1], ports[0]).into(),
-        auth: ([127, 0, 0, 1], ports[1]).into(),
-        market: ([127, 0, 0, 1], ports[2]).into(),
-        orders: ([127, 0, 0, 1], ports[3]).into(),
-        portfolio: ([127, 0, 0, 1], ports[4]).into(),
-        engines: vec![([127, 0, 0, 1], ports[5]).into(), ([127, 0, 0, 1], ports[6]).into()],
-    };
-    cfg.password_hashing = PasswordHashing::CHEAP;
-    cfg.jwt_secret = format!("secret-{test}");
-    cfg
+async fn engine_events(p: &dyn Platform) -> Vec<EngineEvent> {
+    let stream = p.cfg().names().trades_stream();
+    let bus = p.bus();
+    let msgs = read_to_end(bus.as_ref(), &stream, "", 1).await.expect("read trades");
+    msgs.iter().map(|m| prost::Message::decode(&m.payload[..]).expect("engine event")).collect()
 }
 
-impl TestPlatform {
-    async fn start(test: &str) -> TestPlatform {
-        TestPlatform::start_with(test_config(test)).await
-    }
-
-    async fn start_with(cfg: PlatformConfig) -> TestPlatform {
-        let (deps, bus) =
-            fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
-        let services = launch::spawn_all(&deps);
-        let p = TestPlatform { deps, bus, services };
-        p.wait_serving().await;
-        p
-    }
-
-    async fn wait_serving(&self) {
-        launch::wait_until_serving(&self.deps, Duration::from_secs(30)).await.expect("platform serving");
-    }
-
-    fn gateway(&self) -> std::net::SocketAddr {
-        self.deps.cfg.addrs.gateway
-    }
-
-    async fn user(&self, name: &str) -> Client {
-        Client::register_and_login(self.gateway(), name, PASSWORD, Role::Trader).await.expect("register and login")
-    }
-
-    /// Kills a service (as a crash) and leaves it down.
-    fn kill(&mut self, name: &str) {
-        self.services.remove(name).unwrap_or_else(|| panic!("no service {name}")).kill();
-    }
-
-    fn start_service(&mut self, kind: ServiceKind, shard: usize) {
-        let h = launch::spawn(kind, shard, self.deps.clone());
-        self.services.insert(h.name(), h);
-    }
-
-    async fn stop_all(&mut self) {
-        for (_, h) in std::mem::take(&mut self.services) {
-            h.kill();
-        }
-        // Let the killed servers release their ports.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    /// Waits until the engine has answered every input in ORDERS.
-    async fn wait_engine_caught_up(&self) {
-        let names = self.deps.cfg.names();
-        let bus = self.deps.bus.as_ref();
-        let inputs = read_to_end(bus, &names.orders_stream(), "", 1).await.expect("read orders");
-        let last = inputs.last().map_or(0, |m| m.seq);
-        eventually("the engine to catch up", || async {
-            let events = self.engine_events().await;
-            events.iter().any(|e| e.input_seq == last).then_some(())
-        })
-        .await;
-    }
-
-    async fn cleanup(mut self) {
-        for (name, h) in &self.services {
-            assert!(!h.is_finished(), "{name} died during the test");
-        }
-        self.stop_all().await;
-        let ns = self.deps.cfg.namespace.clone();
-        let prefix = self.deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
-        self.bus.delete_streams_with_prefix(&prefix).await.expect("delete test streams");
-        wipe_prefix(self.deps.kv.as_ref(), &format!("{ns}:")).await.expect("wipe test keys");
-    }
-
-    async fn engine_events(&self) -> Vec<EngineEvent> {
-        let names = self.deps.cfg.names();
-        let stream = names.trades_stream();
-        let msgs = read_to_end(self.deps.bus.as_ref(), &stream, "", 1).await.expect("read trades");
-        msgs.iter().map(|m| prost::Message::decode(&m.payload[..]).expect("engine event")).collect()
-    }
+/// Waits until the engine has answered every input in ORDERS.
+async fn wait_engine_caught_up(p: &dyn Platform) {
+    let bus = p.bus();
+    let inputs = read_to_end(bus.as_ref(), &p.cfg().names().orders_stream(), "", 1).await.expect("read orders");
+    let last = inputs.last().map_or(0, |m| m.seq);
+    eventually("the engine to catch up", || async {
+        engine_events(p).await.iter().any(|e| e.input_seq == last).then_some(())
+    })
+    .await;
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after 20 s.
@@ -176,11 +89,9 @@ async fn portfolio_is(c: &Client, cash: i64, reserved: i64, holdings: &[(&str, i
     }
 }
 
-#[tokio::test]
-async fn end_to_end_crossing_limits_and_a_market_order() {
-    let p = TestPlatform::start("e2e").await;
-    let alice = p.user("alice").await;
-    let bob = p.user("bob").await;
+pub async fn end_to_end_crossing_limits_and_a_market_order(p: &dyn Platform) {
+    let alice = user(p, "alice").await;
+    let bob = user(p, "bob").await;
     alice.deposit_cash(1_000_000, "a-1").await.unwrap();
     bob.deposit_shares("ACME", 100, "b-1").await.unwrap();
     let mut alice_reports = alice.executions().await.unwrap();
@@ -225,14 +136,11 @@ async fn end_to_end_crossing_limits_and_a_market_order() {
     assert_eq!((quote.last_price_cents, quote.last_qty, quote.volume), (9_900, 10, 40));
     let orders = alice.orders().await.unwrap();
     assert_eq!(orders.len(), 2);
-    p.cleanup().await;
 }
 
-#[tokio::test]
-async fn ioc_and_fok_partial_and_no_fill() {
-    let p = TestPlatform::start("iocfok").await;
-    let carol = p.user("carol").await;
-    let dave = p.user("dave").await;
+pub async fn ioc_and_fok_partial_and_no_fill(p: &dyn Platform) {
+    let carol = user(p, "carol").await;
+    let dave = user(p, "dave").await;
     carol.deposit_cash(1_000_000, "c").await.unwrap();
     dave.deposit_shares("ACME", 100, "d").await.unwrap();
     let ask = dave.submit(&OrderSpec::limit("s1", "ACME", Side::Sell, 5_000, 10)).await.unwrap();
@@ -263,14 +171,11 @@ async fn ioc_and_fok_partial_and_no_fill() {
 
     portfolio_is(&carol, 900_000, 0, &[("ACME", 20, 0)]).await;
     portfolio_is(&dave, 100_000, 0, &[("ACME", 80, 0)]).await;
-    p.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_retried_submit_is_booked_once() {
-    let p = TestPlatform::start("retry").await;
-    let eve = p.user("eve").await;
-    let frank = p.user("frank").await;
+pub async fn a_retried_submit_is_booked_once(p: &dyn Platform) {
+    let eve = user(p, "eve").await;
+    let frank = user(p, "frank").await;
     eve.deposit_cash(100_000, "e1").await.unwrap();
     eve.deposit_cash(100_000, "e1").await.unwrap();
     frank.deposit_shares("ACME", 100, "f1").await.unwrap();
@@ -292,9 +197,8 @@ async fn a_retried_submit_is_booked_once() {
     order_reaches(&eve, first.order_id, OrderStatus::Filled).await;
     portfolio_is(&eve, 90_000, 0, &[("ACME", 10, 0)]).await;
     assert_eq!(eve.orders().await.unwrap().len(), 1);
-    let fills = p.engine_events().await.iter().filter(|e| matches!(e.kind, Some(engine_event::Kind::Fill(_)))).count();
+    let fills = engine_events(p).await.iter().filter(|e| matches!(e.kind, Some(engine_event::Kind::Fill(_)))).count();
     assert_eq!(fills, 1, "one fill in the TRADES stream");
-    p.cleanup().await;
 }
 
 /// Submits, retrying while the platform is (partly) down; the client order id
@@ -383,7 +287,7 @@ fn expected(
 }
 
 async fn check_flow_outcome(
-    p: &TestPlatform,
+    p: &dyn Platform,
     users: &[Client; 2],
     want: &([(i64, i64); 2], BTreeMap<u64, i64>, usize),
 ) {
@@ -406,7 +310,7 @@ async fn check_flow_outcome(
         let (reserved_cash, reserved_shares) = if i == 0 { (open_reserved, 0) } else { (0, open_reserved) };
         portfolio_is(c, cash, reserved_cash, &[("ACME", shares, reserved_shares)]).await;
     }
-    let events = p.engine_events().await;
+    let events = engine_events(p).await;
     let seqs: Vec<u64> = events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -417,10 +321,8 @@ async fn check_flow_outcome(
     assert_eq!(seqs, (1..=want.2 as u64).collect::<Vec<_>>(), "every fill once, in order, none twice");
 }
 
-#[tokio::test]
-async fn restarts_and_a_redis_wipe_change_nothing() {
-    let mut p = TestPlatform::start("restart").await;
-    let users = [p.user("gina").await, p.user("hank").await];
+pub async fn restarts_and_a_redis_wipe_change_nothing(p: &dyn Platform) {
+    let users = [user(p, "gina").await, user(p, "hank").await];
     users[0].deposit_cash(10_000_000, "g").await.unwrap();
     users[1].deposit_shares("ACME", 1_000, "h").await.unwrap();
     let ids = [users[0].user_id, users[1].user_id];
@@ -432,49 +334,39 @@ async fn restarts_and_a_redis_wipe_change_nothing() {
         submit_retrying(&users[*u], spec).await;
     }
     // The engine dies with orders still arriving; they wait in the stream.
-    p.kill("engine-0");
+    p.kill("engine-0").await;
     for (u, spec) in &flow[10..20] {
         submit_retrying(&users[*u], spec).await;
     }
     // The portfolio dies, and the engine comes back and fills what waited: the
     // fills reach the restarted portfolio both in its replay of TRADES and as
     // deliveries of its durable consumer, and must be settled once.
-    p.kill("portfolio");
-    p.start_service(ServiceKind::Engine, 0);
-    p.wait_engine_caught_up().await;
-    let deps = p.deps.clone();
-    let restarter = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        launch::spawn(ServiceKind::Portfolio, 0, deps)
-    });
+    p.kill("portfolio").await;
+    p.start("engine-0").await;
+    wait_engine_caught_up(p).await;
+    p.start_after("portfolio", Duration::from_millis(300));
     // Submits fail over to retries until the portfolio is back.
     for (u, spec) in &flow[20..30] {
         submit_retrying(&users[*u], spec).await;
     }
-    let portfolio = restarter.await.unwrap();
-    p.services.insert(portfolio.name(), portfolio);
     // Checked now, before another restart could rebuild over a double settlement.
-    check_flow_outcome(&p, &users, &expected(30, ids, [10_000_000, 0], [0, 1_000])).await;
+    check_flow_outcome(p, &users, &expected(30, ids, [10_000_000, 0], [0, 1_000])).await;
     // Engine, portfolio and orders all at once, while the last orders go in.
-    p.kill("engine-0");
-    p.kill("portfolio");
-    p.kill("orders");
-    p.start_service(ServiceKind::Orders, 0);
-    p.start_service(ServiceKind::Portfolio, 0);
-    p.start_service(ServiceKind::Engine, 0);
+    for name in ["engine-0", "portfolio", "orders"] {
+        p.kill(name).await;
+    }
+    for name in ["orders", "portfolio", "engine-0"] {
+        p.start(name).await;
+    }
     for (u, spec) in &flow[30..] {
         submit_retrying(&users[*u], spec).await;
     }
-    check_flow_outcome(&p, &users, &want).await;
+    check_flow_outcome(p, &users, &want).await;
     let quote_before = users[0].quote("ACME").await.unwrap();
 
     // Redis loses everything; a full restart rebuilds the same state from the streams.
-    p.stop_all().await;
-    let wiped = wipe_prefix(p.deps.kv.as_ref(), &format!("{}:", p.deps.cfg.namespace)).await.unwrap();
-    assert!(wiped > 0, "the market kept state in Redis");
-    p.services = launch::spawn_all(&p.deps);
-    p.wait_serving().await;
-    check_flow_outcome(&p, &users, &want).await;
+    p.restart_all_with_empty_redis().await;
+    check_flow_outcome(p, &users, &want).await;
     let quote_after = eventually("quote rebuilt", || async {
         users[0].quote("ACME").await.ok().filter(|q| q.trades == quote_before.trades)
     })
@@ -483,14 +375,11 @@ async fn restarts_and_a_redis_wipe_change_nothing() {
         (quote_after.last_price_cents, quote_after.volume),
         (quote_before.last_price_cents, quote_before.volume)
     );
-    p.cleanup().await;
 }
 
-#[tokio::test]
-async fn bad_input_changes_nothing_and_says_why() {
-    let p = TestPlatform::start("badinput").await;
-    let ivy = p.user("ivy").await;
-    let jack = p.user("jack").await;
+pub async fn bad_input_changes_nothing_and_says_why(p: &dyn Platform) {
+    let ivy = user(p, "ivy").await;
+    let jack = user(p, "jack").await;
     ivy.deposit_cash(100_000, "i").await.unwrap();
     ivy.deposit_shares("ACME", 10, "i-s").await.unwrap();
     jack.deposit_shares("ACME", 10, "j-s").await.unwrap();
@@ -540,7 +429,7 @@ async fn bad_input_changes_nothing_and_says_why() {
     let err = forged.submit(&OrderSpec::limit("forged", "ACME", Side::Buy, 1_000, 1)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     let expired =
-        Client { token: Some(jwt::issue(&p.deps.cfg.jwt_secret, &jwt::Claims { exp: 1, ..claims })), ..anonymous };
+        Client { token: Some(jwt::issue(&p.cfg().jwt_secret, &jwt::Claims { exp: 1, ..claims })), ..anonymous };
     assert_eq!(expired.portfolio().await.unwrap_err().code(), Code::Unauthenticated);
 
     assert_eq!(ivy.order(jacks.order_id).await.unwrap_err().code(), Code::NotFound);
@@ -552,16 +441,13 @@ async fn bad_input_changes_nothing_and_says_why() {
     let jacks = jack.order(jacks.order_id).await.unwrap();
     assert_eq!(jacks.status, OrderStatus::Accepted as i32, "another user could not touch it");
     portfolio_is(&jack, 0, 0, &[("ACME", 10, 5)]).await;
-    let fills = p.engine_events().await.iter().filter(|e| matches!(e.kind, Some(engine_event::Kind::Fill(_)))).count();
+    let fills = engine_events(p).await.iter().filter(|e| matches!(e.kind, Some(engine_event::Kind::Fill(_)))).count();
     assert_eq!(fills, 0);
-    p.cleanup().await;
 }
 
-#[tokio::test]
-async fn market_data_streams_candles_and_roles() {
-    let p = TestPlatform::start("md").await;
+pub async fn market_data_streams_candles_and_roles(p: &dyn Platform) {
     let maker = Client::register_and_login(p.gateway(), "maker", PASSWORD, Role::MarketMaker).await.unwrap();
-    let taker = p.user("taker").await;
+    let taker = user(p, "taker").await;
     let admin = fafnir_platform::proto::gateway::RegisterRequest {
         username: "root".into(),
         password: PASSWORD.into(),
@@ -599,16 +485,13 @@ async fn market_data_streams_candles_and_roles() {
     assert_eq!((c.open_cents, c.high_cents, c.low_cents, c.close_cents), (2_005, 2_005, 2_005, 2_005));
     assert_eq!(c.start_ms % 60_000, 0, "one-minute buckets");
     portfolio_is(&taker, 1_000_000 - 30 * 2_005, 0, &[("GLOBX", 30, 0)]).await;
-    p.cleanup().await;
 }
 
-#[tokio::test]
-async fn the_rate_limit_is_per_user() {
-    let mut cfg = test_config("ratelimit");
-    cfg.rate_limit = fafnir_platform::config::RateLimit { per_second: 1, burst: 5 };
-    let p = TestPlatform::start_with(cfg).await;
-    let busy = p.user("busy").await;
-    let calm = p.user("calm").await;
+/// Needs a platform whose rate limit is 1 per second with a burst of 5.
+pub async fn the_rate_limit_is_per_user(p: &dyn Platform) {
+    assert_eq!((p.cfg().rate_limit.per_second, p.cfg().rate_limit.burst), (1, 5));
+    let busy = user(p, "busy").await;
+    let calm = user(p, "calm").await;
     let mut refused = 0;
     for _ in 0..8 {
         match busy.portfolio().await {
@@ -621,22 +504,4 @@ async fn the_rate_limit_is_per_user() {
     }
     assert!((2..=3).contains(&refused), "a burst of 5 at 1/s lets 5 or 6 of 8 through; refused {refused}");
     calm.portfolio().await.expect("another user has their own bucket");
-    p.cleanup().await;
-}
-
-#[test]
-fn fafnir_up_names_the_unreachable_server() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
-        .args(["up", "--nats", "127.0.0.1:1", "--base-port", "1"])
-        .output()
-        .expect("run fafnir");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("cannot reach NATS") && stderr.contains("127.0.0.1:1"), "{stderr}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
-        .args(["serve", "nonsense"])
-        .output()
-        .expect("run fafnir");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown service \"nonsense\""), "{stderr}");
 }

@@ -1,0 +1,37 @@
+//! The platform end to end, one test binary for both worlds: each flow in
+//! `flows.rs` is written once against [`Platform`] and runs against the real
+//! nats-server and redis-server under `cargo test` (`real.rs`) and in the
+//! deterministic simulation under `cargo sim test` (`sim.rs`), where it must
+//! end with exactly the same balances, holdings and order statuses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fafnir_platform::bus::EventBus;
+use fafnir_platform::config::PlatformConfig;
+
+mod flows;
+#[cfg(not(madsim))]
+mod real;
+#[cfg(madsim)]
+mod sim;
+
+/// A running deployment the flows can drive, kill and restart.
+#[async_trait::async_trait]
+pub trait Platform: Send + Sync {
+    fn cfg(&self) -> &PlatformConfig;
+    fn gateway(&self) -> std::net::SocketAddr {
+        self.cfg().addrs.gateway
+    }
+    /// An event-bus client usable from the flow's own task.
+    fn bus(&self) -> Arc<dyn EventBus>;
+    /// Kills a service instance (`portfolio`, `engine-0`, ...) as a crash would.
+    async fn kill(&self, instance: &str);
+    /// Starts a killed instance again.
+    async fn start(&self, instance: &str);
+    /// Starts a killed instance after `delay`, without waiting for it.
+    fn start_after(&self, instance: &str, delay: Duration);
+    /// Stops every service, loses all of Redis's data, starts every service
+    /// again and waits until they serve.
+    async fn restart_all_with_empty_redis(&self);
+}

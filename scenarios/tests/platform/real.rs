@@ -1,0 +1,179 @@
+//! The flows against the real nats-server and redis-server. Each test runs its
+//! own deployment in this process under its own namespace (streams, subjects,
+//! Redis keys) and its own ports, so tests run in parallel, and deletes what
+//! it created. A test that cannot reach NATS or Redis fails: it is never
+//! silently skipped (`ci/test` starts the servers).
+// Tests may read the wall clock to name their namespace uniquely.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fafnir_platform::bus::nats::NatsBus;
+use fafnir_platform::bus::EventBus;
+use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
+use fafnir_platform::domain::Instrument;
+use fafnir_platform::kv::wipe_prefix;
+use fafnir_platform::services::launch::{self, ServiceHandle};
+use fafnir_platform::services::{Deps, ServiceKind};
+
+use crate::{flows, Platform};
+
+fn test_config(test: &str) -> PlatformConfig {
+    let mut cfg = PlatformConfig::local_default();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    cfg.namespace = format!("t-{test}-{}-{nanos}", std::process::id());
+    cfg.instruments = vec![Instrument::new("ACME", 1, 1, 1, 100_000), Instrument::new("GLOBX", 5, 10, 1, 200_000)];
+    cfg.engine_shards = vec![vec!["ACME".into()], vec!["GLOBX".into()]];
+    let ports = fafnir_scenarios::real::free_ports(7);
+    cfg.addrs = ServiceAddrs {
+        gateway: ([127, 0, 0, 1], ports[0]).into(),
+        auth: ([127, 0, 0, 1], ports[1]).into(),
+        market: ([127, 0, 0, 1], ports[2]).into(),
+        orders: ([127, 0, 0, 1], ports[3]).into(),
+        portfolio: ([127, 0, 0, 1], ports[4]).into(),
+        engines: vec![([127, 0, 0, 1], ports[5]).into(), ([127, 0, 0, 1], ports[6]).into()],
+    };
+    cfg.password_hashing = PasswordHashing::CHEAP;
+    cfg.jwt_secret = format!("secret-{test}");
+    cfg
+}
+
+struct RealPlatform {
+    deps: Deps,
+    nats: Arc<NatsBus>,
+    services: Arc<Mutex<BTreeMap<String, ServiceHandle>>>,
+}
+
+fn parse_instance(instance: &str) -> (ServiceKind, usize) {
+    match instance.strip_prefix("engine-") {
+        Some(shard) => (ServiceKind::Engine, shard.parse().expect("engine shard number")),
+        None => (ServiceKind::parse(instance).unwrap_or_else(|| panic!("no service {instance}")), 0),
+    }
+}
+
+impl RealPlatform {
+    async fn start(test: &str) -> RealPlatform {
+        RealPlatform::start_with(test_config(test)).await
+    }
+
+    async fn start_with(cfg: PlatformConfig) -> RealPlatform {
+        let (deps, nats) =
+            fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
+        let services = Arc::new(Mutex::new(launch::spawn_all(&deps)));
+        let p = RealPlatform { deps, nats, services };
+        p.wait_serving().await;
+        p
+    }
+
+    async fn wait_serving(&self) {
+        launch::wait_until_serving(&self.deps, Duration::from_secs(30)).await.expect("platform serving");
+    }
+
+    async fn cleanup(self) {
+        let services = std::mem::take(&mut *self.services.lock().unwrap());
+        for (name, h) in &services {
+            assert!(!h.is_finished(), "{name} died during the test");
+        }
+        for (_, h) in services {
+            h.kill();
+        }
+        let ns = self.deps.cfg.namespace.clone();
+        let prefix = self.deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
+        self.nats.delete_streams_with_prefix(&prefix).await.expect("delete test streams");
+        wipe_prefix(self.deps.kv.as_ref(), &format!("{ns}:")).await.expect("wipe test keys");
+    }
+}
+
+#[async_trait::async_trait]
+impl Platform for RealPlatform {
+    fn cfg(&self) -> &PlatformConfig {
+        &self.deps.cfg
+    }
+
+    fn bus(&self) -> Arc<dyn EventBus> {
+        self.deps.bus.clone()
+    }
+
+    async fn kill(&self, instance: &str) {
+        let h = self.services.lock().unwrap().remove(instance);
+        h.unwrap_or_else(|| panic!("{instance} is not running")).kill();
+        // Let the killed server release its port.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    async fn start(&self, instance: &str) {
+        let (kind, shard) = parse_instance(instance);
+        let h = launch::spawn(kind, shard, self.deps.clone());
+        self.services.lock().unwrap().insert(instance.to_string(), h);
+    }
+
+    fn start_after(&self, instance: &str, delay: Duration) {
+        let (kind, shard) = parse_instance(instance);
+        let (deps, services, name) = (self.deps.clone(), self.services.clone(), instance.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let h = launch::spawn(kind, shard, deps);
+            services.lock().unwrap().insert(name, h);
+        });
+    }
+
+    async fn restart_all_with_empty_redis(&self) {
+        let services = std::mem::take(&mut *self.services.lock().unwrap());
+        for (_, h) in services {
+            h.kill();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let wiped = wipe_prefix(self.deps.kv.as_ref(), &format!("{}:", self.deps.cfg.namespace)).await.unwrap();
+        assert!(wiped > 0, "the market kept state in Redis");
+        *self.services.lock().unwrap() = launch::spawn_all(&self.deps);
+        self.wait_serving().await;
+    }
+}
+
+macro_rules! real_flows {
+    ($($flow:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $flow() {
+            let p = RealPlatform::start(stringify!($flow)).await;
+            flows::$flow(&p).await;
+            p.cleanup().await;
+        }
+    )*};
+}
+
+real_flows!(
+    end_to_end_crossing_limits_and_a_market_order,
+    ioc_and_fok_partial_and_no_fill,
+    a_retried_submit_is_booked_once,
+    restarts_and_a_redis_wipe_change_nothing,
+    bad_input_changes_nothing_and_says_why,
+    market_data_streams_candles_and_roles,
+);
+
+#[tokio::test]
+async fn the_rate_limit_is_per_user() {
+    let mut cfg = test_config("ratelimit");
+    cfg.rate_limit = fafnir_platform::config::RateLimit { per_second: 1, burst: 5 };
+    let p = RealPlatform::start_with(cfg).await;
+    flows::the_rate_limit_is_per_user(&p).await;
+    p.cleanup().await;
+}
+
+#[test]
+fn fafnir_up_names_the_unreachable_server() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["up", "--nats", "127.0.0.1:1", "--base-port", "1"])
+        .output()
+        .expect("run fafnir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach NATS") && stderr.contains("127.0.0.1:1"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["serve", "nonsense"])
+        .output()
+        .expect("run fafnir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown service \"nonsense\""), "{stderr}");
+}

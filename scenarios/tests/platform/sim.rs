@@ -1,0 +1,1 @@
+//! (the simulated runner is being written)
