@@ -7,6 +7,9 @@
 //!
 //! ## Layout
 //!
+//! - [`rng`]: derived seeds, one per subsystem, from the root seed.
+//! - [`service_time`]: the modelled processing time of each service.
+//! - `world`: the madsim world of every service, the broker and Redis (simulated build).
 //! - [`trace`]: the trace hash over every event the world delivers, in order.
 //! - [`broker`]: the simulated JetStream broker node and its [`fafnir_platform::bus::EventBus`] client.
 //! - [`redis`]: the simulated Redis node and its [`fafnir_platform::kv::Kv`] client.
@@ -14,6 +17,8 @@
 //!   the simulated models (`cargo sim test`) and the real servers (`cargo test`).
 
 pub mod conformance;
+pub mod rng;
+pub mod service_time;
 pub mod trace;
 
 #[cfg(madsim)]
