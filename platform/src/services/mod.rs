@@ -54,6 +54,14 @@ impl Deps {
     }
 }
 
+/// An in-code fault point (FoundationDB's BUGGIFY): true with probability
+/// `p` when the simulation has switched fault points on, never otherwise
+/// (always false in the real build). Each point widens a race window or
+/// forces a path (a redelivery, a late ack) that the code must survive.
+pub fn buggify(p: f64) -> bool {
+    madsim::buggify::buggify_with_prob(p)
+}
+
 /// Processing time, modelled. madsim runs CPU work in zero simulated time, so
 /// without a model every handler would be instantaneous and no queue would
 /// ever form. The simulation draws each call's time from a distribution and

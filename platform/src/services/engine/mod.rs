@@ -126,6 +126,10 @@ async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64,
                 books.get_mut(&symbol).expect("own symbol").apply(m.seq, &input)
             };
             for event in &outputs.events {
+                if crate::services::buggify(0.02) {
+                    // A pause between the events of one input: a crash here must not lose or repeat any.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 publish_event(&deps, event).await;
             }
             publish_market_data(&deps, &outputs.market_data).await;

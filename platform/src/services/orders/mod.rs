@@ -225,6 +225,8 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             };
             // An event may overtake the local record of its order's acceptance;
             // it is redelivered once the record is there.
+            // A buggified nak makes the broker redeliver an applied event: it must apply once.
+            let known = known && !crate::services::buggify(0.02);
             let settled =
                 if known { bus.ack(&d.token).await } else { bus.nak(&d.token, Duration::from_millis(20)).await };
             if let Err(e) = settled {
@@ -346,6 +348,10 @@ impl OrdersSvc {
             qty: req.qty,
             ..Order::default()
         };
+        if crate::services::buggify(0.05) {
+            // Widen the window between reserving and publishing (a crash here leaves a reservation).
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         // Recorded before publishing, so the engine's events never find it missing.
         state
             .records

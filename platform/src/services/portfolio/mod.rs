@@ -169,6 +169,10 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
                     continue;
                 }
             }
+            if crate::services::buggify(0.02) {
+                // No ack: the broker redelivers after the ack wait; settlement must stay once.
+                continue;
+            }
             if let Err(e) = state.deps.bus.ack(&d.token).await {
                 // Harmless: the redelivery is recognised as already settled.
                 tracing::warn!(error = %e, "ack failed");
