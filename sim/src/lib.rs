@@ -7,6 +7,7 @@
 //!
 //! ## Layout
 //!
+//! - [`faults`]: faults as data (time, action, target, duration), as TOML.
 //! - [`rng`]: derived seeds, one per subsystem, from the root seed.
 //! - [`service_time`]: the modelled processing time of each service.
 //! - `world`: the madsim world of every service, the broker and Redis (simulated build).
@@ -17,6 +18,7 @@
 //!   the simulated models (`cargo sim test`) and the real servers (`cargo test`).
 
 pub mod conformance;
+pub mod faults;
 pub mod rng;
 pub mod service_time;
 pub mod trace;

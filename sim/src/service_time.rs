@@ -4,6 +4,7 @@
 //! so a busy service builds a queue and the queueing shows in the latencies.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,7 +60,7 @@ impl ServiceModel {
         }
     }
 
-    /// Every call ten times slower.
+    /// Every call `factor` times slower.
     pub fn slowed(&self, factor: u32) -> ServiceModel {
         let scale = |d: Dist| match d {
             Dist::Fixed(x) => Dist::Fixed(x * factor),
@@ -80,13 +81,18 @@ pub struct Modelled {
     model: ServiceModel,
     rng: Mutex<SplitMix64>,
     slots: Arc<Semaphore>,
+    slow: SlowKnob,
 }
 
+/// A multiplier of one instance's service time, turned by `slow` faults. It
+/// outlives the instance's restarts.
+pub type SlowKnob = Arc<AtomicU32>;
+
 impl Modelled {
-    pub fn new(model: ServiceModel, root_seed: u64, instance: &str) -> Modelled {
+    pub fn new(model: ServiceModel, root_seed: u64, instance: &str, slow: SlowKnob) -> Modelled {
         let slots = Arc::new(Semaphore::new(model.concurrency.max(1)));
         let rng = Mutex::new(SplitMix64::new(derive_seed(root_seed, &format!("service-time/{instance}"))));
-        Modelled { model, rng, slots }
+        Modelled { model, rng, slots, slow }
     }
 }
 
@@ -96,6 +102,6 @@ impl ServiceTime for Modelled {
         let _slot = self.slots.acquire().await.expect("semaphore never closed");
         let dist = self.model.handlers.get(handler).copied().unwrap_or(self.model.default);
         let t = dist.draw(&mut self.rng.lock().expect("rng lock"));
-        tokio::time::sleep(t).await;
+        tokio::time::sleep(t * self.slow.load(Ordering::Relaxed).max(1)).await;
     }
 }

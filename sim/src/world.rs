@@ -1,0 +1,399 @@
+//! The simulated world: one madsim node per service instance, a JetStream
+//! broker node and a Redis node, all started through the platform's real entry
+//! points ([`launch::serve`]) with simulated I/O handed in.
+//!
+//! A service node's init runs the service under a supervisor loop (as a
+//! process manager would: a service that fails to start is started again a
+//! moment later), so `restart` exercises the service's real recovery path.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
+use fafnir_platform::domain::Instrument;
+use fafnir_platform::services::{launch, shutdown_on, Deps, ServiceKind};
+use madsim::runtime::{Handle, NodeHandle, NodeId};
+
+use crate::broker::{self, BrokerDisk, SimBus};
+use crate::redis::{self, SimKv};
+use crate::faults::{Action, Fault, FaultSchedule};
+use crate::service_time::{Modelled, ServiceModel, SlowKnob};
+use crate::trace::Trace;
+
+/// The broker's and Redis's addresses in every world.
+pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 4222);
+pub const REDIS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 6379);
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct WorldSpec {
+    pub root_seed: u64,
+    pub cfg: PlatformConfig,
+    /// Processing-time model per service kind; kinds not named run in zero time.
+    pub service_time: BTreeMap<String, ServiceModel>,
+    pub network: NetworkModel,
+    /// Turns on the in-code fault points (`madsim::buggify`).
+    pub buggify: bool,
+}
+
+/// The network: one latency distribution and one loss rate for every link
+/// (madsim models them globally; per-link effects are partitions, and per-node
+/// slowness is the `slow` fault on the service-time model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkModel {
+    /// Each message's latency is uniform in this range.
+    pub latency_us: [u64; 2],
+    /// Packets lost per million (shows as delay: see [`crate::faults`]).
+    pub loss_ppm: u32,
+}
+
+impl NetworkModel {
+    /// A data-centre LAN: 50 to 250 microseconds, no loss.
+    pub const LAN: NetworkModel = NetworkModel { latency_us: [50, 250], loss_ppm: 0 };
+
+    fn apply(&self) {
+        let [lo, hi] = self.latency_us;
+        let loss = f64::from(self.loss_ppm) / 1e6;
+        madsim::net::NetSim::current().update_config(|c| {
+            c.send_latency = Duration::from_micros(lo)..Duration::from_micros(hi.max(lo + 1));
+            c.packet_loss_rate = loss;
+        });
+    }
+}
+
+impl WorldSpec {
+    /// The platform of `PlatformConfig::local_default` with two engine shards
+    /// (ACME, GLOBX), simulated addresses, cheap password hashing and a
+    /// typical service-time model for every service.
+    pub fn standard(root_seed: u64) -> WorldSpec {
+        let mut cfg = PlatformConfig::local_default();
+        cfg.namespace = "sim".into();
+        cfg.instruments = vec![Instrument::new("ACME", 1, 1, 1, 100_000), Instrument::new("GLOBX", 5, 10, 1, 200_000)];
+        cfg.engine_shards = vec![vec!["ACME".into()], vec!["GLOBX".into()]];
+        cfg.addrs = sim_addrs(cfg.engine_shards.len());
+        cfg.nats_addr = BROKER.to_string();
+        cfg.redis_addr = REDIS.to_string();
+        cfg.password_hashing = PasswordHashing::CHEAP;
+        let service_time = ServiceKind::ALL.iter().map(|k| (k.name().to_string(), ServiceModel::typical())).collect();
+        WorldSpec { root_seed, cfg, service_time, network: NetworkModel::LAN, buggify: false }
+    }
+}
+
+/// Each service on its own host, 10.0.1.1 onwards, port 50051.
+pub fn sim_addrs(engine_shards: usize) -> ServiceAddrs {
+    let host = |i: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)), 50051);
+    ServiceAddrs {
+        gateway: host(1),
+        auth: host(2),
+        market: host(3),
+        orders: host(4),
+        portfolio: host(5),
+        engines: (0..engine_shards).map(|i| host(10 + i as u8)).collect(),
+    }
+}
+
+/// A running world.
+pub struct World {
+    pub handle: Handle,
+    pub cfg: Arc<PlatformConfig>,
+    pub trace: Trace,
+    /// Node of every instance by name: `broker`, `redis`, `gateway`, `engine-0`, ...
+    pub nodes: BTreeMap<String, NodeId>,
+    pub network: NetworkModel,
+    slow: BTreeMap<String, SlowKnob>,
+    next_client_ip: std::sync::atomic::AtomicU8,
+}
+
+impl World {
+    /// Builds the world in the current madsim runtime.
+    pub fn build(spec: WorldSpec) -> World {
+        spec.cfg.validate().unwrap_or_else(|e| panic!("world config: {e}"));
+        let handle = Handle::current();
+        spec.network.apply();
+        if spec.buggify {
+            madsim::buggify::enable();
+        }
+        let trace = Trace::new();
+        let mut slow = BTreeMap::new();
+        let cfg = Arc::new(spec.cfg.clone());
+        let mut nodes = BTreeMap::new();
+
+        let disk = BrokerDisk::default();
+        let broker_trace = trace.clone();
+        let node = handle
+            .create_node()
+            .name("broker")
+            .ip(BROKER.ip())
+            .init(move || broker::serve(BROKER, disk.clone(), broker_trace.clone()))
+            .build();
+        nodes.insert("broker".to_string(), node.id());
+
+        let redis_trace = trace.clone();
+        let node = handle.create_node().name("redis").ip(REDIS.ip()).init(move || redis::serve(REDIS, redis_trace.clone())).build();
+        nodes.insert("redis".to_string(), node.id());
+
+        for kind in ServiceKind::ALL {
+            let shards = if kind == ServiceKind::Engine { cfg.engine_shards.len() } else { 1 };
+            for shard in 0..shards {
+                let name = instance_name(kind, shard);
+                let addr = service_addr(&cfg, kind, shard);
+                let model = spec.service_time.get(kind.name()).cloned();
+                let knob = SlowKnob::new(1.into());
+                let node = service_node(&handle, &cfg, (kind, shard), &name, addr, model.map(|m| (m, knob.clone())), spec.root_seed);
+                slow.insert(name.clone(), knob);
+                nodes.insert(name, node.id());
+            }
+        }
+        let next_client_ip = std::sync::atomic::AtomicU8::new(1);
+        World { handle, cfg, trace, nodes, network: spec.network, slow, next_client_ip }
+    }
+
+    fn node(&self, name: &str) -> NodeId {
+        *self.nodes.get(name).unwrap_or_else(|| panic!("no node {name} in the world"))
+    }
+
+    /// A fresh node for a client (an agent or a test), on 10.0.2.x.
+    pub fn client_node(&self, name: &str) -> NodeHandle {
+        let i = self.next_client_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handle.create_node().name(name).ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, i))).build()
+    }
+
+    /// A bus client for a node of the world (to be used on that node).
+    pub fn bus(&self) -> SimBus {
+        SimBus::new(BROKER)
+    }
+
+    /// A kv client for a node of the world (to be used on that node).
+    pub fn kv(&self) -> SimKv {
+        SimKv::new(REDIS)
+    }
+
+    /// Kills a node, as a crash would; it stays down until [`World::restart`].
+    pub fn kill(&self, name: &str) {
+        self.handle.kill(self.node(name));
+    }
+
+    /// Restarts a node (killing it first if it runs); its init runs again.
+    pub fn restart(&self, name: &str) {
+        self.handle.restart(self.node(name));
+    }
+
+    /// Cuts a node off the network in both directions.
+    pub fn isolate(&self, name: &str) {
+        madsim::net::NetSim::current().clog_node(self.node(name));
+    }
+
+    /// Reconnects an isolated node.
+    pub fn heal(&self, name: &str) {
+        madsim::net::NetSim::current().unclog_node(self.node(name));
+    }
+
+    /// Cuts the link between two nodes, both ways.
+    pub fn partition(&self, a: &str, b: &str) {
+        let net = madsim::net::NetSim::current();
+        net.clog_link(self.node(a), self.node(b));
+        net.clog_link(self.node(b), self.node(a));
+    }
+
+    /// Restores the link between two nodes, both ways.
+    pub fn unpartition(&self, a: &str, b: &str) {
+        let net = madsim::net::NetSim::current();
+        net.unclog_link(self.node(a), self.node(b));
+        net.unclog_link(self.node(b), self.node(a));
+    }
+
+    /// The names a fault may target.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// Applies one fault now and returns what undoes it (None when nothing will).
+    pub fn apply(&self, f: &Fault) -> Option<Undo> {
+        let target = || f.target.as_deref().expect("validated: target present");
+        self.trace.record("fault", format!("{:?} {:?} {:?}", f.action, f.target, f.peer).as_bytes());
+        let net = madsim::net::NetSim::current();
+        match f.action {
+            Action::Isolate => {
+                self.isolate(target());
+                Some(Undo::Heal(target().to_string()))
+            }
+            Action::Partition => {
+                let (a, b) = (self.node(target()), self.node(f.peer.as_deref().expect("validated: peer")));
+                net.clog_link(a, b);
+                if !f.one_way {
+                    net.clog_link(b, a);
+                }
+                Some(Undo::Unpartition(a, b, f.one_way))
+            }
+            Action::Kill => {
+                self.kill(target());
+                f.duration_ms.map(|_| Undo::Restart(target().to_string()))
+            }
+            Action::Pause => {
+                self.handle.pause(self.node(target()));
+                Some(Undo::Resume(target().to_string()))
+            }
+            Action::Slow => {
+                let knob = self.slow.get(target())?;
+                knob.store(f.factor.expect("validated: factor"), std::sync::atomic::Ordering::Relaxed);
+                Some(Undo::Unslow(target().to_string()))
+            }
+            Action::PacketLoss => {
+                let loss = f64::from(f.rate_ppm.expect("validated: rate")) / 1e6;
+                net.update_config(|c| c.packet_loss_rate = loss);
+                Some(Undo::Network)
+            }
+            Action::LatencySpike => {
+                let [lo, hi] = f.latency_ms.expect("validated: latency");
+                net.update_config(|c| {
+                    c.send_latency = Duration::from_millis(lo)..Duration::from_millis(hi).max(Duration::from_millis(lo) + Duration::from_micros(1));
+                });
+                Some(Undo::Network)
+            }
+        }
+    }
+
+    /// Ends a fault.
+    pub fn undo(&self, undo: &Undo) {
+        self.trace.record("heal", format!("{undo:?}").as_bytes());
+        let net = madsim::net::NetSim::current();
+        match undo {
+            Undo::Heal(name) => self.heal(name),
+            Undo::Unpartition(a, b, one_way) => {
+                net.unclog_link(*a, *b);
+                if !one_way {
+                    net.unclog_link(*b, *a);
+                }
+            }
+            Undo::Restart(name) => self.restart(name),
+            Undo::Resume(name) => self.handle.resume(self.node(name)),
+            Undo::Unslow(name) => {
+                if let Some(knob) = self.slow.get(name) {
+                    knob.store(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Undo::Network => self.network.apply(),
+        }
+    }
+
+    /// Plays a schedule against the world, in simulated time from now; returns
+    /// when every fault has been applied and, where it has a duration, undone.
+    /// Every fault still in force at the end is undone then.
+    pub async fn play(&self, schedule: &FaultSchedule) {
+        schedule.validate(&self.node_names()).unwrap_or_else(|e| panic!("fault schedule: {e}"));
+        let start = tokio::time::Instant::now();
+        // (time, order, what): undos sort before applies at the same instant.
+        let mut timeline: BTreeMap<(u64, u8, usize), Option<Fault>> = BTreeMap::new();
+        for (i, f) in schedule.sorted().into_iter().enumerate() {
+            timeline.insert((f.at_ms, 1, i), Some(f));
+        }
+        let mut active: BTreeMap<usize, Undo> = BTreeMap::new();
+        while let Some(((at_ms, kind, i), fault)) = timeline.pop_first() {
+            tokio::time::sleep_until(start + Duration::from_millis(at_ms)).await;
+            match (kind, fault) {
+                (1, Some(f)) => {
+                    tracing::info!(at_ms, action = ?f.action, target = ?f.target, "fault");
+                    if let Some(undo) = self.apply(&f) {
+                        if let Some(d) = f.duration_ms {
+                            timeline.insert((at_ms + d, 0, i), None);
+                        }
+                        active.insert(i, undo);
+                    }
+                }
+                _ => {
+                    if let Some(undo) = active.remove(&i) {
+                        tracing::info!(at_ms, ?undo, "fault ends");
+                        self.undo(&undo);
+                    }
+                }
+            }
+        }
+        for (_, undo) in active {
+            self.undo(&undo);
+        }
+    }
+
+    /// Waits until every service accepts connections (call from a client node).
+    pub async fn wait_serving(&self, timeout: Duration) {
+        let deps = Deps::new(self.cfg.clone(), Arc::new(self.bus()), Arc::new(self.kv()));
+        launch::wait_until_serving(&deps, timeout).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn instance_name(kind: ServiceKind, shard: usize) -> String {
+    match kind {
+        ServiceKind::Engine => format!("engine-{shard}"),
+        _ => kind.name().to_string(),
+    }
+}
+
+fn service_addr(cfg: &PlatformConfig, kind: ServiceKind, shard: usize) -> SocketAddr {
+    let a = &cfg.addrs;
+    match kind {
+        ServiceKind::Gateway => a.gateway,
+        ServiceKind::Auth => a.auth,
+        ServiceKind::Market => a.market,
+        ServiceKind::Orders => a.orders,
+        ServiceKind::Portfolio => a.portfolio,
+        ServiceKind::Engine => a.engines[shard],
+    }
+}
+
+fn service_node(
+    handle: &Handle,
+    cfg: &Arc<PlatformConfig>,
+    (kind, shard): (ServiceKind, usize),
+    name: &str,
+    addr: SocketAddr,
+    model: Option<(ServiceModel, SlowKnob)>,
+    root_seed: u64,
+) -> NodeHandle {
+    let cfg = cfg.clone();
+    let instance = name.to_string();
+    handle
+        .create_node()
+        .name(name)
+        .ip(addr.ip())
+        .init(move || {
+            let cfg = cfg.clone();
+            let model = model.clone();
+            let instance = instance.clone();
+            async move {
+                let mut deps = Deps::new(cfg, Arc::new(SimBus::new(BROKER)), Arc::new(SimKv::new(REDIS)));
+                if let Some((model, knob)) = model {
+                    deps = deps.with_service_time(Arc::new(Modelled::new(model, root_seed, &instance, knob)));
+                }
+                supervise(kind, shard, deps, &instance).await;
+            }
+        })
+        .build()
+}
+
+/// Runs the service; if it stops with an error (say, the broker was
+/// unreachable at start), starts it again after a pause.
+async fn supervise(kind: ServiceKind, shard: usize, deps: Deps, instance: &str) {
+    loop {
+        let never = shutdown_on(futures::future::pending());
+        match launch::serve(kind, shard, deps.clone(), never).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(instance, error = %e, "service stopped; restarting it in 500ms");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// How to end a fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Undo {
+    Heal(String),
+    Unpartition(NodeId, NodeId, bool),
+    Restart(String),
+    Resume(String),
+    Unslow(String),
+    /// Back to the world's network model.
+    Network,
+}
