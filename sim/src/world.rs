@@ -177,7 +177,10 @@ impl World {
 
     /// Restarts a node (killing it first if it runs); its init runs again.
     pub fn restart(&self, name: &str) {
-        self.handle.restart(self.node(name));
+        let id = self.node(name);
+        // madsim's restart alone keeps the old incarnation's ports bound; a kill frees them.
+        self.handle.kill(id);
+        self.handle.restart(id);
     }
 
     /// Cuts a node off the network in both directions.

@@ -4,16 +4,19 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use super::{Kv, KvError};
 
-/// A multiplexed connection to redis-server, shared by the services of a process.
+/// A multiplexed connection to redis-server, shared by the services of a
+/// process, that reconnects by itself after the server restarts.
 #[derive(Clone)]
 pub struct RedisKv {
     addr: String,
-    conn: MultiplexedConnection,
+    conn: ConnectionManager,
 }
 
 impl RedisKv {
@@ -21,7 +24,12 @@ impl RedisKv {
     pub async fn connect(addr: &str) -> Result<RedisKv, KvError> {
         let unreachable = |e: redis::RedisError| KvError::Unreachable { addr: addr.to_string(), reason: e.to_string() };
         let client = redis::Client::open(format!("redis://{addr}/")).map_err(unreachable)?;
-        let conn = client.get_multiplexed_async_connection().await.map_err(unreachable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(unreachable)?;
         let mut kv = RedisKv { addr: addr.to_string(), conn };
         // Fail now, naming the address, rather than on the first command.
         let _: String = redis::cmd("PING").query_async(&mut kv.conn).await.map_err(unreachable)?;
