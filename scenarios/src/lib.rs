@@ -8,8 +8,11 @@
 //!
 //! - [`client`]: a logged-in user of the public gateway API.
 //! - [`real`]: connect a deployment to real NATS and Redis; pick local ports.
+//! - `simbench` (simulated build): the simulation's speed benchmark.
 //! - `src/bin/fafnir.rs`: the command line (`up`, `serve`).
 
 pub mod client;
 #[cfg(not(madsim))]
 pub mod real;
+#[cfg(madsim)]
+pub mod simbench;

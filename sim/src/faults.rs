@@ -202,7 +202,8 @@ mod tests {
         p.one_way = true;
         let mut spike = Fault::new(1_000, Action::LatencySpike, None).lasting(500);
         spike.latency_ms = Some([5, 20]);
-        let s = FaultSchedule { faults: vec![Fault::new(2_000, Action::Kill, Some("portfolio")).lasting(100), p, spike] };
+        let s =
+            FaultSchedule { faults: vec![Fault::new(2_000, Action::Kill, Some("portfolio")).lasting(100), p, spike] };
         let text = s.to_toml();
         assert!(text.contains("action = \"partition\""), "{text}");
         assert_eq!(FaultSchedule::from_toml(&text, &nodes()).unwrap(), s);

@@ -27,3 +27,5 @@ pub mod trace;
 pub mod broker;
 #[cfg(madsim)]
 pub mod redis;
+#[cfg(madsim)]
+pub mod world;

@@ -27,9 +27,7 @@ impl Dist {
     fn draw(&self, rng: &mut SplitMix64) -> Duration {
         match *self {
             Dist::Fixed(d) => d,
-            Dist::Uniform(lo, hi) => {
-                Duration::from_nanos(rng.range(lo.as_nanos() as u64, hi.as_nanos() as u64))
-            }
+            Dist::Uniform(lo, hi) => Duration::from_nanos(rng.range(lo.as_nanos() as u64, hi.as_nanos() as u64)),
             Dist::Exp(mean) => {
                 let u = rng.next_unit();
                 let factor = (-(1.0 - u).ln()).min(20.0);

@@ -30,7 +30,9 @@ impl Trace {
     /// Adds one event: a kind tag and its bytes.
     pub fn record(&self, kind: &str, bytes: &[u8]) {
         let mut s = self.inner.lock().expect("trace lock");
-        for b in kind.as_bytes().iter().chain([0xffu8].iter()).chain(bytes).chain((bytes.len() as u64).to_le_bytes().iter()) {
+        for b in
+            kind.as_bytes().iter().chain([0xffu8].iter()).chain(bytes).chain((bytes.len() as u64).to_le_bytes().iter())
+        {
             s.hash ^= u64::from(*b);
             s.hash = s.hash.wrapping_mul(0x0000_0100_0000_01b3);
         }

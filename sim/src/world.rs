@@ -14,11 +14,12 @@ use std::time::Duration;
 use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
 use fafnir_platform::domain::Instrument;
 use fafnir_platform::services::{launch, shutdown_on, Deps, ServiceKind};
-use madsim::runtime::{Handle, NodeHandle, NodeId};
+use madsim::runtime::{Handle, NodeHandle};
+use madsim::task::NodeId;
 
 use crate::broker::{self, BrokerDisk, SimBus};
-use crate::redis::{self, SimKv};
 use crate::faults::{Action, Fault, FaultSchedule};
+use crate::redis::{self, SimKv};
 use crate::service_time::{Modelled, ServiceModel, SlowKnob};
 use crate::trace::Trace;
 
@@ -34,7 +35,8 @@ pub struct WorldSpec {
     /// Processing-time model per service kind; kinds not named run in zero time.
     pub service_time: BTreeMap<String, ServiceModel>,
     pub network: NetworkModel,
-    /// Turns on the in-code fault points (`madsim::buggify`).
+    /// Turns on the in-code fault points (`madsim::buggify`) from the start;
+    /// see [`World::set_buggify`].
     pub buggify: bool,
 }
 
@@ -131,7 +133,12 @@ impl World {
         nodes.insert("broker".to_string(), node.id());
 
         let redis_trace = trace.clone();
-        let node = handle.create_node().name("redis").ip(REDIS.ip()).init(move || redis::serve(REDIS, redis_trace.clone())).build();
+        let node = handle
+            .create_node()
+            .name("redis")
+            .ip(REDIS.ip())
+            .init(move || redis::serve(REDIS, redis_trace.clone()))
+            .build();
         nodes.insert("redis".to_string(), node.id());
 
         for kind in ServiceKind::ALL {
@@ -141,7 +148,15 @@ impl World {
                 let addr = service_addr(&cfg, kind, shard);
                 let model = spec.service_time.get(kind.name()).cloned();
                 let knob = SlowKnob::new(1.into());
-                let node = service_node(&handle, &cfg, (kind, shard), &name, addr, model.map(|m| (m, knob.clone())), spec.root_seed);
+                let node = service_node(
+                    &handle,
+                    &cfg,
+                    (kind, shard),
+                    &name,
+                    addr,
+                    model.map(|m| (m, knob.clone())),
+                    spec.root_seed,
+                );
                 slow.insert(name.clone(), knob);
                 nodes.insert(name, node.id());
             }
@@ -207,6 +222,17 @@ impl World {
         net.unclog_link(self.node(b), self.node(a));
     }
 
+    /// Switches the in-code fault points on or off. madsim's own network has
+    /// one too: while on, a tenth of sends and connects are delayed 1-5 s.
+    pub fn set_buggify(&self, on: bool) {
+        if on {
+            madsim::buggify::enable();
+        } else {
+            madsim::buggify::disable();
+        }
+        self.trace.record("buggify", &[u8::from(on)]);
+    }
+
     /// The names a fault may target.
     pub fn node_names(&self) -> Vec<String> {
         self.nodes.keys().cloned().collect()
@@ -251,7 +277,8 @@ impl World {
             Action::LatencySpike => {
                 let [lo, hi] = f.latency_ms.expect("validated: latency");
                 net.update_config(|c| {
-                    c.send_latency = Duration::from_millis(lo)..Duration::from_millis(hi).max(Duration::from_millis(lo) + Duration::from_micros(1));
+                    c.send_latency = Duration::from_millis(lo)
+                        ..Duration::from_millis(hi).max(Duration::from_millis(lo) + Duration::from_micros(1));
                 });
                 Some(Undo::Network)
             }

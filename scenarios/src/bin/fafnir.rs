@@ -24,6 +24,20 @@ enum Command {
     /// Start every service (gateway, auth, market, orders, engine shards,
     /// portfolio) in this process, each on its own port, against real NATS and Redis.
     Up(Common),
+    /// Push a fixed number of orders through the whole simulated platform and
+    /// report orders and simulated seconds per wall-clock second. Simulated
+    /// build only: `cargo sim run --release -p fafnir-scenarios --bin fafnir -- bench-sim`.
+    BenchSim {
+        /// Orders in all.
+        #[arg(long, default_value_t = 20_000)]
+        orders: u64,
+        /// Client nodes submitting them (each waits for its order's ack).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Root seed of the world.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run one service alone.
     Serve {
         /// gateway, auth, market, orders, engine or portfolio
@@ -142,11 +156,9 @@ mod real_main {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = run(cli).await;
-    match outcome {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fafnir: {e}");
@@ -156,25 +168,47 @@ async fn main() -> ExitCode {
 }
 
 #[cfg(not(madsim))]
-async fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     match cli.command {
         Command::Up(c) => {
             init_logs(c.log_format);
-            real_main::up(c).await
+            rt.block_on(real_main::up(c))
         }
         Command::Serve { service, shard, common } => {
             init_logs(common.log_format);
-            real_main::serve(&service, shard, common).await
+            rt.block_on(real_main::serve(&service, shard, common))
+        }
+        Command::BenchSim { .. } => {
+            Err("bench-sim runs the simulation: cargo sim run --release -p fafnir-scenarios --bin fafnir -- bench-sim"
+                .into())
         }
     }
 }
 
 #[cfg(madsim)]
-async fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Up(c) | Command::Serve { common: c, .. } => {
             init_logs(c.log_format);
             Err("`up` and `serve` run against real NATS and Redis; build without `cargo sim`".into())
+        }
+        Command::BenchSim { orders, clients, seed } => {
+            println!("bench-sim: seed {seed}, {orders} orders from {clients} client nodes");
+            let r = fafnir_scenarios::simbench::run(seed, orders, clients);
+            println!(
+                "{} orders in {:.2} s wall, {:.3} s simulated: {:.0} orders per wall second, \
+                 {:.2} simulated s per wall s; {} network messages ({:.0} per wall s); trace hash {:016x}",
+                r.orders,
+                r.wall.as_secs_f64(),
+                r.simulated.as_secs_f64(),
+                r.orders_per_wall_second(),
+                r.simulated_per_wall_second(),
+                r.messages,
+                r.messages as f64 / r.wall.as_secs_f64(),
+                r.trace_hash
+            );
+            Ok(())
         }
     }
 }

@@ -22,21 +22,24 @@ use crate::Platform;
 
 pub const PASSWORD: &str = "correct horse battery";
 
-async fn user(p: &dyn Platform, name: &str) -> Client {
+pub async fn user(p: &dyn Platform, name: &str) -> Client {
     Client::register_and_login(p.gateway(), name, PASSWORD, Role::Trader).await.expect("register and login")
 }
 
-async fn engine_events(p: &dyn Platform) -> Vec<EngineEvent> {
+pub async fn engine_events(p: &dyn Platform) -> Vec<EngineEvent> {
     let stream = p.cfg().names().trades_stream();
     let bus = p.bus();
-    let msgs = read_to_end(bus.as_ref(), &stream, "", 1).await.expect("read trades");
+    let msgs =
+        eventually("TRADES to be readable", || async { read_to_end(bus.as_ref(), &stream, "", 1).await.ok() }).await;
     msgs.iter().map(|m| prost::Message::decode(&m.payload[..]).expect("engine event")).collect()
 }
 
 /// Waits until the engine has answered every input in ORDERS.
-async fn wait_engine_caught_up(p: &dyn Platform) {
+pub async fn wait_engine_caught_up(p: &dyn Platform) {
     let bus = p.bus();
-    let inputs = read_to_end(bus.as_ref(), &p.cfg().names().orders_stream(), "", 1).await.expect("read orders");
+    let orders = p.cfg().names().orders_stream();
+    let inputs =
+        eventually("ORDERS to be readable", || async { read_to_end(bus.as_ref(), &orders, "", 1).await.ok() }).await;
     let last = inputs.last().map_or(0, |m| m.seq);
     eventually("the engine to catch up", || async {
         engine_events(p).await.iter().any(|e| e.input_seq == last).then_some(())
@@ -45,7 +48,7 @@ async fn wait_engine_caught_up(p: &dyn Platform) {
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -203,7 +206,7 @@ pub async fn a_retried_submit_is_booked_once(p: &dyn Platform) {
 
 /// Submits, retrying while the platform is (partly) down; the client order id
 /// makes each retry the same order.
-async fn submit_retrying(c: &Client, spec: &OrderSpec) -> Order {
+pub async fn submit_retrying(c: &Client, spec: &OrderSpec) -> Order {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match c.submit(spec).await {
@@ -223,7 +226,7 @@ async fn submit_retrying(c: &Client, spec: &OrderSpec) -> Order {
 }
 
 /// A deterministic two-user order flow: (user index, spec).
-fn flow() -> Vec<(usize, OrderSpec)> {
+pub fn flow() -> Vec<(usize, OrderSpec)> {
     (0..40)
         .map(|i| {
             let price = 10_000 + ((i * 37) % 9) as i64 * 10 - 40;
@@ -239,7 +242,7 @@ fn flow() -> Vec<(usize, OrderSpec)> {
 }
 
 /// What the flow must end in: each account's (cash, ACME) and each order's filled qty.
-fn expected(
+pub fn expected(
     n: usize,
     users: [u64; 2],
     cash0: [i64; 2],
@@ -286,7 +289,7 @@ fn expected(
     (acct, filled, fills)
 }
 
-async fn check_flow_outcome(
+pub async fn check_flow_outcome(
     p: &dyn Platform,
     users: &[Client; 2],
     want: &([(i64, i64); 2], BTreeMap<u64, i64>, usize),

@@ -1,1 +1,0 @@
-//! The simulated JetStream broker (being written).

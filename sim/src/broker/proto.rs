@@ -1,0 +1,71 @@
+//! What a [`super::SimBus`] and the broker say to each other over a simulated
+//! connection: `(request id, Request)` one way, `(request id, Reply)` the other.
+//! A tail has a connection of its own, on which the broker sends the tail's
+//! messages after its first reply.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fafnir_platform::bus::{AckToken, BusError, ConsumerSpec, Delivery, PubAck, StoredMsg, StreamSpec};
+
+use super::store::Settle;
+
+#[derive(Debug)]
+pub(super) enum Request {
+    EnsureStream(StreamSpec),
+    EnsureConsumer(ConsumerSpec),
+    Publish {
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+    },
+    Fetch {
+        stream: String,
+        durable: String,
+        max: usize,
+        wait: Duration,
+    },
+    Settle {
+        token: AckToken,
+        how: Settle,
+    },
+    Read {
+        stream: String,
+        filter: String,
+        from_seq: u64,
+        max: usize,
+        wait: Duration,
+    },
+    LastOnSubject {
+        stream: String,
+        subject: String,
+    },
+    /// Opens a tail on this connection: the matching messages from `from_seq`
+    /// on (stored ones first), or from the next publish on when `None`.
+    Tail {
+        stream: String,
+        filter: String,
+        from_seq: Option<u64>,
+    },
+}
+
+#[derive(Debug)]
+pub(super) enum Response {
+    Done,
+    PubAck(PubAck),
+    Deliveries(Vec<Delivery>),
+    Msgs(Vec<StoredMsg>),
+    Last(Option<StoredMsg>),
+    /// The tail is open; its first message will have at least this sequence.
+    TailOpen {
+        from_seq: u64,
+    },
+    TailMsg(StoredMsg),
+}
+
+pub(super) type Reply = Result<Response, BusError>;
+
+/// What travels one way on a connection.
+pub(super) type RequestFrame = (u64, Request);
+/// What travels the other way.
+pub(super) type ReplyFrame = (u64, Reply);

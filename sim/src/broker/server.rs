@@ -1,0 +1,301 @@
+//! The broker node: accepts connections and serves requests on the
+//! [`Store`] kept on the [`BrokerDisk`].
+//!
+//! Requests of one connection are handled in the order they arrive (as
+//! nats-server handles a client's messages), except that a fetch or read that
+//! has to wait is handed to a task of its own, so it does not hold up the
+//! requests behind it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use fafnir_platform::bus::{subject_matches, BusError, StoredMsg};
+use madsim::net::{Endpoint, Receiver, Sender};
+use madsim::time::{sleep_until, Instant};
+use tokio::sync::{mpsc, Notify};
+
+use super::proto::{Reply, ReplyFrame, Request, RequestFrame, Response};
+use super::store::Store;
+use super::BrokerDisk;
+use crate::trace::Trace;
+
+/// Runs the broker on the current madsim node, listening on `addr`, until the node is killed.
+pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
+    disk.lock().drop_memory_streams();
+    let endpoint = match Endpoint::bind(addr).await {
+        Ok(endpoint) => endpoint,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            // madsim's Handle::restart (unlike kill) leaves the dead incarnation's
+            // sockets bound; a real process restart frees them, so free them here.
+            tracing::warn!(%addr, "broker: address held by the node's previous run; releasing its sockets");
+            madsim::net::NetSim::current().reset_node(madsim::plugin::node());
+            Endpoint::bind(addr).await.unwrap_or_else(|e| panic!("broker: cannot listen on {addr}: {e}"))
+        }
+        Err(e) => panic!("broker: cannot listen on {addr}: {e}"),
+    };
+    tracing::debug!(%addr, "broker listening");
+    let broker = Arc::new(Broker { disk, trace, changed: Mutex::default(), tails: Mutex::default() });
+    loop {
+        match endpoint.accept1().await {
+            Ok((tx, rx, peer)) => {
+                tokio::spawn(broker.clone().connection(Arc::new(tx), rx, peer));
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "broker: accept failed");
+                return;
+            }
+        }
+    }
+}
+
+struct Broker {
+    disk: BrokerDisk,
+    trace: Trace,
+    /// Per stream: notified when something a waiting fetch or read may want changes.
+    changed: Mutex<BTreeMap<String, Arc<Notify>>>,
+    /// Open tails by id, each with the channel its connection task forwards.
+    tails: Mutex<Tails>,
+}
+
+#[derive(Default)]
+struct Tails {
+    next_id: u64,
+    open: BTreeMap<u64, TailSub>,
+}
+
+struct TailSub {
+    stream: String,
+    filter: String,
+    tx: mpsc::UnboundedSender<StoredMsg>,
+}
+
+impl Broker {
+    async fn connection(self: Arc<Self>, tx: Arc<Sender>, mut rx: Receiver, peer: SocketAddr) {
+        tracing::trace!(%peer, "broker: connection");
+        while let Ok(frame) = rx.recv().await {
+            let (id, request) = *frame.downcast::<RequestFrame>().expect("broker: a frame that is not a bus request");
+            match request {
+                Request::Tail { stream, filter, from_seq } => {
+                    // The connection is the tail's from now on.
+                    self.tail(&tx, id, stream, filter, from_seq).await;
+                    return;
+                }
+                Request::Fetch { stream, durable, max, wait } => {
+                    let now = super::now();
+                    let result = self.fetch_now(&stream, &durable, max, now);
+                    match result {
+                        Ok(ds) if ds.is_empty() && !wait.is_zero() => {
+                            let me = self.clone();
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let reply = me.fetch_wait(&tx, &stream, &durable, max, now + wait).await;
+                                send(&tx, id, reply).await;
+                            });
+                        }
+                        result => send(&tx, id, result.map(Response::Deliveries)).await,
+                    }
+                }
+                Request::Read { stream, filter, from_seq, max, wait } => {
+                    let now = super::now();
+                    let result = self.disk.lock().read(&stream, &filter, from_seq, max);
+                    match result {
+                        Ok(ms) if ms.is_empty() && !wait.is_zero() && max > 0 => {
+                            let me = self.clone();
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let reply = me.read_wait(&tx, &stream, &filter, from_seq, max, now + wait).await;
+                                send(&tx, id, reply).await;
+                            });
+                        }
+                        result => send(&tx, id, result.map(Response::Msgs)).await,
+                    }
+                }
+                other => {
+                    let reply = self.handle(other);
+                    send(&tx, id, reply).await;
+                }
+            }
+        }
+    }
+
+    /// The requests answered at once.
+    fn handle(&self, request: Request) -> Reply {
+        let now = super::now();
+        match request {
+            Request::EnsureStream(spec) => self.disk.lock().ensure_stream(&spec).map(|()| Response::Done),
+            Request::EnsureConsumer(spec) => {
+                let result = self.disk.lock().ensure_consumer(&spec);
+                result.map(|()| Response::Done)
+            }
+            Request::Publish { subject, msg_id, payload } => {
+                let published = self.disk.lock().publish(&subject, &msg_id, payload, now, &self.trace)?;
+                if let Some(msg) = published.stored {
+                    self.stored(&published.ack.stream, msg);
+                }
+                Ok(Response::PubAck(published.ack))
+            }
+            Request::Settle { token, how } => {
+                self.disk.lock().settle(&token, how, now)?;
+                // Whatever the stream, a waiting fetch may now deliver (an ack frees a
+                // max_ack_pending slot, a nak moves a redelivery).
+                if let Some(stream) = token.0.strip_prefix("$JS.ACK.").and_then(|t| t.split('.').next()) {
+                    self.notify(stream);
+                }
+                Ok(Response::Done)
+            }
+            Request::LastOnSubject { stream, subject } => {
+                self.disk.lock().last_on_subject(&stream, &subject).map(Response::Last)
+            }
+            Request::Fetch { .. } | Request::Read { .. } | Request::Tail { .. } => {
+                unreachable!("handled by the connection")
+            }
+        }
+    }
+
+    /// A message was stored: wake the stream's waiters and feed its tails.
+    fn stored(&self, stream: &str, msg: StoredMsg) {
+        self.notify(stream);
+        let tails = self.tails.lock().expect("tails lock");
+        for sub in tails.open.values() {
+            if sub.stream == stream && subject_matches(&sub.filter, &msg.subject) {
+                // A closed tail is removed by its connection task.
+                let _ = sub.tx.send(msg.clone());
+            }
+        }
+    }
+
+    fn notifier(&self, stream: &str) -> Arc<Notify> {
+        self.changed.lock().expect("notify lock").entry(stream.to_string()).or_default().clone()
+    }
+
+    fn notify(&self, stream: &str) {
+        if let Some(n) = self.changed.lock().expect("notify lock").get(stream) {
+            n.notify_waiters();
+        }
+    }
+
+    fn fetch_now(
+        &self,
+        stream: &str,
+        durable: &str,
+        max: usize,
+        now: Instant,
+    ) -> Result<Vec<fafnir_platform::bus::Delivery>, BusError> {
+        self.disk.lock().deliver(stream, durable, max, now, &self.trace)
+    }
+
+    /// Waits until the consumer has something to deliver or `deadline` passes.
+    async fn fetch_wait(&self, tx: &Sender, stream: &str, durable: &str, max: usize, deadline: Instant) -> Reply {
+        let changed = self.notifier(stream);
+        loop {
+            let notified = changed.notified();
+            let now = super::now();
+            if tx.is_closed() {
+                // The client is gone: deliver nothing it would never ack.
+                return Ok(Response::Deliveries(Vec::new()));
+            }
+            let ds = self.fetch_now(stream, durable, max, now)?;
+            if !ds.is_empty() || now >= deadline {
+                return Ok(Response::Deliveries(ds));
+            }
+            let wake = self.disk.lock().next_due(stream, durable).map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                biased;
+                () = notified => {}
+                () = sleep_until(wake) => {}
+                () = tx.closed() => {}
+            }
+        }
+    }
+
+    /// Waits until a matching message is stored or `deadline` passes.
+    async fn read_wait(
+        &self,
+        tx: &Sender,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+        max: usize,
+        deadline: Instant,
+    ) -> Reply {
+        let changed = self.notifier(stream);
+        loop {
+            let notified = changed.notified();
+            let msgs = self.disk.lock().read(stream, filter, from_seq, max)?;
+            if !msgs.is_empty() || super::now() >= deadline || tx.is_closed() {
+                return Ok(Response::Msgs(msgs));
+            }
+            tokio::select! {
+                biased;
+                () = notified => {}
+                () = sleep_until(deadline) => {}
+                () = tx.closed() => {}
+            }
+        }
+    }
+
+    /// Serves a tail on this connection until the client goes away.
+    async fn tail(&self, tx: &Sender, id: u64, stream: String, filter: String, from_seq: Option<u64>) {
+        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        // Reading the backlog and registering happen under the store's lock, so no
+        // publish falls between them.
+        let opened = {
+            let store = self.disk.lock();
+            store.next_seq(&stream).and_then(|next| {
+                let from = from_seq.unwrap_or(next);
+                let backlog = if from < next { store.read(&stream, &filter, from, usize::MAX)? } else { Vec::new() };
+                let mut tails = self.tails.lock().expect("tails lock");
+                tails.next_id += 1;
+                let tail_id = tails.next_id;
+                tails.open.insert(tail_id, TailSub { stream: stream.clone(), filter: filter.clone(), tx: sub_tx });
+                Ok((tail_id, from, backlog))
+            })
+        };
+        let (tail_id, from, backlog) = match opened {
+            Ok(opened) => opened,
+            Err(e) => return send(tx, id, Err(e)).await,
+        };
+        let _close = TailGuard { broker: self, id: tail_id };
+        send(tx, id, Ok(Response::TailOpen { from_seq: from })).await;
+        for msg in backlog {
+            if tx.send(Box::new((id, Ok(Response::TailMsg(msg))) as ReplyFrame)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let msg = tokio::select! {
+                biased;
+                () = tx.closed() => return,
+                msg = sub_rx.recv() => msg.expect("the broker holds the tail's sender"),
+            };
+            if tx.send(Box::new((id, Ok(Response::TailMsg(msg))) as ReplyFrame)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct TailGuard<'a> {
+    broker: &'a Broker,
+    id: u64,
+}
+
+impl Drop for TailGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut tails) = self.broker.tails.lock() {
+            tails.open.remove(&self.id);
+        }
+    }
+}
+
+async fn send(tx: &Sender, id: u64, reply: Reply) {
+    // A client that went away does not get its reply; nothing else to do.
+    let _ = tx.send(Box::new((id, reply) as ReplyFrame)).await;
+}
+
+impl BrokerDisk {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().expect("broker disk lock")
+    }
+}
