@@ -41,7 +41,7 @@ async fn client_flow(world: Arc<World>, i: usize, orders: u64) {
     let name = format!("bench{i}");
     let c = Client::register_and_login(gateway, &name, "bench-password", Role::Trader).await.expect("register");
     let (symbol, qty, price) = if i % 4 < 2 { ("ACME", 1, 10_000) } else { ("GLOBX", 10, 10_000) };
-    let side = if i % 2 == 0 { Side::Buy } else { Side::Sell };
+    let side = if i.is_multiple_of(2) { Side::Buy } else { Side::Sell };
     match side {
         Side::Buy => c.deposit_cash(orders as i64 * qty * price, "d").await.expect("deposit"),
         _ => c.deposit_shares(symbol, orders as i64 * qty, "d").await.expect("deposit"),
@@ -80,7 +80,7 @@ async fn drain(world: &World) {
 }
 
 /// Runs `orders` orders from `clients` client nodes in a fresh world with `seed`.
-pub fn run(seed: u64, orders: u64, clients: usize) -> BenchReport {
+pub fn run(seed: u64, orders: u64, clients: usize, service_time: bool) -> BenchReport {
     let clients = clients.max(2);
     let per_client = orders.div_ceil(clients as u64);
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
@@ -91,6 +91,12 @@ pub fn run(seed: u64, orders: u64, clients: usize) -> BenchReport {
         let mut spec = WorldSpec::standard(seed);
         spec.cfg.rate_limit.per_second = 1_000_000;
         spec.cfg.rate_limit.burst = 1_000_000;
+        if !service_time {
+            spec.service_time.clear();
+        }
+        if !service_time {
+            spec.service_time.clear();
+        }
         let world = Arc::new(World::build(spec));
         let t0 = tokio::time::Instant::now();
         let probe = world.client_node("probe");

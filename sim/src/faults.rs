@@ -28,6 +28,14 @@
 //! and jitter, and a partition as a stall whose messages arrive after it heals
 //! (up to one backoff step late); requests time out at the caller meanwhile.
 //! New connections to a clogged peer are refused.
+//!
+//! A floor under every simulated latency: madsim's `sleep_until` never sleeps
+//! less than 1 ms (to match tokio), and both its per-send random delay and its
+//! channel delivery sleep through it. So each simulated message costs at least
+//! about 1 ms of simulated time whatever the configured latency, and a gRPC
+//! call through madsim-tonic (bind, handshake, request, reply) about 4-8 ms.
+//! Simulated latencies are therefore good for comparing runs and seeing
+//! queueing and faults, not as absolute microsecond figures.
 
 use serde::{Deserialize, Serialize};
 

@@ -37,6 +37,9 @@ enum Command {
         /// Root seed of the world.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Run every handler in zero simulated time (no service-time model).
+        #[arg(long)]
+        no_service_time: bool,
     },
     /// Run one service alone.
     Serve {
@@ -193,9 +196,9 @@ fn run(cli: Cli) -> Result<(), String> {
             init_logs(c.log_format);
             Err("`up` and `serve` run against real NATS and Redis; build without `cargo sim`".into())
         }
-        Command::BenchSim { orders, clients, seed } => {
+        Command::BenchSim { orders, clients, seed, no_service_time } => {
             println!("bench-sim: seed {seed}, {orders} orders from {clients} client nodes");
-            let r = fafnir_scenarios::simbench::run(seed, orders, clients);
+            let r = fafnir_scenarios::simbench::run(seed, orders, clients, !no_service_time);
             println!(
                 "{} orders in {:.2} s wall, {:.3} s simulated: {:.0} orders per wall second, \
                  {:.2} simulated s per wall s; {} network messages ({:.0} per wall s); trace hash {:016x}",
