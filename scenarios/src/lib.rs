@@ -6,13 +6,25 @@
 //!
 //! ## Layout
 //!
+//! - [`agents`]: the market agents (noise, market maker, momentum, value, whale).
+//! - [`checker`]: the fill checker and its reference book.
+//! - [`scenario`]: scenario files (TOML), their schema and SLOs.
+//! - [`run`]: one run's outcome, summary.json and .hgrm files; `sim_run` runs it in simulation.
+//! - [`driver`]: the open-loop driver and its latency recorder.
 //! - [`client`]: a logged-in user of the public gateway API.
 //! - [`real`]: connect a deployment to real NATS and Redis; pick local ports.
 //! - `simbench` (simulated build): the simulation's speed benchmark.
 //! - `src/bin/fafnir.rs`: the command line (`up`, `serve`).
 
+pub mod agents;
+pub mod checker;
 pub mod client;
+pub mod driver;
 #[cfg(not(madsim))]
 pub mod real;
+pub mod run;
+pub mod scenario;
+#[cfg(madsim)]
+pub mod sim_run;
 #[cfg(madsim)]
 pub mod simbench;

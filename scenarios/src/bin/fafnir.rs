@@ -21,6 +21,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a scenario: drive the platform with its market agents, measure the
+    /// latency of every stage, check every fill, write the run directory.
+    /// In the simulated build (the default `cargo fafnir`) the whole platform
+    /// is a deterministic madsim world. Exit codes: 0 success, 1 error or
+    /// crash, 2 bad command line or scenario file, 3 an SLO violated,
+    /// 4 the fill checker found a violation.
+    Run {
+        /// The scenario file (TOML; see scenarios/SCENARIOS.md).
+        file: std::path::PathBuf,
+        /// Root seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Load-phase length, e.g. 30s or 500ms (default: the scenario's `duration_ms`).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// The run directory (default: runs/<scenario>-<seed>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Start every service (gateway, auth, market, orders, engine shards,
     /// portfolio) in this process, each on its own port, against real NATS and Redis.
     Up(Common),
@@ -82,6 +101,50 @@ struct Common {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or("a duration needs a unit: ms or s (e.g. 30s)")?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{n:?} is not a whole number"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        u => Err(format!("unknown unit {u:?}: use ms, s or m")),
+    }
+}
+
+/// Loads the scenario and applies the command line's overrides.
+fn load(
+    file: &std::path::Path,
+    seed: Option<u64>,
+    duration: Option<std::time::Duration>,
+) -> Result<(fafnir_scenarios::scenario::Scenario, String, String), RunError> {
+    let text = std::fs::read_to_string(file).map_err(|e| RunError::Usage(format!("{}: {e}", file.display())))?;
+    let mut scn = fafnir_scenarios::scenario::Scenario::parse(&text)
+        .map_err(|e| RunError::Usage(format!("{}: {e}", file.display())))?;
+    if let Some(seed) = seed {
+        scn.seed = seed;
+    }
+    if let Some(d) = duration {
+        scn.duration = d;
+    }
+    let config_hash = fafnir_scenarios::run::hash_hex(format!("{text}\n{:?}", scn.duration).as_bytes());
+    let rerun = fafnir_scenarios::run::rerun_command(
+        &file.display().to_string(),
+        scn.seed,
+        duration.map(|d| d.as_millis() as u64),
+    );
+    Ok((scn, config_hash, rerun))
+}
+
+/// Why `fafnir` failed, and so its exit code.
+enum RunError {
+    /// Bad command line or scenario file (exit 2).
+    Usage(String),
+    /// The run could not be carried out (exit 1).
+    Failed(String),
 }
 
 fn init_logs(format: LogFormat) {
@@ -161,12 +224,105 @@ mod real_main {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run { file, seed, duration, out } = cli.command {
+        return match run_scenario(&file, seed, duration, out) {
+            Ok(code) => ExitCode::from(code),
+            Err(RunError::Usage(e)) => {
+                eprintln!("fafnir: {e}");
+                ExitCode::from(2)
+            }
+            Err(RunError::Failed(e)) => {
+                eprintln!("fafnir: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fafnir: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(madsim)]
+fn run_scenario(
+    file: &std::path::Path,
+    seed: Option<u64>,
+    duration: Option<std::time::Duration>,
+    out: Option<std::path::PathBuf>,
+) -> Result<u8, RunError> {
+    let (scn, config_hash, rerun) = load(file, seed, duration)?;
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}", scn.name, scn.seed)));
+    println!("fafnir run: scenario {:?}, seed {}, simulation", scn.name, scn.seed);
+    println!(
+        "  {} s load, {} agent populations, {} instruments on {} engine shards, {} faults, {} SLOs; config hash {config_hash}",
+        scn.duration.as_secs_f64(),
+        scn.populations.len(),
+        scn.instruments.len(),
+        scn.engine_shards.len(),
+        scn.faults.len(),
+        scn.slos.len()
+    );
+    let result = fafnir_scenarios::sim_run::run(&scn, scn.seed, config_hash, rerun.clone());
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => return Err(RunError::Failed(format!("{e}\n  replay: {rerun}"))),
+    };
+    fafnir_scenarios::run::write_run_dir(&out, &r.summary, &r.recorder).map_err(RunError::Failed)?;
+    report(&r.summary, &out);
+    Ok(r.summary.outcome.exit_code())
+}
+
+#[cfg(not(madsim))]
+fn run_scenario(
+    file: &std::path::Path,
+    seed: Option<u64>,
+    duration: Option<std::time::Duration>,
+    _out: Option<std::path::PathBuf>,
+) -> Result<u8, RunError> {
+    let _ = load(file, seed, duration)?;
+    Err(RunError::Failed(
+        "`run` against the real servers is not built yet; run the simulation: cargo fafnir run <file>".into(),
+    ))
+}
+
+/// Prints a run's result, line-oriented.
+#[cfg_attr(not(madsim), allow(dead_code))]
+fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
+    let c = &s.counts;
+    println!(
+        "  orders: {} submitted, {} accepted, {} rejected, {} failed, {} timed out; {} cancels; {} fills reported",
+        c.submitted, c.accepted, c.rejected, c.failed, c.timed_out, c.cancels, c.fills_reported
+    );
+    println!("  {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}", "stage (ms)", "count", "p50", "p99", "p99.9", "max");
+    for (stage, q) in &s.stages {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        println!(
+            "  {stage:<22} {:>8} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+            q.count,
+            ms(q.p50_ns),
+            ms(q.p99_ns),
+            ms(q.p999_ns),
+            ms(q.max_ns)
+        );
+    }
+    for slo in &s.slos {
+        let mark = if slo.passed { "ok  " } else { "FAIL" };
+        println!("  SLO {mark} {} (measured {:.3} ms)", slo.slo.text, slo.value_ns as f64 / 1e6);
+    }
+    for check in &s.checker.checks {
+        let mark = if check.passed { "ok  " } else { "FAIL" };
+        println!("  check {mark} {} ({} violations)", check.name, check.violations);
+        for v in &check.first {
+            println!("      {v}");
+        }
+    }
+    println!("  trace hash {}; run directory {}", s.trace_hash, out.display());
+    println!("  outcome: {:?} (exit {})", s.outcome, s.outcome.exit_code());
+    if s.outcome != fafnir_scenarios::run::Outcome::Success {
+        println!("  replay: {}", s.rerun);
     }
 }
 
@@ -182,6 +338,7 @@ fn run(cli: Cli) -> Result<(), String> {
             init_logs(common.log_format);
             rt.block_on(real_main::serve(&service, shard, common))
         }
+        Command::Run { .. } => unreachable!("handled in main"),
         Command::BenchSim { .. } => {
             Err("bench-sim runs the simulation: cargo sim run --release -p fafnir-scenarios --bin fafnir -- bench-sim"
                 .into())
@@ -194,8 +351,9 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Up(c) | Command::Serve { common: c, .. } => {
             init_logs(c.log_format);
-            Err("`up` and `serve` run against real NATS and Redis; build without `cargo sim`".into())
+            Err("`up` and `serve` run against real NATS and Redis: use the real build, `cargo fafnir-real up`".into())
         }
+        Command::Run { .. } => unreachable!("handled in main"),
         Command::BenchSim { orders, clients, seed, no_service_time } => {
             println!("bench-sim: seed {seed}, {orders} orders from {clients} client nodes");
             let r = fafnir_scenarios::simbench::run(seed, orders, clients, !no_service_time);

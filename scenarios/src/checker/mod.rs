@@ -1,0 +1,141 @@
+//! The fill checker: decides, from what the platform stored and reports after a
+//! run has quiesced, whether every fill was right. Lives outside `platform/`
+//! and shares none of its matching or ledger code (see `reference.rs`).
+//!
+//! [`check`] runs eight checks over a [`CheckInput`] and returns a [`Verdict`]
+//! with one [`CheckResult`] per check, under these stable names:
+//!
+//! | name | what must hold |
+//! |---|---|
+//! | `fills_match_reference` | a simple reference book fed each symbol's ORDERS yields exactly the engine's TRADES events |
+//! | `no_trade_through_or_overfill` | fills respect limits, happen at the maker's price, never exceed an order |
+//! | `conservation` | total cash and shares per symbol equal what was deposited |
+//! | `every_order_accounted` | each accepted order ends filled, canceled, rejected or resting; its record agrees |
+//! | `settled_exactly_once` | each account's cash and holdings equal deposits plus each fill once |
+//! | `no_negative_balance` | no negative cash, reservations or holdings; reserved never above owned |
+//! | `reservations_balance` | reserved cash and shares equal what the open orders still need |
+//! | `agents_told_the_truth` | what agents were told equals the platform's final records |
+//!
+//! Bad data never panics: a malformed event is itself a violation.
+//!
+//! # Layout
+//! - `facts`: the input decoded and indexed once (accepted orders, fills, per-order activity, ledger).
+//! - `reference`: the reference book, a Vec of resting orders per side scanned linearly.
+//! - `matching`: checks 1 and 2 (the engine's fills).
+//! - `money`: checks 3, 5, 6 and 7 (cash, shares, reservations).
+//! - `lifecycle`: checks 4 and 8 (order records and what agents were told).
+
+mod facts;
+mod lifecycle;
+mod matching;
+mod money;
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use fafnir_platform::domain::Instrument;
+use fafnir_platform::proto::common::{Order, PortfolioView};
+use fafnir_platform::proto::events::{EngineEvent, LedgerEvent, OrderEvent};
+use serde::Serialize;
+
+/// What an agent was told about one of its orders, from its execution reports
+/// and submit/cancel replies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ToldOrder {
+    pub account: u64,
+    pub symbol: String,
+    /// Sum of the fill quantities in the execution reports.
+    pub filled_qty: i64,
+    /// Sum of price * qty over those fills, in cents.
+    pub filled_notional_cents: i64,
+    /// A Closed report arrived (canceled, expired, killed or rejected).
+    pub closed: bool,
+}
+
+/// Everything the checker looks at, gathered after the liveness phase.
+#[derive(Clone, Debug, Default)]
+pub struct CheckInput {
+    pub instruments: Vec<Instrument>,
+    /// The ORDERS stream, decoded, in stream order: (stream sequence, event).
+    pub orders_stream: Vec<(u64, OrderEvent)>,
+    /// The TRADES stream, decoded, in stream order.
+    pub trades_stream: Vec<(u64, EngineEvent)>,
+    /// The LEDGER stream, decoded, in stream order.
+    pub ledger_stream: Vec<(u64, LedgerEvent)>,
+    /// Final portfolio of every account, as the platform reports it (GetPortfolio).
+    pub portfolios: BTreeMap<u64, PortfolioView>,
+    /// Final record of every order, as the platform reports it (GetOrder/ListOrders), by order id.
+    pub orders: BTreeMap<u64, Order>,
+    /// What the agents were told, by order id (orders an agent never heard of are absent).
+    pub told: BTreeMap<u64, ToldOrder>,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: bool,
+    /// How many violations in all.
+    pub violations: usize,
+    /// The first few, each one line a person can act on.
+    pub first: Vec<String>,
+}
+
+/// The checker's verdict on a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub passed: bool,
+    pub checks: Vec<CheckResult>,
+}
+
+/// At most this many violations are listed per check.
+pub const FIRST_MAX: usize = 10;
+
+/// Runs every check; never panics on bad data (a malformed event is a violation).
+pub fn check(input: &CheckInput) -> Verdict {
+    let facts = facts::Facts::new(input);
+    let reference = matching::run_reference(&facts);
+    let checks = vec![
+        matching::fills_match_reference(&facts, &reference),
+        matching::no_trade_through_or_overfill(&facts),
+        money::conservation(&facts),
+        lifecycle::every_order_accounted(&facts, &reference),
+        money::settled_exactly_once(&facts),
+        money::no_negative_balance(&facts),
+        money::reservations_balance(&facts),
+        lifecycle::agents_told_the_truth(&facts),
+    ];
+    Verdict { passed: checks.iter().all(|c| c.passed), checks }
+}
+
+/// Collects one check's violations, keeping the first [`FIRST_MAX`] lines.
+struct Tally {
+    name: &'static str,
+    violations: usize,
+    first: Vec<String>,
+}
+
+impl Tally {
+    fn new(name: &'static str) -> Tally {
+        Tally { name, violations: 0, first: Vec::new() }
+    }
+
+    /// Records one violation; `line` is only built while it will be kept.
+    fn flag(&mut self, line: impl FnOnce() -> String) {
+        self.violations += 1;
+        if self.first.len() < FIRST_MAX {
+            self.first.push(line());
+        }
+    }
+
+    fn finish(self) -> CheckResult {
+        CheckResult {
+            name: self.name.to_string(),
+            passed: self.violations == 0,
+            violations: self.violations,
+            first: self.first,
+        }
+    }
+}

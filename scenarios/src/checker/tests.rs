@@ -1,0 +1,617 @@
+//! The checker on hand-built runs: one clean run that passes every check, and
+//! for each check a copy of it broken in one way that the check must flag.
+
+use fafnir_platform::domain::Instrument;
+use fafnir_platform::proto::common::{Holding, Order, OrderStatus, OrderType, PortfolioView, Side};
+use fafnir_platform::proto::events::{
+    engine_event, ledger_event, order_event, CancelRequested, CloseReason, ClosedEvent, Deposited, EngineEvent,
+    FillEvent, IgnoredEvent, LedgerEvent, OrderAccepted, OrderEvent, Released, Reserved, RestedEvent,
+};
+
+use super::*;
+
+const ACME: &str = "ACME";
+/// ACME's tick: 5 cents. Its band tops at 1,000 ticks, where market buys reserve.
+const TICK: i64 = 5;
+const MAX_TICKS: i64 = 1_000;
+
+const A: u64 = 0xa1;
+const B: u64 = 0xb2;
+const C: u64 = 0xc3;
+const D: u64 = 0xd4;
+const E: u64 = 0xe5;
+const F: u64 = 0xf6;
+const G: u64 = 0x97;
+const H: u64 = 0x98;
+const I: u64 = 0x99;
+
+/// Builds a `CheckInput` event by event, numbering each stream from 1.
+struct Run {
+    input: CheckInput,
+}
+
+impl Run {
+    fn new() -> Run {
+        let instruments = vec![Instrument::new(ACME, TICK, 1, 1, MAX_TICKS)];
+        Run { input: CheckInput { instruments, ..CheckInput::default() } }
+    }
+
+    fn ledger(&mut self, kind: ledger_event::Kind) {
+        let seq = self.input.ledger_stream.len() as u64 + 1;
+        self.input.ledger_stream.push((seq, LedgerEvent { kind: Some(kind) }));
+    }
+
+    fn deposit(&mut self, account: u64, cents: i64, request_id: &str) {
+        let d = Deposited { account, cents, request_id: request_id.into(), ..Deposited::default() };
+        self.ledger(ledger_event::Kind::Deposited(d));
+    }
+
+    fn deposit_shares(&mut self, account: u64, qty: i64, request_id: &str) {
+        let d = Deposited { account, request_id: request_id.into(), symbol: ACME.into(), qty, cents: 0 };
+        self.ledger(ledger_event::Kind::Deposited(d));
+    }
+
+    fn reserve(&mut self, order_id: u64, account: u64, side: Side, qty: i64, price_ticks: i64) {
+        let r = Reserved { order_id, account, symbol: ACME.into(), side: side as i32, qty, price_ticks };
+        self.ledger(ledger_event::Kind::Reserved(r));
+    }
+
+    fn order_event(&mut self, kind: order_event::Kind) -> u64 {
+        let seq = self.input.orders_stream.len() as u64 + 1;
+        self.input.orders_stream.push((seq, OrderEvent { kind: Some(kind) }));
+        seq
+    }
+
+    /// Reserves (limit, or the band's top for market orders) then accepts.
+    fn accept(&mut self, order_id: u64, account: u64, side: Side, kind: OrderType, limit_ticks: i64, qty: i64) -> u64 {
+        let reserve_price_ticks = if kind == OrderType::Market { MAX_TICKS } else { limit_ticks };
+        self.reserve(order_id, account, side, qty, reserve_price_ticks);
+        let a = OrderAccepted {
+            order_id,
+            user_id: account,
+            client_order_id: format!("c{order_id}"),
+            symbol: ACME.into(),
+            side: side as i32,
+            order_type: kind as i32,
+            limit_ticks,
+            qty,
+            reserve_price_ticks,
+            accepted_ms: 0,
+        };
+        self.order_event(order_event::Kind::Accepted(a))
+    }
+
+    fn cancel(&mut self, order_id: u64, account: u64) -> u64 {
+        let c = CancelRequested { order_id, user_id: account, symbol: ACME.into(), requested_ms: 0 };
+        self.order_event(order_event::Kind::Cancel(c))
+    }
+
+    /// The engine's events answering ORDERS input `input_seq`.
+    fn engine(&mut self, input_seq: u64, kinds: Vec<engine_event::Kind>) {
+        for (index, kind) in (0u32..).zip(kinds) {
+            let seq = self.input.trades_stream.len() as u64 + 1;
+            let e = EngineEvent { symbol: ACME.into(), input_seq, index, ts_ms: 0, kind: Some(kind) };
+            self.input.trades_stream.push((seq, e));
+        }
+    }
+
+    fn record(&mut self, order_id: u64, status: OrderStatus, filled_qty: i64, filled_notional_cents: i64) {
+        let a = accepted(&self.input, order_id).clone();
+        let order = Order {
+            order_id,
+            user_id: a.user_id,
+            client_order_id: a.client_order_id,
+            symbol: a.symbol,
+            side: a.side,
+            order_type: a.order_type,
+            price_cents: a.limit_ticks * TICK,
+            qty: a.qty,
+            filled_qty,
+            filled_notional_cents,
+            status: status as i32,
+            reason: String::new(),
+        };
+        self.input.orders.insert(order_id, order);
+    }
+
+    fn portfolio(&mut self, account: u64, cash_cents: i64, reserved_cents: i64, qty: i64, reserved_qty: i64) {
+        let holdings = vec![Holding { symbol: ACME.into(), qty, reserved_qty }];
+        let view = PortfolioView { account_id: account, cash_cents, reserved_cents, holdings };
+        self.input.portfolios.insert(account, view);
+    }
+
+    fn told(&mut self, order_id: u64, filled_qty: i64, filled_notional_cents: i64, closed: bool) {
+        let account = accepted(&self.input, order_id).user_id;
+        let told = ToldOrder { account, symbol: ACME.into(), filled_qty, filled_notional_cents, closed };
+        self.input.told.insert(order_id, told);
+    }
+}
+
+fn accepted(input: &CheckInput, order_id: u64) -> &OrderAccepted {
+    input
+        .orders_stream
+        .iter()
+        .find_map(|(_, e)| match &e.kind {
+            Some(order_event::Kind::Accepted(a)) if a.order_id == order_id => Some(a),
+            _ => None,
+        })
+        .expect("accepted in the test run")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    seq: u64,
+    price: i64,
+    qty: i64,
+    maker: (u64, u64),
+    taker: (u64, u64),
+    side: Side,
+    rem: (i64, i64),
+) -> engine_event::Kind {
+    engine_event::Kind::Fill(FillEvent {
+        match_seq: seq,
+        price_ticks: price,
+        qty,
+        maker_order: maker.0,
+        maker_account: maker.1,
+        taker_order: taker.0,
+        taker_account: taker.1,
+        taker_side: side as i32,
+        maker_remaining: rem.0,
+        taker_remaining: rem.1,
+    })
+}
+
+fn rested(order_id: u64, remaining: i64) -> engine_event::Kind {
+    engine_event::Kind::Rested(RestedEvent { order_id, remaining })
+}
+
+fn closed(order_id: u64, account: u64, remaining: i64, reason: CloseReason) -> engine_event::Kind {
+    engine_event::Kind::Closed(ClosedEvent { order_id, account, remaining, reason: reason as i32 })
+}
+
+fn ignored(order_id: u64) -> engine_event::Kind {
+    engine_event::Kind::Ignored(IgnoredEvent { order_id, reason: "not resting".into() })
+}
+
+/// A run that exercises every order type, a cancel, an ignored cancel, a
+/// released never-accepted reservation and a retried deposit. Tick 5 cents.
+///
+/// | ORDERS | order | engine |
+/// |---|---|---|
+/// | 1 | A: acct 2 sells 10 @ 100 | rests |
+/// | 2 | B: acct 2 sells 10 @ 100 | rests behind A |
+/// | 3 | C: acct 1 buys 15 @ 101 | #1 10 from A, #2 5 from B |
+/// | 4 | D: acct 1 buys 5 @ 99 | rests |
+/// | 5 | E: acct 3 market buy 10 | #3 5 from B, 5 expire |
+/// | 6 | cancel D | closed 5 |
+/// | 7 | F: acct 2 IOC sell 10 @ 100 | no bid: 10 expire |
+/// | 8 | G: acct 2 FOK buy 5 @ 200 | no ask: killed |
+/// | 9 | H: acct 2 sells 20 @ 102 | rests |
+/// | 10 | I: acct 1 IOC buy 5 @ 102 | #4 5 from H |
+/// | 11 | cancel C | ignored (filled) |
+fn clean() -> Run {
+    let mut r = Run::new();
+    r.deposit(1, 100_000, "d1");
+    r.deposit(1, 100_000, "d1");
+    r.deposit(2, 10_000, "d2");
+    r.deposit_shares(2, 100, "d3");
+    r.deposit(3, 50_000, "d4");
+    r.deposit_shares(3, 50, "d5");
+    r.reserve(0xee, 1, Side::Buy, 2, 50);
+    r.ledger(ledger_event::Kind::Released(Released { order_id: 0xee }));
+    let s = r.accept(A, 2, Side::Sell, OrderType::Limit, 100, 10);
+    r.engine(s, vec![rested(A, 10)]);
+    let s = r.accept(B, 2, Side::Sell, OrderType::Limit, 100, 10);
+    r.engine(s, vec![rested(B, 10)]);
+    let s = r.accept(C, 1, Side::Buy, OrderType::Limit, 101, 15);
+    r.engine(
+        s,
+        vec![fill(1, 100, 10, (A, 2), (C, 1), Side::Buy, (0, 5)), fill(2, 100, 5, (B, 2), (C, 1), Side::Buy, (5, 0))],
+    );
+    let s = r.accept(D, 1, Side::Buy, OrderType::Limit, 99, 5);
+    r.engine(s, vec![rested(D, 5)]);
+    let s = r.accept(E, 3, Side::Buy, OrderType::Market, 0, 10);
+    r.engine(s, vec![fill(3, 100, 5, (B, 2), (E, 3), Side::Buy, (0, 5)), closed(E, 3, 5, CloseReason::Expired)]);
+    let s = r.cancel(D, 1);
+    r.engine(s, vec![closed(D, 1, 5, CloseReason::Canceled)]);
+    let s = r.accept(F, 2, Side::Sell, OrderType::Ioc, 100, 10);
+    r.engine(s, vec![closed(F, 2, 10, CloseReason::Expired)]);
+    let s = r.accept(G, 2, Side::Buy, OrderType::Fok, 200, 5);
+    r.engine(s, vec![closed(G, 2, 5, CloseReason::Killed)]);
+    let s = r.accept(H, 2, Side::Sell, OrderType::Limit, 102, 20);
+    r.engine(s, vec![rested(H, 20)]);
+    let s = r.accept(I, 1, Side::Buy, OrderType::Ioc, 102, 5);
+    r.engine(s, vec![fill(4, 102, 5, (H, 2), (I, 1), Side::Buy, (15, 0))]);
+    let s = r.cancel(C, 1);
+    r.engine(s, vec![ignored(C)]);
+    // Fills in cents: #1 5,000; #2 2,500; #3 2,500; #4 2,550.
+    r.portfolio(1, 100_000 - 5_000 - 2_500 - 2_550, 0, 20, 0);
+    r.portfolio(2, 10_000 + 5_000 + 2_500 + 2_500 + 2_550, 0, 100 - 25, 15);
+    r.portfolio(3, 50_000 - 2_500, 0, 55, 0);
+    r.record(A, OrderStatus::Filled, 10, 5_000);
+    r.record(B, OrderStatus::Filled, 10, 5_000);
+    r.record(C, OrderStatus::Filled, 15, 7_500);
+    r.record(D, OrderStatus::Canceled, 0, 0);
+    r.record(E, OrderStatus::Canceled, 5, 2_500);
+    r.record(F, OrderStatus::Canceled, 0, 0);
+    r.record(G, OrderStatus::Canceled, 0, 0);
+    r.record(H, OrderStatus::PartiallyFilled, 5, 2_550);
+    r.record(I, OrderStatus::Filled, 5, 2_550);
+    r.told(C, 15, 7_500, false);
+    r.told(D, 0, 0, true);
+    r.told(E, 5, 2_500, true);
+    r.told(H, 5, 2_550, false);
+    r
+}
+
+const ALL: [&str; 8] = [
+    "fills_match_reference",
+    "no_trade_through_or_overfill",
+    "conservation",
+    "every_order_accounted",
+    "settled_exactly_once",
+    "no_negative_balance",
+    "reservations_balance",
+    "agents_told_the_truth",
+];
+
+fn failed(v: &Verdict) -> Vec<&str> {
+    v.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect()
+}
+
+fn lines<'v>(v: &'v Verdict, name: &str) -> &'v [String] {
+    &v.checks.iter().find(|c| c.name == name).expect("a check of that name").first
+}
+
+/// Asserts `target` failed with a line containing all of `needles`, and that
+/// the checks failing are exactly `target` and `also` (those an inherently
+/// coupled property also breaks).
+fn assert_flags(v: &Verdict, target: &str, also: &[&str], needles: &[&str]) {
+    assert!(!v.passed, "{v:#?}");
+    let mut want: Vec<&str> = also.iter().copied().chain([target]).collect();
+    want.sort_by_key(|name| ALL.iter().position(|n| n == name));
+    assert_eq!(failed(v), want, "{v:#?}");
+    let hit = lines(v, target).iter().any(|l| needles.iter().all(|n| l.contains(n)));
+    assert!(hit, "{target}: no line contains all of {needles:?}: {:#?}", lines(v, target));
+}
+
+fn fill_mut(input: &mut CheckInput, match_seq: u64) -> &mut FillEvent {
+    input
+        .trades_stream
+        .iter_mut()
+        .find_map(|(_, e)| match &mut e.kind {
+            Some(engine_event::Kind::Fill(f)) if f.match_seq == match_seq => Some(f),
+            _ => None,
+        })
+        .expect("fill in the test run")
+}
+
+#[test]
+fn a_clean_run_passes_every_check() {
+    let v = check(&clean().input);
+    assert!(v.passed, "{v:#?}");
+    assert_eq!(v.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ALL);
+    assert!(v.checks.iter().all(|c| c.violations == 0 && c.first.is_empty()));
+}
+
+#[test]
+fn a_duplicate_accept_is_ignored_like_the_engine_does() {
+    let mut r = clean();
+    let again = accepted(&r.input, C).clone();
+    let s = r.order_event(order_event::Kind::Accepted(again));
+    r.engine(s, vec![ignored(C)]);
+    let v = check(&r.input);
+    assert!(v.passed, "{v:#?}");
+    // The engine matching the duplicate again is flagged.
+    let mut r = clean();
+    let again = accepted(&r.input, C).clone();
+    let s = r.order_event(order_event::Kind::Accepted(again));
+    r.engine(s, vec![rested(C, 15)]);
+    let v = check(&r.input);
+    assert!(lines(&v, "fills_match_reference")[0].contains("expected [ORDERS#12.0] Ignored order=c3"), "{v:#?}");
+}
+
+#[test]
+fn fills_match_reference_catches_time_priority_ignored() {
+    // The engine takes B before A at the same price. The same account owns both
+    // and both end filled, so only the fills themselves show it.
+    let mut r = clean();
+    *fill_mut(&mut r.input, 1) = FillEvent { maker_order: B, maker_remaining: 0, ..*fill_mut(&mut r.input, 1) };
+    *fill_mut(&mut r.input, 2) = FillEvent { maker_order: A, maker_remaining: 5, ..*fill_mut(&mut r.input, 2) };
+    *fill_mut(&mut r.input, 3) = FillEvent { maker_order: A, ..*fill_mut(&mut r.input, 3) };
+    let v = check(&r.input);
+    assert_flags(&v, "fills_match_reference", &[], &["ACME: first divergence", "match_seq=1", "maker=a1", "maker=b2"]);
+    assert_eq!(lines(&v, "fills_match_reference").len(), 1, "one line per diverging symbol");
+}
+
+#[test]
+fn fills_match_reference_catches_a_missing_event_and_match_seq_gaps() {
+    let mut r = clean();
+    fill_mut(&mut r.input, 4).match_seq = 5;
+    let v = check(&r.input);
+    assert!(lines(&v, "fills_match_reference")[0].contains("match_seq=4"), "{v:#?}");
+    let mut r = clean();
+    r.input.trades_stream.pop();
+    let v = check(&r.input);
+    assert_flags(&v, "fills_match_reference", &[], &["expected [ORDERS#11.0] Ignored order=c3", "no more events"]);
+}
+
+#[test]
+fn no_trade_through_catches_a_fill_through_the_limit() {
+    // H sells at 103 and the engine fills I (an IOC buy limited at 102) there;
+    // the platform settles what the engine said.
+    let mut r = clean();
+    for (_, e) in &mut r.input.orders_stream {
+        if let Some(order_event::Kind::Accepted(a)) = &mut e.kind {
+            if a.order_id == H {
+                (a.limit_ticks, a.reserve_price_ticks) = (103, 103);
+            }
+        }
+    }
+    for (_, e) in &mut r.input.ledger_stream {
+        if let Some(ledger_event::Kind::Reserved(x)) = &mut e.kind {
+            if x.order_id == H {
+                x.price_ticks = 103;
+            }
+        }
+    }
+    fill_mut(&mut r.input, 4).price_ticks = 103;
+    r.portfolio(1, 100_000 - 5_000 - 2_500 - 2_575, 0, 20, 0);
+    r.portfolio(2, 10_000 + 5_000 + 2_500 + 2_500 + 2_575, 0, 75, 15);
+    r.record(H, OrderStatus::PartiallyFilled, 5, 2_575);
+    r.record(I, OrderStatus::Filled, 5, 2_575);
+    r.told(H, 5, 2_575, false);
+    let v = check(&r.input);
+    // The reference does not fill I, so H is not partly filled there either.
+    assert_flags(
+        &v,
+        "no_trade_through_or_overfill",
+        &["fills_match_reference", "every_order_accounted"],
+        &["ACME match_seq 4", "trade-through: Buy 99 (account 1) limited at 102 ticks filled at 103"],
+    );
+}
+
+#[test]
+fn no_trade_through_catches_overfill_and_a_price_not_the_makers() {
+    let mut r = clean();
+    let f = fill_mut(&mut r.input, 2);
+    (f.qty, f.taker_remaining) = (6, -1);
+    let v = check(&r.input);
+    assert!(lines(&v, "no_trade_through_or_overfill")
+        .iter()
+        .any(|l| l.contains("taker c3 (account 1) overfilled: 16 of 15")));
+    let mut r = clean();
+    fill_mut(&mut r.input, 4).price_ticks = 101;
+    let v = check(&r.input);
+    let l = lines(&v, "no_trade_through_or_overfill");
+    assert!(l.iter().any(|l| l.contains("price 101 ticks is not the maker's")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("trade-through: Sell 98")), "below the seller's limit: {l:#?}");
+}
+
+#[test]
+fn conservation_catches_cash_from_nowhere() {
+    let mut r = clean();
+    r.input.portfolios.get_mut(&3).unwrap().cash_cents += 1_000;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "conservation",
+        &["settled_exactly_once"],
+        &["total cash: deposited 160000 cents, accounts hold 161000"],
+    );
+    let mut r = clean();
+    r.input.portfolios.get_mut(&2).unwrap().holdings[0].qty -= 1;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "conservation",
+        &["settled_exactly_once"],
+        &["total ACME shares: deposited 150, accounts hold 149"],
+    );
+}
+
+#[test]
+fn every_order_accounted_catches_a_lost_order() {
+    // J is accepted (its reservation still held) but the engine never says a word about it.
+    let mut r = clean();
+    r.accept(0x1a, 1, Side::Buy, OrderType::Limit, 90, 5);
+    r.record(0x1a, OrderStatus::Accepted, 0, 0);
+    r.input.portfolios.get_mut(&1).unwrap().reserved_cents = 5 * 90 * TICK;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "every_order_accounted",
+        &["fills_match_reference"],
+        &["ACME order 1a (account 1, ORDERS#12): lost"],
+    );
+}
+
+#[test]
+fn every_order_accounted_catches_a_wrong_status_or_sum() {
+    let mut r = clean();
+    r.input.orders.get_mut(&H).unwrap().status = OrderStatus::Filled as i32;
+    let v = check(&r.input);
+    assert_flags(&v, "every_order_accounted", &[], &["order 98", "expected PARTIALLY_FILLED", "record says FILLED"]);
+    let mut r = clean();
+    r.input.orders.get_mut(&E).unwrap().filled_notional_cents = 2_501;
+    r.told(E, 5, 2_501, true);
+    let v = check(&r.input);
+    assert_flags(&v, "every_order_accounted", &[], &["order e5", "2500 cents", "5 / 2501"]);
+    let mut r = clean();
+    r.input.orders.remove(&D);
+    r.input.told.remove(&D);
+    let v = check(&r.input);
+    assert_flags(&v, "every_order_accounted", &[], &["order d4", "no final order record"]);
+}
+
+#[test]
+fn every_order_accounted_catches_an_open_order_the_reference_does_not_rest() {
+    // The engine says D rested, never says it was canceled, and the record agrees.
+    let mut r = clean();
+    r.input.trades_stream.retain(|(_, e)| !matches!(&e.kind, Some(engine_event::Kind::Closed(c)) if c.order_id == D));
+    r.record(D, OrderStatus::Accepted, 0, 0);
+    r.told(D, 0, 0, false);
+    r.input.portfolios.get_mut(&1).unwrap().reserved_cents = 5 * 99 * TICK;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "every_order_accounted",
+        &["fills_match_reference"],
+        &["order d4", "open per the engine (0 of 5 filled, never closed), not resting in the reference book"],
+    );
+}
+
+#[test]
+fn settled_exactly_once_catches_a_fill_settled_twice() {
+    // Fill #4 is published twice and the portfolio applies it twice.
+    let mut r = clean();
+    let again = r.input.trades_stream.iter().find(|(_, e)| e.input_seq == 10).unwrap().1.clone();
+    let seq = r.input.trades_stream.len() as u64 + 1;
+    r.input.trades_stream.push((seq, again));
+    r.portfolio(1, 100_000 - 5_000 - 2_500 - 2 * 2_550, 0, 25, 0);
+    r.portfolio(2, 10_000 + 5_000 + 2_500 + 2_500 + 2 * 2_550, 0, 70, 15);
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "settled_exactly_once",
+        &[],
+        &["ACME match_seq 4: fill published again (TRADES#12 and TRADES#14)"],
+    );
+    assert!(lines(&v, "settled_exactly_once").iter().any(|l| l.contains("account 1: cash expected 89950 cents")));
+    // Charged twice from a single event: the same, without the duplicate line.
+    r.input.trades_stream.pop();
+    let v = check(&r.input);
+    assert_flags(&v, "settled_exactly_once", &[], &["account 2 ACME: holding expected 75 shares, platform reports 70"]);
+}
+
+#[test]
+fn no_negative_balance_catches_an_overdrawn_account() {
+    // Account 3 deposited only 1,000 cents yet bought for 2,500: every other
+    // number is consistent with the streams.
+    let mut r = clean();
+    for (_, e) in &mut r.input.ledger_stream {
+        if let Some(ledger_event::Kind::Deposited(d)) = &mut e.kind {
+            if d.request_id == "d4" {
+                d.cents = 1_000;
+            }
+        }
+    }
+    r.input.portfolios.get_mut(&3).unwrap().cash_cents = 1_000 - 2_500;
+    let v = check(&r.input);
+    assert_flags(&v, "no_negative_balance", &[], &["account 3: cash -1500 cents"]);
+    let mut r = clean();
+    r.input.portfolios.get_mut(&2).unwrap().holdings[0].reserved_qty = 80;
+    let v = check(&r.input);
+    assert!(lines(&v, "no_negative_balance")[0].contains("account 2 ACME: 75 shares with 80 reserved"), "{v:#?}");
+}
+
+#[test]
+fn reservations_balance_catches_a_reservation_not_released_on_cancel() {
+    let mut r = clean();
+    r.input.portfolios.get_mut(&1).unwrap().reserved_cents = 5 * 99 * TICK;
+    let v = check(&r.input);
+    assert_flags(&v, "reservations_balance", &[], &["account 1: reserved cash expected 0 cents", "reports 2475"]);
+    let mut r = clean();
+    r.input.portfolios.get_mut(&2).unwrap().holdings[0].reserved_qty = 25;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "reservations_balance",
+        &[],
+        &["account 2 ACME: reserved shares expected 15 (open sells), platform reports 25"],
+    );
+}
+
+#[test]
+fn reservations_balance_catches_a_leaked_reservation() {
+    // Reserved for an order that was never accepted (a crash mid-saga) and never released.
+    let mut r = clean();
+    r.reserve(0xff, 3, Side::Buy, 2, 50);
+    r.input.portfolios.get_mut(&3).unwrap().reserved_cents = 2 * 50 * TICK;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "reservations_balance",
+        &[],
+        &["reservation leaked: ACME order ff (account 3) reserved Buy 2 @ 50"],
+    );
+    assert_eq!(v.checks[6].violations, 1, "the balance itself is as the platform holds it: {v:#?}");
+}
+
+#[test]
+fn reservations_balance_catches_an_accepted_order_without_reservation() {
+    let mut r = clean();
+    r.input.ledger_stream.retain(|(_, e)| !matches!(&e.kind, Some(ledger_event::Kind::Reserved(x)) if x.order_id == G));
+    let v = check(&r.input);
+    assert_flags(&v, "reservations_balance", &[], &["ACME order 97 (account 2, Buy Fok)", "without a reservation"]);
+}
+
+#[test]
+fn agents_told_the_truth_catches_a_wrong_fill_report() {
+    let mut r = clean();
+    r.told(H, 10, 5_100, false);
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "agents_told_the_truth",
+        &[],
+        &["ACME order 98 (account 2): told 10 shares / 5100 cents", "5 / 2550"],
+    );
+    let mut r = clean();
+    r.told(E, 5, 2_500, false);
+    let v = check(&r.input);
+    assert_flags(&v, "agents_told_the_truth", &[], &["order e5", "told closed: false, record is CANCELED"]);
+}
+
+#[test]
+fn malformed_events_are_violations_not_panics() {
+    let mut r = clean();
+    r.input.orders_stream.push((12, OrderEvent { kind: None }));
+    let s = r.order_event(order_event::Kind::Accepted(OrderAccepted {
+        order_id: 7,
+        qty: -3,
+        ..accepted(&r.input, A).clone()
+    }));
+    r.engine(s, vec![ignored(7)]);
+    r.input.trades_stream.push((99, EngineEvent { symbol: ACME.into(), ..EngineEvent::default() }));
+    let bad_side = FillEvent { taker_side: 9, ..FillEvent::default() };
+    r.input
+        .trades_stream
+        .push((100, EngineEvent { kind: Some(engine_event::Kind::Fill(bad_side)), ..EngineEvent::default() }));
+    r.deposit(4, -5, "d-neg");
+    r.input.ledger_stream.push((200, LedgerEvent { kind: None }));
+    let huge = Deposited { account: 5, cents: i64::MAX, request_id: "huge".into(), ..Deposited::default() };
+    r.ledger(ledger_event::Kind::Deposited(huge));
+    r.input.portfolios.insert(6, PortfolioView { account_id: 6, cash_cents: i64::MIN, ..PortfolioView::default() });
+    let v = check(&r.input);
+    assert!(!v.passed);
+    let l = lines(&v, "fills_match_reference");
+    assert!(l.iter().any(|l| l.contains("ORDERS#12: empty event")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("order 7 (account 2) malformed: qty -3")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("TRADES#99") && l.contains("empty event")), "{l:#?}");
+    let l = lines(&v, "conservation");
+    assert!(l.iter().any(|l| l.contains("deposit \"d-neg\" to account 4 malformed")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("LEDGER#200: empty event")), "{l:#?}");
+}
+
+#[test]
+fn at_most_ten_lines_per_check() {
+    let mut r = clean();
+    for account in 10..40 {
+        r.input
+            .portfolios
+            .insert(account, PortfolioView { account_id: account, cash_cents: -1, ..PortfolioView::default() });
+    }
+    let v = check(&r.input);
+    let c = v.checks.iter().find(|c| c.name == "no_negative_balance").unwrap();
+    assert_eq!((c.violations, c.first.len()), (30, FIRST_MAX));
+    assert!(!c.first.iter().any(|l| l.contains('\n')));
+}
+
+#[test]
+fn the_verdict_serializes() {
+    let json = serde_json::to_value(check(&clean().input)).unwrap();
+    assert_eq!(json["passed"], true);
+    assert_eq!(json["checks"][0]["name"], "fills_match_reference");
+}

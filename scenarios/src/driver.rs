@@ -1,0 +1,402 @@
+//! The open-loop driver: runs agents against the public gateway API.
+//!
+//! Each agent says when it next wants to act; the driver wakes it at that
+//! *intended* time and sends its intents without waiting for earlier replies
+//! (each request is its own task), so a slow platform cannot slow the load
+//! down and hide its slowness. Every latency is measured from the intended
+//! time (no coordinated omission) into an HdrHistogram in nanoseconds.
+//! The code uses only `tokio::time`, so it runs the same for real and in
+//! simulation.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fafnir_platform::domain::{order_id_for, UserId};
+use fafnir_platform::proto::common::{OrderType, Side as ProtoSide};
+use fafnir_platform::proto::gateway::{execution_report, ExecutionReport, MarketDataUpdate};
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::agents::{Agent, Event, Intent, OpenOrder, OrderKind, Side, SymbolView, View};
+use crate::checker::ToldOrder;
+use crate::client::{Client, OrderSpec};
+use crate::scenario::STAGES;
+
+/// Outcome counts of a run's requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub submitted: u64,
+    pub accepted: u64,
+    /// Refused by the platform for a reason of the order (funds, price, ...).
+    pub rejected: u64,
+    /// Failed for a reason of the platform (unavailable, internal, ...), after retries.
+    pub failed: u64,
+    pub timed_out: u64,
+    pub cancels: u64,
+    pub cancels_acked: u64,
+    pub fills_reported: u64,
+    pub md_updates: u64,
+}
+
+/// What a run measured.
+#[derive(Clone)]
+pub struct Recorder {
+    pub histograms: BTreeMap<&'static str, Histogram<u64>>,
+    pub counts: Counts,
+    /// Accepted orders per second of the run.
+    pub accepted_per_s: BTreeMap<u64, u64>,
+    t0: Instant,
+}
+
+impl Recorder {
+    pub fn new(t0: Instant) -> Recorder {
+        let histograms = STAGES
+            .iter()
+            .map(|s| (*s, Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")))
+            .collect();
+        Recorder { histograms, counts: Counts::default(), accepted_per_s: BTreeMap::new(), t0 }
+    }
+
+    fn record(&mut self, stage: &'static str, since: Instant) {
+        let ns = Instant::now().saturating_duration_since(since).as_nanos().max(1) as u64;
+        self.histograms.get_mut(stage).expect("known stage").saturating_record(ns);
+    }
+
+    fn record_ns(&mut self, stage: &'static str, ns: u64) {
+        self.histograms.get_mut(stage).expect("known stage").saturating_record(ns.max(1));
+    }
+}
+
+/// One order as its agent knows it.
+struct Tracked {
+    tag: u64,
+    symbol: String,
+    side: Side,
+    intended: Instant,
+    first_fill_seen: bool,
+    final_seen: bool,
+}
+
+/// An agent's view of its own world, shared between its wake loop, its
+/// request tasks and its stream listeners.
+pub struct AgentState {
+    pub user: u64,
+    pub cash_cents: i64,
+    pub holdings: BTreeMap<String, i64>,
+    pub open: BTreeMap<u64, OpenOrder>,
+    pub market: BTreeMap<String, SymbolView>,
+    /// Execution reports and trades not yet passed to the agent.
+    inbox: Vec<OwnedEvent>,
+    orders: BTreeMap<u64, Tracked>,
+    order_of_tag: BTreeMap<u64, u64>,
+    /// What the agent was told, by order id.
+    pub told: BTreeMap<u64, ToldOrder>,
+}
+
+enum OwnedEvent {
+    Fill { tag: u64, symbol: String, side: Side, price_cents: i64, qty: i64, remaining: i64 },
+    Done { tag: u64 },
+    Trade { symbol: String, price_cents: i64, qty: i64 },
+}
+
+/// A logged-in agent, its client and its shared state.
+pub struct AgentHandle {
+    pub name: String,
+    pub client: Client,
+    pub state: Arc<Mutex<AgentState>>,
+}
+
+impl AgentHandle {
+    /// Registers and logs in `name`, deposits its starting cash and shares.
+    pub async fn setup(
+        gateway: std::net::SocketAddr,
+        name: &str,
+        cash_cents: i64,
+        holdings: &BTreeMap<String, i64>,
+    ) -> Result<AgentHandle, String> {
+        let role = fafnir_platform::proto::common::Role::Trader;
+        let client = retry(|| Client::register_and_login(gateway, name, "agent-password", role))
+            .await
+            .map_err(|s| format!("{name}: register: {s}"))?;
+        if cash_cents > 0 {
+            retry(|| client.deposit_cash(cash_cents, "start")).await.map_err(|s| format!("{name}: deposit: {s}"))?;
+        }
+        for (symbol, qty) in holdings.iter().filter(|(_, q)| **q > 0) {
+            let request_id = format!("start-{symbol}");
+            retry(|| client.deposit_shares(symbol, *qty, &request_id))
+                .await
+                .map_err(|s| format!("{name}: deposit {symbol}: {s}"))?;
+        }
+        let state = AgentState {
+            user: client.user_id,
+            cash_cents,
+            holdings: holdings.clone(),
+            open: BTreeMap::new(),
+            market: BTreeMap::new(),
+            inbox: Vec::new(),
+            orders: BTreeMap::new(),
+            order_of_tag: BTreeMap::new(),
+            told: BTreeMap::new(),
+        };
+        Ok(AgentHandle { name: name.to_string(), client, state: Arc::new(Mutex::new(state)) })
+    }
+}
+
+/// Retries a call while the platform is unavailable (set-up and gathering only;
+/// the measured load never retries silently).
+pub async fn retry<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut last = None;
+    for _ in 0..100 {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(s) if transient(s.code()) => {
+                last = Some(s);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+    )
+}
+
+/// Listens to the agent's execution reports until the stream ends.
+pub async fn follow_executions(
+    mut stream: tonic::Streaming<ExecutionReport>,
+    state: Arc<Mutex<AgentState>>,
+    rec: Arc<Mutex<Recorder>>,
+) {
+    while let Ok(Some(report)) = stream.message().await {
+        let mut s = state.lock().expect("agent state");
+        let mut r = rec.lock().expect("recorder");
+        on_report(&mut s, &mut r, &report);
+    }
+}
+
+fn on_report(s: &mut AgentState, r: &mut Recorder, report: &ExecutionReport) {
+    let Some(tracked) = s.orders.get_mut(&report.order_id) else { return };
+    let (tag, symbol, side) = (tracked.tag, tracked.symbol.clone(), tracked.side);
+    match &report.kind {
+        Some(execution_report::Kind::Fill(f)) => {
+            r.counts.fills_reported += 1;
+            if !tracked.first_fill_seen {
+                tracked.first_fill_seen = true;
+                r.record("submit_to_first_fill", tracked.intended);
+            }
+            if f.remaining == 0 && !tracked.final_seen {
+                tracked.final_seen = true;
+                r.record("submit_to_final", tracked.intended);
+            }
+            if let Some(told) = s.told.get_mut(&report.order_id) {
+                told.filled_qty += f.qty;
+                told.filled_notional_cents += f.qty * f.price_cents;
+            }
+            let notional = f.qty * f.price_cents;
+            let held = s.holdings.entry(symbol.clone()).or_default();
+            match side {
+                Side::Buy => {
+                    s.cash_cents -= notional;
+                    *held += f.qty;
+                }
+                Side::Sell => {
+                    s.cash_cents += notional;
+                    *held -= f.qty;
+                }
+            }
+            if f.remaining == 0 {
+                s.open.remove(&tag);
+            } else if let Some(open) = s.open.get_mut(&tag) {
+                open.remaining = f.remaining;
+            }
+            s.inbox.push(OwnedEvent::Fill {
+                tag,
+                symbol,
+                side,
+                price_cents: f.price_cents,
+                qty: f.qty,
+                remaining: f.remaining,
+            });
+        }
+        Some(execution_report::Kind::Closed(_)) => {
+            if !tracked.final_seen {
+                tracked.final_seen = true;
+                r.record("submit_to_final", tracked.intended);
+            }
+            if let Some(told) = s.told.get_mut(&report.order_id) {
+                told.closed = true;
+            }
+            s.open.remove(&tag);
+            s.inbox.push(OwnedEvent::Done { tag });
+        }
+        None => {}
+    }
+}
+
+/// Listens to market data until the stream ends.
+pub async fn follow_market_data(
+    mut stream: tonic::Streaming<MarketDataUpdate>,
+    state: Arc<Mutex<AgentState>>,
+    rec: Arc<Mutex<Recorder>>,
+) {
+    while let Ok(Some(u)) = stream.message().await {
+        let now_ms = fafnir_platform::clock::now_ms();
+        let mut s = state.lock().expect("agent state");
+        {
+            let mut r = rec.lock().expect("recorder");
+            r.counts.md_updates += 1;
+            // From the order's acceptance (the update's timestamp) to this receipt.
+            r.record_ns("md_fanout", (now_ms - u.ts_ms).max(0) as u64 * 1_000_000);
+        }
+        let view = s.market.entry(u.symbol.clone()).or_default();
+        view.bid = (u.bid_qty > 0).then_some((u.bid_cents, u.bid_qty));
+        view.ask = (u.ask_qty > 0).then_some((u.ask_cents, u.ask_qty));
+        if let Some(t) = u.trades.last() {
+            view.last = Some(t.price_cents);
+        }
+        for t in &u.trades {
+            s.inbox.push(OwnedEvent::Trade { symbol: u.symbol.clone(), price_cents: t.price_cents, qty: t.qty });
+        }
+    }
+}
+
+/// Runs one agent's schedule from `t0` for `duration`; returns when every
+/// request it sent has been answered (or has timed out).
+pub async fn run_agent(
+    mut agent: Box<dyn Agent>,
+    handle: Arc<AgentHandle>,
+    rec: Arc<Mutex<Recorder>>,
+    t0: Instant,
+    duration: Duration,
+) {
+    let end_ms = duration.as_millis() as u64;
+    let mut next = agent.start(0);
+    let mut inflight = Vec::new();
+    let mut intents = Vec::new();
+    while next < end_ms {
+        let intended = t0 + Duration::from_millis(next);
+        tokio::time::sleep_until(intended).await;
+        intents.clear();
+        let wake = {
+            let mut s = handle.state.lock().expect("agent state");
+            for e in std::mem::take(&mut s.inbox) {
+                agent.observe(&borrow(&e));
+            }
+            let view = View {
+                now_ms: next,
+                market: &s.market,
+                cash_cents: s.cash_cents,
+                holdings: &s.holdings,
+                open: &s.open,
+            };
+            agent.wake(&view, &mut intents)
+        };
+        for intent in intents.drain(..) {
+            inflight.push(tokio::spawn(execute(intent, handle.clone(), rec.clone(), intended)));
+        }
+        match wake {
+            Some(t) if t > next => next = t,
+            Some(t) => panic!("agent {} asked to wake at {t} ms, not after {next} ms", handle.name),
+            None => break,
+        }
+    }
+    for task in inflight {
+        let _ = task.await;
+    }
+}
+
+fn borrow(e: &OwnedEvent) -> Event<'_> {
+    match e {
+        OwnedEvent::Fill { tag, symbol, side, price_cents, qty, remaining } => {
+            Event::Fill { tag: *tag, symbol, side: *side, price_cents: *price_cents, qty: *qty, remaining: *remaining }
+        }
+        OwnedEvent::Done { tag } => Event::Done { tag: *tag },
+        OwnedEvent::Trade { symbol, price_cents, qty } => Event::Trade { symbol, price_cents: *price_cents, qty: *qty },
+    }
+}
+
+async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Recorder>>, intended: Instant) {
+    match intent {
+        Intent::Submit { tag, symbol, side, kind, price_cents, qty } => {
+            let coid = format!("t{tag}");
+            let order_id = order_id_for(UserId(handle.client.user_id), &coid).0;
+            {
+                let mut s = handle.state.lock().expect("agent state");
+                s.open.insert(tag, OpenOrder { symbol: symbol.clone(), side, price_cents, remaining: qty });
+                let tracked =
+                    Tracked { tag, symbol: symbol.clone(), side, intended, first_fill_seen: false, final_seen: false };
+                s.orders.insert(order_id, tracked);
+                s.order_of_tag.insert(tag, order_id);
+                let account = s.user;
+                s.told.insert(order_id, ToldOrder { account, symbol: symbol.clone(), ..ToldOrder::default() });
+            }
+            rec.lock().expect("recorder").counts.submitted += 1;
+            let spec = OrderSpec {
+                client_order_id: coid,
+                symbol,
+                side: match side {
+                    Side::Buy => ProtoSide::Buy,
+                    Side::Sell => ProtoSide::Sell,
+                },
+                order_type: match kind {
+                    OrderKind::Market => OrderType::Market,
+                    OrderKind::Limit => OrderType::Limit,
+                    OrderKind::Ioc => OrderType::Ioc,
+                    OrderKind::Fok => OrderType::Fok,
+                },
+                price_cents,
+                qty,
+            };
+            let result = handle.client.submit(&spec).await;
+            let mut r = rec.lock().expect("recorder");
+            match result {
+                Ok(_) => {
+                    r.record("submit_to_ack", intended);
+                    r.counts.accepted += 1;
+                    let second = Instant::now().saturating_duration_since(r.t0).as_secs();
+                    *r.accepted_per_s.entry(second).or_default() += 1;
+                }
+                Err(status) => {
+                    match status.code() {
+                        Code::DeadlineExceeded => r.counts.timed_out += 1,
+                        c if transient(c) => r.counts.failed += 1,
+                        _ => r.counts.rejected += 1,
+                    }
+                    drop(r);
+                    let mut s = handle.state.lock().expect("agent state");
+                    s.open.remove(&tag);
+                    s.inbox.push(OwnedEvent::Done { tag });
+                    // Whether a failed (not refused) submit landed is unknown: it is not "told".
+                    s.told.remove(&order_id);
+                }
+            }
+        }
+        Intent::Cancel { tag } => {
+            let order_id = handle.state.lock().expect("agent state").order_of_tag.get(&tag).copied();
+            let Some(order_id) = order_id else { return };
+            rec.lock().expect("recorder").counts.cancels += 1;
+            let result = handle.client.cancel(order_id).await;
+            let mut r = rec.lock().expect("recorder");
+            if result.is_ok() {
+                r.counts.cancels_acked += 1;
+                r.record("cancel_to_ack", intended);
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! One run of a scenario: build the platform, drive it with the agents for the
+//! scenario's duration (faults playing), let it quiesce (the liveness phase),
+//! gather what it stored and reports, check every fill, and write the run
+//! directory (`summary.json`, one `.hgrm` per stage).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use fafnir_platform::bus::{read_to_end, EventBus};
+use fafnir_platform::proto::events::{EngineEvent, LedgerEvent, OrderEvent};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::checker::{CheckInput, Verdict};
+use crate::driver::{retry, AgentHandle, Counts, Recorder};
+use crate::scenario::{Scenario, Slo};
+
+/// How a run ended; the process exit code of `fafnir run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every check passed and every SLO held (exit 0).
+    Success,
+    /// The run could not be carried out (exit 1).
+    Error,
+    /// An SLO was violated, every fill was right (exit 3).
+    SloViolated,
+    /// The fill checker found a violation (exit 4).
+    CorrectnessViolated,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Error => 1,
+            Outcome::SloViolated => 3,
+            Outcome::CorrectnessViolated => 4,
+        }
+    }
+}
+
+/// Latency quantiles of one stage, in nanoseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StageSummary {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+/// One SLO and whether it held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SloResult {
+    pub slo: Slo,
+    pub value_ns: u64,
+    pub passed: bool,
+}
+
+/// `summary.json` (documented in scenarios/SCENARIOS.md).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub mode: String,
+    pub seed: u64,
+    pub config_hash: String,
+    pub trace_hash: String,
+    pub duration_ms: u64,
+    pub agents: u64,
+    pub counts: Counts,
+    pub stages: BTreeMap<String, StageSummary>,
+    pub accepted_per_s: Vec<u64>,
+    pub slos: Vec<SloResult>,
+    pub checker: Verdict,
+    pub faults: Vec<fafnir_sim::faults::Fault>,
+    pub outcome: Outcome,
+    pub rerun: String,
+}
+
+/// FNV-1a over bytes, as 16 hex digits.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn quantile(h: &Histogram<u64>, ppm: u32) -> u64 {
+    if h.is_empty() {
+        return 0;
+    }
+    if ppm >= 1_000_000 {
+        h.max()
+    } else {
+        h.value_at_quantile(f64::from(ppm) / 1e6)
+    }
+}
+
+/// Stage quantiles, SLO results and the outcome.
+pub fn judge(
+    rec: &Recorder,
+    slos: &[Slo],
+    verdict: &Verdict,
+) -> (BTreeMap<String, StageSummary>, Vec<SloResult>, Outcome) {
+    let stages: BTreeMap<String, StageSummary> = rec
+        .histograms
+        .iter()
+        .map(|(name, h)| {
+            let s = StageSummary {
+                count: h.len(),
+                p50_ns: quantile(h, 500_000),
+                p90_ns: quantile(h, 900_000),
+                p99_ns: quantile(h, 990_000),
+                p999_ns: quantile(h, 999_000),
+                max_ns: quantile(h, 1_000_000),
+            };
+            (name.to_string(), s)
+        })
+        .collect();
+    let slo_results: Vec<SloResult> = slos
+        .iter()
+        .map(|slo| {
+            let value_ns = rec.histograms.get(slo.stage.as_str()).map_or(0, |h| quantile(h, slo.quantile_ppm));
+            let passed = if slo.text.contains("<=") { value_ns <= slo.limit_ns } else { value_ns < slo.limit_ns };
+            SloResult { slo: slo.clone(), value_ns, passed }
+        })
+        .collect();
+    let outcome = if !verdict.passed {
+        Outcome::CorrectnessViolated
+    } else if slo_results.iter().any(|s| !s.passed) {
+        Outcome::SloViolated
+    } else {
+        Outcome::Success
+    };
+    (stages, slo_results, outcome)
+}
+
+/// Writes `summary.json` and one `<stage>.hgrm` (HdrHistogram's percentile
+/// distribution text, values in milliseconds) per stage into `dir`.
+pub fn write_run_dir(dir: &Path, summary: &Summary, rec: &Recorder) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(summary).expect("summary serializes");
+    std::fs::write(dir.join("summary.json"), json + "\n").map_err(|e| format!("write summary.json: {e}"))?;
+    for (stage, h) in &rec.histograms {
+        let path = dir.join(format!("{stage}.hgrm"));
+        std::fs::write(&path, hgrm(h)).map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The percentile distribution in HdrHistogram's `.hgrm` text format (ms).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = Vec::new();
+    writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)").ok();
+    if !h.is_empty() {
+        let mut total = 0u64;
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let inverse = if q < 1.0 { format!("{:14.2}", 1.0 / (1.0 - q)) } else { format!("{:>14}", "inf") };
+            writeln!(out, "{:12.3} {:14.12} {:10} {}", v.value_iterated_to() as f64 / 1e6, q, total, inverse).ok();
+        }
+    }
+    let ms = |ns: f64| ns / 1e6;
+    writeln!(out, "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]", ms(h.mean()), ms(h.stdev())).ok();
+    writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", ms(h.max() as f64), h.len()).ok();
+    writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values()).ok();
+    String::from_utf8(out).expect("ascii")
+}
+
+/// Reads a whole stream and decodes every message.
+async fn decoded<M: prost::Message + Default>(bus: &dyn EventBus, stream: &str) -> Result<Vec<(u64, M)>, String> {
+    let msgs = read_to_end(bus, stream, "", 1).await.map_err(|e| format!("read {stream}: {e}"))?;
+    msgs.iter()
+        .map(|m| M::decode(&m.payload[..]).map(|e| (m.seq, e)).map_err(|e| format!("{stream}#{}: {e}", m.seq)))
+        .collect()
+}
+
+/// Gathers what the checker needs, from the streams and from each agent's view.
+pub async fn gather(
+    bus: &dyn EventBus,
+    cfg: &fafnir_platform::config::PlatformConfig,
+    agents: &[std::sync::Arc<AgentHandle>],
+) -> Result<CheckInput, String> {
+    let names = cfg.names();
+    let orders_stream: Vec<(u64, OrderEvent)> = decoded(bus, &names.orders_stream()).await?;
+    let trades_stream: Vec<(u64, EngineEvent)> = decoded(bus, &names.trades_stream()).await?;
+    let ledger_stream: Vec<(u64, LedgerEvent)> = decoded(bus, &names.ledger_stream()).await?;
+    let mut input = CheckInput {
+        instruments: cfg.instruments.clone(),
+        orders_stream,
+        trades_stream,
+        ledger_stream,
+        ..CheckInput::default()
+    };
+    for a in agents {
+        let portfolio = retry(|| a.client.portfolio()).await.map_err(|s| format!("{}: portfolio: {s}", a.name))?;
+        input.portfolios.insert(a.client.user_id, portfolio);
+        for o in retry(|| a.client.orders()).await.map_err(|s| format!("{}: orders: {s}", a.name))? {
+            input.orders.insert(o.order_id, o);
+        }
+        let s = a.state.lock().expect("agent state");
+        input.told.extend(s.told.iter().map(|(k, v)| (*k, v.clone())));
+    }
+    Ok(input)
+}
+
+/// The command that replays this run.
+pub fn rerun_command(file: &str, seed: u64, duration_ms: Option<u64>) -> String {
+    match duration_ms {
+        Some(d) => format!("cargo fafnir run {file} --seed {seed} --duration {d}ms"),
+        None => format!("cargo fafnir run {file} --seed {seed}"),
+    }
+}
+
+/// The agents' names, configs and seeds, in a fixed order.
+pub fn agent_plan(scn: &Scenario, root_seed: u64) -> Vec<(String, usize, u32, u64)> {
+    let mut plan = Vec::new();
+    for (p, pop) in scn.populations.iter().enumerate() {
+        for i in 0..pop.count {
+            let name = format!("{:?}-{p}-{i}", pop.config.kind).to_lowercase().replace('_', "-");
+            let seed = fafnir_sim::rng::derive_seed(root_seed, &format!("agent/{p}/{i}"));
+            plan.push((name, p, i, seed));
+        }
+    }
+    plan
+}

@@ -1,0 +1,365 @@
+//! Scenario files: what a run is made of. The schema is documented in
+//! `scenarios/SCENARIOS.md`; a malformed file is refused with the field and
+//! the reason.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fafnir_platform::domain::Instrument;
+use fafnir_sim::faults::Fault;
+use serde::{Deserialize, Serialize};
+
+use crate::agents::{AgentConfig, SymbolSpec};
+
+/// The stages whose latency every run measures.
+pub const STAGES: [&str; 6] =
+    ["submit_to_ack", "submit_to_first_fill", "submit_to_final", "cancel_to_ack", "fill_to_settled", "md_fanout"];
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    duration_ms: u64,
+    #[serde(default = "default_quiesce")]
+    quiesce_ms: u64,
+    #[serde(rename = "instrument")]
+    instruments: Vec<RawInstrument>,
+    #[serde(default)]
+    network: Option<RawNetwork>,
+    #[serde(default)]
+    service_time: BTreeMap<String, RawServiceTime>,
+    #[serde(rename = "population")]
+    populations: Vec<toml::Table>,
+    #[serde(default, rename = "fault")]
+    faults: Vec<Fault>,
+    #[serde(default)]
+    slos: Vec<String>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_quiesce() -> u64 {
+    15_000
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct RawInstrument {
+    symbol: String,
+    tick_cents: i64,
+    lot_shares: i64,
+    start_price_cents: i64,
+    min_price_cents: i64,
+    max_price_cents: i64,
+    #[serde(default)]
+    shard: usize,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub latency_us: [u64; 2],
+    #[serde(default)]
+    pub loss_ppm: u32,
+}
+
+/// One service's processing-time model: `dist` is fixed, uniform or exp, and
+/// `us` its parameters in microseconds ([x], [lo, hi] or [mean]).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawServiceTime {
+    pub dist: String,
+    pub us: Vec<u64>,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+/// A population of agents of one kind.
+#[derive(Clone, Debug)]
+pub struct Population {
+    pub config: AgentConfig,
+    pub count: u32,
+    pub cash_cents: i64,
+    pub holdings: BTreeMap<String, i64>,
+}
+
+/// A threshold on a stage's latency quantile: `stage.pXX < 5ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Slo {
+    pub text: String,
+    pub stage: String,
+    /// In parts per million: p99 = 990_000, p999 = 999_000, max = 1_000_000.
+    pub quantile_ppm: u32,
+    pub limit_ns: u64,
+}
+
+/// A parsed, validated scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub duration: Duration,
+    pub quiesce: Duration,
+    pub instruments: Vec<Instrument>,
+    pub symbols: Vec<SymbolSpec>,
+    pub engine_shards: Vec<Vec<String>>,
+    pub network: RawNetwork,
+    pub service_time: BTreeMap<String, RawServiceTime>,
+    pub populations: Vec<Population>,
+    pub faults: Vec<Fault>,
+    pub slos: Vec<Slo>,
+}
+
+const SERVICES: [&str; 6] = ["gateway", "auth", "market", "orders", "engine", "portfolio"];
+
+impl Scenario {
+    /// Parses and validates a scenario file's text.
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let raw: RawScenario = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        if raw.name.is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        if raw.duration_ms == 0 {
+            return Err("duration_ms: must be positive".into());
+        }
+        let (instruments, symbols, engine_shards) = instruments(&raw.instruments)?;
+        let network = raw.network.unwrap_or(RawNetwork { latency_us: [50, 250], loss_ppm: 0 });
+        if network.latency_us[0] > network.latency_us[1] {
+            return Err("network.latency_us: [low, high] with low <= high".into());
+        }
+        if network.loss_ppm > 1_000_000 {
+            return Err("network.loss_ppm: at most 1000000".into());
+        }
+        for (service, st) in &raw.service_time {
+            validate_service_time(service, st)?;
+        }
+        let known: Vec<String> = symbols.iter().map(|s| s.symbol.clone()).collect();
+        let populations = raw
+            .populations
+            .iter()
+            .enumerate()
+            .map(|(i, table)| population(table, &known).map_err(|e| format!("population[{i}].{e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if populations.is_empty() {
+            return Err("population: at least one is needed".into());
+        }
+        for (i, pop) in populations.iter().enumerate() {
+            check_population(pop, &symbols).map_err(|e| format!("population[{i}]: {e}"))?;
+        }
+        let slos = raw
+            .slos
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_slo(s).map_err(|e| format!("slos[{i}] ({s:?}): {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Scenario {
+            name: raw.name,
+            description: raw.description,
+            seed: raw.seed,
+            duration: Duration::from_millis(raw.duration_ms),
+            quiesce: Duration::from_millis(raw.quiesce_ms),
+            instruments,
+            symbols,
+            engine_shards,
+            network,
+            service_time: raw.service_time,
+            populations,
+            faults: raw.faults,
+            slos,
+        })
+    }
+
+    /// The node names a fault may target (checked once the world is known).
+    pub fn fault_targets(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = ["broker", "redis", "gateway", "auth", "market", "orders", "portfolio"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        nodes.extend((0..self.engine_shards.len()).map(|i| format!("engine-{i}")));
+        nodes
+    }
+}
+
+type Instruments = (Vec<Instrument>, Vec<SymbolSpec>, Vec<Vec<String>>);
+
+fn instruments(raw: &[RawInstrument]) -> Result<Instruments, String> {
+    if raw.is_empty() {
+        return Err("instrument: at least one is needed".into());
+    }
+    let mut out = Vec::new();
+    let mut specs = Vec::new();
+    let mut shards: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = |field: &str, why: &str| format!("instrument[{i}].{field}: {why}");
+        if r.tick_cents <= 0 {
+            return Err(at("tick_cents", "must be positive"));
+        }
+        for (field, v) in [
+            ("start_price_cents", r.start_price_cents),
+            ("min_price_cents", r.min_price_cents),
+            ("max_price_cents", r.max_price_cents),
+        ] {
+            if v <= 0 || v % r.tick_cents != 0 {
+                return Err(at(field, &format!("{v} must be a positive multiple of tick_cents ({})", r.tick_cents)));
+            }
+        }
+        if !(r.min_price_cents <= r.start_price_cents && r.start_price_cents <= r.max_price_cents) {
+            return Err(at("start_price_cents", "must lie within [min_price_cents, max_price_cents]"));
+        }
+        let inst = Instrument::new(
+            &r.symbol,
+            r.tick_cents,
+            r.lot_shares,
+            r.min_price_cents / r.tick_cents,
+            r.max_price_cents / r.tick_cents,
+        );
+        inst.validate().map_err(|e| format!("instrument[{i}]: {e}"))?;
+        if out.iter().any(|o: &Instrument| o.symbol == r.symbol) {
+            return Err(at("symbol", &format!("{} appears twice", r.symbol)));
+        }
+        out.push(inst);
+        specs.push(SymbolSpec {
+            symbol: r.symbol.clone(),
+            tick_cents: r.tick_cents,
+            lot_shares: r.lot_shares,
+            start_price_cents: r.start_price_cents,
+            min_price_cents: r.min_price_cents,
+            max_price_cents: r.max_price_cents,
+        });
+        shards.entry(r.shard).or_default().push(r.symbol.clone());
+    }
+    let shard_list: Vec<Vec<String>> = shards.values().cloned().collect();
+    if shards.keys().copied().ne(0..shard_list.len()) {
+        return Err(format!("instrument.shard: shards must be numbered 0..{} without gaps", shard_list.len()));
+    }
+    Ok((out, specs, shard_list))
+}
+
+fn validate_service_time(service: &str, st: &RawServiceTime) -> Result<(), String> {
+    let at = |field: &str, why: &str| format!("service_time.{service}.{field}: {why}");
+    if !SERVICES.contains(&service) {
+        return Err(format!("service_time.{service}: unknown service (one of {})", SERVICES.join(", ")));
+    }
+    let want = match st.dist.as_str() {
+        "fixed" | "exp" => 1,
+        "uniform" => 2,
+        other => return Err(at("dist", &format!("{other:?} is not fixed, uniform or exp"))),
+    };
+    if st.us.len() != want {
+        return Err(at("us", &format!("{} takes {want} value(s) in microseconds", st.dist)));
+    }
+    if st.dist == "uniform" && st.us[0] > st.us[1] {
+        return Err(at("us", "[low, high] with low <= high"));
+    }
+    if st.concurrency == 0 {
+        return Err(at("concurrency", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn population(table: &toml::Table, symbols: &[String]) -> Result<Population, String> {
+    let mut params = table.clone();
+    let kind = match params.remove("kind") {
+        Some(toml::Value::String(k)) => k,
+        Some(_) => return Err("kind: must be a string".into()),
+        None => return Err("kind: missing (noise, market_maker, momentum, value or whale)".into()),
+    };
+    let int = |v: Option<toml::Value>, field: &str, default: i64| -> Result<i64, String> {
+        match v {
+            None => Ok(default),
+            Some(toml::Value::Integer(i)) => Ok(i),
+            Some(other) => Err(format!("{field}: must be an integer, not {}", other.type_str())),
+        }
+    };
+    let count = int(params.remove("count"), "count", 1)?;
+    if !(1..=10_000).contains(&count) {
+        return Err(format!("count: {count} must be between 1 and 10000"));
+    }
+    let cash_cents = int(params.remove("cash_cents"), "cash_cents", 0)?;
+    if cash_cents < 0 {
+        return Err("cash_cents: must not be negative".into());
+    }
+    let mut holdings = BTreeMap::new();
+    match params.remove("holdings") {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for (symbol, v) in t {
+                if !symbols.contains(&symbol) {
+                    return Err(format!("holdings.{symbol}: unknown symbol"));
+                }
+                let qty = int(Some(v), &format!("holdings.{symbol}"), 0)?;
+                if qty < 0 {
+                    return Err(format!("holdings.{symbol}: must not be negative"));
+                }
+                holdings.insert(symbol, qty);
+            }
+        }
+        Some(_) => return Err("holdings: must be a table of symbol = shares".into()),
+    }
+    let config = AgentConfig::parse(&kind, &params)?;
+    Ok(Population { config, count: count as u32, cash_cents, holdings })
+}
+
+fn check_population(pop: &Population, symbols: &[SymbolSpec]) -> Result<(), String> {
+    pop.config.check_symbols(symbols)
+}
+
+/// Parses `stage.pXX < 5ms` (also `<=`; quantiles p50, p90, p99, p999, p9999, max;
+/// units ns, us, ms, s).
+pub fn parse_slo(text: &str) -> Result<Slo, String> {
+    let (lhs, rhs) = text
+        .split_once("<=")
+        .or_else(|| text.split_once('<'))
+        .ok_or("expected `stage.quantile < duration`, e.g. `submit_to_ack.p99 < 5ms`")?;
+    let (stage, quantile) = lhs.trim().rsplit_once('.').ok_or("expected `stage.quantile` on the left")?;
+    if !STAGES.contains(&stage) {
+        return Err(format!("unknown stage {stage:?} (one of {})", STAGES.join(", ")));
+    }
+    let quantile_ppm = match quantile {
+        "p50" => 500_000,
+        "p90" => 900_000,
+        "p99" => 990_000,
+        "p999" => 999_000,
+        "p9999" => 999_900,
+        "max" => 1_000_000,
+        q => return Err(format!("unknown quantile {q:?} (p50, p90, p99, p999, p9999 or max)")),
+    };
+    let rhs = rhs.trim();
+    let split = rhs.find(|c: char| !c.is_ascii_digit()).ok_or("the limit needs a unit: ns, us, ms or s")?;
+    let (number, unit) = rhs.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{number:?} is not a whole number"))?;
+    let scale = match unit.trim() {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        u => return Err(format!("unknown unit {u:?} (ns, us, ms or s)")),
+    };
+    Ok(Slo { text: text.to_string(), stage: stage.to_string(), quantile_ppm, limit_ns: n * scale })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slos_parse_and_refuse() {
+        let s = parse_slo("submit_to_ack.p99 < 2ms").unwrap();
+        assert_eq!((s.stage.as_str(), s.quantile_ppm, s.limit_ns), ("submit_to_ack", 990_000, 2_000_000));
+        assert_eq!(parse_slo("md_fanout.max <= 1s").unwrap().limit_ns, 1_000_000_000);
+        assert!(parse_slo("submit_to_nowhere.p99 < 2ms").unwrap_err().contains("unknown stage"));
+        assert!(parse_slo("submit_to_ack.p98 < 2ms").unwrap_err().contains("unknown quantile"));
+        assert!(parse_slo("submit_to_ack.p99 < 2 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_slo("submit_to_ack.p99 > 2ms").is_err());
+    }
+}
