@@ -80,6 +80,16 @@ pub struct PlatformConfig {
     pub call_timeout: Duration,
     /// JetStream's duplicate window on the streams this deployment creates.
     pub duplicate_window: Duration,
+    /// Test-only: a known bug to plant, so that a test can show the checker
+    /// catches it (a canary). Never set from a scenario file or the command line.
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// The bugs a canary test can plant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The portfolio settles every fill twice (settlement not idempotent).
+    SettleTwice,
 }
 
 impl PlatformConfig {
@@ -102,6 +112,7 @@ impl PlatformConfig {
             rate_limit: RateLimit { per_second: 1000, burst: 2000 },
             call_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
+            planted_bug: None,
         }
     }
 

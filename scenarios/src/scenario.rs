@@ -118,6 +118,8 @@ pub struct Scenario {
     pub populations: Vec<Population>,
     pub faults: Vec<Fault>,
     pub slos: Vec<Slo>,
+    /// Test-only canary (never read from the file): a bug to plant in the platform.
+    pub planted_bug: Option<fafnir_platform::config::PlantedBug>,
 }
 
 const SERVICES: [&str; 6] = ["gateway", "auth", "market", "orders", "engine", "portfolio"];
@@ -176,6 +178,7 @@ impl Scenario {
             populations,
             faults: raw.faults,
             slos,
+            planted_bug: None,
         })
     }
 

@@ -76,11 +76,22 @@ pub struct Ledger {
     deposits: BTreeSet<String>,
     settled: BTreeSet<(String, u64)>,
     closed: BTreeSet<OrderId>,
+    /// False only under the planted bug `SettleTwice`.
+    dedupe_fills: bool,
 }
 
 impl Ledger {
     pub fn new(instruments: &[Instrument]) -> Ledger {
-        Ledger { instruments: instruments.iter().map(|i| (i.symbol.clone(), i.clone())).collect(), ..Ledger::default() }
+        Ledger {
+            instruments: instruments.iter().map(|i| (i.symbol.clone(), i.clone())).collect(),
+            dedupe_fills: true,
+            ..Ledger::default()
+        }
+    }
+
+    /// Plants the canary bug: fills are no longer settled at most once.
+    pub fn plant_settle_twice(&mut self) {
+        self.dedupe_fills = false;
     }
 
     pub fn account(&self, id: AccountId) -> Account {
@@ -212,7 +223,7 @@ impl Ledger {
 
     /// Settles a fill exactly once; false when it was settled before.
     pub fn settle(&mut self, f: &FillSettlement) -> bool {
-        if !self.settled.insert((f.symbol.clone(), f.match_seq)) {
+        if !self.settled.insert((f.symbol.clone(), f.match_seq)) && self.dedupe_fills {
             return false;
         }
         assert!(f.qty.0 > 0 && f.price.0 > 0, "fill {}#{}: {f:?}", f.symbol, f.match_seq);

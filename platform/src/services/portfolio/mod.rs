@@ -69,6 +69,9 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
 pub async fn rebuild(deps: &Deps) -> Result<Ledger, ServiceError> {
     let names = deps.cfg.names();
     let mut ledger = Ledger::new(&deps.cfg.instruments);
+    if deps.cfg.planted_bug == Some(crate::config::PlantedBug::SettleTwice) {
+        ledger.plant_settle_twice();
+    }
     let stream = names.ledger_stream();
     let msgs = crate::bus::read_to_end(deps.bus.as_ref(), &stream, "", 1).await?;
     for m in &msgs {
@@ -162,7 +165,14 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
         for d in deliveries {
             state.deps.work("portfolio.settle").await;
             match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
-                Ok(event) => apply_engine_event(&mut *state.ledger.lock().await, &event),
+                Ok(event) => {
+                    let mut ledger = state.ledger.lock().await;
+                    apply_engine_event(&mut ledger, &event);
+                    if state.deps.cfg.planted_bug == Some(crate::config::PlantedBug::SettleTwice) {
+                        // The canary: a redelivery handled as new.
+                        apply_engine_event(&mut ledger, &event);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "undecodable trade event terminated");
                     let _ = state.deps.bus.term(&d.token).await;
