@@ -2,8 +2,6 @@
 //! file is refused naming the field and the reason; and (in the simulation) a
 //! run is deterministic, and the checker catches a planted bug.
 
-use std::time::Duration;
-
 use fafnir_scenarios::scenario::Scenario;
 
 fn library() -> Vec<(String, String)> {
@@ -78,6 +76,8 @@ fn a_malformed_file_names_the_field_and_the_reason() {
 
 #[cfg(madsim)]
 mod simulated {
+    use std::time::Duration;
+
     use super::*;
     use fafnir_platform::config::PlantedBug;
     use fafnir_scenarios::run::Outcome;
