@@ -22,6 +22,8 @@ pub mod client;
 pub mod driver;
 #[cfg(not(madsim))]
 pub mod real;
+#[cfg(not(madsim))]
+pub mod real_run;
 pub mod run;
 pub mod scenario;
 #[cfg(madsim)]

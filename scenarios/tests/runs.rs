@@ -120,3 +120,42 @@ mod simulated {
         assert!(failed.contains(&"settled_exactly_once"), "flagged: {failed:?}");
     }
 }
+
+#[cfg(not(madsim))]
+mod real {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_real_run_against_nats_and_redis_checks_every_fill() {
+        let text = library().into_iter().find(|(p, _)| p.ends_with("baseline.toml")).unwrap().1;
+        let mut scn = Scenario::parse(&text).unwrap();
+        scn.duration = std::time::Duration::from_secs(3);
+        let target = fafnir_scenarios::real_run::Target {
+            gateway: None,
+            nats: "127.0.0.1:4222".into(),
+            redis: "127.0.0.1:6379".into(),
+            namespace: None,
+        };
+        let r = fafnir_scenarios::real_run::run(&scn, 3, target, "test".into(), "test".into())
+            .await
+            .unwrap_or_else(|e| panic!("real servers needed: {e}"));
+        assert!(r.summary.counts.accepted > 20, "the agents traded: {:?}", r.summary.counts);
+        assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+        assert!(r.summary.stages["submit_to_ack"].count > 0);
+    }
+
+    #[tokio::test]
+    async fn a_real_run_refuses_a_fault_schedule() {
+        let text = library().into_iter().find(|(p, _)| p.ends_with("broker-restart.toml")).unwrap().1;
+        let scn = Scenario::parse(&text).unwrap();
+        let target = fafnir_scenarios::real_run::Target {
+            gateway: None,
+            nats: "127.0.0.1:4222".into(),
+            redis: "127.0.0.1:6379".into(),
+            namespace: None,
+        };
+        let err =
+            fafnir_scenarios::real_run::run(&scn, 1, target, "t".into(), "t".into()).await.err().expect("refused");
+        assert!(err.contains("fault schedules run in the simulation"), "{err}");
+    }
+}

@@ -39,6 +39,19 @@ enum Command {
         /// The run directory (default: runs/<scenario>-<seed>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Real build only: drive a running platform at this gateway (host:port)
+        /// instead of starting one in this process.
+        #[arg(long)]
+        gateway: Option<std::net::SocketAddr>,
+        /// Real build only: NATS of the platform (the checker reads its streams).
+        #[arg(long, env = "FAFNIR_NATS", default_value = "127.0.0.1:4222")]
+        nats: String,
+        /// Real build only: Redis of the platform.
+        #[arg(long, env = "FAFNIR_REDIS", default_value = "127.0.0.1:6379")]
+        redis: String,
+        /// Real build only, with --gateway: the running platform's namespace.
+        #[arg(long, env = "FAFNIR_NAMESPACE")]
+        namespace: Option<String>,
     },
     /// Start every service (gateway, auth, market, orders, engine shards,
     /// portfolio) in this process, each on its own port, against real NATS and Redis.
@@ -139,6 +152,15 @@ fn load(
     Ok((scn, config_hash, rerun))
 }
 
+/// Where a real run's platform is (ignored by the simulated build).
+#[cfg_attr(madsim, allow(dead_code))]
+struct RealTarget {
+    gateway: Option<std::net::SocketAddr>,
+    nats: String,
+    redis: String,
+    namespace: Option<String>,
+}
+
 /// Why `fafnir` failed, and so its exit code.
 enum RunError {
     /// Bad command line or scenario file (exit 2).
@@ -224,8 +246,9 @@ mod real_main {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Run { file, seed, duration, out } = cli.command {
-        return match run_scenario(&file, seed, duration, out) {
+    if let Command::Run { file, seed, duration, out, gateway, nats, redis, namespace } = cli.command {
+        let real = RealTarget { gateway, nats, redis, namespace };
+        return match run_scenario(&file, seed, duration, out, real) {
             Ok(code) => ExitCode::from(code),
             Err(RunError::Usage(e)) => {
                 eprintln!("fafnir: {e}");
@@ -252,6 +275,7 @@ fn run_scenario(
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
     out: Option<std::path::PathBuf>,
+    _real: RealTarget,
 ) -> Result<u8, RunError> {
     let (scn, config_hash, rerun) = load(file, seed, duration)?;
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}", scn.name, scn.seed)));
@@ -280,16 +304,32 @@ fn run_scenario(
     file: &std::path::Path,
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
-    _out: Option<std::path::PathBuf>,
+    out: Option<std::path::PathBuf>,
+    real: RealTarget,
 ) -> Result<u8, RunError> {
-    let _ = load(file, seed, duration)?;
-    Err(RunError::Failed(
-        "`run` against the real servers is not built yet; run the simulation: cargo fafnir run <file>".into(),
-    ))
+    let (scn, config_hash, rerun) = load(file, seed, duration)?;
+    let rerun = rerun.replace("cargo fafnir run", "cargo fafnir-real run");
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}-real", scn.name, scn.seed)));
+    let where_ = real.gateway.map_or("an in-process platform".to_string(), |g| format!("the platform at {g}"));
+    println!("fafnir run: scenario {:?}, seed {}, for real against {where_}", scn.name, scn.seed);
+    let target = fafnir_scenarios::real_run::Target {
+        gateway: real.gateway,
+        nats: real.nats,
+        redis: real.redis,
+        namespace: real.namespace,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+    let result = rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone()));
+    let r = result.map_err(|e| RunError::Failed(format!("{e}\n  replay: {rerun}")))?;
+    fafnir_scenarios::run::write_run_dir(&out, &r.summary, &r.recorder).map_err(RunError::Failed)?;
+    report(&r.summary, &out);
+    Ok(r.summary.outcome.exit_code())
 }
 
 /// Prints a run's result, line-oriented.
-#[cfg_attr(not(madsim), allow(dead_code))]
 fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
     let c = &s.counts;
     println!(

@@ -1,0 +1,177 @@
+//! `fafnir run` for real: the agents drive a platform on real NATS and Redis,
+//! either started in this process under a fresh namespace or already running
+//! (`--gateway`). Fault schedules need the simulation and are refused here.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fafnir_platform::bus::{read_to_end, EventBus};
+use fafnir_platform::config::PlatformConfig;
+use fafnir_platform::proto::events::EngineEvent;
+use fafnir_platform::services::launch;
+
+use crate::checker;
+use crate::driver::{self, AgentHandle, Recorder};
+use crate::run::{self, Summary};
+use crate::scenario::Scenario;
+
+/// Where the platform is.
+pub struct Target {
+    /// None: start the platform in this process.
+    pub gateway: Option<SocketAddr>,
+    pub nats: String,
+    pub redis: String,
+    /// The running platform's namespace (with `gateway`); a fresh one otherwise.
+    pub namespace: Option<String>,
+}
+
+/// What a real run produced.
+pub struct RealRun {
+    pub summary: Summary,
+    pub recorder: Recorder,
+}
+
+fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformConfig {
+    let mut cfg = PlatformConfig::local_default();
+    cfg.instruments = scn.instruments.clone();
+    cfg.engine_shards = scn.engine_shards.clone();
+    cfg.nats_addr = target.nats.clone();
+    cfg.redis_addr = target.redis.clone();
+    cfg.namespace = target.namespace.clone().unwrap_or_else(|| format!("run-{run_id}"));
+    cfg.rate_limit.per_second = 1_000_000;
+    cfg.rate_limit.burst = 1_000_000;
+    let ports = crate::real::free_ports(5 + scn.engine_shards.len());
+    let host: std::net::IpAddr = [127, 0, 0, 1].into();
+    cfg.addrs = fafnir_platform::config::ServiceAddrs {
+        gateway: target.gateway.unwrap_or(SocketAddr::new(host, ports[0])),
+        auth: SocketAddr::new(host, ports[1]),
+        market: SocketAddr::new(host, ports[2]),
+        orders: SocketAddr::new(host, ports[3]),
+        portfolio: SocketAddr::new(host, ports[4]),
+        engines: (0..scn.engine_shards.len()).map(|i| SocketAddr::new(host, ports[5 + i])).collect(),
+    };
+    cfg
+}
+
+async fn quiesce(bus: &dyn EventBus, cfg: &PlatformConfig, limit: Duration) -> bool {
+    let names = cfg.names();
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if let (Ok(inputs), Ok(trades)) = (
+            read_to_end(bus, &names.orders_stream(), "", 1).await,
+            read_to_end(bus, &names.trades_stream(), "", 1).await,
+        ) {
+            let last = inputs.last().map_or(0, |m| m.seq);
+            let done = last == 0
+                || trades
+                    .iter()
+                    .rev()
+                    .filter_map(|m| prost::Message::decode(&m.payload[..]).ok())
+                    .any(|e: EngineEvent| e.input_seq == last);
+            if done {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Runs `scn` against real servers.
+pub async fn run(
+    scn: &Scenario,
+    seed: u64,
+    target: Target,
+    config_hash: String,
+    rerun: String,
+) -> Result<RealRun, String> {
+    if !scn.faults.is_empty() {
+        return Err(format!(
+            "the scenario has {} faults: fault schedules run in the simulation (cargo fafnir run …)",
+            scn.faults.len()
+        ));
+    }
+    let run_id = format!("{}-{seed}-{}", scn.name, std::process::id());
+    let cfg = platform_config(scn, &target, &run_id);
+    let (deps, nats) = crate::real::connect(cfg).await?;
+    let services = if target.gateway.is_none() {
+        let s = launch::spawn_all(&deps);
+        launch::wait_until_serving(&deps, Duration::from_secs(30)).await?;
+        s
+    } else {
+        Default::default()
+    };
+    let gateway = deps.cfg.addrs.gateway;
+    let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
+    let plan = run::agent_plan(scn, seed);
+    let mut agents = Vec::new();
+    for (name, p, _, _) in &plan {
+        let pop = &scn.populations[*p];
+        // Unique per run, so a running platform can host many runs.
+        let user = format!("{name}-{}", std::process::id());
+        let handle = Arc::new(AgentHandle::setup(gateway, &user, pop.cash_cents, &pop.holdings).await?);
+        let (h, r) = (handle.clone(), rec.clone());
+        tokio::spawn(async move {
+            if let Ok(s) = driver::retry(|| h.client.executions()).await {
+                driver::follow_executions(s, h.state.clone(), r).await;
+            }
+        });
+        let (h, r) = (handle.clone(), rec.clone());
+        tokio::spawn(async move {
+            if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
+                driver::follow_market_data(s, h.state.clone(), r).await;
+            }
+        });
+        agents.push(handle);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = tokio::time::Instant::now();
+    *rec.lock().expect("recorder") = Recorder::new(t0);
+    let mut runs = Vec::new();
+    for (handle, (_, p, i, agent_seed)) in agents.iter().zip(&plan) {
+        let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
+        runs.push(tokio::spawn(driver::run_agent(agent, handle.clone(), rec.clone(), t0, scn.duration)));
+    }
+    for r in runs {
+        r.await.map_err(|e| format!("an agent crashed: {e}"))?;
+    }
+    if !quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce).await {
+        return Err(format!("liveness: the platform did not quiesce within {:?}", scn.quiesce));
+    }
+    let input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;
+    let verdict = checker::check(&input);
+    let recorder = rec.lock().expect("recorder").clone();
+    let (stages, slos, outcome) = run::judge(&recorder, &scn.slos, &verdict);
+    if target.gateway.is_none() {
+        for (_, h) in services {
+            h.stop(Duration::from_secs(2)).await;
+        }
+        // The in-process platform is gone: drop its streams and keys (the run
+        // directory keeps what the run measured and the checker's verdict).
+        let prefix = deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
+        let _ = nats.delete_streams_with_prefix(&prefix).await;
+        let _ = fafnir_platform::kv::wipe_prefix(deps.kv.as_ref(), &deps.cfg.names().key_prefix()).await;
+    }
+    let summary = Summary {
+        scenario: scn.name.clone(),
+        mode: format!("real (namespace {})", deps.cfg.namespace),
+        seed,
+        config_hash,
+        trace_hash: "-".into(),
+        duration_ms: scn.duration.as_millis() as u64,
+        agents: agents.len() as u64,
+        counts: recorder.counts.clone(),
+        stages,
+        accepted_per_s: (0..scn.duration.as_secs().max(1))
+            .map(|s| recorder.accepted_per_s.get(&s).copied().unwrap_or(0))
+            .collect(),
+        slos,
+        checker: verdict,
+        faults: Vec::new(),
+        outcome,
+        rerun,
+    };
+    Ok(RealRun { summary, recorder })
+}
