@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fafnir_platform::bus::{read_to_end, EventBus};
 use fafnir_platform::config::PlatformConfig;
-use fafnir_platform::proto::events::EngineEvent;
 use fafnir_platform::services::launch;
 
 use crate::checker;
@@ -52,31 +50,6 @@ fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformCon
         engines: (0..scn.engine_shards.len()).map(|i| SocketAddr::new(host, ports[5 + i])).collect(),
     };
     cfg
-}
-
-async fn quiesce(bus: &dyn EventBus, cfg: &PlatformConfig, limit: Duration) -> bool {
-    let names = cfg.names();
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if let (Ok(inputs), Ok(trades)) = (
-            read_to_end(bus, &names.orders_stream(), "", 1).await,
-            read_to_end(bus, &names.trades_stream(), "", 1).await,
-        ) {
-            let last = inputs.last().map_or(0, |m| m.seq);
-            let done = last == 0
-                || trades
-                    .iter()
-                    .rev()
-                    .filter_map(|m| prost::Message::decode(&m.payload[..]).ok())
-                    .any(|e: EngineEvent| e.input_seq == last);
-            if done {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 /// Runs `scn` against real servers.
@@ -137,7 +110,7 @@ pub async fn run(
     for r in runs {
         r.await.map_err(|e| format!("an agent crashed: {e}"))?;
     }
-    if !quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce).await {
+    if !run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
         return Err(format!("liveness: the platform did not quiesce within {:?}", scn.quiesce));
     }
     let input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;

@@ -10,6 +10,7 @@ use std::path::Path;
 use fafnir_platform::bus::{read_to_end, EventBus};
 use fafnir_platform::proto::events::{EngineEvent, LedgerEvent, OrderEvent};
 use hdrhistogram::Histogram;
+use prost::Message as _;
 use serde::Serialize;
 
 use crate::checker::{CheckInput, Verdict};
@@ -208,6 +209,35 @@ pub async fn gather(
         input.told.extend(s.told.iter().map(|(k, v)| (*k, v.clone())));
     }
     Ok(input)
+}
+
+/// The liveness phase: waits until the engine has answered the last accepted
+/// input, then `settle` more for settlement, order tracking and reports to
+/// drain behind it. False if that does not happen within `limit`.
+pub async fn quiesce(
+    bus: &dyn EventBus,
+    cfg: &fafnir_platform::config::PlatformConfig,
+    limit: std::time::Duration,
+    settle: std::time::Duration,
+) -> bool {
+    let names = cfg.names();
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        let inputs = read_to_end(bus, &names.orders_stream(), "", 1).await;
+        let trades = read_to_end(bus, &names.trades_stream(), "", 1).await;
+        if let (Ok(inputs), Ok(trades)) = (inputs, trades) {
+            let last = inputs.last().map_or(0, |m| m.seq);
+            let answered = |m: &fafnir_platform::bus::StoredMsg| {
+                EngineEvent::decode(&m.payload[..]).is_ok_and(|e| e.input_seq == last)
+            };
+            if last == 0 || trades.iter().rev().any(answered) {
+                tokio::time::sleep(settle).await;
+                return true;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// The command that replays this run.

@@ -4,8 +4,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fafnir_platform::bus::read_to_end;
-use fafnir_platform::proto::events::EngineEvent;
 use fafnir_sim::faults::FaultSchedule;
 use fafnir_sim::service_time::{Dist, ServiceModel};
 use fafnir_sim::world::{sim_addrs, NetworkModel, World, WorldSpec};
@@ -45,33 +43,6 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
         );
     }
     spec
-}
-
-/// Waits until the engine has answered the last accepted input, or `limit` passes.
-async fn quiesce(world: &World, limit: Duration) -> bool {
-    let bus = world.bus();
-    let names = world.cfg.names();
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        let inputs = read_to_end(&bus, &names.orders_stream(), "", 1).await;
-        let trades = read_to_end(&bus, &names.trades_stream(), "", 1).await;
-        if let (Ok(inputs), Ok(trades)) = (inputs, trades) {
-            let last = inputs.last().map_or(0, |m| m.seq);
-            let done = last == 0
-                || trades
-                    .iter()
-                    .rev()
-                    .filter_map(|m| prost::Message::decode(&m.payload[..]).ok())
-                    .any(|e: EngineEvent| e.input_seq == last);
-            if done {
-                // Let settlement, order tracking and reports drain behind the engine.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 /// Runs `scn` in a fresh madsim runtime with `seed`.
@@ -147,7 +118,7 @@ async fn drive(
     }
     player.await.map_err(|e| format!("fault player crashed: {e}"))?;
     // Liveness phase: faults are over; the platform must catch up and settle.
-    if !quiesce(&world, scn.quiesce).await {
+    if !run::quiesce(&world.bus(), &world.cfg, scn.quiesce, Duration::from_secs(2)).await {
         return Err(format!("liveness: the platform did not quiesce within {:?} after the faults ended", scn.quiesce));
     }
     let input = run::gather(&world.bus(), &world.cfg, &agents).await?;

@@ -134,6 +134,22 @@ pub async fn ensure_streams(deps: &Deps) -> Result<(), BusError> {
     Ok(())
 }
 
+/// Creates (or finds) a durable consumer of the whole TRADES stream, as the
+/// services that follow the engine's outputs (portfolio, orders) use.
+pub async fn ensure_trades_consumer(deps: &Deps, durable: &str) -> Result<(), BusError> {
+    let names = deps.cfg.names();
+    deps.bus
+        .ensure_consumer(&crate::bus::ConsumerSpec {
+            stream: names.trades_stream(),
+            durable: durable.into(),
+            filter: names.trades_all(),
+            ack_wait: Duration::from_secs(5),
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+        })
+        .await
+}
+
 /// Publishes, retrying with backoff until the broker has stored the message.
 /// Used where giving up would lose a fact (the engine's outputs); the message id
 /// makes every retry harmless.

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::bus::{read_to_end, ConsumerSpec};
+use crate::bus::read_to_end;
 use crate::clock;
 use crate::domain::{order_id_for, CloseReason, Instrument, OrderId, OrderStatus, OrderType, Side, UserId};
 use crate::proto::common::Order;
@@ -149,17 +149,7 @@ impl State {
 /// Runs the orders service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
-    let names = deps.cfg.names();
-    deps.bus
-        .ensure_consumer(&ConsumerSpec {
-            stream: names.trades_stream(),
-            durable: DURABLE.into(),
-            filter: names.trades_all(),
-            ack_wait: Duration::from_secs(5),
-            max_deliver: -1,
-            max_ack_pending: 10_000,
-        })
-        .await?;
+    crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
     let portfolio = PortfolioClient::new(channel(deps.cfg.addrs.portfolio, deps.cfg.call_timeout));
     let state = Arc::new(State { deps: deps.clone(), records: Mutex::new(Records::default()), portfolio });
     rebuild(&state).await?;

@@ -17,7 +17,6 @@ use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use crate::bus::ConsumerSpec;
 use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares, Side};
 use crate::proto::common::{Holding as HoldingView, PortfolioView};
 use crate::proto::events::{self, engine_event, ledger_event, EngineEvent, LedgerEvent};
@@ -42,17 +41,7 @@ struct State {
 /// Runs the portfolio service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
-    let names = deps.cfg.names();
-    deps.bus
-        .ensure_consumer(&ConsumerSpec {
-            stream: names.trades_stream(),
-            durable: DURABLE.into(),
-            filter: names.trades_all(),
-            ack_wait: Duration::from_secs(5),
-            max_deliver: -1,
-            max_ack_pending: 10_000,
-        })
-        .await?;
+    crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
     let ledger = rebuild(&deps).await?;
     let state = Arc::new(State { deps: deps.clone(), ledger: Mutex::new(ledger) });
     let mut tasks = TaskGroup::default();
