@@ -77,6 +77,10 @@ struct Tracked {
     intended: Instant,
     first_fill_seen: bool,
     final_seen: bool,
+    /// When each fill's report arrived, until its settlement notice does.
+    fill_reported_at: BTreeMap<u64, Instant>,
+    /// Fills whose settlement notice overtook their fill report.
+    settled_first: std::collections::BTreeSet<u64>,
 }
 
 /// An agent's view of its own world, shared between its wake loop, its
@@ -196,6 +200,12 @@ fn on_report(s: &mut AgentState, r: &mut Recorder, report: &ExecutionReport) {
     match &report.kind {
         Some(execution_report::Kind::Fill(f)) => {
             r.counts.fills_reported += 1;
+            if tracked.settled_first.remove(&f.match_seq) {
+                // Settled before the owner heard of the fill: no lag to speak of.
+                r.record_ns("fill_to_settled", 1);
+            } else {
+                tracked.fill_reported_at.insert(f.match_seq, Instant::now());
+            }
             if !tracked.first_fill_seen {
                 tracked.first_fill_seen = true;
                 r.record("submit_to_first_fill", tracked.intended);
@@ -234,6 +244,12 @@ fn on_report(s: &mut AgentState, r: &mut Recorder, report: &ExecutionReport) {
                 remaining: f.remaining,
             });
         }
+        Some(execution_report::Kind::Settled(st)) => match tracked.fill_reported_at.remove(&st.match_seq) {
+            Some(at) => r.record("fill_to_settled", at),
+            None => {
+                tracked.settled_first.insert(st.match_seq);
+            }
+        },
         Some(execution_report::Kind::Closed(_)) => {
             if !tracked.final_seen {
                 tracked.final_seen = true;
@@ -339,8 +355,16 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
             {
                 let mut s = handle.state.lock().expect("agent state");
                 s.open.insert(tag, OpenOrder { symbol: symbol.clone(), side, price_cents, remaining: qty });
-                let tracked =
-                    Tracked { tag, symbol: symbol.clone(), side, intended, first_fill_seen: false, final_seen: false };
+                let tracked = Tracked {
+                    tag,
+                    symbol: symbol.clone(),
+                    side,
+                    intended,
+                    first_fill_seen: false,
+                    final_seen: false,
+                    fill_reported_at: BTreeMap::new(),
+                    settled_first: Default::default(),
+                };
                 s.orders.insert(order_id, tracked);
                 s.order_of_tag.insert(tag, order_id);
                 let account = s.user;

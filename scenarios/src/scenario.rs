@@ -182,6 +182,50 @@ impl Scenario {
         })
     }
 
+    /// The effective configuration, one item a line (printed before every run).
+    pub fn effective(&self) -> String {
+        let mut out = vec![format!(
+            "load {} ms, liveness phase up to {} ms",
+            self.duration.as_millis(),
+            self.quiesce.as_millis()
+        )];
+        for (spec, shard) in
+            self.symbols.iter().map(|s| (s, self.engine_shards.iter().position(|sh| sh.contains(&s.symbol))))
+        {
+            out.push(format!(
+                "instrument {}: tick {}c, lot {}, start {}c, band {}c..={}c, engine shard {}",
+                spec.symbol,
+                spec.tick_cents,
+                spec.lot_shares,
+                spec.start_price_cents,
+                spec.min_price_cents,
+                spec.max_price_cents,
+                shard.unwrap_or(0)
+            ));
+        }
+        out.push(format!(
+            "network: latency {}-{} us, loss {} ppm",
+            self.network.latency_us[0], self.network.latency_us[1], self.network.loss_ppm
+        ));
+        for (service, st) in &self.service_time {
+            out.push(format!("service time {service}: {} {:?} us, {} at once", st.dist, st.us, st.concurrency));
+        }
+        out.push("service time of other services: uniform [20, 60] us, 4 at once".into());
+        for p in &self.populations {
+            out.push(format!(
+                "{} x {:?}: cash {}c, holdings {:?}, {:?}",
+                p.count, p.config.kind, p.cash_cents, p.holdings, p.config.params
+            ));
+        }
+        for f in &self.faults {
+            out.push(format!("fault: {}", toml::to_string(f).unwrap_or_default().trim().replace('\n', ", ")));
+        }
+        for s in &self.slos {
+            out.push(format!("slo: {}", s.text));
+        }
+        out.join("\n")
+    }
+
     /// The node names a fault may target (checked once the world is known).
     pub fn fault_targets(&self) -> Vec<String> {
         let mut nodes: Vec<String> = ["broker", "redis", "gateway", "auth", "market", "orders", "portfolio"]

@@ -20,7 +20,7 @@ use crate::clock;
 use crate::domain::UserId;
 use crate::proto::auth::auth_client::AuthClient;
 use crate::proto::common::{Order, PortfolioView, Quote};
-use crate::proto::events::{engine_event, EngineEvent, MarketData};
+use crate::proto::events::{engine_event, ledger_event, EngineEvent, LedgerEvent, MarketData};
 use crate::proto::gateway::gateway_server::{Gateway, GatewayServer};
 use crate::proto::gateway::*;
 use crate::proto::market::market_client::MarketClient;
@@ -73,9 +73,11 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     });
     let trades_tail = deps.bus.tail(&names.trades_stream(), &names.trades_all()).await?;
     let md_tail = deps.bus.tail(&names.md_stream(), &names.md_all()).await?;
+    let settled_tail = deps.bus.tail(&names.ledger_stream(), &names.ledger("settled")).await?;
     let mut tasks = TaskGroup::default();
     tasks.spawn(fan_out_trades(state.clone(), trades_tail, shutdown.clone()));
     tasks.spawn(fan_out_md(state.clone(), md_tail, shutdown.clone()));
+    tasks.spawn(fan_out_settled(state.clone(), settled_tail, shutdown.clone()));
     let addr = cfg.addrs.gateway;
     tracing::info!(%addr, "gateway serving");
     let server = tonic::transport::Server::builder()
@@ -150,6 +152,39 @@ fn execution_reports(state: &State, e: &EngineEvent) -> Vec<(u64, ExecutionRepor
             )]
         }
         _ => Vec::new(),
+    }
+}
+
+async fn fan_out_settled(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Shutdown) {
+    let names = state.deps.cfg.names();
+    let stream = names.ledger_stream();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.clone() => return,
+            r = tail.next() => r,
+        };
+        let msg = match next {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "settlement tail failed; reopening");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(t) = state.deps.bus.tail(&stream, &names.ledger("settled")).await {
+                    tail = t;
+                }
+                continue;
+            }
+        };
+        let Ok(event) = decode::<LedgerEvent>(&stream, msg.seq, &msg.payload) else { continue };
+        let Some(ledger_event::Kind::Settled(s)) = event.kind else { continue };
+        let report = |order_id| ExecutionReport {
+            order_id,
+            symbol: s.symbol.clone(),
+            kind: Some(execution_report::Kind::Settled(Settled { match_seq: s.match_seq })),
+            ts_ms: 0,
+        };
+        for (account, order) in [(s.buyer, s.buy_order), (s.seller, s.sell_order)] {
+            send_to(&state.executions, |f| matches!(f, Filter::Account(a) if *a == account), report(order));
+        }
     }
 }
 

@@ -280,15 +280,7 @@ fn run_scenario(
     let (scn, config_hash, rerun) = load(file, seed, duration)?;
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}", scn.name, scn.seed)));
     println!("fafnir run: scenario {:?}, seed {}, simulation", scn.name, scn.seed);
-    println!(
-        "  {} s load, {} agent populations, {} instruments on {} engine shards, {} faults, {} SLOs; config hash {config_hash}",
-        scn.duration.as_secs_f64(),
-        scn.populations.len(),
-        scn.instruments.len(),
-        scn.engine_shards.len(),
-        scn.faults.len(),
-        scn.slos.len()
-    );
+    print_config(&scn, &config_hash);
     let result = fafnir_scenarios::sim_run::run(&scn, scn.seed, config_hash, rerun.clone());
     let r = match result {
         Ok(r) => r,
@@ -312,6 +304,7 @@ fn run_scenario(
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}-real", scn.name, scn.seed)));
     let where_ = real.gateway.map_or("an in-process platform".to_string(), |g| format!("the platform at {g}"));
     println!("fafnir run: scenario {:?}, seed {}, for real against {where_}", scn.name, scn.seed);
+    print_config(&scn, &config_hash);
     let target = fafnir_scenarios::real_run::Target {
         gateway: real.gateway,
         nats: real.nats,
@@ -327,6 +320,14 @@ fn run_scenario(
     fafnir_scenarios::run::write_run_dir(&out, &r.summary, &r.recorder).map_err(RunError::Failed)?;
     report(&r.summary, &out);
     Ok(r.summary.outcome.exit_code())
+}
+
+/// Prints the effective configuration, indented.
+fn print_config(scn: &fafnir_scenarios::scenario::Scenario, config_hash: &str) {
+    println!("  config hash {config_hash}");
+    for line in scn.effective().lines() {
+        println!("  {line}");
+    }
 }
 
 /// Prints a run's result, line-oriented.

@@ -341,6 +341,8 @@ impl<'a> Facts<'a> {
             Some(ledger_event::Kind::Released(r)) => {
                 self.released.insert(r.order_id);
             }
+            // Informational notices: they move no money.
+            Some(ledger_event::Kind::Settled(_)) => {}
             None => self.malformed_ledger.push(format!("LEDGER#{seq}: empty event")),
         }
     }

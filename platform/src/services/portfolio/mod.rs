@@ -98,20 +98,43 @@ pub fn apply_ledger_event(ledger: &mut Ledger, event: &LedgerEvent) {
             );
         }
         Some(ledger_event::Kind::Released(r)) => ledger.release(OrderId(r.order_id)),
+        Some(ledger_event::Kind::Settled(_)) => {}
         None => tracing::warn!("empty ledger event ignored"),
     }
 }
 
 /// Applies one TRADES event: settles a fill or releases a closed order's rest.
-pub fn apply_engine_event(ledger: &mut Ledger, event: &EngineEvent) {
+/// Returns the settlement when this event settled a fill for the first time.
+pub fn apply_engine_event(ledger: &mut Ledger, event: &EngineEvent) -> Option<ledger::FillSettlement> {
     match &event.kind {
         Some(engine_event::Kind::Fill(f)) => {
-            ledger.settle(&settlement(&event.symbol, f));
+            let s = settlement(&event.symbol, f);
+            ledger.settle(&s).then_some(s)
         }
         Some(engine_event::Kind::Closed(c)) => {
             ledger.close(OrderId(c.order_id), Shares(c.remaining));
+            None
         }
-        Some(engine_event::Kind::Rested(_)) | Some(engine_event::Kind::Ignored(_)) | None => {}
+        Some(engine_event::Kind::Rested(_)) | Some(engine_event::Kind::Ignored(_)) | None => None,
+    }
+}
+
+/// Tells the world a fill is settled (best effort: the notice is informational).
+async fn announce_settled(deps: &Deps, s: &ledger::FillSettlement) {
+    let event = LedgerEvent {
+        kind: Some(ledger_event::Kind::Settled(events::Settled {
+            symbol: s.symbol.clone(),
+            match_seq: s.match_seq,
+            buy_order: s.buy_order.0,
+            buyer: s.buyer.0,
+            sell_order: s.sell_order.0,
+            seller: s.seller.0,
+        })),
+    };
+    let subject = deps.cfg.names().ledger("settled");
+    let msg_id = format!("settled-{}-{}", s.symbol, s.match_seq);
+    if let Err(e) = deps.bus.publish(&subject, &msg_id, Bytes::from(event.encode_to_vec())).await {
+        tracing::debug!(error = %e, "settlement notice not published");
     }
 }
 
@@ -155,11 +178,17 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             state.deps.work("portfolio.settle").await;
             match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
                 Ok(event) => {
-                    let mut ledger = state.ledger.lock().await;
-                    apply_engine_event(&mut ledger, &event);
-                    if state.deps.cfg.planted_bug == Some(crate::config::PlantedBug::SettleTwice) {
-                        // The canary: a redelivery handled as new.
-                        apply_engine_event(&mut ledger, &event);
+                    let settled = {
+                        let mut ledger = state.ledger.lock().await;
+                        let settled = apply_engine_event(&mut ledger, &event);
+                        if state.deps.cfg.planted_bug == Some(crate::config::PlantedBug::SettleTwice) {
+                            // The canary: a redelivery handled as new.
+                            apply_engine_event(&mut ledger, &event);
+                        }
+                        settled
+                    };
+                    if let Some(s) = settled {
+                        announce_settled(&state.deps, &s).await;
                     }
                 }
                 Err(e) => {
