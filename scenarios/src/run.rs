@@ -9,6 +9,7 @@ use std::path::Path;
 
 use fafnir_platform::bus::{read_to_end, EventBus};
 use fafnir_platform::proto::events::{EngineEvent, LedgerEvent, OrderEvent};
+use hdrhistogram::serialization::Serializer as _;
 use hdrhistogram::Histogram;
 use prost::Message as _;
 use serde::Serialize;
@@ -141,8 +142,9 @@ pub fn judge(
     (stages, slo_results, outcome)
 }
 
-/// Writes `summary.json` and one `<stage>.hgrm` (HdrHistogram's percentile
-/// distribution text, values in milliseconds) per stage into `dir`.
+/// Writes `summary.json`, and per stage `<stage>.hgrm` (HdrHistogram's
+/// percentile distribution text, values in milliseconds) and `<stage>.hdr`
+/// (the raw histogram, V2 encoding, values in nanoseconds) into `dir`.
 pub fn write_run_dir(dir: &Path, summary: &Summary, rec: &Recorder) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let json = serde_json::to_string_pretty(summary).expect("summary serializes");
@@ -150,6 +152,13 @@ pub fn write_run_dir(dir: &Path, summary: &Summary, rec: &Recorder) -> Result<()
     for (stage, h) in &rec.histograms {
         let path = dir.join(format!("{stage}.hgrm"));
         std::fs::write(&path, hgrm(h)).map_err(|e| format!("write {}: {e}", path.display()))?;
+        // The raw histogram, in HdrHistogram's V2 encoding (readable by every HdrHistogram library).
+        let mut raw = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(h, &mut raw)
+            .map_err(|e| format!("encode {stage} histogram: {e:?}"))?;
+        let path = dir.join(format!("{stage}.hdr"));
+        std::fs::write(&path, raw).map_err(|e| format!("write {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -259,4 +268,49 @@ pub fn agent_plan(scn: &Scenario, root_seed: u64) -> Vec<(String, usize, u32, u6
         }
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_written_in_both_hdr_formats() {
+        let mut rec = Recorder::new(tokio::time::Instant::now());
+        for ns in [1_000_000u64, 2_000_000, 3_000_000, 50_000_000] {
+            rec.histograms.get_mut("submit_to_ack").unwrap().record(ns).unwrap();
+        }
+        let text = hgrm(&rec.histograms["submit_to_ack"]);
+        assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"), "{text}");
+        assert!(text.contains("#[Max     =       50.") && text.contains("Total count    =            4"), "{text}");
+        let dir = std::env::temp_dir().join(format!("fafnir-run-test-{}", std::process::id()));
+        let verdict = Verdict { passed: true, checks: Vec::new() };
+        let (stages, slos, outcome) = judge(&rec, &[], &verdict);
+        let summary = Summary {
+            scenario: "t".into(),
+            mode: "test".into(),
+            seed: 1,
+            config_hash: "0".into(),
+            trace_hash: "0".into(),
+            duration_ms: 1,
+            agents: 0,
+            counts: rec.counts.clone(),
+            stages,
+            accepted_per_s: Vec::new(),
+            slos,
+            checker: verdict,
+            faults: Vec::new(),
+            outcome,
+            rerun: String::new(),
+        };
+        write_run_dir(&dir, &summary, &rec).unwrap();
+        let raw = std::fs::read(dir.join("submit_to_ack.hdr")).unwrap();
+        let back: Histogram<u64> =
+            hdrhistogram::serialization::Deserializer::new().deserialize(&mut &raw[..]).expect("valid V2 histogram");
+        assert_eq!((back.len(), back.max()), (4, rec.histograms["submit_to_ack"].max()));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(json["stages"]["submit_to_ack"]["count"], 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

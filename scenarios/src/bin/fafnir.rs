@@ -39,9 +39,9 @@ enum Command {
         /// The run directory (default: runs/<scenario>-<seed>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        /// Real build only: drive a running platform at this gateway (host:port)
-        /// instead of starting one in this process.
-        #[arg(long)]
+        /// Real build only: drive a running platform at this gateway
+        /// (http://host:port or host:port) instead of starting one in this process.
+        #[arg(long, value_parser = parse_gateway)]
         gateway: Option<std::net::SocketAddr>,
         /// Real build only: NATS of the platform (the checker reads its streams).
         #[arg(long, env = "FAFNIR_NATS", default_value = "127.0.0.1:4222")]
@@ -114,6 +114,11 @@ struct Common {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_gateway(text: &str) -> Result<std::net::SocketAddr, String> {
+    let bare = text.trim_start_matches("http://").trim_end_matches('/');
+    bare.parse().map_err(|_| format!("{text:?} is not http://HOST:PORT with an IP address host"))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
