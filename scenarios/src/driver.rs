@@ -277,7 +277,7 @@ pub async fn follow_market_data(
         {
             let mut r = rec.lock().expect("recorder");
             r.counts.md_updates += 1;
-            // From the order's acceptance (the update's timestamp) to this receipt.
+            // From the engine publishing the update (its timestamp, ms) to this receipt.
             r.record_ns("md_fanout", (now_ms - u.ts_ms).max(0) as u64 * 1_000_000);
         }
         let view = s.market.entry(u.symbol.clone()).or_default();

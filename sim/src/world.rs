@@ -105,7 +105,7 @@ pub struct World {
     pub nodes: BTreeMap<String, NodeId>,
     pub network: NetworkModel,
     slow: BTreeMap<String, SlowKnob>,
-    next_client_ip: std::sync::atomic::AtomicU8,
+    next_client: std::sync::atomic::AtomicU32,
 }
 
 impl World {
@@ -161,18 +161,22 @@ impl World {
                 nodes.insert(name, node.id());
             }
         }
-        let next_client_ip = std::sync::atomic::AtomicU8::new(1);
-        World { handle, cfg, trace, nodes, network: spec.network, slow, next_client_ip }
+        let next_client = std::sync::atomic::AtomicU32::new(0);
+        World { handle, cfg, trace, nodes, network: spec.network, slow, next_client }
     }
 
     fn node(&self, name: &str) -> NodeId {
         *self.nodes.get(name).unwrap_or_else(|| panic!("no node {name} in the world"))
     }
 
-    /// A fresh node for a client (an agent or a test), on 10.0.2.x.
+    /// A fresh node for a client (an agent or a test): 10.0.2.1 onwards, then
+    /// 10.0.3.x and so on, 250 a block, up to 50,000 clients.
     pub fn client_node(&self, name: &str) -> NodeHandle {
-        let i = self.next_client_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.handle.create_node().name(name).ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, i))).build()
+        let i = self.next_client.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(i < 50_000, "a world has room for 50,000 client nodes");
+        let (block, host) = (2 + i / 250, 1 + i % 250);
+        let ip = Ipv4Addr::new(10, (block / 256) as u8, (block % 256) as u8, host as u8);
+        self.handle.create_node().name(name).ip(IpAddr::V4(ip)).build()
     }
 
     /// A bus client for a node of the world (to be used on that node).
