@@ -270,9 +270,10 @@ pub async fn follow_market_data(
     mut stream: tonic::Streaming<MarketDataUpdate>,
     state: Arc<Mutex<AgentState>>,
     rec: Arc<Mutex<Recorder>>,
+    clock: Arc<dyn fafnir_platform::clock::Clock>,
 ) {
     while let Ok(Some(u)) = stream.message().await {
-        let now_ms = fafnir_platform::clock::now_ms();
+        let now_ms = clock.now_ms();
         let mut s = state.lock().expect("agent state");
         {
             let mut r = rec.lock().expect("recorder");

@@ -8,6 +8,16 @@ use fafnir_platform::config::PlatformConfig;
 use fafnir_platform::kv::redis::RedisKv;
 use fafnir_platform::services::Deps;
 
+/// The system clock: the one wall-clock read of a real deployment.
+pub struct SystemClock;
+
+impl fafnir_platform::clock::Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
 /// Connects to NATS and Redis; the error names the address and how to start the server.
 pub async fn connect(cfg: PlatformConfig) -> Result<(Deps, Arc<NatsBus>), String> {
     cfg.validate().map_err(|e| format!("invalid configuration: {e}"))?;
@@ -26,7 +36,7 @@ pub async fn connect(cfg: PlatformConfig) -> Result<(Deps, Arc<NatsBus>), String
         )
     })?;
     let bus = Arc::new(bus);
-    let deps = Deps::new(Arc::new(cfg), bus.clone(), Arc::new(kv));
+    let deps = Deps::new(Arc::new(cfg), bus.clone(), Arc::new(kv), Arc::new(SystemClock));
     Ok((deps, bus))
 }
 

@@ -91,10 +91,10 @@ pub async fn run(
                 driver::follow_executions(s, h.state.clone(), r).await;
             }
         });
-        let (h, r) = (handle.clone(), rec.clone());
+        let (h, r, clock) = (handle.clone(), rec.clone(), deps.clock.clone());
         tokio::spawn(async move {
             if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
-                driver::follow_market_data(s, h.state.clone(), r).await;
+                driver::follow_market_data(s, h.state.clone(), r, clock).await;
             }
         });
         agents.push(handle);

@@ -93,10 +93,10 @@ async fn drive(
                 driver::follow_executions(s, h.state.clone(), r).await;
             }
         });
-        let (h, r) = (handle.clone(), rec.clone());
+        let (h, r, clock) = (handle.clone(), rec.clone(), world.clock);
         node.spawn(async move {
             if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
-                driver::follow_market_data(s, h.state.clone(), r).await;
+                driver::follow_market_data(s, h.state.clone(), r, Arc::new(clock)).await;
             }
         });
         agents.push(handle);

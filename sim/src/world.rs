@@ -27,6 +27,25 @@ use crate::trace::Trace;
 pub const BROKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 4222);
 pub const REDIS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 6379);
 
+/// Simulated time of day: a fixed epoch plus the simulated time since the
+/// world was built, so every node agrees and no wall clock is read.
+#[derive(Clone, Copy, Debug)]
+pub struct SimClock {
+    origin: tokio::time::Instant,
+}
+
+impl SimClock {
+    /// 2027-01-15T08:00:00Z, the simulated moment every world starts at.
+    pub const EPOCH_MS: i64 = 1_800_000_000_000;
+}
+
+impl fafnir_platform::clock::Clock for SimClock {
+    fn now_ms(&self) -> i64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.origin);
+        SimClock::EPOCH_MS + i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct WorldSpec {
@@ -104,6 +123,7 @@ pub struct World {
     /// Node of every instance by name: `broker`, `redis`, `gateway`, `engine-0`, ...
     pub nodes: BTreeMap<String, NodeId>,
     pub network: NetworkModel,
+    pub clock: SimClock,
     slow: BTreeMap<String, SlowKnob>,
     next_client: std::sync::atomic::AtomicU32,
 }
@@ -118,6 +138,7 @@ impl World {
             madsim::buggify::enable();
         }
         let trace = Trace::new();
+        let clock = SimClock { origin: tokio::time::Instant::now() };
         let mut slow = BTreeMap::new();
         let cfg = Arc::new(spec.cfg.clone());
         let mut nodes = BTreeMap::new();
@@ -151,6 +172,7 @@ impl World {
                 let node = service_node(
                     &handle,
                     &cfg,
+                    clock,
                     (kind, shard),
                     &name,
                     addr,
@@ -162,7 +184,7 @@ impl World {
             }
         }
         let next_client = std::sync::atomic::AtomicU32::new(0);
-        World { handle, cfg, trace, nodes, network: spec.network, slow, next_client }
+        World { handle, cfg, trace, nodes, network: spec.network, clock, slow, next_client }
     }
 
     fn node(&self, name: &str) -> NodeId {
@@ -351,7 +373,7 @@ impl World {
 
     /// Waits until every service accepts connections (call from a client node).
     pub async fn wait_serving(&self, timeout: Duration) {
-        let deps = Deps::new(self.cfg.clone(), Arc::new(self.bus()), Arc::new(self.kv()));
+        let deps = Deps::new(self.cfg.clone(), Arc::new(self.bus()), Arc::new(self.kv()), Arc::new(self.clock));
         launch::wait_until_serving(&deps, timeout).await.unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -375,9 +397,11 @@ fn service_addr(cfg: &PlatformConfig, kind: ServiceKind, shard: usize) -> Socket
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn service_node(
     handle: &Handle,
     cfg: &Arc<PlatformConfig>,
+    clock: SimClock,
     (kind, shard): (ServiceKind, usize),
     name: &str,
     addr: SocketAddr,
@@ -395,7 +419,8 @@ fn service_node(
             let model = model.clone();
             let instance = instance.clone();
             async move {
-                let mut deps = Deps::new(cfg, Arc::new(SimBus::new(BROKER)), Arc::new(SimKv::new(REDIS)));
+                let mut deps =
+                    Deps::new(cfg, Arc::new(SimBus::new(BROKER)), Arc::new(SimKv::new(REDIS)), Arc::new(clock));
                 if let Some((model, knob)) = model {
                     deps = deps.with_service_time(Arc::new(Modelled::new(model, root_seed, &instance, knob)));
                 }

@@ -15,7 +15,6 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::bus::read_to_end;
-use crate::clock;
 use crate::config::PasswordHashing;
 use crate::proto::auth::auth_server::{Auth, AuthServer};
 use crate::proto::auth::{LoginReply, LoginRequest, RegisterReply, RegisterRequest, VerifyReply, VerifyRequest};
@@ -143,7 +142,7 @@ impl Auth for AuthSvc {
             Some(u) if verify_password(cfg.password_hashing, &u.hash, &req.password) => u,
             _ => return Err(Status::unauthenticated("invalid username or password")),
         };
-        let exp = clock::now_ms() / 1000 + i64::try_from(cfg.jwt_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let exp = self.state.deps.clock.now_ms() / 1000 + i64::try_from(cfg.jwt_ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let token = jwt::issue(&cfg.jwt_secret, &jwt::Claims { sub: user.id, role: user.role as i32, exp });
         Ok(Response::new(LoginReply { token, user_id: user.id, role: user.role as i32 }))
     }
@@ -151,7 +150,7 @@ impl Auth for AuthSvc {
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
         self.state.deps.work("auth.verify").await;
         let cfg = &self.state.deps.cfg;
-        let claims = jwt::verify(&cfg.jwt_secret, &req.into_inner().token, clock::now_ms() / 1000)
+        let claims = jwt::verify(&cfg.jwt_secret, &req.into_inner().token, self.state.deps.clock.now_ms() / 1000)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         Ok(Response::new(VerifyReply { user_id: claims.sub, role: claims.role }))
     }

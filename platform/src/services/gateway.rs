@@ -16,7 +16,6 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::bus::Tail;
-use crate::clock;
 use crate::domain::UserId;
 use crate::proto::auth::auth_client::AuthClient;
 use crate::proto::common::{Order, PortfolioView, Quote};
@@ -250,7 +249,7 @@ impl GatewaySvc {
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization header must be 'Bearer <token>'"))?;
         let cfg = &self.state.deps.cfg;
-        let claims = jwt::verify(&cfg.jwt_secret, token, clock::now_ms() / 1000)
+        let claims = jwt::verify(&cfg.jwt_secret, token, self.state.deps.clock.now_ms() / 1000)
             .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
         self.rate_limit(claims.sub)?;
         Ok(claims.user())

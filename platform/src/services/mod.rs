@@ -10,6 +10,7 @@ use prost::Message;
 use tonic::Status;
 
 use crate::bus::{BusError, EventBus, Storage, StreamSpec};
+use crate::clock::Clock;
 use crate::config::PlatformConfig;
 use crate::domain::{CloseReason, OrderStatus, OrderType, Side};
 use crate::kv::{Kv, KvError};
@@ -31,13 +32,15 @@ pub struct Deps {
     pub cfg: Arc<PlatformConfig>,
     pub bus: Arc<dyn EventBus>,
     pub kv: Arc<dyn Kv>,
+    /// The time of day (system clock for real, simulated time in the world).
+    pub clock: Arc<dyn Clock>,
     /// None for real: real work takes real time.
     pub service_time: Option<Arc<dyn ServiceTime>>,
 }
 
 impl Deps {
-    pub fn new(cfg: Arc<PlatformConfig>, bus: Arc<dyn EventBus>, kv: Arc<dyn Kv>) -> Deps {
-        Deps { cfg, bus, kv, service_time: None }
+    pub fn new(cfg: Arc<PlatformConfig>, bus: Arc<dyn EventBus>, kv: Arc<dyn Kv>, clock: Arc<dyn Clock>) -> Deps {
+        Deps { cfg, bus, kv, clock, service_time: None }
     }
 
     pub fn with_service_time(mut self, model: Arc<dyn ServiceTime>) -> Deps {

@@ -94,7 +94,7 @@ async fn publish_event(deps: &Deps, event: &EngineEvent) {
 /// It carries the engine's clock at publication (not the input's), so that
 /// clients can measure fan-out; replays need no byte-identical market data.
 async fn publish_market_data(deps: &Deps, md: &crate::proto::events::MarketData) {
-    let md = &crate::proto::events::MarketData { ts_ms: crate::clock::now_ms(), ..md.clone() };
+    let md = &crate::proto::events::MarketData { ts_ms: deps.clock.now_ms(), ..md.clone() };
     let subject = deps.cfg.names().md_of(&md.symbol);
     let msg_id = format!("{}-md{}", md.symbol, md.input_seq);
     if let Err(e) = deps.bus.publish(&subject, &msg_id, Bytes::from(md.encode_to_vec())).await {

@@ -16,7 +16,6 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::bus::read_to_end;
-use crate::clock;
 use crate::domain::{order_id_for, CloseReason, Instrument, OrderId, OrderStatus, OrderType, Side, UserId};
 use crate::proto::common::Order;
 use crate::proto::events::{self, engine_event, order_event, EngineEvent, OrderEvent};
@@ -325,7 +324,7 @@ impl OrdersSvc {
             limit_ticks: v.limit_ticks,
             qty: req.qty,
             reserve_price_ticks: reserve_ticks,
-            accepted_ms: clock::now_ms(),
+            accepted_ms: state.deps.clock.now_ms(),
         };
         let order = Order {
             order_id: id.0,
@@ -422,7 +421,7 @@ impl Orders for OrdersSvc {
                 order_id: req.order_id,
                 user_id: req.user_id,
                 symbol: record.order.symbol.clone(),
-                requested_ms: clock::now_ms(),
+                requested_ms: self.state.deps.clock.now_ms(),
             })),
         };
         let subject = self.state.deps.cfg.names().order_cancel(&record.order.symbol);
