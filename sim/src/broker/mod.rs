@@ -70,8 +70,7 @@ impl BrokerDisk {
     }
 }
 
-/// The simulated clock (`std::time::Instant::now` reads it too under madsim,
-/// but the crate's clippy rules ban that call).
+/// Now, on the simulated clock.
 fn now() -> Instant {
     TimeHandle::current().now_instant()
 }

@@ -309,14 +309,12 @@ mod real {
             .unwrap_or_else(|e| panic!("the kv conformance tests need redis-server at {addr} (ci/test starts it): {e}"))
     }
 
-    /// A key prefix no other test or run uses.
-    #[allow(clippy::disallowed_methods)] // the wall clock only tells runs apart; no simulation reads it
+    /// A key prefix no other test uses: the process id and a counter (every
+    /// test wipes its keys, so a recycled process id finds none).
     fn unique_prefix(test: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .subsec_nanos();
-        format!("conformance:kv:{}:{test}:{nanos}:", std::process::id())
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("conformance:kv:{}:{n}:{test}:", std::process::id())
     }
 
     macro_rules! real_cases {
