@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -15,7 +14,6 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::bus::Tail;
 use crate::domain::UserId;
 use crate::proto::auth::auth_client::AuthClient;
 use crate::proto::common::{Order, PortfolioView, Quote};
@@ -26,7 +24,7 @@ use crate::proto::market::market_client::MarketClient;
 use crate::proto::orders::orders_client::OrdersClient;
 use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::{auth, market, orders, portfolio};
-use crate::services::{channel, decode, jwt, Deps, ServiceError, Shutdown, TaskGroup};
+use crate::services::{channel, jwt, Deps, Follower, ServiceError, Shutdown, TaskGroup};
 
 type Subscribers<T> = Arc<Mutex<BTreeMap<u64, (Filter, mpsc::Sender<Result<T, Status>>)>>>;
 
@@ -70,13 +68,14 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         next_sub: Mutex::new(0),
         deps: deps.clone(),
     });
-    let trades_tail = deps.bus.tail(&names.trades_stream(), &names.trades_all()).await?;
-    let md_tail = deps.bus.tail(&names.md_stream(), &names.md_all()).await?;
-    let settled_tail = deps.bus.tail(&names.ledger_stream(), &names.ledger("settled")).await?;
+    let follow = |stream: String, filter: String| Follower::open(&deps, stream, filter, shutdown.clone());
+    let trades = follow(names.trades_stream(), names.trades_all()).await?;
+    let md = follow(names.md_stream(), names.md_all()).await?;
+    let settled = follow(names.ledger_stream(), names.ledger("settled")).await?;
     let mut tasks = TaskGroup::default();
-    tasks.spawn(fan_out_trades(state.clone(), trades_tail, shutdown.clone()));
-    tasks.spawn(fan_out_md(state.clone(), md_tail, shutdown.clone()));
-    tasks.spawn(fan_out_settled(state.clone(), settled_tail, shutdown.clone()));
+    tasks.spawn(fan_out_trades(state.clone(), trades));
+    tasks.spawn(fan_out_md(state.clone(), md));
+    tasks.spawn(fan_out_settled(state.clone(), settled));
     let addr = cfg.addrs.gateway;
     tracing::info!(%addr, "gateway serving");
     let server = tonic::transport::Server::builder()
@@ -96,26 +95,8 @@ fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, ite
     });
 }
 
-async fn fan_out_trades(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Shutdown) {
-    let names = state.deps.cfg.names();
-    let stream = names.trades_stream();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.clone() => return,
-            r = tail.next() => r,
-        };
-        let msg = match next {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "execution tail failed; reopening");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok(t) = state.deps.bus.tail(&stream, &names.trades_all()).await {
-                    tail = t;
-                }
-                continue;
-            }
-        };
-        let Ok(event) = decode::<EngineEvent>(&stream, msg.seq, &msg.payload) else { continue };
+async fn fan_out_trades(state: Arc<State>, mut trades: Follower) {
+    while let Some(event) = trades.next::<EngineEvent>().await {
         for (account, report) in execution_reports(&state, &event) {
             send_to(&state.executions, |f| matches!(f, Filter::Account(a) if *a == account), report);
         }
@@ -154,26 +135,8 @@ fn execution_reports(state: &State, e: &EngineEvent) -> Vec<(u64, ExecutionRepor
     }
 }
 
-async fn fan_out_settled(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Shutdown) {
-    let names = state.deps.cfg.names();
-    let stream = names.ledger_stream();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.clone() => return,
-            r = tail.next() => r,
-        };
-        let msg = match next {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "settlement tail failed; reopening");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok(t) = state.deps.bus.tail(&stream, &names.ledger("settled")).await {
-                    tail = t;
-                }
-                continue;
-            }
-        };
-        let Ok(event) = decode::<LedgerEvent>(&stream, msg.seq, &msg.payload) else { continue };
+async fn fan_out_settled(state: Arc<State>, mut settled: Follower) {
+    while let Some(event) = settled.next::<LedgerEvent>().await {
         let Some(ledger_event::Kind::Settled(s)) = event.kind else { continue };
         let report = |order_id| ExecutionReport {
             order_id,
@@ -187,26 +150,8 @@ async fn fan_out_settled(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: S
     }
 }
 
-async fn fan_out_md(state: Arc<State>, mut tail: Box<dyn Tail>, shutdown: Shutdown) {
-    let names = state.deps.cfg.names();
-    let stream = names.md_stream();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.clone() => return,
-            r = tail.next() => r,
-        };
-        let msg = match next {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "market data tail failed; reopening");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok(t) = state.deps.bus.tail(&stream, &names.md_all()).await {
-                    tail = t;
-                }
-                continue;
-            }
-        };
-        let Ok(md) = decode::<MarketData>(&stream, msg.seq, &msg.payload) else { continue };
+async fn fan_out_md(state: Arc<State>, mut updates: Follower) {
+    while let Some(md) = updates.next::<MarketData>().await {
         let tick = state.deps.cfg.instrument(&md.symbol).map_or(1, |i| i.tick_cents);
         let update = MarketDataUpdate {
             symbol: md.symbol.clone(),

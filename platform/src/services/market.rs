@@ -22,7 +22,7 @@ use crate::proto::market::market_server::{Market, MarketServer};
 use crate::proto::market::{
     GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest,
 };
-use crate::services::{decode, ensure_streams, Deps, ServiceError, Shutdown, TaskGroup};
+use crate::services::{decode, ensure_streams, Deps, Follower, ServiceError, Shutdown, TaskGroup};
 
 const CANDLE_MS: i64 = 60_000;
 
@@ -30,10 +30,10 @@ const CANDLE_MS: i64 = 60_000;
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
     let names = deps.cfg.names();
-    let md_tail = deps.bus.tail(&names.md_stream(), &names.md_all()).await?;
+    let md = Follower::open(&deps, names.md_stream(), names.md_all(), shutdown.clone()).await?;
     let mut tasks = TaskGroup::default();
     tasks.spawn(follow_trades(deps.clone(), shutdown.clone()));
-    tasks.spawn(follow_md(deps.clone(), md_tail, shutdown.clone()));
+    tasks.spawn(follow_md(deps.clone(), md));
     let addr = deps.cfg.addrs.market;
     tracing::info!(%addr, "market serving");
     let server = tonic::transport::Server::builder()
@@ -130,26 +130,8 @@ async fn apply_fill(deps: &Deps, symbol: &str, ts_ms: i64, f: &FillEvent) -> Res
     Ok(())
 }
 
-async fn follow_md(deps: Deps, mut tail: Box<dyn crate::bus::Tail>, shutdown: Shutdown) {
-    let stream = deps.cfg.names().md_stream();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.clone() => return,
-            r = tail.next() => r,
-        };
-        let msg = match next {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "market data tail failed; reopening");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let names = deps.cfg.names();
-                if let Ok(t) = deps.bus.tail(&stream, &names.md_all()).await {
-                    tail = t;
-                }
-                continue;
-            }
-        };
-        let Ok(md) = decode::<MarketData>(&stream, msg.seq, &msg.payload) else { continue };
+async fn follow_md(deps: Deps, mut updates: Follower) {
+    while let Some(md) = updates.next::<MarketData>().await {
         let key = deps.cfg.names().key(&format!("market:quote:{}", md.symbol));
         let num = |v: i64| Bytes::from(v.to_string());
         let fields = [

@@ -153,6 +153,48 @@ pub async fn ensure_trades_consumer(deps: &Deps, durable: &str) -> Result<(), Bu
         .await
 }
 
+/// Follows the new messages of a stream subject, decoded, until shutdown. A
+/// failed tail is reopened after a pause (what was published in the gap is
+/// not seen); an undecodable message is skipped.
+pub struct Follower {
+    bus: Arc<dyn EventBus>,
+    stream: String,
+    filter: String,
+    tail: Box<dyn crate::bus::Tail>,
+    shutdown: Shutdown,
+}
+
+impl Follower {
+    /// Opens the tail now, so that nothing published after this call is missed.
+    pub async fn open(deps: &Deps, stream: String, filter: String, shutdown: Shutdown) -> Result<Follower, BusError> {
+        let tail = deps.bus.tail(&stream, &filter).await?;
+        Ok(Follower { bus: deps.bus.clone(), stream, filter, tail, shutdown })
+    }
+
+    /// The next message that decodes as `M`; None once shutdown has come.
+    pub async fn next<M: Message + Default>(&mut self) -> Option<M> {
+        loop {
+            let next = tokio::select! {
+                _ = self.shutdown.clone() => return None,
+                r = self.tail.next() => r,
+            };
+            match next {
+                Ok(m) => match decode::<M>(&self.stream, m.seq, &m.payload) {
+                    Ok(event) => return Some(event),
+                    Err(e) => tracing::error!(error = %e, "undecodable message skipped"),
+                },
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, error = %e, "tail failed; reopening");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok(t) = self.bus.tail(&self.stream, &self.filter).await {
+                        self.tail = t;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Publishes, retrying with backoff until the broker has stored the message.
 /// Used where giving up would lose a fact (the engine's outputs); the message id
 /// makes every retry harmless.
