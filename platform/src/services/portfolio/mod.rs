@@ -188,7 +188,9 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
                         settled
                     };
                     if let Some(s) = settled {
-                        announce_settled(&state.deps, &s).await;
+                        // Off the settlement path: the notice is informational.
+                        let deps = state.deps.clone();
+                        tokio::spawn(async move { announce_settled(&deps, &s).await });
                     }
                 }
                 Err(e) => {
