@@ -9,6 +9,7 @@
 //!
 //! - [`faults`]: faults as data (time, action, target, duration), as TOML.
 //! - [`rng`]: derived seeds, one per subsystem, from the root seed.
+//! - [`nemesis`]: the random nemesis: per seed, which fault kinds are on, their rates and durations (swarm testing).
 //! - [`service_time`]: the modelled processing time of each service.
 //! - `world`: the madsim world of every service, the broker and Redis (simulated build).
 //! - [`trace`]: the trace hash over every event the world delivers, in order.
@@ -19,6 +20,7 @@
 
 pub mod conformance;
 pub mod faults;
+pub mod nemesis;
 pub mod rng;
 pub mod service_time;
 pub mod trace;
