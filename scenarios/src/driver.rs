@@ -40,6 +40,20 @@ pub struct Counts {
     pub md_updates: u64,
 }
 
+/// Outcome counts of one slot of the run's timeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SlotCounts {
+    pub submitted: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub fills: u64,
+}
+
+/// Width of a timeline slot: counts and samples are kept at this resolution.
+pub const SLOT_MS: u64 = 100;
+
 /// What a run measured.
 #[derive(Clone)]
 pub struct Recorder {
@@ -47,6 +61,15 @@ pub struct Recorder {
     pub counts: Counts,
     /// Accepted orders per second of the run.
     pub accepted_per_s: BTreeMap<u64, u64>,
+    /// Every latency sample as (ms since the load started, ns), per stage.
+    pub samples: BTreeMap<&'static str, Vec<(u64, u64)>>,
+    /// Every submit request as (sent, answered) in ms since the load started.
+    pub submits: Vec<(u64, u64)>,
+    /// Outcome counts per [`SLOT_MS`] slot since the load started.
+    pub slots: BTreeMap<u64, SlotCounts>,
+    /// The platform clock (ms) when the load started: places the engine's
+    /// event timestamps on the run's timeline.
+    pub t0_clock_ms: i64,
     t0: Instant,
 }
 
@@ -56,16 +79,39 @@ impl Recorder {
             .iter()
             .map(|s| (*s, Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")))
             .collect();
-        Recorder { histograms, counts: Counts::default(), accepted_per_s: BTreeMap::new(), t0 }
+        Recorder {
+            histograms,
+            counts: Counts::default(),
+            accepted_per_s: BTreeMap::new(),
+            samples: STAGES.iter().map(|s| (*s, Vec::new())).collect(),
+            submits: Vec::new(),
+            slots: BTreeMap::new(),
+            t0_clock_ms: 0,
+            t0,
+        }
+    }
+
+    /// Milliseconds since the load started.
+    pub fn elapsed_ms(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.t0).as_millis() as u64
     }
 
     fn record(&mut self, stage: &'static str, since: Instant) {
         let ns = Instant::now().saturating_duration_since(since).as_nanos().max(1) as u64;
-        self.histograms.get_mut(stage).expect("known stage").saturating_record(ns);
+        self.record_ns(stage, ns);
     }
 
     fn record_ns(&mut self, stage: &'static str, ns: u64) {
-        self.histograms.get_mut(stage).expect("known stage").saturating_record(ns.max(1));
+        let ns = ns.max(1);
+        self.histograms.get_mut(stage).expect("known stage").saturating_record(ns);
+        let t = self.elapsed_ms();
+        self.samples.get_mut(stage).expect("known stage").push((t, ns));
+    }
+
+    /// Counts one outcome in the current timeline slot.
+    fn slot(&mut self) -> &mut SlotCounts {
+        let slot = self.elapsed_ms() / SLOT_MS;
+        self.slots.entry(slot).or_default()
     }
 }
 
@@ -200,6 +246,7 @@ fn on_report(s: &mut AgentState, r: &mut Recorder, report: &ExecutionReport) {
     match &report.kind {
         Some(execution_report::Kind::Fill(f)) => {
             r.counts.fills_reported += 1;
+            r.slot().fills += 1;
             if tracked.settled_first.remove(&f.match_seq) {
                 // Settled before the owner heard of the fill: no lag to speak of.
                 r.record_ns("fill_to_settled", 1);
@@ -371,7 +418,11 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                 let account = s.user;
                 s.told.insert(order_id, ToldOrder { account, symbol: symbol.clone(), ..ToldOrder::default() });
             }
-            rec.lock().expect("recorder").counts.submitted += 1;
+            {
+                let mut r = rec.lock().expect("recorder");
+                r.counts.submitted += 1;
+                r.slot().submitted += 1;
+            }
             let spec = OrderSpec {
                 client_order_id: coid,
                 symbol,
@@ -390,18 +441,31 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
             };
             let result = handle.client.submit(&spec).await;
             let mut r = rec.lock().expect("recorder");
+            let sent = intended.saturating_duration_since(r.t0).as_millis() as u64;
+            let answered = r.elapsed_ms();
+            r.submits.push((sent, answered));
             match result {
                 Ok(_) => {
                     r.record("submit_to_ack", intended);
                     r.counts.accepted += 1;
+                    r.slot().accepted += 1;
                     let second = Instant::now().saturating_duration_since(r.t0).as_secs();
                     *r.accepted_per_s.entry(second).or_default() += 1;
                 }
                 Err(status) => {
                     match status.code() {
-                        Code::DeadlineExceeded => r.counts.timed_out += 1,
-                        c if transient(c) => r.counts.failed += 1,
-                        _ => r.counts.rejected += 1,
+                        Code::DeadlineExceeded => {
+                            r.counts.timed_out += 1;
+                            r.slot().timed_out += 1;
+                        }
+                        c if transient(c) => {
+                            r.counts.failed += 1;
+                            r.slot().failed += 1;
+                        }
+                        _ => {
+                            r.counts.rejected += 1;
+                            r.slot().rejected += 1;
+                        }
                     }
                     drop(r);
                     let mut s = handle.state.lock().expect("agent state");

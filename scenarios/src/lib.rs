@@ -6,10 +6,13 @@
 //!
 //! ## Layout
 //!
+//! - [`baselines`]: ci/baselines.toml, latency percentiles guarded by `fafnir ci check`.
+//! - `chaos` (simulated build): seed sweeps, failure classes, replay files, shrinking.
 //! - [`agents`]: the market agents (noise, market maker, momentum, value, whale).
 //! - [`checker`]: the fill checker and its reference book.
 //! - [`scenario`]: scenario files (TOML), their schema and SLOs.
 //! - [`run`]: one run's outcome, summary.json and .hgrm files; `sim_run` runs it in simulation.
+//! - [`timeline`]: timeline.json, what happened when (buckets, trades, fault windows).
 //! - [`driver`]: the open-loop driver and its latency recorder.
 //! - [`client`]: a logged-in user of the public gateway API.
 //! - [`real`]: connect a deployment to real NATS and Redis; pick local ports.
@@ -17,6 +20,9 @@
 //! - `src/bin/fafnir.rs`: the command line (`up`, `serve`).
 
 pub mod agents;
+pub mod baselines;
+#[cfg(madsim)]
+pub mod chaos;
 pub mod checker;
 pub mod client;
 pub mod driver;
@@ -30,3 +36,4 @@ pub mod scenario;
 pub mod sim_run;
 #[cfg(madsim)]
 pub mod simbench;
+pub mod timeline;

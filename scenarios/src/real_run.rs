@@ -9,9 +9,8 @@ use std::time::Duration;
 use fafnir_platform::config::PlatformConfig;
 use fafnir_platform::services::launch;
 
-use crate::checker;
 use crate::driver::{self, AgentHandle, Recorder};
-use crate::run::{self, Summary};
+use crate::run;
 use crate::scenario::Scenario;
 
 /// Where the platform is.
@@ -25,10 +24,7 @@ pub struct Target {
 }
 
 /// What a real run produced.
-pub struct RealRun {
-    pub summary: Summary,
-    pub recorder: Recorder,
-}
+pub type RealRun = run::RunResult;
 
 fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformConfig {
     let mut cfg = PlatformConfig::local_default();
@@ -101,7 +97,11 @@ pub async fn run(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = tokio::time::Instant::now();
-    *rec.lock().expect("recorder") = Recorder::new(t0);
+    {
+        let mut r = rec.lock().expect("recorder");
+        *r = Recorder::new(t0);
+        r.t0_clock_ms = deps.clock.now_ms();
+    }
     let mut runs = Vec::new();
     for (handle, (_, p, i, agent_seed)) in agents.iter().zip(&plan) {
         let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
@@ -114,9 +114,7 @@ pub async fn run(
         return Err(format!("liveness: the platform did not quiesce within {:?}", scn.quiesce));
     }
     let input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;
-    let verdict = checker::check(&input);
     let recorder = rec.lock().expect("recorder").clone();
-    let (stages, slos, outcome) = run::judge(&recorder, &scn.slos, &verdict);
     if target.gateway.is_none() {
         for (_, h) in services {
             h.stop(Duration::from_secs(2)).await;
@@ -127,24 +125,14 @@ pub async fn run(
         let _ = nats.delete_streams_with_prefix(&prefix).await;
         let _ = fafnir_platform::kv::wipe_prefix(deps.kv.as_ref(), &deps.cfg.names().key_prefix()).await;
     }
-    let summary = Summary {
-        scenario: scn.name.clone(),
+    let meta = run::RunMeta {
         mode: format!("real (namespace {})", deps.cfg.namespace),
         seed,
         config_hash,
         trace_hash: "-".into(),
-        duration_ms: scn.duration.as_millis() as u64,
-        agents: agents.len() as u64,
-        counts: recorder.counts.clone(),
-        stages,
-        accepted_per_s: (0..scn.duration.as_secs().max(1))
-            .map(|s| recorder.accepted_per_s.get(&s).copied().unwrap_or(0))
-            .collect(),
-        slos,
-        checker: verdict,
-        faults: Vec::new(),
-        outcome,
         rerun,
+        agents: agents.len() as u64,
+        nemesis: None,
     };
-    Ok(RealRun { summary, recorder })
+    Ok(run::finish(scn, meta, recorder, &input))
 }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::checker::{CheckInput, Verdict};
 use crate::driver::{retry, AgentHandle, Counts, Recorder};
 use crate::scenario::{Scenario, Slo};
+use crate::timeline::Timeline;
 
 /// How a run ended; the process exit code of `fafnir run`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -80,6 +81,105 @@ pub struct Summary {
     pub faults: Vec<fafnir_sim::faults::Fault>,
     pub outcome: Outcome,
     pub rerun: String,
+    /// The effective configuration, one item a line (as printed before the run).
+    pub effective_config: String,
+    /// What the random nemesis drew for this seed (its faults are in `faults`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nemesis: Option<fafnir_sim::nemesis::NemesisOptions>,
+    pub coverage: Coverage,
+}
+
+/// What a run's faults covered: how many of each kind fired, and how many
+/// submitted orders were awaiting their answer when they did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    pub fired: BTreeMap<String, u32>,
+    pub orders_in_flight: BTreeMap<String, u64>,
+}
+
+impl Coverage {
+    /// The faults that started within the load, by kind, and the submit
+    /// requests in flight at each start.
+    pub fn of(faults: &[fafnir_sim::faults::Fault], submits: &[(u64, u64)], load_ms: u64) -> Coverage {
+        use fafnir_sim::nemesis::{count_kinds, kind_of};
+        let fired: Vec<_> = faults.iter().filter(|f| f.at_ms < load_ms).cloned().collect();
+        let mut c = Coverage {
+            fired: count_kinds(&fired).into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+            ..Coverage::default()
+        };
+        let counted = count_kinds(&fired);
+        for f in &fired {
+            let mut kind = kind_of(f);
+            if kind == fafnir_sim::nemesis::Kind::PartitionLink && !counted.contains_key(&kind) {
+                kind = fafnir_sim::nemesis::Kind::PartitionHalves;
+            }
+            let inflight = submits.iter().filter(|(sent, answered)| *sent <= f.at_ms && f.at_ms < *answered).count();
+            *c.orders_in_flight.entry(kind.to_string()).or_default() += inflight as u64;
+        }
+        c
+    }
+
+    /// "kill_service 2 (5 orders in flight), pause 1 (0 orders in flight)".
+    pub fn describe(&self) -> String {
+        if self.fired.is_empty() {
+            return "no faults fired".into();
+        }
+        let parts: Vec<String> = self
+            .fired
+            .iter()
+            .map(|(k, n)| format!("{k} {n} ({} orders in flight)", self.orders_in_flight.get(k).copied().unwrap_or(0)))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// Everything one run produced: the summary, the raw measurements and the timeline.
+pub struct RunResult {
+    pub summary: Summary,
+    pub recorder: Recorder,
+    pub timeline: Timeline,
+}
+
+/// What identifies a run, beside its scenario.
+pub struct RunMeta {
+    pub mode: String,
+    pub seed: u64,
+    pub config_hash: String,
+    pub trace_hash: String,
+    pub rerun: String,
+    pub agents: u64,
+    pub nemesis: Option<fafnir_sim::nemesis::NemesisOptions>,
+}
+
+/// Checks every fill, judges the SLOs and assembles the run's result.
+pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckInput) -> RunResult {
+    let verdict = crate::checker::check(input);
+    let (stages, slos, outcome) = judge(&recorder, &scn.slos, &verdict);
+    let duration_ms = scn.duration.as_millis() as u64;
+    let timeline = Timeline::build(&recorder, &input.trades_stream, &input.instruments, &scn.faults, duration_ms);
+    let summary = Summary {
+        scenario: scn.name.clone(),
+        mode: meta.mode,
+        seed: meta.seed,
+        config_hash: meta.config_hash,
+        trace_hash: meta.trace_hash,
+        duration_ms,
+        agents: meta.agents,
+        counts: recorder.counts.clone(),
+        stages,
+        accepted_per_s: (0..scn.duration.as_secs().max(1))
+            .map(|s| recorder.accepted_per_s.get(&s).copied().unwrap_or(0))
+            .collect(),
+        slos,
+        checker: verdict,
+        faults: scn.faults.clone(),
+        outcome,
+        rerun: meta.rerun,
+        effective_config: scn.effective(),
+        nemesis: meta.nemesis,
+        coverage: Coverage::of(&scn.faults, &recorder.submits, duration_ms),
+    };
+    RunResult { summary, recorder, timeline }
 }
 
 /// FNV-1a over bytes, as 16 hex digits.
@@ -142,13 +242,16 @@ pub fn judge(
     (stages, slo_results, outcome)
 }
 
-/// Writes `summary.json`, and per stage `<stage>.hgrm` (HdrHistogram's
+/// Writes `summary.json`, `timeline.json`, and per stage `<stage>.hgrm` (HdrHistogram's
 /// percentile distribution text, values in milliseconds) and `<stage>.hdr`
 /// (the raw histogram, V2 encoding, values in nanoseconds) into `dir`.
-pub fn write_run_dir(dir: &Path, summary: &Summary, rec: &Recorder) -> Result<(), String> {
+pub fn write_run_dir(dir: &Path, run: &RunResult) -> Result<(), String> {
+    let (summary, rec) = (&run.summary, &run.recorder);
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let json = serde_json::to_string_pretty(summary).expect("summary serializes");
     std::fs::write(dir.join("summary.json"), json + "\n").map_err(|e| format!("write summary.json: {e}"))?;
+    let json = serde_json::to_string(&run.timeline).expect("timeline serializes");
+    std::fs::write(dir.join("timeline.json"), json + "\n").map_err(|e| format!("write timeline.json: {e}"))?;
     for (stage, h) in &rec.histograms {
         let path = dir.join(format!("{stage}.hgrm"));
         std::fs::write(&path, hgrm(h)).map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -249,6 +352,27 @@ pub async fn quiesce(
     false
 }
 
+/// Loads a scenario file and applies overrides of its seed and duration;
+/// returns the scenario, its config hash and the command that replays it.
+/// Errors name the file, the field and the reason.
+pub fn load(
+    file: &Path,
+    seed: Option<u64>,
+    duration: Option<std::time::Duration>,
+) -> Result<(Scenario, String, String), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut scn = Scenario::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    if let Some(seed) = seed {
+        scn.seed = seed;
+    }
+    if let Some(d) = duration {
+        scn.duration = d;
+    }
+    let config_hash = hash_hex(format!("{text}\n{:?}", scn.duration).as_bytes());
+    let rerun = rerun_command(&file.display().to_string(), scn.seed, duration.map(|d| d.as_millis() as u64));
+    Ok((scn, config_hash, rerun))
+}
+
 /// The command that replays this run.
 pub fn rerun_command(file: &str, seed: u64, duration_ms: Option<u64>) -> String {
     match duration_ms {
@@ -302,8 +426,12 @@ mod tests {
             faults: Vec::new(),
             outcome,
             rerun: String::new(),
+            effective_config: String::new(),
+            nemesis: None,
+            coverage: Coverage::default(),
         };
-        write_run_dir(&dir, &summary, &rec).unwrap();
+        let timeline = Timeline::build(&rec, &[], &[], &[], 1);
+        write_run_dir(&dir, &RunResult { summary, recorder: rec.clone(), timeline }).unwrap();
         let raw = std::fs::read(dir.join("submit_to_ack.hdr")).unwrap();
         let back: Histogram<u64> =
             hdrhistogram::serialization::Deserializer::new().deserialize(&mut &raw[..]).expect("valid V2 histogram");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use fafnir_platform::domain::Instrument;
 use fafnir_sim::faults::Fault;
+use fafnir_sim::nemesis::NemesisConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::agents::{AgentConfig, SymbolSpec};
@@ -36,6 +37,8 @@ struct RawScenario {
     populations: Vec<toml::Table>,
     #[serde(default, rename = "fault")]
     faults: Vec<Fault>,
+    #[serde(default)]
+    nemesis: Option<NemesisConfig>,
     #[serde(default)]
     slos: Vec<String>,
 }
@@ -117,6 +120,8 @@ pub struct Scenario {
     pub service_time: BTreeMap<String, RawServiceTime>,
     pub populations: Vec<Population>,
     pub faults: Vec<Fault>,
+    /// Random faults drawn per seed on top of `faults` (when enabled).
+    pub nemesis: Option<NemesisConfig>,
     pub slos: Vec<Slo>,
     /// Test-only canary (never read from the file): a bug to plant in the platform.
     pub planted_bug: Option<fafnir_platform::config::PlantedBug>,
@@ -158,6 +163,9 @@ impl Scenario {
         for (i, pop) in populations.iter().enumerate() {
             check_population(pop, &symbols).map_err(|e| format!("population[{i}]: {e}"))?;
         }
+        if let Some(n) = &raw.nemesis {
+            n.validate()?;
+        }
         let slos = raw
             .slos
             .iter()
@@ -177,6 +185,7 @@ impl Scenario {
             service_time: raw.service_time,
             populations,
             faults: raw.faults,
+            nemesis: raw.nemesis.filter(|n| n.enabled),
             slos,
             planted_bug: None,
         })
@@ -219,6 +228,9 @@ impl Scenario {
         }
         for f in &self.faults {
             out.push(format!("fault: {}", toml::to_string(f).unwrap_or_default().trim().replace('\n', ", ")));
+        }
+        if let Some(n) = &self.nemesis {
+            out.push(format!("nemesis: {}", toml::to_string(n).unwrap_or_default().trim().replace('\n', ", ")));
         }
         for s in &self.slos {
             out.push(format!("slo: {}", s.text));

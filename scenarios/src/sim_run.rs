@@ -5,19 +5,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fafnir_sim::faults::FaultSchedule;
+use fafnir_sim::nemesis::{self, NemesisOptions};
 use fafnir_sim::service_time::{Dist, ServiceModel};
 use fafnir_sim::world::{sim_addrs, NetworkModel, World, WorldSpec};
 
-use crate::checker;
 use crate::driver::{self, AgentHandle, Recorder};
-use crate::run::{self, Summary};
+use crate::run;
 use crate::scenario::Scenario;
 
 /// What a simulated run produced.
-pub struct SimRun {
-    pub summary: Summary,
-    pub recorder: Recorder,
-}
+pub type SimRun = run::RunResult;
 
 fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
     let mut spec = WorldSpec::standard(seed);
@@ -45,10 +42,63 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
     spec
 }
 
+/// Where a run is, for a progress bar.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// "load" while the agents trade, "liveness" while the platform catches up.
+    pub phase: &'static str,
+    pub sim_ms: u64,
+    pub duration_ms: u64,
+    pub submitted: u64,
+    pub accepted: u64,
+    /// submit_to_ack p99 so far.
+    pub p99_ack_ns: u64,
+}
+
+/// Called every [`PROGRESS_EVERY`] of simulated time.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// How often (simulated time) a run reports its progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// What the random nemesis draws for `seed` (None when the scenario has none):
+/// its options and the faults it adds to the scenario's own.
+pub fn nemesis_draw(scn: &Scenario, seed: u64) -> Option<(NemesisOptions, FaultSchedule)> {
+    let cfg = scn.nemesis.as_ref()?;
+    let load_ms = scn.duration.as_millis() as u64;
+    Some(nemesis::draw(fafnir_sim::rng::derive_seed(seed, "nemesis"), cfg, &scn.fault_targets(), load_ms))
+}
+
 /// Runs `scn` in a fresh madsim runtime with `seed`.
 pub fn run(scn: &Scenario, seed: u64, config_hash: String, rerun: String) -> Result<SimRun, String> {
+    run_with_progress(scn, seed, config_hash, rerun, None)
+}
+
+/// [`run`], reporting progress to `progress`. The progress ticker runs
+/// whether or not anyone listens, so the trace is the same either way.
+pub fn run_with_progress(
+    scn: &Scenario,
+    seed: u64,
+    config_hash: String,
+    rerun: String,
+    progress: Option<ProgressFn>,
+) -> Result<SimRun, String> {
+    let mut scn = scn.clone();
+    let nemesis = nemesis_draw(&scn, seed).map(|(options, drawn)| {
+        scn.faults.extend(drawn.faults);
+        scn.faults.sort_by_key(|f| f.at_ms);
+        options
+    });
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-    let scn = scn.clone();
+    let meta = run::RunMeta {
+        mode: "simulation".into(),
+        seed,
+        config_hash,
+        trace_hash: String::new(),
+        rerun,
+        agents: 0,
+        nemesis,
+    };
     rt.block_on(async move {
         let world = Arc::new(World::build(world_spec(&scn, seed)));
         let schedule = FaultSchedule { faults: scn.faults.clone() };
@@ -56,7 +106,7 @@ pub fn run(scn: &Scenario, seed: u64, config_hash: String, rerun: String) -> Res
         let driver_node = world.client_node("driver");
         let w = world.clone();
         let outcome = driver_node
-            .spawn(async move { drive(w, scn, seed, schedule, config_hash, rerun).await })
+            .spawn(async move { drive(w, scn, schedule, meta, progress).await })
             .await
             .map_err(|e| format!("driver crashed: {e}"))?;
         outcome
@@ -66,11 +116,11 @@ pub fn run(scn: &Scenario, seed: u64, config_hash: String, rerun: String) -> Res
 async fn drive(
     world: Arc<World>,
     scn: Scenario,
-    seed: u64,
     schedule: FaultSchedule,
-    config_hash: String,
-    rerun: String,
+    mut meta: run::RunMeta,
+    progress: Option<ProgressFn>,
 ) -> Result<SimRun, String> {
+    let seed = meta.seed;
     world.wait_serving(Duration::from_secs(30)).await;
     let gateway = world.cfg.addrs.gateway;
     // Set-up: every agent registers, deposits and subscribes, on its own node.
@@ -105,9 +155,15 @@ async fn drive(
     // Let the subscriptions reach the gateway before the first order.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = tokio::time::Instant::now();
-    *rec.lock().expect("recorder") = Recorder::new(t0);
+    {
+        let mut r = rec.lock().expect("recorder");
+        *r = Recorder::new(t0);
+        r.t0_clock_ms = fafnir_platform::clock::Clock::now_ms(&world.clock);
+    }
     let w = world.clone();
     let player = tokio::spawn(async move { w.play(&schedule).await });
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = tokio::spawn(tick(rec.clone(), t0, scn.duration, done.clone(), progress));
     let mut runs = Vec::new();
     for ((handle, node), (_, p, i, agent_seed)) in agents.iter().zip(&nodes).zip(&plan) {
         let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
@@ -121,31 +177,40 @@ async fn drive(
     if !run::quiesce(&world.bus(), &world.cfg, scn.quiesce, Duration::from_secs(2)).await {
         return Err(format!("liveness: the platform did not quiesce within {:?} after the faults ended", scn.quiesce));
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.await;
     let input = run::gather(&world.bus(), &world.cfg, &agents).await?;
-    let verdict = checker::check(&input);
     // The stream listeners still hold the recorder: take a snapshot.
     let recorder = rec.lock().expect("recorder").clone();
-    let (stages, slos, outcome) = run::judge(&recorder, &scn.slos, &verdict);
-    let summary = Summary {
-        scenario: scn.name.clone(),
-        mode: "simulation".into(),
-        seed,
-        config_hash,
-        trace_hash: format!("{:016x}", world.trace.hash()),
-        duration_ms: scn.duration.as_millis() as u64,
-        agents: agents.len() as u64,
-        counts: recorder.counts.clone(),
-        stages,
-        accepted_per_s: throughput(&recorder, scn.duration),
-        slos,
-        checker: verdict,
-        faults: scn.faults.clone(),
-        outcome,
-        rerun,
-    };
-    Ok(SimRun { summary, recorder })
+    meta.trace_hash = format!("{:016x}", world.trace.hash());
+    meta.agents = agents.len() as u64;
+    Ok(run::finish(&scn, meta, recorder, &input))
 }
 
-fn throughput(rec: &Recorder, duration: Duration) -> Vec<u64> {
-    (0..duration.as_secs().max(1)).map(|s| rec.accepted_per_s.get(&s).copied().unwrap_or(0)).collect()
+/// Reports progress every [`PROGRESS_EVERY`] until `done`.
+async fn tick(
+    rec: Arc<Mutex<Recorder>>,
+    t0: tokio::time::Instant,
+    duration: Duration,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    progress: Option<ProgressFn>,
+) {
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let Some(report) = &progress else { continue };
+        let p = {
+            let r = rec.lock().expect("recorder");
+            let sim_ms = t0.elapsed().as_millis() as u64;
+            let ack = &r.histograms["submit_to_ack"];
+            Progress {
+                phase: if sim_ms < duration.as_millis() as u64 { "load" } else { "liveness" },
+                sim_ms,
+                duration_ms: duration.as_millis() as u64,
+                submitted: r.counts.submitted,
+                accepted: r.counts.accepted,
+                p99_ack_ns: if ack.is_empty() { 0 } else { ack.value_at_quantile(0.99) },
+            }
+        };
+        report(&p);
+    }
 }

@@ -73,6 +73,52 @@ enum Command {
         #[arg(long)]
         no_service_time: bool,
     },
+    /// Draw a run directory's plots and index.html again, or compare two runs.
+    /// (`fafnir run` writes the report itself.)
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+    /// Guard latency percentiles: rerun the baseline scenario+seed pairs of
+    /// ci/baselines.toml in simulation and compare. Simulated build only
+    /// (`cargo fafnir ci check`).
+    Ci {
+        #[command(subcommand)]
+        command: CiCommand,
+    },
+    /// Sweep a scenario over many seeds in simulation (each seed its own
+    /// world and, if the scenario has a [nemesis], its own random faults).
+    /// Prints one line per failing seed with its rerun command and saves the
+    /// failure's run directory with replay.toml (its faults inline, no
+    /// nemesis); ends with a table. Exit 0 when every seed passed, 4 when
+    /// some failed. Simulated build only (`cargo fafnir chaos ...`).
+    Chaos {
+        /// The scenario file.
+        file: std::path::PathBuf,
+        /// Seeds to run, A..B (B excluded) or A..=B.
+        #[arg(long, value_parser = parse_seeds, default_value = "1..101")]
+        seeds: std::ops::Range<u64>,
+        /// Runs at a time (each on its own thread).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Load-phase length of every run (default: the scenario's).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Where failing seeds' run directories go (default: runs/chaos-<scenario>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Shrink a failing run while it keeps failing the same way: fewer faults
+    /// (delta debugging over the schedule), a shorter load, fewer agents and
+    /// symbols. Writes minimal.toml into the run directory. Simulated build only.
+    Shrink {
+        /// A failing run's directory (holds replay.toml), or a scenario file
+        /// with its faults inline.
+        run: std::path::PathBuf,
+        /// The seed (default: the replay file's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run one service alone.
     Serve {
         /// gateway, auth, market, orders, engine or portfolio
@@ -82,6 +128,44 @@ enum Command {
         shard: usize,
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Render the plots (PNG and SVG) and index.html of a run directory.
+    Render {
+        /// The run directory (holds summary.json, timeline.json, *.hdr).
+        dir: std::path::PathBuf,
+    },
+    /// Print the percentiles of two runs side by side with the change in
+    /// percent (B against A), and draw both spectra on one plot.
+    Compare {
+        /// The first (reference) run directory.
+        a: std::path::PathBuf,
+        /// The second run directory.
+        b: std::path::PathBuf,
+        /// Where to write compare_spectrum.png/.svg (default: B's directory).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CiCommand {
+    /// Rerun every baseline run; print a table; exit 1 when a tracked
+    /// percentile regressed beyond its tolerance or a run's fill checker failed.
+    Check {
+        /// The baselines file.
+        #[arg(long, default_value = "ci/baselines.toml")]
+        baselines: std::path::PathBuf,
+    },
+    /// Rerun every baseline run and write its percentiles into the baselines
+    /// file (on purpose: after a change that is meant to move them).
+    Bless {
+        /// The baselines file.
+        #[arg(long, default_value = "ci/baselines.toml")]
+        baselines: std::path::PathBuf,
     },
 }
 
@@ -121,6 +205,21 @@ fn parse_gateway(text: &str) -> Result<std::net::SocketAddr, String> {
     bare.parse().map_err(|_| format!("{text:?} is not http://HOST:PORT with an IP address host"))
 }
 
+fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
+    let bad = || format!("{text:?} is not a seed range A..B or A..=B (e.g. 1..201)");
+    let (a, b, inclusive) = match text.split_once("..=") {
+        Some((a, b)) => (a, b, true),
+        None => text.split_once("..").map(|(a, b)| (a, b, false)).ok_or_else(bad)?,
+    };
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+    let end = if inclusive { b + 1 } else { b };
+    if end <= a {
+        return Err(format!("{text:?} holds no seed"));
+    }
+    Ok(a..end)
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or("a duration needs a unit: ms or s (e.g. 30s)")?;
     let (n, unit) = text.split_at(split);
@@ -139,22 +238,7 @@ fn load(
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
 ) -> Result<(fafnir_scenarios::scenario::Scenario, String, String), RunError> {
-    let text = std::fs::read_to_string(file).map_err(|e| RunError::Usage(format!("{}: {e}", file.display())))?;
-    let mut scn = fafnir_scenarios::scenario::Scenario::parse(&text)
-        .map_err(|e| RunError::Usage(format!("{}: {e}", file.display())))?;
-    if let Some(seed) = seed {
-        scn.seed = seed;
-    }
-    if let Some(d) = duration {
-        scn.duration = d;
-    }
-    let config_hash = fafnir_scenarios::run::hash_hex(format!("{text}\n{:?}", scn.duration).as_bytes());
-    let rerun = fafnir_scenarios::run::rerun_command(
-        &file.display().to_string(),
-        scn.seed,
-        duration.map(|d| d.as_millis() as u64),
-    );
-    Ok((scn, config_hash, rerun))
+    fafnir_scenarios::run::load(file, seed, duration).map_err(RunError::Usage)
 }
 
 /// Where a real run's platform is (ignored by the simulated build).
@@ -265,6 +349,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cli = match cli.command {
+        Command::Report { command } => return report_command(command),
+        Command::Ci { command } => return ci_command(command),
+        Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
+        Command::Shrink { run, seed } => return shrink_command(&run, seed),
+        command => Cli { command },
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -286,12 +377,24 @@ fn run_scenario(
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}", scn.name, scn.seed)));
     println!("fafnir run: scenario {:?}, seed {}, simulation", scn.name, scn.seed);
     print_config(&scn, &config_hash);
-    let result = fafnir_scenarios::sim_run::run(&scn, scn.seed, config_hash, rerun.clone());
+    if let Some((options, drawn)) = fafnir_scenarios::sim_run::nemesis_draw(&scn, scn.seed) {
+        for line in options.describe().lines() {
+            println!("  {line}");
+        }
+        println!("  nemesis drew {} faults (saved in summary.json and replay.toml)", drawn.faults.len());
+    }
+    let bar = progress_bar();
+    let result = fafnir_scenarios::sim_run::run_with_progress(&scn, scn.seed, config_hash, rerun.clone(), bar.clone());
+    if bar.is_some() {
+        eprintln!();
+    }
     let r = match result {
         Ok(r) => r,
         Err(e) => return Err(RunError::Failed(format!("{e}\n  replay: {rerun}"))),
     };
-    fafnir_scenarios::run::write_run_dir(&out, &r.summary, &r.recorder).map_err(RunError::Failed)?;
+    fafnir_scenarios::run::write_run_dir(&out, &r).map_err(RunError::Failed)?;
+    write_replay(file, &out, scn.seed, &r.summary.faults);
+    render(&out);
     report(&r.summary, &out);
     Ok(r.summary.outcome.exit_code())
 }
@@ -322,9 +425,58 @@ fn run_scenario(
         .map_err(|e| RunError::Failed(e.to_string()))?;
     let result = rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone()));
     let r = result.map_err(|e| RunError::Failed(format!("{e}\n  replay: {rerun}")))?;
-    fafnir_scenarios::run::write_run_dir(&out, &r.summary, &r.recorder).map_err(RunError::Failed)?;
+    fafnir_scenarios::run::write_run_dir(&out, &r).map_err(RunError::Failed)?;
+    render(&out);
     report(&r.summary, &out);
     Ok(r.summary.outcome.exit_code())
+}
+
+/// Writes `replay.toml`: the scenario with every fault it played inline and
+/// no nemesis, so the run replays (and shrinks) without the nemesis.
+#[cfg(madsim)]
+fn write_replay(file: &std::path::Path, out: &std::path::Path, seed: u64, faults: &[fafnir_sim::faults::Fault]) {
+    let written = std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| fafnir_scenarios::chaos::replay_toml(&text, seed, faults))
+        .and_then(|replay| std::fs::write(out.join("replay.toml"), replay).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        eprintln!("fafnir: replay.toml not written: {e}");
+    }
+}
+
+/// Draws the run directory's plots and page; a failure to draw is reported
+/// but does not change the run's outcome (the data files are written).
+fn render(out: &std::path::Path) {
+    if let Err(e) = fafnir_reports::render_run(out) {
+        eprintln!("fafnir: the report could not be drawn: {e}");
+    }
+}
+
+/// A progress bar on stderr when it is a terminal and not in CI; otherwise
+/// none (the run's output stays line-oriented).
+#[cfg(madsim)]
+fn progress_bar() -> Option<fafnir_scenarios::sim_run::ProgressFn> {
+    use std::io::{IsTerminal as _, Write as _};
+    if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
+        return None;
+    }
+    Some(std::sync::Arc::new(|p: &fafnir_scenarios::sim_run::Progress| {
+        const WIDTH: u64 = 30;
+        let done = (p.sim_ms.min(p.duration_ms) * WIDTH / p.duration_ms.max(1)) as usize;
+        let bar = format!("{}{}", "#".repeat(done), "-".repeat(WIDTH as usize - done));
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2K[{bar}] {:>6.1}/{:.1} s simulated ({}) | {} orders, {} accepted | p99 submit->ack {:.1} ms",
+            p.sim_ms as f64 / 1e3,
+            p.duration_ms as f64 / 1e3,
+            p.phase,
+            p.submitted,
+            p.accepted,
+            p.p99_ack_ns as f64 / 1e6
+        );
+        let _ = err.flush();
+    }))
 }
 
 /// Prints the effective configuration, indented.
@@ -365,6 +517,9 @@ fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
             println!("      {v}");
         }
     }
+    if !s.faults.is_empty() {
+        println!("  faults covered: {}", s.coverage.describe());
+    }
     println!("  trace hash {}; run directory {}", s.trace_hash, out.display());
     println!("  outcome: {:?} (exit {})", s.outcome, s.outcome.exit_code());
     if s.outcome != fafnir_scenarios::run::Outcome::Success {
@@ -384,7 +539,11 @@ fn run(cli: Cli) -> Result<(), String> {
             init_logs(common.log_format);
             rt.block_on(real_main::serve(&service, shard, common))
         }
-        Command::Run { .. } => unreachable!("handled in main"),
+        Command::Run { .. }
+        | Command::Report { .. }
+        | Command::Ci { .. }
+        | Command::Chaos { .. }
+        | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { .. } => {
             Err("bench-sim runs the simulation: cargo sim run --release -p fafnir-scenarios --bin fafnir -- bench-sim"
                 .into())
@@ -399,7 +558,11 @@ fn run(cli: Cli) -> Result<(), String> {
             init_logs(c.log_format);
             Err("`up` and `serve` run against real NATS and Redis: use the real build, `cargo fafnir-real up`".into())
         }
-        Command::Run { .. } => unreachable!("handled in main"),
+        Command::Run { .. }
+        | Command::Report { .. }
+        | Command::Ci { .. }
+        | Command::Chaos { .. }
+        | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { orders, clients, seed, no_service_time } => {
             println!("bench-sim: seed {seed}, {orders} orders from {clients} client nodes");
             let r = fafnir_scenarios::simbench::run(seed, orders, clients, !no_service_time);
@@ -416,6 +579,273 @@ fn run(cli: Cli) -> Result<(), String> {
                 r.trace_hash
             );
             Ok(())
+        }
+    }
+}
+
+fn report_command(command: ReportCommand) -> ExitCode {
+    let result = match command {
+        ReportCommand::Render { dir } => fafnir_reports::render_run(&dir).map(|r| {
+            println!("report: {}", dir.join("index.html").display());
+            let _ = r;
+        }),
+        ReportCommand::Compare { a, b, out } => {
+            let out = out.unwrap_or_else(|| b.clone());
+            fafnir_reports::compare(&a, &b, &out).map(|table| {
+                print!("{table}");
+                println!("spectra of both: {}", out.join("compare_spectrum.png").display());
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+fn ci_command(_: CiCommand) -> ExitCode {
+    eprintln!("fafnir: `ci` runs the baselines in simulation: use the simulated build, `cargo fafnir ci check`");
+    ExitCode::from(2)
+}
+
+#[cfg(madsim)]
+fn ci_command(command: CiCommand) -> ExitCode {
+    use fafnir_scenarios::baselines::{self, Baselines};
+    let (path, bless) = match command {
+        CiCommand::Check { baselines } => (baselines, false),
+        CiCommand::Bless { baselines } => (baselines, true),
+    };
+    let parsed = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| Baselines::parse(&text))
+        .map_err(|e| format!("{}: {e}", path.display()));
+    let b = match parsed {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Scenario paths are relative to the repository root, which holds ci/.
+    let root = path.parent().and_then(|ci| ci.parent()).unwrap_or(std::path::Path::new("."));
+    let root = if root.as_os_str().is_empty() { std::path::Path::new(".") } else { root };
+    let verb = if bless { "bless" } else { "check" };
+    println!("fafnir ci {verb}: {} runs from {}", b.runs.len(), path.display());
+    let measured = baselines::run_all(&b, root, |run, s| {
+        println!(
+            "  {:<28} {} orders, checker {}, trace {}",
+            run.label(),
+            s.counts.submitted,
+            if s.checker.passed { "ok" } else { "FAILED" },
+            s.trace_hash
+        );
+    });
+    let measured = match measured {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if bless {
+        let blessed = b.blessed(&measured);
+        if let Err(e) = std::fs::write(&path, blessed.to_toml()) {
+            eprintln!("fafnir: write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        let tracked: usize = blessed.runs.iter().map(|r| r.percentiles.len()).sum();
+        println!("blessed {tracked} percentiles into {}", path.display());
+        let failed: Vec<String> = measured.iter().filter(|s| !s.checker.passed).map(|s| s.scenario.clone()).collect();
+        if !failed.is_empty() {
+            eprintln!("fafnir: the fill checker failed in {}: blessed, but fix that", failed.join(", "));
+            return ExitCode::from(1);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let c = baselines::check(&b, &measured);
+    print!("{}", c.table());
+    for n in &c.notes {
+        println!("  note: {n}");
+    }
+    if c.passed() {
+        println!("ci check: passed ({} percentiles within tolerance)", c.rows.len());
+        ExitCode::SUCCESS
+    } else {
+        for f in &c.failures {
+            println!("  FAIL {f}");
+        }
+        println!("ci check: FAILED ({} problems); if the change is intended: cargo fafnir ci bless", c.failures.len());
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(not(madsim))]
+fn chaos_command(
+    _: &std::path::Path,
+    _: std::ops::Range<u64>,
+    _: usize,
+    _: Option<std::time::Duration>,
+    _: Option<std::path::PathBuf>,
+) -> ExitCode {
+    eprintln!("fafnir: `chaos` sweeps seeds of the simulation: use the simulated build, `cargo fafnir chaos ...`");
+    ExitCode::from(2)
+}
+
+#[cfg(not(madsim))]
+fn shrink_command(_: &std::path::Path, _: Option<u64>) -> ExitCode {
+    eprintln!("fafnir: `shrink` reruns the simulation: use the simulated build, `cargo fafnir shrink ...`");
+    ExitCode::from(2)
+}
+
+#[cfg(madsim)]
+fn chaos_command(
+    file: &std::path::Path,
+    seeds: std::ops::Range<u64>,
+    jobs: usize,
+    duration: Option<std::time::Duration>,
+    out: Option<std::path::PathBuf>,
+) -> ExitCode {
+    use fafnir_scenarios::chaos::{self, FailureKind};
+    use std::collections::BTreeMap;
+    let (scn, _, _) = match load(file, None, duration) {
+        Ok(l) => l,
+        Err(RunError::Usage(e) | RunError::Failed(e)) => {
+            eprintln!("fafnir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/chaos-{}", scn.name)));
+    let total = seeds.end - seeds.start;
+    println!(
+        "fafnir chaos: scenario {:?}, seeds {}..{} ({total} runs, {jobs} at a time), nemesis {}",
+        scn.name,
+        seeds.start,
+        seeds.end,
+        if scn.nemesis.is_some() { "on" } else { "off (only the scenario's own faults)" }
+    );
+    let rerun_of = |seed: u64| {
+        let d = duration.map(|d| format!(" --duration {}ms", d.as_millis())).unwrap_or_default();
+        format!("cargo fafnir run {} --seed {seed}{d}", file.display())
+    };
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let save = |r: &chaos::SeedRun| -> Result<std::path::PathBuf, String> {
+        let dir = out.join(format!("seed-{}", r.seed));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Some(result) = &r.result {
+            fafnir_scenarios::run::write_run_dir(&dir, result)?;
+            render(&dir);
+        }
+        let replay = chaos::replay_toml(&text, r.seed, &r.faults)?;
+        std::fs::write(dir.join("replay.toml"), replay).map_err(|e| e.to_string())?;
+        let failure = serde_json::to_string_pretty(&r.failure).expect("failure serializes");
+        std::fs::write(dir.join("failure.json"), failure + "\n").map_err(|e| e.to_string())?;
+        Ok(dir)
+    };
+    let each = |r: &chaos::SeedRun| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let Some(f) = &r.failure else { return };
+        let dir = match save(r) {
+            Ok(dir) => dir.display().to_string(),
+            Err(e) => format!("(not saved: {e})"),
+        };
+        println!("[{n}/{total}] seed {} FAILED {}: {}", r.seed, f.kind, f.detail);
+        println!("    rerun: {}", rerun_of(r.seed));
+        println!(
+            "    replay without the nemesis: cargo fafnir run {dir}/replay.toml; shrink: cargo fafnir shrink {dir}"
+        );
+    };
+    let runs = chaos::sweep(&scn, seeds, jobs, &rerun_of, &each);
+    let mut by_kind: BTreeMap<FailureKind, u64> = BTreeMap::new();
+    let mut fired: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for r in &runs {
+        if let Some(f) = &r.failure {
+            *by_kind.entry(f.kind).or_default() += 1;
+        }
+        if let Some(res) = &r.result {
+            for (k, n) in &res.summary.coverage.fired {
+                let e = fired.entry(k.clone()).or_default();
+                e.0 += u64::from(*n);
+                e.1 += res.summary.coverage.orders_in_flight.get(k).copied().unwrap_or(0);
+            }
+        }
+    }
+    let failures: u64 = by_kind.values().sum();
+    println!("\n{:<14} {:>6}", "runs", runs.len());
+    for kind in [FailureKind::Crash, FailureKind::Liveness, FailureKind::Correctness, FailureKind::Slo] {
+        println!("{:<14} {:>6}", format!("{kind} failures"), by_kind.get(&kind).copied().unwrap_or(0));
+    }
+    println!("\nfaults fired over the sweep (and submitted orders in flight when they did):");
+    if fired.is_empty() {
+        println!("  none");
+    }
+    for (k, (n, inflight)) in &fired {
+        println!("  {k:<18} {n:>6} fired, {inflight:>7} orders in flight");
+    }
+    let mut slowest: Vec<(u64, u64)> = runs
+        .iter()
+        .filter_map(|r| r.result.as_ref().map(|res| (res.summary.stages["submit_to_ack"].p99_ns, r.seed)))
+        .collect();
+    slowest.sort_by(|a, b| b.cmp(a));
+    println!("\nslowest submit_to_ack p99:");
+    for (p99, seed) in slowest.iter().take(5) {
+        println!("  seed {seed:<8} {:>10.3} ms", *p99 as f64 / 1e6);
+    }
+    if failures == 0 {
+        println!("\nchaos: all {} seeds passed", runs.len());
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "\nchaos: {failures} of {} seeds failed; their run directories are under {}",
+            runs.len(),
+            out.display()
+        );
+        ExitCode::from(4)
+    }
+}
+
+#[cfg(madsim)]
+fn shrink_command(run: &std::path::Path, seed: Option<u64>) -> ExitCode {
+    let (file, dir) = if run.is_dir() {
+        (run.join("replay.toml"), run.to_path_buf())
+    } else {
+        (run.to_path_buf(), run.parent().unwrap_or(std::path::Path::new(".")).to_path_buf())
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fafnir: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let seed = match seed.or_else(|| fafnir_scenarios::scenario::Scenario::parse(&text).ok().map(|s| s.seed)) {
+        Some(s) => s,
+        None => {
+            eprintln!("fafnir: {}: not a valid scenario file", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    println!("fafnir shrink: {} at seed {seed}", file.display());
+    let mut log = |line: &str| println!("  {line}");
+    match fafnir_scenarios::chaos::shrink(&text, seed, None, &mut log) {
+        Ok(s) => {
+            let path = dir.join("minimal.toml");
+            if let Err(e) = std::fs::write(&path, &s.text) {
+                eprintln!("fafnir: write {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+            println!("shrunk: {s}");
+            println!("still fails: {} ({})", s.failure.kind, s.failure.detail);
+            println!("minimal scenario: {}; rerun: cargo fafnir run {} --seed {seed}", path.display(), path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            ExitCode::from(1)
         }
     }
 }
