@@ -118,8 +118,11 @@ async fn drive(
     }
     player.await.map_err(|e| format!("fault player crashed: {e}"))?;
     // Liveness phase: faults are over; the platform must catch up and settle.
-    if !run::quiesce(&world.bus(), &world.cfg, scn.quiesce, Duration::from_secs(2)).await {
-        return Err(format!("liveness: the platform did not quiesce within {:?} after the faults ended", scn.quiesce));
+    if let Err(why) = run::quiesce(&world.bus(), &world.cfg, scn.quiesce, Duration::from_secs(2)).await {
+        return Err(format!(
+            "liveness: the platform did not quiesce within {:?} after the faults ended: {why}",
+            scn.quiesce
+        ));
     }
     let input = run::gather(&world.bus(), &world.cfg, &agents).await?;
     let verdict = checker::check(&input);
