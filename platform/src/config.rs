@@ -82,14 +82,37 @@ pub struct PlatformConfig {
     pub duplicate_window: Duration,
     /// Test-only: a known bug to plant, so that a test can show the checker
     /// catches it (a canary). Never set from a scenario file or the command line.
+    /// None (always, outside tests) leaves every service's behaviour unchanged.
     pub planted_bug: Option<PlantedBug>,
 }
 
-/// The bugs a canary test can plant.
+/// The bugs a canary test or a chaos sweep can plant. Each is a realistic
+/// mistake that stays silent in a fault-free run and bites only when a fault
+/// exercises the recovery path it breaks, so that a sweep over random faults
+/// must find it and a sweep with the switch off must stay clean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
-    /// The portfolio settles every fill twice (settlement not idempotent).
+    /// Settlement not idempotent under redelivery: the portfolio's ledger skips
+    /// its fill-id dedupe, so a TRADES event delivered again (a portfolio
+    /// restart replays the stream and then gets its unacked deliveries back; an
+    /// ack lost in a partition or an ack wait that expires while the portfolio
+    /// is paused makes the broker redeliver) moves the money a second time.
     SettleTwice,
+    /// An accepted order is lost when the broker restarts: the ORDERS stream is
+    /// declared with memory storage instead of file storage, so a broker
+    /// restart drops every accepted order, the ones the engine had not
+    /// processed yet among them (and the stream itself: later submits fail).
+    LoseOnBrokerRestart,
+    /// Engine replay after a restart produces duplicate fills: recovery ignores
+    /// the position its last TRADES event records and republishes the outputs
+    /// of every replayed input, under message ids stamped with the recovery
+    /// time, so the broker's de-duplication cannot recognise them.
+    DuplicateFillsOnReplay,
+    /// A reservation is not released on cancel: the portfolio's rebuild at
+    /// start replays fills but skips close events (cancels, IOC and FOK
+    /// remainders), as if they moved no money, so after a portfolio restart
+    /// the reservations of closed orders are held again.
+    NoReleaseOnCancel,
 }
 
 impl PlatformConfig {
@@ -114,6 +137,11 @@ impl PlatformConfig {
             duplicate_window: Duration::from_secs(120),
             planted_bug: None,
         }
+    }
+
+    /// Whether `bug` is planted (test-only; see [`PlantedBug`]).
+    pub fn planted(&self, bug: PlantedBug) -> bool {
+        self.planted_bug == Some(bug)
     }
 
     pub fn instrument(&self, symbol: &str) -> Option<&Instrument> {

@@ -110,8 +110,8 @@ pub async fn run(
     for r in runs {
         r.await.map_err(|e| format!("an agent crashed: {e}"))?;
     }
-    if !run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
-        return Err(format!("liveness: the platform did not quiesce within {:?}", scn.quiesce));
+    if let Err(why) = run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
+        return Err(format!("liveness: the platform did not quiesce within {:?}: {why}", scn.quiesce));
     }
     let input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;
     let recorder = rec.lock().expect("recorder").clone();

@@ -325,31 +325,38 @@ pub async fn gather(
 
 /// The liveness phase: waits until the engine has answered the last accepted
 /// input, then `settle` more for settlement, order tracking and reports to
-/// drain behind it. False if that does not happen within `limit`.
+/// drain behind it. If that does not happen within `limit`, says what was
+/// still wrong at the end (a stream that cannot be read, an unanswered input).
 pub async fn quiesce(
     bus: &dyn EventBus,
     cfg: &fafnir_platform::config::PlatformConfig,
     limit: std::time::Duration,
     settle: std::time::Duration,
-) -> bool {
+) -> Result<(), String> {
     let names = cfg.names();
     let deadline = tokio::time::Instant::now() + limit;
+    let mut why = String::from("no attempt");
     while tokio::time::Instant::now() < deadline {
         let inputs = read_to_end(bus, &names.orders_stream(), "", 1).await;
         let trades = read_to_end(bus, &names.trades_stream(), "", 1).await;
-        if let (Ok(inputs), Ok(trades)) = (inputs, trades) {
-            let last = inputs.last().map_or(0, |m| m.seq);
-            let answered = |m: &fafnir_platform::bus::StoredMsg| {
-                EngineEvent::decode(&m.payload[..]).is_ok_and(|e| e.input_seq == last)
-            };
-            if last == 0 || trades.iter().rev().any(answered) {
-                tokio::time::sleep(settle).await;
-                return true;
+        match (inputs, trades) {
+            (Ok(inputs), Ok(trades)) => {
+                let last = inputs.last().map_or(0, |m| m.seq);
+                let answered = |m: &fafnir_platform::bus::StoredMsg| {
+                    EngineEvent::decode(&m.payload[..]).is_ok_and(|e| e.input_seq == last)
+                };
+                if last == 0 || trades.iter().rev().any(answered) {
+                    tokio::time::sleep(settle).await;
+                    return Ok(());
+                }
+                why = format!("no TRADES event answers the last input, {}#{last}", names.orders_stream());
             }
+            (Err(e), _) => why = format!("{} cannot be read: {e}", names.orders_stream()),
+            (_, Err(e)) => why = format!("{} cannot be read: {e}", names.trades_stream()),
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    false
+    Err(why)
 }
 
 /// Loads a scenario file and applies overrides of its seed and duration;

@@ -174,8 +174,11 @@ async fn drive(
     }
     player.await.map_err(|e| format!("fault player crashed: {e}"))?;
     // Liveness phase: faults are over; the platform must catch up and settle.
-    if !run::quiesce(&world.bus(), &world.cfg, scn.quiesce, Duration::from_secs(2)).await {
-        return Err(format!("liveness: the platform did not quiesce within {:?} after the faults ended", scn.quiesce));
+    if let Err(why) = run::quiesce(&world.bus(), &world.cfg, scn.quiesce, Duration::from_secs(2)).await {
+        return Err(format!(
+            "liveness: the platform did not quiesce within {:?} after the faults ended: {why}",
+            scn.quiesce
+        ));
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ticker.await;

@@ -124,8 +124,11 @@ pub async fn ensure_streams(deps: &Deps) -> Result<(), BusError> {
         duplicate_window: window,
         max_msgs,
     };
+    // Planted bug: the system of record for accepted orders kept in memory.
+    let orders_storage =
+        if deps.cfg.planted(crate::config::PlantedBug::LoseOnBrokerRestart) { Storage::Memory } else { Storage::File };
     let streams = [
-        spec(names.orders_stream(), names.orders_all(), Storage::File, 0),
+        spec(names.orders_stream(), names.orders_all(), orders_storage, 0),
         spec(names.trades_stream(), names.trades_all(), Storage::File, 0),
         spec(names.ledger_stream(), names.ledger_all(), Storage::File, 0),
         spec(names.users_stream(), names.users(), Storage::File, 0),

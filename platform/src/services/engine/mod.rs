@@ -65,9 +65,22 @@ pub async fn recover(deps: &Deps, symbol: &str) -> Result<Matcher, ServiceError>
     let inputs = read_to_end(deps.bus.as_ref(), &orders, &names.orders_of(symbol), 1).await?;
     let mut matcher = Matcher::new(symbol);
     let mut republished = 0usize;
+    // Planted bug: the replay forgets where it stopped and tags what it
+    // publishes as a new generation, which the broker cannot de-duplicate.
+    let replay_generation =
+        deps.cfg.planted(crate::config::PlantedBug::DuplicateFillsOnReplay).then(|| deps.clock.now_ms());
     for m in &inputs {
         let input: OrderEvent = decode(&orders, m.seq, &m.payload)?;
         let outputs = matcher.apply(m.seq, &input);
+        if let Some(generation) = replay_generation {
+            for event in &outputs.events {
+                let msg_id = format!("{}@{generation}", matcher::msg_id(event));
+                let subject = names.trades_of(&event.symbol);
+                publish_until_stored(deps.bus.as_ref(), &subject, &msg_id, Bytes::from(event.encode_to_vec())).await;
+                republished += 1;
+            }
+            continue;
+        }
         if m.seq < done_input {
             continue;
         }

@@ -89,7 +89,8 @@ impl Ledger {
         }
     }
 
-    /// Plants the canary bug: fills are no longer settled at most once.
+    /// Plants [`crate::config::PlantedBug::SettleTwice`]: the fill-id dedupe is
+    /// skipped, so a fill delivered again is settled again.
     pub fn plant_settle_twice(&mut self) {
         self.dedupe_fills = false;
     }

@@ -17,6 +17,7 @@ use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::config::PlantedBug;
 use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares, Side};
 use crate::proto::common::{Holding as HoldingView, PortfolioView};
 use crate::proto::events::{self, engine_event, ledger_event, EngineEvent, LedgerEvent};
@@ -58,9 +59,11 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
 pub async fn rebuild(deps: &Deps) -> Result<Ledger, ServiceError> {
     let names = deps.cfg.names();
     let mut ledger = Ledger::new(&deps.cfg.instruments);
-    if deps.cfg.planted_bug == Some(crate::config::PlantedBug::SettleTwice) {
+    if deps.cfg.planted(PlantedBug::SettleTwice) {
         ledger.plant_settle_twice();
     }
+    // Planted bug: closes "move no money", so the replay leaves them out.
+    let replay_closes = !deps.cfg.planted(PlantedBug::NoReleaseOnCancel);
     let stream = names.ledger_stream();
     let msgs = crate::bus::read_to_end(deps.bus.as_ref(), &stream, "", 1).await?;
     for m in &msgs {
@@ -69,7 +72,11 @@ pub async fn rebuild(deps: &Deps) -> Result<Ledger, ServiceError> {
     let stream = names.trades_stream();
     let trades = crate::bus::read_to_end(deps.bus.as_ref(), &stream, "", 1).await?;
     for m in &trades {
-        apply_engine_event(&mut ledger, &decode(&stream, m.seq, &m.payload)?);
+        let event: EngineEvent = decode(&stream, m.seq, &m.payload)?;
+        if !replay_closes && matches!(event.kind, Some(engine_event::Kind::Closed(_))) {
+            continue;
+        }
+        apply_engine_event(&mut ledger, &event);
     }
     tracing::info!(ledger_events = msgs.len(), trade_events = trades.len(), "portfolio rebuilt from streams");
     Ok(ledger)
@@ -178,15 +185,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             state.deps.work("portfolio.settle").await;
             match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
                 Ok(event) => {
-                    let settled = {
-                        let mut ledger = state.ledger.lock().await;
-                        let settled = apply_engine_event(&mut ledger, &event);
-                        if state.deps.cfg.planted_bug == Some(crate::config::PlantedBug::SettleTwice) {
-                            // The canary: a redelivery handled as new.
-                            apply_engine_event(&mut ledger, &event);
-                        }
-                        settled
-                    };
+                    let settled = apply_engine_event(&mut *state.ledger.lock().await, &event);
                     if let Some(s) = settled {
                         // Off the settlement path: the notice is informational.
                         let deps = state.deps.clone();
