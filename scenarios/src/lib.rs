@@ -8,6 +8,7 @@
 //!
 //! - [`baselines`]: ci/baselines.toml, latency percentiles guarded by `fafnir ci check`.
 //! - `chaos` (simulated build): seed sweeps, failure classes, replay files, shrinking.
+//! - [`regressions`]: ci/regressions.toml, seeds that once found bugs, replayed by `fafnir ci replay`.
 //! - [`agents`]: the market agents (noise, market maker, momentum, value, whale).
 //! - [`checker`]: the fill checker and its reference book.
 //! - [`scenario`]: scenario files (TOML), their schema and SLOs.
@@ -30,6 +31,7 @@ pub mod driver;
 pub mod real;
 #[cfg(not(madsim))]
 pub mod real_run;
+pub mod regressions;
 pub mod run;
 pub mod scenario;
 #[cfg(madsim)]

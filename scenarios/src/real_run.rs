@@ -56,6 +56,9 @@ pub async fn run(
     config_hash: String,
     rerun: String,
 ) -> Result<RealRun, String> {
+    if scn.nemesis.is_some() || scn.buggify {
+        return Err("the scenario has a [nemesis] or buggify: faults run in the simulation (cargo fafnir run …)".into());
+    }
     if !scn.faults.is_empty() {
         return Err(format!(
             "the scenario has {} faults: fault schedules run in the simulation (cargo fafnir run …)",

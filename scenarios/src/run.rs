@@ -288,7 +288,18 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 
 /// Reads a whole stream and decodes every message.
 async fn decoded<M: prost::Message + Default>(bus: &dyn EventBus, stream: &str) -> Result<Vec<(u64, M)>, String> {
-    let msgs = read_to_end(bus, stream, "", 1).await.map_err(|e| format!("read {stream}: {e}"))?;
+    // The platform has quiesced, but a read can still meet a slow broker: retry a few times.
+    let mut attempt = 0;
+    let msgs = loop {
+        match read_to_end(bus, stream, "", 1).await {
+            Ok(m) => break m,
+            Err(e) if attempt >= 10 => return Err(format!("read {stream}: {e}")),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
     msgs.iter()
         .map(|m| M::decode(&m.payload[..]).map(|e| (m.seq, e)).map_err(|e| format!("{stream}#{}: {e}", m.seq)))
         .collect()

@@ -40,6 +40,8 @@ struct RawScenario {
     #[serde(default)]
     nemesis: Option<NemesisConfig>,
     #[serde(default)]
+    buggify: bool,
+    #[serde(default)]
     slos: Vec<String>,
 }
 
@@ -122,6 +124,8 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     /// Random faults drawn per seed on top of `faults` (when enabled).
     pub nemesis: Option<NemesisConfig>,
+    /// Simulation only: the platform's in-code fault points (BUGGIFY) are on.
+    pub buggify: bool,
     pub slos: Vec<Slo>,
     /// Test-only canary (never read from the file): a bug to plant in the platform.
     pub planted_bug: Option<fafnir_platform::config::PlantedBug>,
@@ -186,6 +190,7 @@ impl Scenario {
             populations,
             faults: raw.faults,
             nemesis: raw.nemesis.filter(|n| n.enabled),
+            buggify: raw.buggify,
             slos,
             planted_bug: None,
         })
@@ -228,6 +233,9 @@ impl Scenario {
         }
         for f in &self.faults {
             out.push(format!("fault: {}", toml::to_string(f).unwrap_or_default().trim().replace('\n', ", ")));
+        }
+        if self.buggify {
+            out.push("buggify: the in-code fault points are on".into());
         }
         if let Some(n) = &self.nemesis {
             out.push(format!("nemesis: {}", toml::to_string(n).unwrap_or_default().trim().replace('\n', ", ")));

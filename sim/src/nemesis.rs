@@ -128,7 +128,9 @@ impl Kind {
             Kind::PacketLoss => [200, 4_000],
             Kind::LatencySpike => [100, 2_000],
             Kind::Slow => [500, 5_000],
-            Kind::Pause => [100, 2_000],
+            // Up to beyond the bus's 5 s ack wait: a stall as long as a bad
+            // GC pause or a descheduled VM, which makes deliveries redeliver.
+            Kind::Pause => [100, 8_000],
         }
     }
 }

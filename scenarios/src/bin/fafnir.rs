@@ -160,6 +160,13 @@ enum CiCommand {
         #[arg(long, default_value = "ci/baselines.toml")]
         baselines: std::path::PathBuf,
     },
+    /// Replay the seeds that once found bugs (ci/regressions.toml); exit 1
+    /// when any of them fails again.
+    Replay {
+        /// The regression seeds file.
+        #[arg(long, default_value = "ci/regressions.toml")]
+        regressions: std::path::PathBuf,
+    },
     /// Rerun every baseline run and write its percentiles into the baselines
     /// file (on purpose: after a change that is meant to move them).
     Bless {
@@ -618,6 +625,7 @@ fn ci_command(command: CiCommand) -> ExitCode {
     let (path, bless) = match command {
         CiCommand::Check { baselines } => (baselines, false),
         CiCommand::Bless { baselines } => (baselines, true),
+        CiCommand::Replay { regressions } => return ci_replay(&regressions),
     };
     let parsed = std::fs::read_to_string(&path)
         .map_err(|e| e.to_string())
@@ -847,5 +855,51 @@ fn shrink_command(run: &std::path::Path, seed: Option<u64>) -> ExitCode {
             eprintln!("fafnir: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(madsim)]
+fn ci_replay(path: &std::path::Path) -> ExitCode {
+    use fafnir_scenarios::regressions::Regressions;
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| Regressions::parse(&text))
+        .map_err(|e| format!("{}: {e}", path.display()));
+    let r = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let root = path.parent().and_then(|ci| ci.parent()).filter(|r| !r.as_os_str().is_empty());
+    let root = root.unwrap_or(std::path::Path::new("."));
+    println!("fafnir ci replay: {} regression seeds from {}", r.seeds.len(), path.display());
+    let mut failed = 0;
+    for s in &r.seeds {
+        let duration = s.duration_ms.map(std::time::Duration::from_millis);
+        let (scn, _, rerun) = match fafnir_scenarios::run::load(&root.join(&s.scenario), Some(s.seed), duration) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("fafnir: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let run = fafnir_scenarios::chaos::run_seed(&scn, s.seed, &rerun);
+        match &run.failure {
+            None => println!("  ok    {} seed {}: {}", s.scenario, s.seed, s.bug),
+            Some(f) => {
+                failed += 1;
+                println!("  FAIL  {} seed {}: {} ({}); was: {}", s.scenario, s.seed, f.kind, f.detail, s.bug);
+                println!("        rerun: {rerun}");
+            }
+        }
+    }
+    if failed == 0 {
+        println!("ci replay: all {} regression seeds pass", r.seeds.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("ci replay: {failed} regression seeds fail again");
+        ExitCode::from(1)
     }
 }

@@ -226,6 +226,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
 }
 
 /// A submit that passed validation.
+#[derive(Clone)]
 struct Valid {
     inst: Instrument,
     side: Side,
@@ -360,6 +361,39 @@ impl OrdersSvc {
         Ok(records.by_id[&id].view())
     }
 
+    /// Retries an interrupted accept saga (reserve and publish are both
+    /// idempotent) until it is booked or refused, for about half a minute.
+    async fn finish_abandoned(&self, req: SubmitRequest, valid: Valid, id: OrderId) {
+        for attempt in 0..60 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            {
+                let mut records = self.state.records.lock().expect("records lock");
+                if records.by_id.get(&id).is_some_and(|r| r.confirmed) {
+                    return;
+                }
+                if !records.inflight.insert(id) {
+                    continue; // the client is retrying it right now
+                }
+            }
+            let result = {
+                let _guard = InflightGuard { state: &self.state, id };
+                self.accept(&req, &valid, id).await
+            };
+            match result {
+                Ok(_) => {
+                    tracing::info!(order = %id, attempt, "interrupted submit completed in the background");
+                    return;
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable => continue,
+                Err(s) => {
+                    tracing::info!(order = %id, status = %s.message(), "interrupted submit refused on retry");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(order = %id, "interrupted submit could not be completed; its reservation may stay");
+    }
+
     fn owned(&self, user: u64, order: u64) -> Result<Record, Status> {
         let records = self.state.records.lock().expect("records lock");
         match records.by_id.get(&OrderId(order)) {
@@ -401,8 +435,18 @@ impl Orders for OrdersSvc {
                 return Err(Status::aborted("a submit with this client_order_id is in progress; retry"));
             }
         }
-        let _guard = InflightGuard { state: &self.state, id };
-        self.accept(&req, &valid, id).await.map(Response::new)
+        let result = {
+            let _guard = InflightGuard { state: &self.state, id };
+            self.accept(&req, &valid, id).await
+        };
+        if result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable) {
+            // The saga stopped halfway (reserved, perhaps not published) and
+            // the client may never retry: finish it here, so that no
+            // reservation is left behind for an order that never trades.
+            let svc = OrdersSvc { state: self.state.clone() };
+            tokio::spawn(async move { svc.finish_abandoned(req, valid, id).await });
+        }
+        result.map(Response::new)
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Order>, Status> {
