@@ -177,7 +177,7 @@ pub fn replay_toml(original: &str, seed: u64, faults: &[Fault]) -> Result<String
     doc.remove("nemesis");
     doc.insert("seed".into(), toml::Value::Integer(seed as i64));
     set_faults(&mut doc, faults)?;
-    Ok(toml::to_string(&doc).map_err(|e| e.to_string())?)
+    toml::to_string(&doc).map_err(|e| e.to_string())
 }
 
 fn set_faults(doc: &mut toml::Table, faults: &[Fault]) -> Result<(), String> {
