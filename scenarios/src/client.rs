@@ -75,14 +75,27 @@ impl Client {
     ) -> Result<Client, Status> {
         let mut c = Client::new(addr);
         let reg = RegisterRequest { username: username.into(), password: password.into(), role: role as i32 };
-        match c.api.register(reg).await {
-            Ok(_) => {}
-            // A retried register whose first attempt landed: the account is ours if the password logs in.
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-            Err(s) => return Err(s),
-        }
+        c.api.register(reg).await?;
         c.login(username, password).await?;
         Ok(c)
+    }
+
+    /// Registers, or logs in when the name is taken: for a set-up that
+    /// retries a register whose first attempt may have landed.
+    pub async fn register_or_login(
+        addr: SocketAddr,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<Client, Status> {
+        match Client::register_and_login(addr, username, password, role).await {
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                let mut c = Client::new(addr);
+                c.login(username, password).await?;
+                Ok(c)
+            }
+            other => other,
+        }
     }
 
     pub async fn login(&mut self, username: &str, password: &str) -> Result<(), Status> {

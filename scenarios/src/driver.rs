@@ -167,7 +167,7 @@ impl AgentHandle {
         holdings: &BTreeMap<String, i64>,
     ) -> Result<AgentHandle, String> {
         let role = fafnir_platform::proto::common::Role::Trader;
-        let client = retry(|| Client::register_and_login(gateway, name, "agent-password", role))
+        let client = retry(|| Client::register_or_login(gateway, name, "agent-password", role))
             .await
             .map_err(|s| format!("{name}: register: {s}"))?;
         if cash_cents > 0 {
