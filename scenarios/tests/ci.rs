@@ -53,9 +53,9 @@ mod sim {
         let again = baselines::check(&blessed, &[run(&scn)]);
         assert!(again.passed(), "{:?}\n{}", again.failures, again.table());
         assert!(again.rows.iter().all(|r| r.measured_ns == r.baseline_ns), "{}", again.table());
-        // The orders service, on every order's path to its ack, made 100 times slower.
+        // The orders service, on every order's path to its ack, made 1000 times slower.
         let orders = scn.service_time.get_mut("orders").expect("baseline models the orders service");
-        orders.us.iter_mut().for_each(|us| *us *= 100);
+        orders.us.iter_mut().for_each(|us| *us *= 1000);
         let slowed = baselines::check(&blessed, &[run(&scn)]);
         assert!(!slowed.passed(), "{}", slowed.table());
         assert!(
