@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ReportError;
@@ -154,8 +154,9 @@ impl Fault {
     }
 }
 
-/// `timeline.json`: the run cut into buckets of `bucket_ms`.
-#[derive(Clone, Debug, Deserialize)]
+/// `timeline.json`: the run cut into buckets of `bucket_ms`. The harness
+/// writes it with these same types (it depends on this crate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeline {
     pub bucket_ms: u64,
     #[serde(default)]
@@ -165,12 +166,10 @@ pub struct Timeline {
     /// Trades by symbol, in time order.
     #[serde(default)]
     pub trades: BTreeMap<String, Vec<Trade>>,
-    #[serde(default)]
-    pub fault_windows: Vec<FaultWindow>,
 }
 
 /// What happened in one bucket; `t_ms` is its start, from the start of the load.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Bucket {
     pub t_ms: u64,
@@ -185,7 +184,7 @@ pub struct Bucket {
 }
 
 /// A stage's latency within one bucket, in nanoseconds.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BucketStage {
     pub count: u64,
@@ -195,7 +194,7 @@ pub struct BucketStage {
 }
 
 /// One trade.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Trade {
     /// Signed: a trade can be stamped before the load started.
@@ -205,7 +204,7 @@ pub struct Trade {
 }
 
 /// When a fault was in force; no end means to the end of the run.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FaultWindow {
     pub label: String,
@@ -261,11 +260,8 @@ impl Run {
         ordered(self.summary.stages.keys().chain(self.histograms.keys()).cloned())
     }
 
-    /// The fault windows of the timeline, or else those the scenario scheduled.
+    /// The windows of the faults the run played (`summary.json`'s `faults`).
     pub fn fault_windows(&self) -> Vec<FaultWindow> {
-        if let Some(t) = self.timeline.as_ref().filter(|t| !t.fault_windows.is_empty()) {
-            return t.fault_windows.clone();
-        }
         self.summary
             .faults
             .iter()

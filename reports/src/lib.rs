@@ -31,6 +31,7 @@ mod plot;
 use std::path::{Path, PathBuf};
 
 pub use error::ReportError;
+pub use input::{Bucket, BucketStage, Timeline, Trade};
 
 use html::PlotEntry;
 use input::Run;

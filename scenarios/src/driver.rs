@@ -59,8 +59,6 @@ pub const SLOT_MS: u64 = 100;
 pub struct Recorder {
     pub histograms: BTreeMap<&'static str, Histogram<u64>>,
     pub counts: Counts,
-    /// Accepted orders per second of the run.
-    pub accepted_per_s: BTreeMap<u64, u64>,
     /// Every latency sample as (ms since the load started, ns), per stage.
     pub samples: BTreeMap<&'static str, Vec<(u64, u64)>>,
     /// Every submit request as (sent, answered) in ms since the load started.
@@ -82,7 +80,6 @@ impl Recorder {
         Recorder {
             histograms,
             counts: Counts::default(),
-            accepted_per_s: BTreeMap::new(),
             samples: STAGES.iter().map(|s| (*s, Vec::new())).collect(),
             submits: Vec::new(),
             slots: BTreeMap::new(),
@@ -449,8 +446,6 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                     r.record("submit_to_ack", intended);
                     r.counts.accepted += 1;
                     r.slot().accepted += 1;
-                    let second = Instant::now().saturating_duration_since(r.t0).as_secs();
-                    *r.accepted_per_s.entry(second).or_default() += 1;
                 }
                 Err(status) => {
                     match status.code() {

@@ -101,19 +101,15 @@ impl Coverage {
     /// The faults that started within the load, by kind, and the submit
     /// requests in flight at each start.
     pub fn of(faults: &[fafnir_sim::faults::Fault], submits: &[(u64, u64)], load_ms: u64) -> Coverage {
-        use fafnir_sim::nemesis::{count_kinds, kind_of};
         let fired: Vec<_> = faults.iter().filter(|f| f.at_ms < load_ms).cloned().collect();
-        let mut c = Coverage {
-            fired: count_kinds(&fired).into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
-            ..Coverage::default()
-        };
-        let counted = count_kinds(&fired);
-        for f in &fired {
-            let mut kind = kind_of(f);
-            if kind == fafnir_sim::nemesis::Kind::PartitionLink && !counted.contains_key(&kind) {
-                kind = fafnir_sim::nemesis::Kind::PartitionHalves;
+        let mut c = Coverage::default();
+        // A halves split is many partitions at once: it counts, and its orders in flight, once.
+        for (f, (kind, stands)) in fired.iter().zip(fafnir_sim::nemesis::kinds(&fired)) {
+            if !stands {
+                continue;
             }
             let inflight = submits.iter().filter(|(sent, answered)| *sent <= f.at_ms && f.at_ms < *answered).count();
+            *c.fired.entry(kind.to_string()).or_default() += 1;
             *c.orders_in_flight.entry(kind.to_string()).or_default() += inflight as u64;
         }
         c
@@ -156,7 +152,7 @@ pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckIn
     let verdict = crate::checker::check(input);
     let (stages, slos, outcome) = judge(&recorder, &scn.slos, &verdict);
     let duration_ms = scn.duration.as_millis() as u64;
-    let timeline = Timeline::build(&recorder, &input.trades_stream, &input.instruments, &scn.faults, duration_ms);
+    let timeline = crate::timeline::build(&recorder, &input.trades_stream, &input.instruments, duration_ms);
     let summary = Summary {
         scenario: scn.name.clone(),
         mode: meta.mode,
@@ -167,9 +163,7 @@ pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckIn
         agents: meta.agents,
         counts: recorder.counts.clone(),
         stages,
-        accepted_per_s: (0..scn.duration.as_secs().max(1))
-            .map(|s| recorder.accepted_per_s.get(&s).copied().unwrap_or(0))
-            .collect(),
+        accepted_per_s: accepted_per_s(&recorder, scn.duration),
         slos,
         checker: verdict,
         faults: scn.faults.clone(),
@@ -180,6 +174,17 @@ pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckIn
         coverage: Coverage::of(&scn.faults, &recorder.submits, duration_ms),
     };
     RunResult { summary, recorder, timeline }
+}
+
+/// Accepted orders in each whole second of the load, from the recorder's slots.
+fn accepted_per_s(rec: &Recorder, duration: std::time::Duration) -> Vec<u64> {
+    let mut per_s = vec![0; duration.as_secs().max(1) as usize];
+    for (slot, c) in &rec.slots {
+        if let Some(n) = per_s.get_mut((slot * crate::driver::SLOT_MS / 1_000) as usize) {
+            *n += c.accepted;
+        }
+    }
+    per_s
 }
 
 /// FNV-1a over bytes, as 16 hex digits.
@@ -417,6 +422,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn coverage_counts_a_halves_split_and_its_orders_in_flight_once() {
+        use fafnir_sim::faults::{Action, Fault};
+        let link = |a: &str, b: &str| {
+            let mut f = Fault::new(1_000, Action::Partition, Some(a)).lasting(500);
+            f.peer = Some(b.into());
+            f
+        };
+        let faults = vec![
+            link("orders", "broker"),
+            link("orders", "redis"),
+            Fault::new(2_000, Action::Kill, Some("engine-0")).lasting(100),
+            Fault::new(9_000, Action::Pause, Some("portfolio")).lasting(100),
+        ];
+        // Two submits in flight at 1 s, one at 2 s; the pause starts after the load.
+        let submits = [(900, 1_100), (950, 2_500), (1_200, 1_300)];
+        let c = Coverage::of(&faults, &submits, 5_000);
+        assert_eq!(c.fired.get("partition_halves"), Some(&1));
+        assert_eq!(c.orders_in_flight.get("partition_halves"), Some(&2));
+        assert_eq!((c.fired.get("kill_service"), c.orders_in_flight.get("kill_service")), (Some(&1), Some(&1)));
+        assert!(!c.fired.contains_key("pause"), "{c:?}");
+        assert_eq!(c.describe(), "kill_service 1 (1 orders in flight), partition_halves 1 (2 orders in flight)");
+    }
+
+    #[test]
     fn histograms_are_written_in_both_hdr_formats() {
         let mut rec = Recorder::new(tokio::time::Instant::now());
         for ns in [1_000_000u64, 2_000_000, 3_000_000, 50_000_000] {
@@ -448,7 +477,7 @@ mod tests {
             nemesis: None,
             coverage: Coverage::default(),
         };
-        let timeline = Timeline::build(&rec, &[], &[], &[], 1);
+        let timeline = crate::timeline::build(&rec, &[], &[], 1);
         write_run_dir(&dir, &RunResult { summary, recorder: rec.clone(), timeline }).unwrap();
         let raw = std::fs::read(dir.join("submit_to_ack.hdr")).unwrap();
         let back: Histogram<u64> =

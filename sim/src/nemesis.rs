@@ -562,20 +562,31 @@ pub fn kind_of(f: &Fault) -> Kind {
     }
 }
 
-/// How many faults of each kind a schedule holds, counting a halves split (two
-/// or more both-way partitions with the same start and duration) once as
-/// `partition_halves`. Kinds with no fault are absent.
+/// Each fault's kind, a halves split (two or more both-way partitions with
+/// the same start and duration) as `partition_halves`, and whether the fault
+/// stands for its whole split (true for every fault but a split's later ones).
+pub fn kinds(faults: &[Fault]) -> Vec<(Kind, bool)> {
+    let mut links: BTreeMap<(u64, Option<u64>), u32> = BTreeMap::new();
+    for f in faults.iter().filter(|f| kind_of(f) == Kind::PartitionLink) {
+        *links.entry((f.at_ms, f.duration_ms)).or_default() += 1;
+    }
+    let mut seen = BTreeSet::new();
+    faults
+        .iter()
+        .map(|f| match kind_of(f) {
+            Kind::PartitionLink if links[&(f.at_ms, f.duration_ms)] > 1 => {
+                (Kind::PartitionHalves, seen.insert((f.at_ms, f.duration_ms)))
+            }
+            kind => (kind, true),
+        })
+        .collect()
+}
+
+/// How many faults of each kind a schedule holds, counting a halves split
+/// once as `partition_halves`. Kinds with no fault are absent.
 pub fn count_kinds(faults: &[Fault]) -> BTreeMap<Kind, u32> {
     let mut counts = BTreeMap::new();
-    let mut links: BTreeMap<(u64, Option<u64>), u32> = BTreeMap::new();
-    for f in faults {
-        match kind_of(f) {
-            Kind::PartitionLink => *links.entry((f.at_ms, f.duration_ms)).or_default() += 1,
-            kind => *counts.entry(kind).or_default() += 1,
-        }
-    }
-    for n in links.into_values() {
-        let kind = if n > 1 { Kind::PartitionHalves } else { Kind::PartitionLink };
+    for (kind, _) in kinds(faults).into_iter().filter(|(_, stands)| *stands) {
         *counts.entry(kind).or_default() += 1;
     }
     counts

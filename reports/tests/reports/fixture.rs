@@ -135,10 +135,6 @@ pub fn write_run(dir: &Path, o: &Options) {
             "duration_ms": DURATION_MS,
             "buckets": buckets,
             "trades": {"ACME": trades(&mut rng, 10_000, 12), "BOLT": trades(&mut rng, 4_250, 31)},
-            "fault_windows": [
-                {"label": "kill engine-0", "kind": "kill", "start_ms": KILL.0, "end_ms": KILL.1},
-                {"label": "partition engine-0 -> broker", "kind": "partition", "start_ms": PARTITION.0, "end_ms": PARTITION.1}
-            ]
         });
         write_json(&dir.join("timeline.json"), &timeline);
     }

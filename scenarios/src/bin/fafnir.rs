@@ -638,9 +638,7 @@ fn ci_command(command: CiCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Scenario paths are relative to the repository root, which holds ci/.
-    let root = path.parent().and_then(|ci| ci.parent()).unwrap_or(std::path::Path::new("."));
-    let root = if root.as_os_str().is_empty() { std::path::Path::new(".") } else { root };
+    let root = repo_root(&path);
     let verb = if bless { "bless" } else { "check" };
     println!("fafnir ci {verb}: {} runs from {}", b.runs.len(), path.display());
     let measured = baselines::run_all(&b, root, |run, s| {
@@ -858,6 +856,16 @@ fn shrink_command(run: &std::path::Path, seed: Option<u64>) -> ExitCode {
     }
 }
 
+/// The repository root of a file in ci/: scenario paths in ci/ files are relative to it.
+#[cfg(madsim)]
+fn repo_root(ci_file: &std::path::Path) -> &std::path::Path {
+    ci_file
+        .parent()
+        .and_then(|ci| ci.parent())
+        .filter(|r| !r.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+}
+
 #[cfg(madsim)]
 fn ci_replay(path: &std::path::Path) -> ExitCode {
     use fafnir_scenarios::regressions::Regressions;
@@ -872,8 +880,7 @@ fn ci_replay(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let root = path.parent().and_then(|ci| ci.parent()).filter(|r| !r.as_os_str().is_empty());
-    let root = root.unwrap_or(std::path::Path::new("."));
+    let root = repo_root(path);
     println!("fafnir ci replay: {} regression seeds from {}", r.seeds.len(), path.display());
     let mut failed = 0;
     for s in &r.seeds {
