@@ -26,7 +26,9 @@ enum Command {
     /// In the simulated build (the default `cargo fafnir`) the whole platform
     /// is a deterministic madsim world. Exit codes: 0 success, 1 error or
     /// crash, 2 bad command line or scenario file, 3 an SLO violated,
-    /// 4 the fill checker found a violation.
+    /// 4 the fill checker found a violation. With RUST_LOG set (for example
+    /// RUST_LOG=info) the services' own logs go to stderr, stamped with
+    /// simulated time in simulation.
     Run {
         /// The scenario file (TOML; see scenarios/SCENARIOS.md).
         file: std::path::PathBuf,
@@ -267,7 +269,8 @@ enum RunError {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -343,6 +346,10 @@ mod real_main {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Run { file, seed, duration, out, gateway, nats, redis, namespace } = cli.command {
+        if std::env::var_os("RUST_LOG").is_some() {
+            // The services' own logs, on stderr (simulated time in simulation).
+            init_logs(LogFormat::Text);
+        }
         let real = RealTarget { gateway, nats, redis, namespace };
         return match run_scenario(&file, seed, duration, out, real) {
             Ok(code) => ExitCode::from(code),
