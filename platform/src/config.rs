@@ -225,6 +225,9 @@ impl Names {
     pub fn order_cancel(&self, symbol: &str) -> String {
         format!("{}.orders.{symbol}.cancel", self.ns)
     }
+    pub fn order_abandoned(&self, symbol: &str) -> String {
+        format!("{}.orders.{symbol}.abandoned", self.ns)
+    }
     pub fn trades_all(&self) -> String {
         format!("{}.trades.>", self.ns)
     }

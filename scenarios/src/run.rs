@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use fafnir_platform::bus::{read_to_end, EventBus};
-use fafnir_platform::proto::events::{EngineEvent, LedgerEvent, OrderEvent};
+use fafnir_platform::proto::events::{ledger_event, order_event, EngineEvent, LedgerEvent, OrderEvent};
 use hdrhistogram::serialization::Serializer as _;
 use hdrhistogram::Histogram;
 use prost::Message as _;
@@ -340,9 +340,11 @@ pub async fn gather(
 }
 
 /// The liveness phase: waits until the engine has answered the last accepted
-/// input, then `settle` more for settlement, order tracking and reports to
-/// drain behind it. If that does not happen within `limit`, says what was
-/// still wrong at the end (a stream that cannot be read, an unanswered input).
+/// input and every accept saga is over (each LEDGER reservation is of an
+/// accepted order or released), then `settle` more for settlement, order
+/// tracking and reports to drain behind it. If that does not happen within
+/// `limit`, says what was still wrong at the end (a stream that cannot be
+/// read, an unanswered input, a saga still open).
 pub async fn quiesce(
     bus: &dyn EventBus,
     cfg: &fafnir_platform::config::PlatformConfig,
@@ -361,11 +363,18 @@ pub async fn quiesce(
                 let answered = |m: &fafnir_platform::bus::StoredMsg| {
                     EngineEvent::decode(&m.payload[..]).is_ok_and(|e| e.input_seq == last)
                 };
-                if last == 0 || trades.iter().rev().any(answered) {
-                    tokio::time::sleep(settle).await;
-                    return Ok(());
+                if last != 0 && !trades.iter().rev().any(answered) {
+                    why = format!("no TRADES event answers the last input, {}#{last}", names.orders_stream());
+                } else {
+                    match open_saga(bus, &names, &inputs).await {
+                        Ok(None) => {
+                            tokio::time::sleep(settle).await;
+                            return Ok(());
+                        }
+                        Ok(Some(open)) => why = open,
+                        Err(e) => why = format!("{} cannot be read: {e}", names.ledger_stream()),
+                    }
                 }
-                why = format!("no TRADES event answers the last input, {}#{last}", names.orders_stream());
             }
             (Err(e), _) => why = format!("{} cannot be read: {e}", names.orders_stream()),
             (_, Err(e)) => why = format!("{} cannot be read: {e}", names.trades_stream()),
@@ -373,6 +382,39 @@ pub async fn quiesce(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Err(why)
+}
+
+/// The first LEDGER reservation whose order is neither accepted in `inputs`
+/// (ORDERS) nor released: an accept saga that is not over.
+async fn open_saga(
+    bus: &dyn EventBus,
+    names: &fafnir_platform::config::Names,
+    inputs: &[fafnir_platform::bus::StoredMsg],
+) -> Result<Option<String>, fafnir_platform::bus::BusError> {
+    let mut open = BTreeMap::new();
+    for m in read_to_end(bus, &names.ledger_stream(), "", 1).await? {
+        match LedgerEvent::decode(&m.payload[..]).ok().and_then(|e| e.kind) {
+            Some(ledger_event::Kind::Reserved(r)) => {
+                open.insert(r.order_id, m.seq);
+            }
+            Some(ledger_event::Kind::Released(r)) => {
+                open.remove(&r.order_id);
+            }
+            _ => {}
+        }
+    }
+    for m in inputs {
+        if let Some(order_event::Kind::Accepted(a)) = OrderEvent::decode(&m.payload[..]).ok().and_then(|e| e.kind) {
+            open.remove(&a.order_id);
+        }
+    }
+    Ok(open.iter().next().map(|(order, seq)| {
+        format!(
+            "{} reservations of orders neither accepted nor released (the first: order {order:x} at {}#{seq}): accept sagas still open",
+            open.len(),
+            names.ledger_stream()
+        )
+    }))
 }
 
 /// Loads a scenario file and applies overrides of its seed and duration;

@@ -10,7 +10,7 @@ use fafnir_platform::domain::{AccountId, Instrument};
 use fafnir_platform::proto::common::{Holding, Order, OrderStatus, OrderType, PortfolioView, Side};
 use fafnir_platform::proto::events::{
     engine_event, ledger_event, order_event, CancelRequested, CloseReason, Deposited, EngineEvent, LedgerEvent,
-    OrderAccepted, OrderEvent, Released, Reserved,
+    OrderAbandoned, OrderAccepted, OrderEvent, Released, Reserved,
 };
 use fafnir_platform::services::engine::Matcher;
 use fafnir_platform::services::portfolio::{apply_engine_event, apply_ledger_event, Ledger};
@@ -91,12 +91,22 @@ fn platform_run(seed: u64, inputs: usize) -> CheckInput {
                     price_ticks: 100,
                 }));
                 ledger_events.push(ledger_event::Kind::Released(Released { order_id }));
-                order_event::Kind::Cancel(CancelRequested {
-                    order_id,
-                    user_id: 1,
-                    symbol: inst.symbol.clone(),
-                    requested_ms: 0,
-                })
+                if rng.below(2) == 0 {
+                    order_event::Kind::Cancel(CancelRequested {
+                        order_id,
+                        user_id: 1,
+                        symbol: inst.symbol.clone(),
+                        requested_ms: 0,
+                    })
+                } else {
+                    // Its saga given up: the engine must answer the fence.
+                    order_event::Kind::Abandoned(OrderAbandoned {
+                        order_id,
+                        user_id: 1,
+                        symbol: inst.symbol.clone(),
+                        abandoned_ms: 0,
+                    })
+                }
             }
         };
         if let order_event::Kind::Accepted(a) = &kind {
@@ -115,6 +125,7 @@ fn platform_run(seed: u64, inputs: usize) -> CheckInput {
         let symbol = match &kind {
             order_event::Kind::Accepted(a) => a.symbol.clone(),
             order_event::Kind::Cancel(c) => c.symbol.clone(),
+            order_event::Kind::Abandoned(a) => a.symbol.clone(),
         };
         let event = OrderEvent { kind: Some(kind) };
         for e in matchers.get_mut(&symbol).unwrap().apply(seq, &event).events {

@@ -788,9 +788,9 @@ fn chaos_command(
         }
     }
     let failures: u64 = by_kind.values().sum();
-    println!("\n{:<14} {:>6}", "runs", runs.len());
+    println!("\n{:<22} {:>6}", "runs", runs.len());
     for kind in [FailureKind::Crash, FailureKind::Liveness, FailureKind::Correctness, FailureKind::Slo] {
-        println!("{:<14} {:>6}", format!("{kind} failures"), by_kind.get(&kind).copied().unwrap_or(0));
+        println!("{:<22} {:>6}", format!("{kind} failures"), by_kind.get(&kind).copied().unwrap_or(0));
     }
     println!("\nfaults fired over the sweep (and submitted orders in flight when they did):");
     if fired.is_empty() {

@@ -44,6 +44,11 @@ pub(crate) enum Input<'a> {
         seq: u64,
         order: u64,
     },
+    /// An accept saga given up before acceptance (the engine ignores it).
+    Abandon {
+        seq: u64,
+        order: u64,
+    },
 }
 
 /// A TRADES event and where it sits in the stream.
@@ -160,6 +165,8 @@ pub(crate) struct Facts<'a> {
     deposit_ids: BTreeSet<&'a str>,
     pub reservations: BTreeMap<u64, Reservation<'a>>,
     pub released: BTreeSet<u64>,
+    /// Orders given up before acceptance, and where.
+    pub abandoned: BTreeMap<u64, u64>,
     pub malformed_orders: Vec<String>,
     pub malformed_trades: Vec<String>,
     pub malformed_ledger: Vec<String>,
@@ -180,6 +187,7 @@ impl<'a> Facts<'a> {
             deposit_ids: BTreeSet::new(),
             reservations: BTreeMap::new(),
             released: BTreeSet::new(),
+            abandoned: BTreeMap::new(),
             malformed_orders: Vec::new(),
             malformed_trades: Vec::new(),
             malformed_ledger: Vec::new(),
@@ -211,6 +219,10 @@ impl<'a> Facts<'a> {
             },
             Some(order_event::Kind::Cancel(c)) => {
                 self.inputs.entry(&c.symbol).or_default().push(Input::Cancel { seq, order: c.order_id });
+            }
+            Some(order_event::Kind::Abandoned(a)) => {
+                self.abandoned.entry(a.order_id).or_insert(seq);
+                self.inputs.entry(&a.symbol).or_default().push(Input::Abandon { seq, order: a.order_id });
             }
             None => self.malformed_orders.push(format!("ORDERS#{seq}: empty event (no accepted, no cancel)")),
         }

@@ -42,6 +42,7 @@ pub(crate) fn run_reference<'a>(facts: &Facts<'a>) -> ReferenceRun<'a> {
             let (input_seq, outcomes) = match input {
                 Input::Accept(a) => (a.seq, book.submit(&a.order)),
                 Input::Cancel { seq, order } => (*seq, vec![book.cancel(*order)]),
+                Input::Abandon { seq, order } => (*seq, vec![book.abandon(*order)]),
             };
             for (index, outcome) in (0u32..).zip(outcomes) {
                 expected.push(Expected { input_seq, index, outcome });

@@ -190,11 +190,22 @@ impl<'a> Reserved<'a> {
 /// Check 7: each account's reserved cash is the remaining quantity times the
 /// reserve price over its open buys, and its reserved shares the remaining
 /// quantity of its open sells; every accepted order was reserved as accepted;
-/// a reservation of an order never accepted must have been released.
+/// a reservation of an order never accepted must have been released; an
+/// order given up before acceptance (abandoned) is never also accepted.
 pub(crate) fn reservations_balance(facts: &Facts) -> CheckResult {
     let mut tally = Tally::new("reservations_balance");
     let mut want = Reserved::default();
     open_orders(facts, &mut want, &mut tally);
+    for (order, abandoned_seq) in &facts.abandoned {
+        if let Some(a) = facts.accepted.get(order) {
+            tally.flag(|| {
+                format!(
+                    "{} order {order:x} both abandoned (ORDERS#{abandoned_seq}) and accepted (ORDERS#{}): the message-id fence failed",
+                    a.symbol, a.seq
+                )
+            });
+        }
+    }
     for r in facts.reservations.values() {
         if facts.accepted.contains_key(&r.order) || facts.released.contains(&r.order) {
             continue;

@@ -173,6 +173,12 @@ impl ReferenceBook {
         out
     }
 
+    /// An order given up before acceptance: ignored, and never accepted later.
+    pub fn abandon(&mut self, id: u64) -> Outcome {
+        self.seen.insert(id);
+        Outcome::Ignored { order: id }
+    }
+
     /// Cancels a resting order: closed with its remainder, or ignored if not resting.
     pub fn cancel(&mut self, id: u64) -> Outcome {
         for side in [&mut self.bids, &mut self.asks] {

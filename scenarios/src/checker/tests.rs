@@ -5,7 +5,7 @@ use fafnir_platform::domain::Instrument;
 use fafnir_platform::proto::common::{Holding, Order, OrderStatus, OrderType, PortfolioView, Side};
 use fafnir_platform::proto::events::{
     engine_event, ledger_event, order_event, CancelRequested, CloseReason, ClosedEvent, Deposited, EngineEvent,
-    FillEvent, IgnoredEvent, LedgerEvent, OrderAccepted, OrderEvent, Released, Reserved, RestedEvent,
+    FillEvent, IgnoredEvent, LedgerEvent, OrderAbandoned, OrderAccepted, OrderEvent, Released, Reserved, RestedEvent,
 };
 
 use super::*;
@@ -79,6 +79,15 @@ impl Run {
             accepted_ms: 0,
         };
         self.order_event(order_event::Kind::Accepted(a))
+    }
+
+    /// An accept saga given up after reserving: abandoned, answered, released.
+    fn abandon(&mut self, order_id: u64, account: u64) -> u64 {
+        let a = OrderAbandoned { order_id, user_id: account, symbol: ACME.into(), abandoned_ms: 0 };
+        let seq = self.order_event(order_event::Kind::Abandoned(a));
+        self.engine(seq, vec![ignored(order_id)]);
+        self.ledger(ledger_event::Kind::Released(Released { order_id }));
+        seq
     }
 
     fn cancel(&mut self, order_id: u64, account: u64) -> u64 {
@@ -537,6 +546,34 @@ fn reservations_balance_catches_a_leaked_reservation() {
         &["reservation leaked: ACME order ff (account 3) reserved Buy 2 @ 50"],
     );
     assert_eq!(v.checks[6].violations, 1, "the balance itself is as the platform holds it: {v:#?}");
+}
+
+#[test]
+fn an_abandoned_saga_released_and_ignored_is_clean() {
+    let mut r = clean();
+    r.reserve(0xfd, 3, Side::Buy, 2, 50);
+    r.abandon(0xfd, 3);
+    let v = check(&r.input);
+    assert!(v.passed, "{v:#?}");
+}
+
+#[test]
+fn reservations_balance_catches_an_order_both_abandoned_and_accepted() {
+    // The message-id fence failed: the abandoned order was accepted after all.
+    let mut r = clean();
+    r.reserve(0xfd, 3, Side::Buy, 2, 50);
+    r.abandon(0xfd, 3);
+    let s = r.accept(0xfd, 3, Side::Buy, OrderType::Limit, 50, 2);
+    r.engine(s, vec![ignored(0xfd)]);
+    let v = check(&r.input);
+    // The engine ignored the late acceptance, so the order is never accounted for either.
+    let also = ["every_order_accounted"];
+    assert_flags(
+        &v,
+        "reservations_balance",
+        &also,
+        &["ACME order fd both abandoned (ORDERS#12) and accepted (ORDERS#13)"],
+    );
 }
 
 #[test]

@@ -54,6 +54,15 @@ impl Matcher {
                 self.scratch = out;
                 c.requested_ms
             }
+            Some(order_event::Kind::Abandoned(a)) => {
+                // The order can never be accepted now: a late acceptance is a duplicate.
+                self.seen.insert(OrderId(a.order_id));
+                events.push(engine_event::Kind::Ignored(events::IgnoredEvent {
+                    order_id: a.order_id,
+                    reason: "abandoned before acceptance".into(),
+                }));
+                a.abandoned_ms
+            }
             None => {
                 events.push(engine_event::Kind::Ignored(events::IgnoredEvent {
                     order_id: 0,

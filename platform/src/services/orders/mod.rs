@@ -6,6 +6,15 @@
 //! then answer the client. The order id is derived from (user, client order id),
 //! so a retried submit reserves and publishes idempotently and is booked once.
 //! On start the records are rebuilt from ORDERS and TRADES.
+//!
+//! A saga interrupted after reserving is finished in the background while
+//! this process lives. One the process died in the middle of (or gave up on)
+//! is resolved by the reconciler: it finds LEDGER reservations that no
+//! acceptance answers and no saga of this process is working on, and fences
+//! each with an `OrderAbandoned` published under the order id as message id,
+//! the id the acceptance uses. The broker stores only the first of the two, so
+//! either the acceptance is found (and the order is known at last) or it can
+//! never be stored, and the reservation is released.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -18,11 +27,11 @@ use tonic::{Request, Response, Status};
 use crate::bus::read_to_end;
 use crate::domain::{order_id_for, CloseReason, Instrument, OrderId, OrderStatus, OrderType, Side, UserId};
 use crate::proto::common::Order;
-use crate::proto::events::{self, engine_event, order_event, EngineEvent, OrderEvent};
+use crate::proto::events::{self, engine_event, ledger_event, order_event, EngineEvent, LedgerEvent, OrderEvent};
 use crate::proto::orders::orders_server::{Orders, OrdersServer};
 use crate::proto::orders::{CancelRequest, GetRequest, ListReply, ListRequest, SubmitRequest};
 use crate::proto::portfolio::portfolio_client::PortfolioClient;
-use crate::proto::portfolio::ReserveRequest;
+use crate::proto::portfolio::{ReleaseRequest, ReserveRequest};
 use crate::services::{
     bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
     side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
@@ -72,7 +81,10 @@ impl Record {
 struct Records {
     by_id: BTreeMap<OrderId, Record>,
     by_user: BTreeMap<UserId, Vec<OrderId>>,
+    /// Orders whose accept saga (or fencing) is running right now.
     inflight: BTreeSet<OrderId>,
+    /// Interrupted submits this process is finishing in the background.
+    retrying: BTreeSet<OrderId>,
 }
 
 impl Records {
@@ -80,6 +92,15 @@ impl Records {
         let user = UserId(record.order.user_id);
         if self.by_id.insert(id, record).is_none() {
             self.by_user.entry(user).or_default().push(id);
+        }
+    }
+
+    /// Forgets a record made for a publish that was refused.
+    fn remove(&mut self, id: OrderId) {
+        if let Some(r) = self.by_id.remove(&id) {
+            if let Some(ids) = self.by_user.get_mut(&UserId(r.order.user_id)) {
+                ids.retain(|x| *x != id);
+            }
         }
     }
 
@@ -151,9 +172,10 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
     let portfolio = PortfolioClient::new(channel(deps.cfg.addrs.portfolio, deps.cfg.call_timeout));
     let state = Arc::new(State { deps: deps.clone(), records: Mutex::new(Records::default()), portfolio });
-    rebuild(&state).await?;
+    let orders_next = rebuild(&state).await?;
     let mut tasks = TaskGroup::default();
     tasks.spawn(consume(state.clone(), shutdown.clone()));
+    tasks.spawn(reconcile(state.clone(), orders_next, shutdown.clone()));
     let addr = deps.cfg.addrs.orders;
     tracing::info!(%addr, "orders serving");
     let server = tonic::transport::Server::builder()
@@ -162,7 +184,8 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.serve_until_failure(addr, server).await
 }
 
-async fn rebuild(state: &State) -> Result<(), ServiceError> {
+/// Rebuilds the records; returns the ORDERS sequence to read on from.
+async fn rebuild(state: &State) -> Result<u64, ServiceError> {
     let names = state.deps.cfg.names();
     let bus = state.deps.bus.as_ref();
     let orders_stream = names.orders_stream();
@@ -182,7 +205,7 @@ async fn rebuild(state: &State) -> Result<(), ServiceError> {
         assert!(known, "TRADES#{} names an order missing from ORDERS", m.seq);
     }
     tracing::info!(orders = records.by_id.len(), trade_events = trades.len(), "orders rebuilt from streams");
-    Ok(())
+    Ok(orders.last().map_or(1, |m| m.seq + 1))
 }
 
 async fn consume(state: Arc<State>, shutdown: Shutdown) {
@@ -222,6 +245,130 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
                 tracing::warn!(error = %e, "ack failed");
             }
         }
+    }
+}
+
+/// How often the reconciler looks for reservations no saga will finish.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// A LEDGER reservation no acceptance or release has answered yet.
+struct OpenReservation {
+    account: u64,
+    symbol: String,
+}
+
+/// The reconciler's reading position and what it has found open.
+struct Reconciler {
+    ledger_next: u64,
+    orders_next: u64,
+    open: BTreeMap<OrderId, OpenReservation>,
+}
+
+/// Gives up, every [`RECONCILE_EVERY`], the accept sagas no one is finishing.
+async fn reconcile(state: Arc<State>, orders_next: u64, shutdown: Shutdown) {
+    let mut r = Reconciler { ledger_next: 1, orders_next, open: BTreeMap::new() };
+    loop {
+        if let Err(e) = r.pass(&state).await {
+            tracing::warn!(error = %e, "reconciliation pass failed; trying again");
+        }
+        tokio::select! {
+            _ = shutdown.clone() => return,
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
+    }
+}
+
+impl Reconciler {
+    /// Reads what is new in LEDGER and ORDERS, then fences and releases each
+    /// open reservation that no saga of this process owns.
+    async fn pass(&mut self, state: &State) -> Result<(), Status> {
+        let names = state.deps.cfg.names();
+        let bus = state.deps.bus.as_ref();
+        let stream = names.ledger_stream();
+        for m in read_to_end(bus, &stream, "", self.ledger_next).await.map_err(bus_status)? {
+            self.ledger_next = m.seq + 1;
+            match decode::<LedgerEvent>(&stream, m.seq, &m.payload).map(|e| e.kind) {
+                Ok(Some(ledger_event::Kind::Reserved(r))) => {
+                    let open = OpenReservation { account: r.account, symbol: r.symbol };
+                    self.open.insert(OrderId(r.order_id), open);
+                }
+                Ok(Some(ledger_event::Kind::Released(r))) => {
+                    self.open.remove(&OrderId(r.order_id));
+                }
+                _ => {}
+            }
+        }
+        // Acceptances this process has not seen: one stored late by an earlier incarnation.
+        let stream = names.orders_stream();
+        for m in read_to_end(bus, &stream, "", self.orders_next).await.map_err(bus_status)? {
+            self.orders_next = m.seq + 1;
+            if let Ok(OrderEvent { kind: Some(order_event::Kind::Accepted(a)) }) = decode(&stream, m.seq, &m.payload) {
+                state.records.lock().expect("records lock").apply_accepted(&a, state.tick(&a.symbol));
+            }
+        }
+        let ids: Vec<OrderId> = self.open.keys().copied().collect();
+        for id in ids {
+            {
+                let mut records = state.records.lock().expect("records lock");
+                if records.by_id.get(&id).is_some_and(|r| r.confirmed) {
+                    self.open.remove(&id); // trading answers for its reservation now
+                    continue;
+                }
+                if records.retrying.contains(&id) || !records.inflight.insert(id) {
+                    continue; // a saga of this process owns it
+                }
+            }
+            let given_up = {
+                let _guard = InflightGuard { state, id };
+                self.give_up(state, id).await
+            };
+            match given_up {
+                Ok(true) => {
+                    tracing::info!(order = %id, "interrupted submit given up; reservation released");
+                    self.open.remove(&id);
+                }
+                Ok(false) => {
+                    tracing::info!(order = %id, "interrupted submit found accepted");
+                    self.open.remove(&id);
+                }
+                Err(e) => {
+                    tracing::warn!(order = %id, error = %e.message(), "could not give up an interrupted submit yet")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fences the order with an abandonment and releases its reservation;
+    /// false when the acceptance was stored first.
+    async fn give_up(&self, state: &State, id: OrderId) -> Result<bool, Status> {
+        let open = &self.open[&id];
+        let event = events::OrderAbandoned {
+            order_id: id.0,
+            user_id: open.account,
+            symbol: open.symbol.clone(),
+            abandoned_ms: state.deps.clock.now_ms(),
+        };
+        let input = OrderEvent { kind: Some(order_event::Kind::Abandoned(event)) };
+        let subject = state.deps.cfg.names().order_abandoned(&open.symbol);
+        let ack = state.deps.bus.publish(&subject, &id.to_string(), Bytes::from(input.encode_to_vec())).await;
+        let ack = ack.map_err(bus_status)?;
+        if ack.duplicate {
+            match stored_input(state, ack.seq).await? {
+                Some(order_event::Kind::Accepted(a)) => {
+                    state.records.lock().expect("records lock").apply_accepted(&a, state.tick(&a.symbol));
+                    return Ok(false);
+                }
+                Some(order_event::Kind::Abandoned(_)) => {} // an earlier pass fenced it
+                other => {
+                    return Err(Status::internal(format!("ORDERS#{} holds {other:?} under order id {id}", ack.seq)));
+                }
+            }
+        }
+        // A record left by a publish that never landed would show the order as accepted.
+        state.records.lock().expect("records lock").remove(id);
+        state.portfolio.clone().release(ReleaseRequest { order_id: id.0 }).await?;
+        Ok(true)
     }
 }
 
@@ -298,6 +445,18 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// Hands an interrupted submit over to the reconciler when its background retry ends.
+struct RetryingGuard<'a> {
+    state: &'a State,
+    id: OrderId,
+}
+
+impl Drop for RetryingGuard<'_> {
+    fn drop(&mut self) {
+        self.state.records.lock().expect("records lock").retrying.remove(&self.id);
+    }
+}
+
 impl OrdersSvc {
     async fn accept(&self, req: &SubmitRequest, v: &Valid, id: OrderId) -> Result<Order, Status> {
         let state = &self.state;
@@ -312,6 +471,9 @@ impl OrdersSvc {
             price_ticks: reserve_ticks,
         };
         state.portfolio.clone().reserve(reserve).await.map_err(|s| match s.code() {
+            tonic::Code::FailedPrecondition if s.message().contains("already had its reservation released") => {
+                abandoned(&req.client_order_id)
+            }
             tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => s,
             _ => Status::unavailable(format!("portfolio: {}; retry with the same client_order_id", s.message())),
         })?;
@@ -350,12 +512,19 @@ impl OrdersSvc {
             .insert(id, Record { order, confirmed: false, fills: BTreeSet::new(), closed: None });
         let input = OrderEvent { kind: Some(order_event::Kind::Accepted(accepted.clone())) };
         let subject = state.deps.cfg.names().order_accepted(&req.symbol);
-        state.deps.bus.publish(&subject, &id.to_string(), Bytes::from(input.encode_to_vec())).await.map_err(|e| {
-            Status::unavailable(format!(
-                "{}; the order is not confirmed, retry with the same client_order_id",
-                bus_status(e).message()
-            ))
-        })?;
+        let ack = state.deps.bus.publish(&subject, &id.to_string(), Bytes::from(input.encode_to_vec())).await.map_err(
+            |e| {
+                Status::unavailable(format!(
+                    "{}; the order is not confirmed, retry with the same client_order_id",
+                    bus_status(e).message()
+                ))
+            },
+        )?;
+        if ack.duplicate && !matches!(stored_input(state, ack.seq).await?, Some(order_event::Kind::Accepted(_))) {
+            // The message id is taken by the order's abandonment: it can never be accepted.
+            state.records.lock().expect("records lock").remove(id);
+            return Err(abandoned(&req.client_order_id));
+        }
         let mut records = state.records.lock().expect("records lock");
         records.apply_accepted(&accepted, v.inst.tick_cents);
         Ok(records.by_id[&id].view())
@@ -364,6 +533,8 @@ impl OrdersSvc {
     /// Retries an interrupted accept saga (reserve and publish are both
     /// idempotent) until it is booked or refused, for about half a minute.
     async fn finish_abandoned(&self, req: SubmitRequest, valid: Valid, id: OrderId) {
+        // However this ends, the reconciler may take the order over.
+        let _retrying = RetryingGuard { state: &self.state, id };
         for attempt in 0..60 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             {
@@ -391,7 +562,7 @@ impl OrdersSvc {
                 }
             }
         }
-        tracing::warn!(order = %id, "interrupted submit could not be completed; its reservation may stay");
+        tracing::warn!(order = %id, "interrupted submit could not be completed; the reconciler will give it up");
     }
 
     fn owned(&self, user: u64, order: u64) -> Result<Record, Status> {
@@ -401,6 +572,26 @@ impl OrdersSvc {
             _ => Err(Status::not_found(format!("order {order:x}: no such order of yours"))),
         }
     }
+}
+
+/// The refusal of a submit whose order was given up after an interruption.
+fn abandoned(client_order_id: &str) -> Status {
+    Status::failed_precondition(format!(
+        "client_order_id {client_order_id:?}: an earlier, interrupted submit of this order was given up and its \
+         reservation released; submit again with a new client_order_id"
+    ))
+}
+
+/// What ORDERS holds at `seq` (None when nothing is there).
+async fn stored_input(state: &State, seq: u64) -> Result<Option<order_event::Kind>, Status> {
+    let stream = state.deps.cfg.names().orders_stream();
+    let unavailable =
+        |e| Status::unavailable(format!("{}; retry with the same client_order_id", bus_status(e).message()));
+    let msgs = state.deps.bus.read(&stream, "", seq, 1, Duration::ZERO).await.map_err(unavailable)?;
+    Ok(match msgs.first() {
+        Some(m) if m.seq == seq => decode::<OrderEvent>(&stream, seq, &m.payload).ok().and_then(|e| e.kind),
+        _ => None,
+    })
 }
 
 fn same_order(a: &Order, req: &SubmitRequest) -> bool {
@@ -437,7 +628,13 @@ impl Orders for OrdersSvc {
         }
         let result = {
             let _guard = InflightGuard { state: &self.state, id };
-            self.accept(&req, &valid, id).await
+            let result = self.accept(&req, &valid, id).await;
+            let interrupted = result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable);
+            if interrupted {
+                // Claimed before the in-flight mark goes, so the reconciler never sees it unowned.
+                self.state.records.lock().expect("records lock").retrying.insert(id);
+            }
+            result
         };
         if result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable) {
             // The saga stopped halfway (reserved, perhaps not published) and
