@@ -153,8 +153,15 @@ impl Client {
         Ok(self.api.clone().get_candles(r).await?.into_inner().candles)
     }
 
+    /// This user's execution reports from now on.
     pub async fn executions(&self) -> Result<tonic::Streaming<ExecutionReport>, Status> {
-        Ok(self.api.clone().stream_executions(self.req(StreamExecutionsRequest {})).await?.into_inner())
+        self.executions_after(0).await
+    }
+
+    /// This user's execution reports after `cursor` (a report's `cursor`; 0: from now).
+    pub async fn executions_after(&self, cursor: u64) -> Result<tonic::Streaming<ExecutionReport>, Status> {
+        let req = self.req(StreamExecutionsRequest { after_cursor: cursor });
+        Ok(self.api.clone().stream_executions(req).await?.into_inner())
     }
 
     pub async fn market_data(&self, symbols: &[&str]) -> Result<tonic::Streaming<MarketDataUpdate>, Status> {

@@ -140,6 +140,8 @@ pub struct AgentState {
     order_of_tag: BTreeMap<u64, u64>,
     /// What the agent was told, by order id.
     pub told: BTreeMap<u64, ToldOrder>,
+    /// The execution stream's cursor: a reconnect resumes after it.
+    exec_cursor: u64,
 }
 
 enum OwnedEvent {
@@ -186,6 +188,7 @@ impl AgentHandle {
             orders: BTreeMap::new(),
             order_of_tag: BTreeMap::new(),
             told: BTreeMap::new(),
+            exec_cursor: 0,
         };
         Ok(AgentHandle { name: name.to_string(), client, state: Arc::new(Mutex::new(state)) })
     }
@@ -232,8 +235,24 @@ pub async fn follow_executions(
 ) {
     while let Ok(Some(report)) = stream.message().await {
         let mut s = state.lock().expect("agent state");
+        s.exec_cursor = s.exec_cursor.max(report.cursor);
         let mut r = rec.lock().expect("recorder");
         on_report(&mut s, &mut r, &report);
+    }
+}
+
+/// Follows the agent's execution reports for as long as the task lives:
+/// when the stream breaks (the gateway restarted, a partition), it
+/// reconnects and resumes after the last report's cursor, so the agent is
+/// told everything, late rather than never.
+pub async fn keep_following_executions(handle: Arc<AgentHandle>, rec: Arc<Mutex<Recorder>>) {
+    loop {
+        let after = handle.state.lock().expect("agent state").exec_cursor;
+        match retry(|| handle.client.executions_after(after)).await {
+            Ok(stream) => follow_executions(stream, handle.state.clone(), rec.clone()).await,
+            Err(s) => tracing::warn!(agent = %handle.name, status = %s, "execution stream not reopened; trying again"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -139,11 +139,7 @@ async fn drive(
             .map_err(|e| format!("set-up of {name} crashed: {e}"))??;
         let handle = Arc::new(handle);
         let (h, r) = (handle.clone(), rec.clone());
-        node.spawn(async move {
-            if let Ok(s) = driver::retry(|| h.client.executions()).await {
-                driver::follow_executions(s, h.state.clone(), r).await;
-            }
-        });
+        node.spawn(driver::keep_following_executions(h, r));
         let (h, r, clock) = (handle.clone(), rec.clone(), world.clock);
         node.spawn(async move {
             if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {

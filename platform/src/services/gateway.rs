@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -47,6 +48,8 @@ struct State {
     market: MarketClient<Channel>,
     buckets: Mutex<BTreeMap<u64, Bucket>>,
     executions: Subscribers<ExecutionReport>,
+    /// The last TRADES sequence fanned out; changed under the executions lock.
+    trades_cursor: AtomicU64,
     market_data: Subscribers<MarketDataUpdate>,
     next_sub: Mutex<u64>,
 }
@@ -64,12 +67,21 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         market: MarketClient::new(channel(cfg.addrs.market, t)),
         buckets: Mutex::new(BTreeMap::new()),
         executions: Arc::default(),
+        trades_cursor: AtomicU64::new(0),
         market_data: Arc::default(),
         next_sub: Mutex::new(0),
         deps: deps.clone(),
     });
     let follow = |stream: String, filter: String| Follower::open(&deps, stream, filter, shutdown.clone());
-    let trades = follow(names.trades_stream(), names.trades_all()).await?;
+    // Fan-out starts at the end of TRADES as it is now: the first cursor clients get.
+    let mut start = 0;
+    for inst in &cfg.instruments {
+        let last = deps.bus.last_on_subject(&names.trades_stream(), &names.trades_of(&inst.symbol)).await?;
+        start = start.max(last.map_or(0, |m| m.seq));
+    }
+    let trades =
+        Follower::open_after(&deps, names.trades_stream(), names.trades_all(), start, shutdown.clone()).await?;
+    state.trades_cursor.store(start, Ordering::Relaxed);
     let md = follow(names.md_stream(), names.md_all()).await?;
     let settled = follow(names.ledger_stream(), names.ledger("settled")).await?;
     let mut tasks = TaskGroup::default();
@@ -85,7 +97,14 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
 }
 
 fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, item: T) {
-    let mut subs = subs.lock().expect("subscribers lock");
+    send_locked(&mut subs.lock().expect("subscribers lock"), wants, item);
+}
+
+fn send_locked<T: Clone>(
+    subs: &mut BTreeMap<u64, (Filter, mpsc::Sender<Result<T, Status>>)>,
+    wants: impl Fn(&Filter) -> bool,
+    item: T,
+) {
     subs.retain(|_, (filter, tx)| {
         if !wants(filter) {
             return !tx.is_closed();
@@ -96,18 +115,26 @@ fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, ite
 }
 
 async fn fan_out_trades(state: Arc<State>, mut trades: Follower) {
-    while let Some(event) = trades.next::<EngineEvent>().await {
-        for (account, report) in execution_reports(&state, &event) {
-            send_to(&state.executions, |f| matches!(f, Filter::Account(a) if *a == account), report);
+    while let Some((seq, event)) = trades.next::<EngineEvent>().await {
+        let reports = execution_reports(&state, &event, seq);
+        let mut subs = state.executions.lock().expect("subscribers lock");
+        state.trades_cursor.store(seq, Ordering::Relaxed);
+        for (account, report) in reports {
+            send_locked(&mut subs, |f| matches!(f, Filter::Account(a) if *a == account), report);
         }
     }
 }
 
 /// The execution reports an engine event means, with the account each is for.
-fn execution_reports(state: &State, e: &EngineEvent) -> Vec<(u64, ExecutionReport)> {
+fn execution_reports(state: &State, e: &EngineEvent, cursor: u64) -> Vec<(u64, ExecutionReport)> {
     let tick = state.deps.cfg.instrument(&e.symbol).map_or(1, |i| i.tick_cents);
-    let report =
-        |order_id: u64, kind| ExecutionReport { order_id, symbol: e.symbol.clone(), kind: Some(kind), ts_ms: e.ts_ms };
+    let report = |order_id: u64, kind| ExecutionReport {
+        order_id,
+        symbol: e.symbol.clone(),
+        kind: Some(kind),
+        ts_ms: e.ts_ms,
+        cursor,
+    };
     match &e.kind {
         Some(engine_event::Kind::Fill(f)) => {
             let fill = |remaining, maker| {
@@ -136,13 +163,14 @@ fn execution_reports(state: &State, e: &EngineEvent) -> Vec<(u64, ExecutionRepor
 }
 
 async fn fan_out_settled(state: Arc<State>, mut settled: Follower) {
-    while let Some(event) = settled.next::<LedgerEvent>().await {
+    while let Some((_, event)) = settled.next::<LedgerEvent>().await {
         let Some(ledger_event::Kind::Settled(s)) = event.kind else { continue };
         let report = |order_id| ExecutionReport {
             order_id,
             symbol: s.symbol.clone(),
             kind: Some(execution_report::Kind::Settled(Settled { match_seq: s.match_seq })),
             ts_ms: 0,
+            cursor: 0,
         };
         for (account, order) in [(s.buyer, s.buy_order), (s.seller, s.sell_order)] {
             send_to(&state.executions, |f| matches!(f, Filter::Account(a) if *a == account), report(order));
@@ -151,7 +179,7 @@ async fn fan_out_settled(state: Arc<State>, mut settled: Follower) {
 }
 
 async fn fan_out_md(state: Arc<State>, mut updates: Follower) {
-    while let Some(md) = updates.next::<MarketData>().await {
+    while let Some((_, md)) = updates.next::<MarketData>().await {
         let tick = state.deps.cfg.instrument(&md.symbol).map_or(1, |i| i.tick_cents);
         let update = MarketDataUpdate {
             symbol: md.symbol.clone(),
@@ -216,15 +244,35 @@ impl GatewaySvc {
         Ok(())
     }
 
+    fn next_subscriber(&self) -> u64 {
+        let mut next = self.state.next_sub.lock().expect("sub lock");
+        *next += 1;
+        *next
+    }
+
     fn subscribe<T>(&self, subs: &Subscribers<T>, filter: Filter) -> mpsc::Receiver<Result<T, Status>> {
         let (tx, rx) = mpsc::channel(4096);
-        let id = {
-            let mut next = self.state.next_sub.lock().expect("sub lock");
-            *next += 1;
-            *next
-        };
+        let id = self.next_subscriber();
         subs.lock().expect("subscribers lock").insert(id, (filter, tx));
         rx
+    }
+
+    /// `user`'s fill and close reports of TRADES after `after` up to `through`.
+    async fn missed_reports(&self, user: UserId, after: u64, through: u64) -> Result<Vec<ExecutionReport>, Status> {
+        let names = self.state.deps.cfg.names();
+        let stream = names.trades_stream();
+        let msgs = crate::bus::read_to_end(self.state.deps.bus.as_ref(), &stream, &names.trades_all(), after + 1)
+            .await
+            .map_err(crate::services::bus_status)?;
+        let mut out = Vec::new();
+        for m in msgs.iter().take_while(|m| m.seq <= through) {
+            let e: EngineEvent =
+                crate::services::decode(&stream, m.seq, &m.payload).map_err(|e| Status::internal(e.to_string()))?;
+            out.extend(
+                execution_reports(&self.state, &e, m.seq).into_iter().filter(|(a, _)| *a == user.0).map(|(_, r)| r),
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -352,8 +400,20 @@ impl Gateway for GatewaySvc {
     ) -> Result<Response<Self::StreamExecutionsStream>, Status> {
         self.state.deps.work("gateway.stream_executions").await;
         let user = self.caller(&req)?;
-        let rx = self.subscribe(&self.state.executions, Filter::Account(user.0));
-        Ok(Response::new(receiver_stream(rx)))
+        let after = req.into_inner().after_cursor;
+        // Subscribed and the cursor read together: live reports are exactly those after it.
+        let (rx, cursor) = {
+            let mut subs = self.state.executions.lock().expect("subscribers lock");
+            let (tx, rx) = mpsc::channel(4096);
+            subs.insert(self.next_subscriber(), (Filter::Account(user.0), tx));
+            (rx, self.state.trades_cursor.load(Ordering::Relaxed))
+        };
+        let opening = ExecutionReport { cursor: after.max(cursor), ..ExecutionReport::default() };
+        let mut first = vec![Ok(opening)];
+        if after != 0 && after < cursor {
+            first.extend(self.missed_reports(user, after, cursor).await?.into_iter().map(Ok));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(first).chain(receiver_stream(rx)))))
     }
 
     type StreamMarketDataStream = BoxStream<MarketDataUpdate>;

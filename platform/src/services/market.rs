@@ -131,7 +131,7 @@ async fn apply_fill(deps: &Deps, symbol: &str, ts_ms: i64, f: &FillEvent) -> Res
 }
 
 async fn follow_md(deps: Deps, mut updates: Follower) {
-    while let Some(md) = updates.next::<MarketData>().await {
+    while let Some((_, md)) = updates.next::<MarketData>().await {
         let key = deps.cfg.names().key(&format!("market:quote:{}", md.symbol));
         let num = |v: i64| Bytes::from(v.to_string());
         let fields = [

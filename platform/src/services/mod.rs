@@ -165,36 +165,101 @@ pub struct Follower {
     filter: String,
     tail: Box<dyn crate::bus::Tail>,
     shutdown: Shutdown,
+    /// The last sequence handed out (or opened after); None before the first.
+    last: Option<u64>,
+    /// Read back after a reopen: what was stored while the tail was down.
+    backlog: std::collections::VecDeque<crate::bus::StoredMsg>,
+    /// Tail messages up to here were already handed out from the backlog.
+    skip_through: u64,
 }
 
 impl Follower {
     /// Opens the tail now, so that nothing published after this call is missed.
     pub async fn open(deps: &Deps, stream: String, filter: String, shutdown: Shutdown) -> Result<Follower, BusError> {
         let tail = deps.bus.tail(&stream, &filter).await?;
-        Ok(Follower { bus: deps.bus.clone(), stream, filter, tail, shutdown })
+        Ok(Follower {
+            bus: deps.bus.clone(),
+            stream,
+            filter,
+            tail,
+            shutdown,
+            last: None,
+            backlog: Default::default(),
+            skip_through: 0,
+        })
     }
 
-    /// The next message that decodes as `M`; None once shutdown has come.
-    pub async fn next<M: Message + Default>(&mut self) -> Option<M> {
+    /// Opens the tail and hands out everything stored after sequence `after` first.
+    pub async fn open_after(
+        deps: &Deps,
+        stream: String,
+        filter: String,
+        after: u64,
+        shutdown: Shutdown,
+    ) -> Result<Follower, BusError> {
+        let mut f = Follower::open(deps, stream, filter, shutdown).await?;
+        f.last = Some(after);
+        f.read_back().await?;
+        Ok(f)
+    }
+
+    /// The next message that decodes as `M`, with its sequence; None once
+    /// shutdown has come. When the tail fails it is reopened and what was
+    /// stored in between is read back from the stream, so nothing is missed
+    /// and nothing handed out twice (a memory stream whose numbering restarted
+    /// with the broker is followed from its new start).
+    pub async fn next<M: Message + Default>(&mut self) -> Option<(u64, M)> {
         loop {
-            let next = tokio::select! {
-                _ = self.shutdown.clone() => return None,
-                r = self.tail.next() => r,
+            let (next, from_tail) = match self.backlog.pop_front() {
+                Some(m) => (Ok(m), false),
+                None => tokio::select! {
+                    _ = self.shutdown.clone() => return None,
+                    r = self.tail.next() => (r, true),
+                },
             };
             match next {
-                Ok(m) => match decode::<M>(&self.stream, m.seq, &m.payload) {
-                    Ok(event) => return Some(event),
-                    Err(e) => tracing::error!(error = %e, "undecodable message skipped"),
-                },
+                Ok(m) if from_tail && m.seq <= self.skip_through => continue, // handed out from the backlog
+                Ok(m) => {
+                    self.last = Some(m.seq);
+                    match decode::<M>(&self.stream, m.seq, &m.payload) {
+                        Ok(event) => return Some((m.seq, event)),
+                        Err(e) => tracing::error!(error = %e, "undecodable message skipped"),
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(stream = %self.stream, error = %e, "tail failed; reopening");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    if let Ok(t) = self.bus.tail(&self.stream, &self.filter).await {
-                        self.tail = t;
-                    }
+                    self.reopen().await;
                 }
             }
         }
+    }
+
+    /// Reopens the tail, then reads back what was stored since the last message.
+    async fn reopen(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.clone() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let Ok(tail) = self.bus.tail(&self.stream, &self.filter).await else { continue };
+            self.tail = tail;
+            match self.read_back().await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(stream = %self.stream, error = %e, "read-back failed; reopening again"),
+            }
+        }
+    }
+
+    /// Queues what the stream holds after the last message (nothing before the first).
+    async fn read_back(&mut self) -> Result<(), BusError> {
+        let Some(last) = self.last else { return Ok(()) };
+        let missed = crate::bus::read_to_end(self.bus.as_ref(), &self.stream, &self.filter, last + 1).await?;
+        if !missed.is_empty() {
+            tracing::info!(stream = %self.stream, missed = missed.len(), "read back what the tail missed");
+        }
+        self.skip_through = missed.last().map_or(0, |m| m.seq);
+        self.backlog = missed.into();
+        Ok(())
     }
 }
 

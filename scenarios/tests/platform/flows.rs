@@ -123,6 +123,7 @@ pub async fn end_to_end_crossing_limits_and_a_market_order(p: &dyn Platform) {
     portfolio_is(&bob, 399_000, 0, &[("ACME", 60, 0)]).await;
 
     let mut fills = Vec::new();
+    let mut cursors = Vec::new();
     while fills.len() < 2 {
         let r = tokio::time::timeout(Duration::from_secs(10), alice_reports.message())
             .await
@@ -131,9 +132,28 @@ pub async fn end_to_end_crossing_limits_and_a_market_order(p: &dyn Platform) {
             .unwrap();
         if let Some(execution_report::Kind::Fill(f)) = r.kind {
             fills.push((r.order_id, f.price_cents, f.qty, f.remaining, f.maker));
+            cursors.push(r.cursor);
         }
     }
     assert_eq!(fills, vec![(buy1.order_id, 10_000, 30, 0, false), (buy2.order_id, 9_900, 10, 0, true)]);
+    assert!(cursors[0] > 0 && cursors[0] < cursors[1], "cursors grow: {cursors:?}");
+
+    // A stream resumed after the first fill's cursor replays the second fill first.
+    let mut resumed = alice.executions_after(cursors[0]).await.unwrap();
+    let opening = resumed.message().await.unwrap().unwrap();
+    assert_eq!((opening.kind, opening.order_id), (None, 0), "the opening report carries only the cursor");
+    assert!(opening.cursor >= cursors[1], "{} < {}", opening.cursor, cursors[1]);
+    let replayed = loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+            .await
+            .expect("replayed report in time")
+            .unwrap()
+            .unwrap();
+        if let Some(execution_report::Kind::Fill(f)) = r.kind {
+            break (r.order_id, f.price_cents, f.qty, f.remaining, f.maker, r.cursor);
+        }
+    };
+    assert_eq!(replayed, (buy2.order_id, 9_900, 10, 0, true, cursors[1]));
 
     let quote = eventually("the quote", || async { alice.quote("ACME").await.ok().filter(|q| q.trades == 2) }).await;
     assert_eq!((quote.last_price_cents, quote.last_qty, quote.volume), (9_900, 10, 40));
