@@ -437,7 +437,12 @@ fn run_scenario(
         .enable_all()
         .build()
         .map_err(|e| RunError::Failed(e.to_string()))?;
-    let result = rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone()));
+    let bar = progress_bar();
+    let result =
+        rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone(), bar.clone()));
+    if bar.is_some() {
+        eprintln!();
+    }
     let r = result.map_err(|e| RunError::Failed(format!("{e}\n  replay: {rerun}")))?;
     fafnir_scenarios::run::write_run_dir(&out, &r).map_err(RunError::Failed)?;
     render(&out);
@@ -468,7 +473,6 @@ fn render(out: &std::path::Path) {
 
 /// A progress bar on stderr when it is a terminal and not in CI; otherwise
 /// none (the run's output stays line-oriented).
-#[cfg(madsim)]
 fn progress_bar() -> Option<fafnir_scenarios::progress::ProgressFn> {
     use std::io::{IsTerminal as _, Write as _};
     if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
