@@ -12,7 +12,9 @@
 //! - [`agents`]: the market agents (noise, market maker, momentum, value, whale).
 //! - [`checker`]: the fill checker and its reference book.
 //! - [`scenario`]: scenario files (TOML), their schema and SLOs.
-//! - [`run`]: one run's outcome, summary.json and .hgrm files; `sim_run` runs it in simulation.
+//! - [`run`]: one run's outcome, summary.json and .hgrm files; `sim_run` runs it in simulation,
+//!   `real_run` against real servers.
+//! - [`progress`]: where a run is, and the progress bar's line.
 //! - [`timeline`]: timeline.json, what happened when (buckets, trades, fault windows).
 //! - [`driver`]: the open-loop driver and its latency recorder.
 //! - [`client`]: a logged-in user of the public gateway API.
@@ -27,6 +29,7 @@ pub mod chaos;
 pub mod checker;
 pub mod client;
 pub mod driver;
+pub mod progress;
 #[cfg(not(madsim))]
 pub mod real;
 #[cfg(not(madsim))]

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fafnir_platform::config::PlatformConfig;
-use fafnir_platform::services::launch;
+use fafnir_platform::services::{launch, Deps};
 
 use crate::driver::{self, AgentHandle, Recorder};
+use crate::progress::{Progress, ProgressFn, RunClock, PROGRESS_EVERY};
 use crate::run;
 use crate::scenario::Scenario;
 
@@ -48,13 +49,15 @@ fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformCon
     cfg
 }
 
-/// Runs `scn` against real servers.
+/// Runs `scn` against real servers, reporting progress to `progress` every
+/// [`PROGRESS_EVERY`] of wall time while the load and liveness phases last.
 pub async fn run(
     scn: &Scenario,
     seed: u64,
     target: Target,
     config_hash: String,
     rerun: String,
+    progress: Option<ProgressFn>,
 ) -> Result<RealRun, String> {
     if scn.nemesis.is_some() || scn.buggify {
         return Err("the scenario has a [nemesis] or buggify: faults run in the simulation (cargo fafnir run …)".into());
@@ -105,17 +108,14 @@ pub async fn run(
         *r = Recorder::new(t0);
         r.t0_clock_ms = deps.clock.now_ms();
     }
-    let mut runs = Vec::new();
-    for (handle, (_, p, i, agent_seed)) in agents.iter().zip(&plan) {
-        let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
-        runs.push(tokio::spawn(driver::run_agent(agent, handle.clone(), rec.clone(), t0, scn.duration)));
+    let ticker = progress.map(|report| tokio::spawn(tick(rec.clone(), t0, scn.duration, report)));
+    let load = load_and_quiesce(scn, &deps, &agents, &plan, &rec, t0).await;
+    if let Some(ticker) = ticker {
+        // Awaited, not only aborted: no bar is drawn once the run has returned.
+        ticker.abort();
+        let _ = ticker.await;
     }
-    for r in runs {
-        r.await.map_err(|e| format!("an agent crashed: {e}"))?;
-    }
-    if let Err(why) = run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
-        return Err(format!("liveness: the platform did not quiesce within {:?}: {why}", scn.quiesce));
-    }
+    load?;
     let input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;
     let recorder = rec.lock().expect("recorder").clone();
     if target.gateway.is_none() {
@@ -138,4 +138,40 @@ pub async fn run(
         nemesis: None,
     };
     Ok(run::finish(scn, meta, recorder, &input))
+}
+
+/// The load phase (every agent trades for the scenario's duration from `t0`),
+/// then the liveness phase (the platform settles within the quiesce time).
+async fn load_and_quiesce(
+    scn: &Scenario,
+    deps: &Deps,
+    agents: &[Arc<AgentHandle>],
+    plan: &[(String, usize, u32, u64)],
+    rec: &Arc<Mutex<Recorder>>,
+    t0: tokio::time::Instant,
+) -> Result<(), String> {
+    let mut runs = Vec::new();
+    for (handle, (_, p, i, agent_seed)) in agents.iter().zip(plan) {
+        let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
+        runs.push(tokio::spawn(driver::run_agent(agent, handle.clone(), rec.clone(), t0, scn.duration)));
+    }
+    for r in runs {
+        r.await.map_err(|e| format!("an agent crashed: {e}"))?;
+    }
+    if let Err(why) = run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
+        return Err(format!("liveness: the platform did not quiesce within {:?}: {why}", scn.quiesce));
+    }
+    Ok(())
+}
+
+/// Reports progress every [`PROGRESS_EVERY`] of wall time since `t0`, until aborted.
+async fn tick(rec: Arc<Mutex<Recorder>>, t0: tokio::time::Instant, duration: Duration, report: ProgressFn) {
+    let mut every = tokio::time::interval_at(t0 + PROGRESS_EVERY, PROGRESS_EVERY);
+    // A busy runtime skips a redraw rather than drawing several at once.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let p = Progress::read(&rec.lock().expect("recorder"), RunClock::Wall, t0.elapsed(), duration);
+        report(&p);
+    }
 }

@@ -10,6 +10,7 @@ use fafnir_sim::service_time::{Dist, ServiceModel};
 use fafnir_sim::world::{sim_addrs, NetworkModel, World, WorldSpec};
 
 use crate::driver::{self, AgentHandle, Recorder};
+use crate::progress::{Progress, ProgressFn, RunClock, PROGRESS_EVERY};
 use crate::run;
 use crate::scenario::Scenario;
 
@@ -42,25 +43,6 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
     }
     spec
 }
-
-/// Where a run is, for a progress bar.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    /// "load" while the agents trade, "liveness" while the platform catches up.
-    pub phase: &'static str,
-    pub sim_ms: u64,
-    pub duration_ms: u64,
-    pub submitted: u64,
-    pub accepted: u64,
-    /// submit_to_ack p99 so far.
-    pub p99_ack_ns: u64,
-}
-
-/// Called every [`PROGRESS_EVERY`] of simulated time.
-pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
-
-/// How often (simulated time) a run reports its progress.
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// What the random nemesis draws for `seed` (None when the scenario has none):
 /// its options and the faults it adds to the scenario's own.
@@ -187,7 +169,7 @@ async fn drive(
     Ok(run::finish(&scn, meta, recorder, &input))
 }
 
-/// Reports progress every [`PROGRESS_EVERY`] until `done`.
+/// Reports progress every [`PROGRESS_EVERY`] of simulated time until `done`.
 async fn tick(
     rec: Arc<Mutex<Recorder>>,
     t0: tokio::time::Instant,
@@ -198,19 +180,7 @@ async fn tick(
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::time::sleep(PROGRESS_EVERY).await;
         let Some(report) = &progress else { continue };
-        let p = {
-            let r = rec.lock().expect("recorder");
-            let sim_ms = t0.elapsed().as_millis() as u64;
-            let ack = &r.histograms["submit_to_ack"];
-            Progress {
-                phase: if sim_ms < duration.as_millis() as u64 { "load" } else { "liveness" },
-                sim_ms,
-                duration_ms: duration.as_millis() as u64,
-                submitted: r.counts.submitted,
-                accepted: r.counts.accepted,
-                p99_ack_ns: if ack.is_empty() { 0 } else { ack.value_at_quantile(0.99) },
-            }
-        };
+        let p = Progress::read(&rec.lock().expect("recorder"), RunClock::Simulated, t0.elapsed(), duration);
         report(&p);
     }
 }

@@ -121,7 +121,7 @@ mod real {
             redis: "127.0.0.1:6379".into(),
             namespace: None,
         };
-        let r = fafnir_scenarios::real_run::run(&scn, 3, target, "test".into(), "test".into())
+        let r = fafnir_scenarios::real_run::run(&scn, 3, target, "test".into(), "test".into(), None)
             .await
             .unwrap_or_else(|e| panic!("real servers needed: {e}"));
         assert!(r.summary.counts.accepted > 20, "the agents traded: {:?}", r.summary.counts);
@@ -139,8 +139,10 @@ mod real {
             redis: "127.0.0.1:6379".into(),
             namespace: None,
         };
-        let err =
-            fafnir_scenarios::real_run::run(&scn, 1, target, "t".into(), "t".into()).await.err().expect("refused");
+        let err = fafnir_scenarios::real_run::run(&scn, 1, target, "t".into(), "t".into(), None)
+            .await
+            .err()
+            .expect("refused");
         assert!(err.contains("fault schedules run in the simulation"), "{err}");
     }
 }

@@ -437,7 +437,12 @@ fn run_scenario(
         .enable_all()
         .build()
         .map_err(|e| RunError::Failed(e.to_string()))?;
-    let result = rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone()));
+    let bar = progress_bar();
+    let result =
+        rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone(), bar.clone()));
+    if bar.is_some() {
+        eprintln!();
+    }
     let r = result.map_err(|e| RunError::Failed(format!("{e}\n  replay: {rerun}")))?;
     fafnir_scenarios::run::write_run_dir(&out, &r).map_err(RunError::Failed)?;
     render(&out);
@@ -468,27 +473,15 @@ fn render(out: &std::path::Path) {
 
 /// A progress bar on stderr when it is a terminal and not in CI; otherwise
 /// none (the run's output stays line-oriented).
-#[cfg(madsim)]
-fn progress_bar() -> Option<fafnir_scenarios::sim_run::ProgressFn> {
+fn progress_bar() -> Option<fafnir_scenarios::progress::ProgressFn> {
     use std::io::{IsTerminal as _, Write as _};
     if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
         return None;
     }
-    Some(std::sync::Arc::new(|p: &fafnir_scenarios::sim_run::Progress| {
-        const WIDTH: u64 = 30;
-        let done = (p.sim_ms.min(p.duration_ms) * WIDTH / p.duration_ms.max(1)) as usize;
-        let bar = format!("{}{}", "#".repeat(done), "-".repeat(WIDTH as usize - done));
+    Some(std::sync::Arc::new(|p: &fafnir_scenarios::progress::Progress| {
         let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[2K[{bar}] {:>6.1}/{:.1} s simulated ({}) | {} orders, {} accepted | p99 submit->ack {:.1} ms",
-            p.sim_ms as f64 / 1e3,
-            p.duration_ms as f64 / 1e3,
-            p.phase,
-            p.submitted,
-            p.accepted,
-            p.p99_ack_ns as f64 / 1e6
-        );
+        // Back to the line's start and clear it: the bar redraws in place.
+        let _ = write!(err, "\r\x1b[2K{}", fafnir_scenarios::progress::bar_line(p));
         let _ = err.flush();
     }))
 }
