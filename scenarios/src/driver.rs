@@ -228,7 +228,7 @@ fn transient(code: Code) -> bool {
 }
 
 /// Listens to the agent's execution reports until the stream ends.
-pub async fn follow_executions(
+async fn follow_executions(
     mut stream: tonic::Streaming<ExecutionReport>,
     state: Arc<Mutex<AgentState>>,
     rec: Arc<Mutex<Recorder>>,

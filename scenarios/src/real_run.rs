@@ -88,11 +88,7 @@ pub async fn run(
         let user = format!("{name}-{}", std::process::id());
         let handle = Arc::new(AgentHandle::setup(gateway, &user, pop.cash_cents, &pop.holdings).await?);
         let (h, r) = (handle.clone(), rec.clone());
-        tokio::spawn(async move {
-            if let Ok(s) = driver::retry(|| h.client.executions()).await {
-                driver::follow_executions(s, h.state.clone(), r).await;
-            }
-        });
+        tokio::spawn(driver::keep_following_executions(h, r));
         let (h, r, clock) = (handle.clone(), rec.clone(), deps.clock.clone());
         tokio::spawn(async move {
             if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
