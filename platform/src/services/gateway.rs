@@ -27,7 +27,8 @@ use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::{auth, market, orders, portfolio};
 use crate::services::{channel, jwt, Deps, Follower, ServiceError, Shutdown, TaskGroup};
 
-type Subscribers<T> = Arc<Mutex<BTreeMap<u64, (Filter, mpsc::Sender<Result<T, Status>>)>>>;
+type SubscriberMap<T> = BTreeMap<u64, (Filter, mpsc::Sender<Result<T, Status>>)>;
+type Subscribers<T> = Arc<Mutex<SubscriberMap<T>>>;
 
 #[derive(Clone)]
 enum Filter {
@@ -100,11 +101,7 @@ fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, ite
     send_locked(&mut subs.lock().expect("subscribers lock"), wants, item);
 }
 
-fn send_locked<T: Clone>(
-    subs: &mut BTreeMap<u64, (Filter, mpsc::Sender<Result<T, Status>>)>,
-    wants: impl Fn(&Filter) -> bool,
-    item: T,
-) {
+fn send_locked<T: Clone>(subs: &mut SubscriberMap<T>, wants: impl Fn(&Filter) -> bool, item: T) {
     subs.retain(|_, (filter, tx)| {
         if !wants(filter) {
             return !tx.is_closed();
