@@ -59,7 +59,7 @@ pub async fn run(
     rerun: String,
     progress: Option<ProgressFn>,
 ) -> Result<RealRun, String> {
-    if scn.nemesis.is_some() || scn.buggify {
+    if scn.nemesis.is_some() || scn.buggify || scn.buggify_network {
         return Err("the scenario has a [nemesis] or buggify: faults run in the simulation (cargo fafnir run …)".into());
     }
     if !scn.faults.is_empty() {

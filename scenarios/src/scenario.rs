@@ -42,6 +42,8 @@ struct RawScenario {
     #[serde(default)]
     buggify: bool,
     #[serde(default)]
+    buggify_network: bool,
+    #[serde(default)]
     slos: Vec<String>,
 }
 
@@ -126,6 +128,9 @@ pub struct Scenario {
     pub nemesis: Option<NemesisConfig>,
     /// Simulation only: the platform's in-code fault points (BUGGIFY) are on.
     pub buggify: bool,
+    /// Simulation only: madsim's network fault points are on (a tenth of all
+    /// messages delayed 1-5 s: nearly every request meets one).
+    pub buggify_network: bool,
     pub slos: Vec<Slo>,
     /// Test-only canary (never read from the file): a bug to plant in the platform.
     pub planted_bug: Option<fafnir_platform::config::PlantedBug>,
@@ -191,6 +196,7 @@ impl Scenario {
             faults: raw.faults,
             nemesis: raw.nemesis.filter(|n| n.enabled),
             buggify: raw.buggify,
+            buggify_network: raw.buggify_network,
             slos,
             planted_bug: None,
         })
@@ -236,6 +242,11 @@ impl Scenario {
         }
         if self.buggify {
             out.push("buggify: the in-code fault points are on".into());
+        }
+        if self.buggify_network {
+            out.push(
+                "buggify_network: madsim's network fault points are on (a tenth of messages delayed 1-5 s)".into(),
+            );
         }
         if let Some(n) = &self.nemesis {
             out.push(format!("nemesis: {}", toml::to_string(n).unwrap_or_default().trim().replace('\n', ", ")));

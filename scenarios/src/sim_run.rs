@@ -24,6 +24,7 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
     spec.cfg.engine_shards = scn.engine_shards.clone();
     spec.cfg.planted_bug = scn.planted_bug;
     spec.buggify = scn.buggify;
+    spec.network_buggify = scn.buggify_network;
     spec.cfg.addrs = sim_addrs(scn.engine_shards.len());
     // Agents are well-behaved users; the rate limit is not what a run measures.
     spec.cfg.rate_limit.per_second = 1_000_000;

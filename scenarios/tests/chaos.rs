@@ -1,5 +1,5 @@
 //! Evidence that chaos sweeps find bugs: each planted bug is found by a sweep
-//! of scenarios/chaos.toml (random nemesis, BUGGIFY off) within 200 seeds, the
+//! of scenarios/chaos.toml (random nemesis, the platform's BUGGIFY points on) within 200 seeds, the
 //! way it should fail; the same 200 seeds with no bug planted are all clean.
 //! Also: a found failure shrinks to fewer faults and still fails the same way.
 //!

@@ -54,9 +54,12 @@ pub struct WorldSpec {
     /// Processing-time model per service kind; kinds not named run in zero time.
     pub service_time: BTreeMap<String, ServiceModel>,
     pub network: NetworkModel,
-    /// Turns on the in-code fault points (`madsim::buggify`) from the start;
-    /// see [`World::set_buggify`].
+    /// Turns on the platform's in-code fault points from the start; see
+    /// [`World::set_buggify`].
     pub buggify: bool,
+    /// Turns on madsim's own network fault points from the start; see
+    /// [`World::set_network_buggify`].
+    pub network_buggify: bool,
 }
 
 /// The network: one latency distribution and one loss rate for every link
@@ -98,7 +101,7 @@ impl WorldSpec {
         cfg.redis_addr = REDIS.to_string();
         cfg.password_hashing = PasswordHashing::CHEAP;
         let service_time = ServiceKind::ALL.iter().map(|k| (k.name().to_string(), ServiceModel::typical())).collect();
-        WorldSpec { root_seed, cfg, service_time, network: NetworkModel::LAN, buggify: false }
+        WorldSpec { root_seed, cfg, service_time, network: NetworkModel::LAN, buggify: false, network_buggify: false }
     }
 }
 
@@ -134,7 +137,9 @@ impl World {
         spec.cfg.validate().unwrap_or_else(|e| panic!("world config: {e}"));
         let handle = Handle::current();
         spec.network.apply();
-        if spec.buggify {
+        // Set either way: the flag outlives a world on its thread.
+        fafnir_platform::services::set_fault_points(spec.buggify);
+        if spec.network_buggify {
             madsim::buggify::enable();
         }
         let trace = Trace::new();
@@ -248,15 +253,22 @@ impl World {
         net.unclog_link(self.node(b), self.node(a));
     }
 
-    /// Switches the in-code fault points on or off. madsim's own network has
-    /// one too: while on, a tenth of sends and connects are delayed 1-5 s.
+    /// Switches the platform's in-code fault points on or off.
     pub fn set_buggify(&self, on: bool) {
+        fafnir_platform::services::set_fault_points(on);
+        self.trace.record("buggify", &[u8::from(on)]);
+    }
+
+    /// Switches madsim's own network fault points on or off: while on, a
+    /// tenth of all sends and connects are delayed 1-5 s, so nearly every
+    /// request meets one (a request takes tens of messages).
+    pub fn set_network_buggify(&self, on: bool) {
         if on {
             madsim::buggify::enable();
         } else {
             madsim::buggify::disable();
         }
-        self.trace.record("buggify", &[u8::from(on)]);
+        self.trace.record("network-buggify", &[u8::from(on)]);
     }
 
     /// The names a fault may target.

@@ -57,12 +57,36 @@ impl Deps {
     }
 }
 
+#[cfg(madsim)]
+thread_local! {
+    /// Whether the in-code fault points are on, for the simulation running
+    /// on this thread (a madsim runtime runs on one thread; a sweep runs one
+    /// world after another on each of its threads, and each world sets it).
+    static FAULT_POINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Switches the platform's in-code fault points on or off for the
+/// simulation on this thread. madsim's own network fault points (a tenth of
+/// sends delayed 1-5 s) are a separate switch, `madsim::buggify`.
+#[cfg(madsim)]
+pub fn set_fault_points(on: bool) {
+    FAULT_POINTS.with(|f| f.set(on));
+}
+
 /// An in-code fault point (FoundationDB's BUGGIFY): true with probability
 /// `p` when the simulation has switched fault points on, never otherwise
 /// (always false in the real build). Each point widens a race window or
 /// forces a path (a redelivery, a late ack) that the code must survive.
 pub fn buggify(p: f64) -> bool {
-    madsim::buggify::buggify_with_prob(p)
+    #[cfg(madsim)]
+    {
+        FAULT_POINTS.with(|f| f.get()) && madsim::rand::Rng::gen_bool(&mut madsim::rand::thread_rng(), p)
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = p;
+        false
+    }
 }
 
 /// Processing time, modelled. madsim runs CPU work in zero simulated time, so

@@ -286,14 +286,31 @@ async fn buggify_fault_points_change_no_outcome() {
         |p| async move {
             let disrupt = |w: &Arc<World>| {
                 w.set_buggify(true);
+                w.set_network_buggify(true);
                 w.kill("engine-0");
             };
             let heal = |w: &Arc<World>| {
                 w.restart("engine-0");
                 w.set_buggify(false);
+                w.set_network_buggify(false);
             };
             flow_through(&p, disrupt, heal).await;
         },
     )
     .await;
+}
+
+#[madsim::test]
+async fn fault_points_fire_only_while_switched_on_and_apart_from_the_network() {
+    let fired = || (0..1000).filter(|_| fafnir_platform::services::buggify(0.5)).count();
+    let world = World::build(WorldSpec { buggify: true, ..WorldSpec::standard(7) });
+    let on = fired();
+    assert!((400..=600).contains(&on), "{on} of 1000 at p = 0.5");
+    assert!(!madsim::buggify::is_enabled(), "the platform's points leave madsim's network alone");
+    world.set_buggify(false);
+    assert_eq!(fired(), 0);
+    world.set_network_buggify(true);
+    assert_eq!(fired(), 0, "madsim's network points leave the platform's alone");
+    assert!(madsim::buggify::is_enabled());
+    world.set_network_buggify(false);
 }
