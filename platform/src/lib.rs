@@ -25,4 +25,5 @@ pub mod config;
 pub mod domain;
 pub mod kv;
 pub mod proto;
+pub mod rng;
 pub mod services;

@@ -20,6 +20,7 @@ use madsim::task::NodeId;
 use crate::broker::{self, BrokerDisk, SimBus};
 use crate::faults::{Action, Fault, FaultSchedule};
 use crate::redis::{self, SimKv};
+use crate::rng::derive_seed;
 use crate::service_time::{Modelled, ServiceModel, SlowKnob};
 use crate::trace::Trace;
 
@@ -129,6 +130,8 @@ pub struct World {
     pub clock: SimClock,
     slow: BTreeMap<String, SlowKnob>,
     next_client: std::sync::atomic::AtomicU32,
+    /// What the platform's fault points draw from when switched on.
+    buggify_seed: u64,
 }
 
 impl World {
@@ -137,8 +140,9 @@ impl World {
         spec.cfg.validate().unwrap_or_else(|e| panic!("world config: {e}"));
         let handle = Handle::current();
         spec.network.apply();
-        // Set either way: the flag outlives a world on its thread.
-        fafnir_platform::services::set_fault_points(spec.buggify);
+        let buggify_seed = derive_seed(spec.root_seed, "buggify");
+        // Set either way: the switch outlives a world on its thread.
+        fafnir_platform::services::set_fault_points(spec.buggify.then_some(buggify_seed));
         if spec.network_buggify {
             madsim::buggify::enable();
         }
@@ -189,7 +193,7 @@ impl World {
             }
         }
         let next_client = std::sync::atomic::AtomicU32::new(0);
-        World { handle, cfg, trace, nodes, network: spec.network, clock, slow, next_client }
+        World { handle, cfg, trace, nodes, network: spec.network, clock, slow, next_client, buggify_seed }
     }
 
     fn node(&self, name: &str) -> NodeId {
@@ -255,7 +259,7 @@ impl World {
 
     /// Switches the platform's in-code fault points on or off.
     pub fn set_buggify(&self, on: bool) {
-        fafnir_platform::services::set_fault_points(on);
+        fafnir_platform::services::set_fault_points(on.then_some(self.buggify_seed));
         self.trace.record("buggify", &[u8::from(on)]);
     }
 

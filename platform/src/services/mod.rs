@@ -59,18 +59,20 @@ impl Deps {
 
 #[cfg(madsim)]
 thread_local! {
-    /// Whether the in-code fault points are on, for the simulation running
-    /// on this thread (a madsim runtime runs on one thread; a sweep runs one
-    /// world after another on each of its threads, and each world sets it).
-    static FAULT_POINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The in-code fault points' generator while they are on (None: off), for
+    /// the simulation running on this thread (a madsim runtime runs on one
+    /// thread; a sweep runs one world after another on each of its threads,
+    /// and each world sets it).
+    static FAULT_POINTS: std::cell::RefCell<Option<crate::rng::SplitMix64>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Switches the platform's in-code fault points on or off for the
-/// simulation on this thread. madsim's own network fault points (a tenth of
-/// sends delayed 1-5 s) are a separate switch, `madsim::buggify`.
+/// Switches the platform's in-code fault points on (drawing from `seed`, a
+/// seed derived from the run's root seed) or off, for the simulation on this
+/// thread. madsim's own network fault points (a tenth of sends delayed
+/// 1-5 s) are a separate switch, `madsim::buggify`.
 #[cfg(madsim)]
-pub fn set_fault_points(on: bool) {
-    FAULT_POINTS.with(|f| f.set(on));
+pub fn set_fault_points(seed: Option<u64>) {
+    FAULT_POINTS.with(|f| *f.borrow_mut() = seed.map(crate::rng::SplitMix64::new));
 }
 
 /// An in-code fault point (FoundationDB's BUGGIFY): true with probability
@@ -80,7 +82,7 @@ pub fn set_fault_points(on: bool) {
 pub fn buggify(p: f64) -> bool {
     #[cfg(madsim)]
     {
-        FAULT_POINTS.with(|f| f.get()) && madsim::rand::Rng::gen_bool(&mut madsim::rand::thread_rng(), p)
+        FAULT_POINTS.with(|f| f.borrow_mut().as_mut().is_some_and(|rng| rng.next_unit() < p))
     }
     #[cfg(not(madsim))]
     {

@@ -471,9 +471,8 @@ impl OrdersSvc {
             price_ticks: reserve_ticks,
         };
         state.portfolio.clone().reserve(reserve).await.map_err(|s| match s.code() {
-            tonic::Code::FailedPrecondition if s.message().contains("already had its reservation released") => {
-                abandoned(&req.client_order_id)
-            }
+            // The portfolio's answer for an order whose reservation was released.
+            tonic::Code::Aborted => abandoned(&req.client_order_id),
             tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => s,
             _ => Status::unavailable(format!("portfolio: {}; retry with the same client_order_id", s.message())),
         })?;
@@ -626,7 +625,7 @@ impl Orders for OrdersSvc {
                 return Err(Status::aborted("a submit with this client_order_id is in progress; retry"));
             }
         }
-        let result = {
+        let (result, interrupted) = {
             let _guard = InflightGuard { state: &self.state, id };
             let result = self.accept(&req, &valid, id).await;
             let interrupted = result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable);
@@ -634,9 +633,9 @@ impl Orders for OrdersSvc {
                 // Claimed before the in-flight mark goes, so the reconciler never sees it unowned.
                 self.state.records.lock().expect("records lock").retrying.insert(id);
             }
-            result
+            (result, interrupted)
         };
-        if result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable) {
+        if interrupted {
             // The saga stopped halfway (reserved, perhaps not published) and
             // the client may never retry: finish it here, so that no
             // reservation is left behind for an order that never trades.

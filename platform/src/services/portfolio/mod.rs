@@ -297,6 +297,7 @@ impl Portfolio for PortfolioSvc {
         let mut ledger = self.state.ledger.lock().await;
         let exists = ledger.check_reserve(order, &reservation).map_err(|e| match e {
             ReserveError::UnknownSymbol(_) => Status::invalid_argument(e.to_string()),
+            ReserveError::AlreadyReleased(_) => Status::aborted(e.to_string()),
             _ => Status::failed_precondition(e.to_string()),
         })?;
         if !exists {
