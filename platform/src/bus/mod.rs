@@ -143,19 +143,33 @@ pub trait EventBus: Send + Sync + 'static {
 
 /// Whether `subject` matches the NATS subject `pattern` (`*` one token, `>` the rest).
 pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    // Token by token over the bytes: the broker calls this for every stored
+    // message it considers, so it avoids the generic splitters.
     if pattern.is_empty() {
         return true;
     }
-    let mut subject_tokens = subject.split('.');
-    for pat in pattern.split('.') {
-        match (pat, subject_tokens.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (p, Some(s)) if p == s => {}
+    let (p, s) = (pattern.as_bytes(), subject.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        if j > s.len() {
+            // The subject ran out of tokens before the pattern did.
+            return false;
+        }
+        let p_end = p[i..].iter().position(|&b| b == b'.').map_or(p.len(), |k| i + k);
+        let s_end = s[j..].iter().position(|&b| b == b'.').map_or(s.len(), |k| j + k);
+        match &p[i..p_end] {
+            b">" => return true,
+            b"*" => {}
+            token if token == &s[j..s_end] => {}
             _ => return false,
         }
+        i = p_end + 1;
+        j = s_end + 1;
+        if i > p.len() {
+            // The pattern is done: the subject must be too.
+            return j > s.len();
+        }
     }
-    subject_tokens.next().is_none()
 }
 
 /// Reads every message matching `filter` from `from_seq` to the current end of
@@ -194,5 +208,34 @@ mod tests {
         assert!(subject_matches("a.b", "a.b"));
         assert!(!subject_matches("a.b", "a.b.c"));
         assert!(subject_matches("", "x.y"));
+        assert!(!subject_matches("a", ""));
+        assert!(!subject_matches("a.b", "a"));
+        assert!(subject_matches("*", "x"));
+        assert!(!subject_matches("*", "x.y"));
+        assert!(subject_matches("a..b", "a..b"));
+    }
+
+    /// The token-by-token reading of NATS subjects, kept as the reference.
+    fn reference(pattern: &str, subject: &str) -> bool {
+        if pattern.is_empty() {
+            return true;
+        }
+        let mut subject_tokens = subject.split('.');
+        for pat in pattern.split('.') {
+            match (pat, subject_tokens.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (p, Some(s)) if p == s => {}
+                _ => return false,
+            }
+        }
+        subject_tokens.next().is_none()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_reference(pattern in "[ab*>.]{0,7}", subject in "[ab.]{0,7}") {
+            proptest::prop_assert_eq!(subject_matches(&pattern, &subject), reference(&pattern, &subject));
+        }
     }
 }

@@ -48,6 +48,7 @@ struct State {
     portfolio: PortfolioClient<Channel>,
     market: MarketClient<Channel>,
     buckets: Mutex<BTreeMap<u64, Bucket>>,
+    tokens: jwt::Verifier,
     executions: Subscribers<ExecutionReport>,
     /// The last TRADES sequence fanned out; changed under the executions lock.
     trades_cursor: AtomicU64,
@@ -67,6 +68,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         portfolio: PortfolioClient::new(channel(cfg.addrs.portfolio, t)),
         market: MarketClient::new(channel(cfg.addrs.market, t)),
         buckets: Mutex::new(BTreeMap::new()),
+        tokens: jwt::Verifier::new(&cfg.jwt_secret),
         executions: Arc::default(),
         trades_cursor: AtomicU64::new(0),
         market_data: Arc::default(),
@@ -218,8 +220,10 @@ impl GatewaySvc {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization header must be 'Bearer <token>'"))?;
-        let cfg = &self.state.deps.cfg;
-        let claims = jwt::verify(&cfg.jwt_secret, token, self.state.deps.clock.now_ms() / 1000)
+        let claims = self
+            .state
+            .tokens
+            .verify(token, self.state.deps.clock.now_ms() / 1000)
             .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
         self.rate_limit(claims.sub)?;
         Ok(claims.user())

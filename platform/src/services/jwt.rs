@@ -82,6 +82,52 @@ pub fn verify(secret: &str, token: &str, now_s: i64) -> Result<Claims, JwtError>
     Ok(claims)
 }
 
+/// Verifies tokens under one secret, remembering the ones whose signature
+/// checked out: a token is immutable, so its signature need be checked only
+/// once, while its expiry is checked on every use. The gateway verifies a token
+/// on every call, and the HMAC dominated its cost.
+pub struct Verifier {
+    secret: String,
+    /// Verified tokens and their claims; emptied when full (a re-check is cheap
+    /// compared with the calls it saved).
+    verified: std::sync::Mutex<std::collections::BTreeMap<String, Claims>>,
+}
+
+/// How many verified tokens a [`Verifier`] remembers.
+const VERIFIED_MAX: usize = 4096;
+
+impl Verifier {
+    pub fn new(secret: &str) -> Verifier {
+        Verifier { secret: secret.to_string(), verified: Default::default() }
+    }
+
+    /// As [`verify`], for the verifier's secret.
+    pub fn verify(&self, token: &str, now_s: i64) -> Result<Claims, JwtError> {
+        let known = self.verified.lock().expect("verified lock").get(token).cloned();
+        let claims = match known {
+            Some(claims) => claims,
+            None => {
+                let claims = verify(&self.secret, token, now_s)?;
+                let mut verified = self.verified.lock().expect("verified lock");
+                if verified.len() >= VERIFIED_MAX {
+                    verified.clear();
+                }
+                verified.insert(token.to_string(), claims.clone());
+                claims
+            }
+        };
+        if claims.exp <= now_s {
+            return Err(JwtError::Expired);
+        }
+        Ok(claims)
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.verified.lock().expect("verified lock").len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +153,30 @@ mod tests {
         let mut parts: Vec<&str> = token.split('.').collect();
         parts[1] = &forged_payload;
         assert_eq!(verify("k", &parts.join("."), 999), Err(JwtError::BadSignature));
+    }
+
+    #[test]
+    fn the_verifier_remembers_signatures_but_not_expiry() {
+        let v = Verifier::new("k");
+        let token = issue("k", &claims());
+        assert_eq!(v.verify(&token, 998), Ok(claims()));
+        assert_eq!(v.remembered(), 1);
+        assert_eq!(v.verify(&token, 999), Ok(claims()));
+        assert_eq!(v.verify(&token, 1_000), Err(JwtError::Expired));
+        // Refused tokens are not remembered, and stay refused.
+        let forged = issue("other", &claims());
+        assert_eq!(v.verify(&forged, 999), Err(JwtError::BadSignature));
+        assert_eq!(v.verify(&forged, 999), Err(JwtError::BadSignature));
+        assert_eq!(v.remembered(), 1);
+    }
+
+    #[test]
+    fn the_verifier_stays_bounded() {
+        let v = Verifier::new("k");
+        for sub in 0..(VERIFIED_MAX as u64 + 10) {
+            let token = issue("k", &Claims { sub, ..claims() });
+            assert_eq!(v.verify(&token, 0).map(|c| c.sub), Ok(sub));
+            assert!(v.remembered() <= VERIFIED_MAX);
+        }
     }
 }
