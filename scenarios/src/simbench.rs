@@ -66,8 +66,12 @@ async fn drain(world: &World) {
     let names = world.cfg.names();
     let inputs = read_to_end(&bus, &names.orders_stream(), "", 1).await.expect("read orders");
     let last = inputs.last().map_or(0, |m| m.seq);
+    // Reads on from where the previous look ended: re-reading (and decoding)
+    // the whole of TRADES every few milliseconds was most of the run's cost.
+    let mut next = 1;
     loop {
-        let trades = read_to_end(&bus, &names.trades_stream(), "", 1).await.expect("read trades");
+        let trades = read_to_end(&bus, &names.trades_stream(), "", next).await.expect("read trades");
+        next = trades.last().map_or(next, |m| m.seq + 1);
         let done = trades
             .iter()
             .filter_map(|m| prost::Message::decode(&m.payload[..]).ok())
