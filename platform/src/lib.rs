@@ -13,6 +13,7 @@
 //! - [`services`]: one module per service, each with a `serve` entry point taking its
 //!   dependencies, plus [`services::launch`] that starts a whole deployment.
 //! - [`proto`]: the generated gRPC and event types (`platform/proto/*.proto`).
+//! - [`rpc`]: the unary calls on an order's path (multiplexed in simulation).
 //! - [`config`]: one deployment's configuration; [`clock`]: the one wall-clock read.
 //!
 //! JetStream is the system of record; Redis holds derived state only. Every
@@ -26,4 +27,5 @@ pub mod domain;
 pub mod kv;
 pub mod proto;
 pub mod rng;
+pub mod rpc;
 pub mod services;

@@ -13,6 +13,8 @@ use tonic::{Request, Status};
 #[derive(Clone)]
 pub struct Client {
     pub api: GatewayClient<Channel>,
+    /// Submit and cancel, on the order's path (see `fafnir_platform::rpc`).
+    pub mux: fafnir_platform::rpc::Mux,
     pub token: Option<String>,
     pub user_id: u64,
 }
@@ -51,11 +53,13 @@ impl OrderSpec {
 impl Client {
     /// A client of the gateway at `addr` (connects lazily).
     pub fn new(addr: SocketAddr) -> Client {
+        const TIMEOUT: Duration = Duration::from_secs(10);
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid uri")
-            .timeout(Duration::from_secs(10))
+            .timeout(TIMEOUT)
             .connect_lazy();
-        Client { api: GatewayClient::new(channel), token: None, user_id: 0 }
+        let mux = fafnir_platform::rpc::Mux::new(addr, TIMEOUT);
+        Client { api: GatewayClient::new(channel), mux, token: None, user_id: 0 }
     }
 
     fn req<T>(&self, msg: T) -> Request<T> {
@@ -125,11 +129,16 @@ impl Client {
             price_cents: o.price_cents,
             qty: o.qty,
         });
-        Ok(self.api.clone().submit_order(r).await?.into_inner())
+        let order =
+            fafnir_platform::unary!(self.mux, self.api, submit_order, "/fafnir.gateway.Gateway/SubmitOrder", r)?;
+        Ok(order.into_inner())
     }
 
     pub async fn cancel(&self, order_id: u64) -> Result<Order, Status> {
-        Ok(self.api.clone().cancel_order(self.req(CancelOrderRequest { order_id })).await?.into_inner())
+        let r = self.req(CancelOrderRequest { order_id });
+        let order =
+            fafnir_platform::unary!(self.mux, self.api, cancel_order, "/fafnir.gateway.Gateway/CancelOrder", r)?;
+        Ok(order.into_inner())
     }
 
     pub async fn order(&self, order_id: u64) -> Result<Order, Status> {

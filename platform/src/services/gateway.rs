@@ -45,6 +45,8 @@ struct State {
     deps: Deps,
     auth: AuthClient<Channel>,
     orders: OrdersClient<Channel>,
+    /// Submit and cancel, on the order's path (see [`crate::rpc`]).
+    orders_mux: crate::rpc::Mux,
     portfolio: PortfolioClient<Channel>,
     market: MarketClient<Channel>,
     buckets: Mutex<BTreeMap<u64, Bucket>>,
@@ -65,6 +67,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     let state = Arc::new(State {
         auth: AuthClient::new(channel(cfg.addrs.auth, t)),
         orders: OrdersClient::new(channel(cfg.addrs.orders, t)),
+        orders_mux: crate::rpc::Mux::new(cfg.addrs.orders, t),
         portfolio: PortfolioClient::new(channel(cfg.addrs.portfolio, t)),
         market: MarketClient::new(channel(cfg.addrs.market, t)),
         buckets: Mutex::new(BTreeMap::new()),
@@ -93,10 +96,10 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(fan_out_settled(state.clone(), settled));
     let addr = cfg.addrs.gateway;
     tracing::info!(%addr, "gateway serving");
-    let server = tonic::transport::Server::builder()
-        .add_service(GatewayServer::new(GatewaySvc { state }))
-        .serve_with_shutdown(addr, shutdown);
-    tasks.serve_until_failure(addr, server).await
+    let service = GatewayServer::new(GatewaySvc { state });
+    let server =
+        tonic::transport::Server::builder().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
+    tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
 }
 
 fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, item: T) {
@@ -332,14 +335,15 @@ impl Gateway for GatewaySvc {
             price_cents: r.price_cents,
             qty: r.qty,
         };
-        self.state.orders.clone().submit(call).await
+        crate::unary!(self.state.orders_mux, self.state.orders, submit, "/fafnir.orders.Orders/Submit", call)
     }
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<Order>, Status> {
         self.state.deps.work("gateway.cancel_order").await;
         let user = self.caller(&req)?;
         let order_id = req.into_inner().order_id;
-        self.state.orders.clone().cancel(orders::CancelRequest { user_id: user.0, order_id }).await
+        let call = orders::CancelRequest { user_id: user.0, order_id };
+        crate::unary!(self.state.orders_mux, self.state.orders, cancel, "/fafnir.orders.Orders/Cancel", call)
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {

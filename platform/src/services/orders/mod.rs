@@ -158,6 +158,8 @@ struct State {
     deps: Deps,
     records: Mutex<Records>,
     portfolio: PortfolioClient<tonic::transport::Channel>,
+    /// Reserve and release, on the order's path (see [`crate::rpc`]).
+    portfolio_mux: crate::rpc::Mux,
 }
 
 impl State {
@@ -171,17 +173,19 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
     crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
     let portfolio = PortfolioClient::new(channel(deps.cfg.addrs.portfolio, deps.cfg.call_timeout));
-    let state = Arc::new(State { deps: deps.clone(), records: Mutex::new(Records::default()), portfolio });
+    let portfolio_mux = crate::rpc::Mux::new(deps.cfg.addrs.portfolio, deps.cfg.call_timeout);
+    let state =
+        Arc::new(State { deps: deps.clone(), records: Mutex::new(Records::default()), portfolio, portfolio_mux });
     let orders_next = rebuild(&state).await?;
     let mut tasks = TaskGroup::default();
     tasks.spawn(consume(state.clone(), shutdown.clone()));
     tasks.spawn(reconcile(state.clone(), orders_next, shutdown.clone()));
     let addr = deps.cfg.addrs.orders;
     tracing::info!(%addr, "orders serving");
-    let server = tonic::transport::Server::builder()
-        .add_service(OrdersServer::new(OrdersSvc { state }))
-        .serve_with_shutdown(addr, shutdown);
-    tasks.serve_until_failure(addr, server).await
+    let service = OrdersServer::new(OrdersSvc { state });
+    let server =
+        tonic::transport::Server::builder().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
+    tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
 }
 
 /// Rebuilds the records; returns the ORDERS sequence to read on from.
@@ -367,7 +371,8 @@ impl Reconciler {
         }
         // A record left by a publish that never landed would show the order as accepted.
         state.records.lock().expect("records lock").remove(id);
-        state.portfolio.clone().release(ReleaseRequest { order_id: id.0 }).await?;
+        let release = ReleaseRequest { order_id: id.0 };
+        crate::unary!(state.portfolio_mux, state.portfolio, release, "/fafnir.portfolio.Portfolio/Release", release)?;
         Ok(true)
     }
 }
@@ -470,7 +475,14 @@ impl OrdersSvc {
             qty: req.qty,
             price_ticks: reserve_ticks,
         };
-        state.portfolio.clone().reserve(reserve).await.map_err(|s| match s.code() {
+        let reserved = crate::unary!(
+            state.portfolio_mux,
+            state.portfolio,
+            reserve,
+            "/fafnir.portfolio.Portfolio/Reserve",
+            reserve
+        );
+        reserved.map_err(|s| match s.code() {
             // The portfolio's answer for an order whose reservation was released.
             tonic::Code::Aborted => abandoned(&req.client_order_id),
             tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => s,

@@ -49,10 +49,10 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(consume(state.clone(), shutdown.clone()));
     let addr = deps.cfg.addrs.portfolio;
     tracing::info!(%addr, "portfolio serving");
-    let server = tonic::transport::Server::builder()
-        .add_service(PortfolioServer::new(PortfolioSvc { state }))
-        .serve_with_shutdown(addr, shutdown);
-    tasks.serve_until_failure(addr, server).await
+    let service = PortfolioServer::new(PortfolioSvc { state });
+    let server =
+        tonic::transport::Server::builder().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
+    tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
 }
 
 /// Replays LEDGER then TRADES into a fresh ledger.

@@ -1,0 +1,379 @@
+//! The unary calls on an order's path: agent → gateway `SubmitOrder` and
+//! `CancelOrder`, gateway → orders `Submit` and `Cancel`, orders → portfolio
+//! `Reserve` and `Release`.
+//!
+//! For real they are plain gRPC calls on the generated clients. In simulation,
+//! madsim-tonic opens a fresh simulated connection for every call (two, with
+//! its handshake) and its server accepts them one after another, which was most
+//! of the simulator's cost per order. There these calls travel instead on one
+//! long-lived simulated connection per client and server, multiplexed by call
+//! id as HTTP/2 multiplexes gRPC calls on one connection, and they are served
+//! by the same generated server, so by the same handlers, as madsim-tonic's.
+//! The server listens on [`mux_addr`] of the service's address, beside
+//! madsim-tonic's (which keeps serving every other call and the streams).
+//!
+//! A call is made with [`unary!`]: `unary!(mux, client, method, "/pkg.Svc/Method", request)`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where the simulated multiplexed server of the service at `addr` listens.
+pub fn mux_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip(), addr.port().wrapping_add(10_000))
+}
+
+/// Makes a unary call: with the generated gRPC `client` for real, on the
+/// multiplexed connection `mux` (a [`Mux`]) in simulation.
+#[macro_export]
+macro_rules! unary {
+    ($mux:expr, $client:expr, $method:ident, $path:literal, $request:expr) => {{
+        let client = $client.clone();
+        $mux.call($path, tonic::IntoRequest::into_request($request), move |request| async move {
+            let mut client = client;
+            client.$method(request).await
+        })
+        .await
+    }};
+}
+
+/// Serves `service` (a generated gRPC server) on its multiplexed simulated
+/// connections too, alongside `grpc`, its ordinary server, until either ends.
+/// For real it is `grpc` alone.
+pub async fn serve_alongside<S, E>(
+    addr: SocketAddr,
+    service: S,
+    shutdown: crate::services::Shutdown,
+    grpc: impl Future<Output = Result<(), E>>,
+) -> Result<(), String>
+where
+    S: MuxService,
+    E: std::fmt::Display,
+{
+    #[cfg(madsim)]
+    {
+        tokio::select! {
+            served = grpc => served.map_err(|e| e.to_string()),
+            served = sim::serve(mux_addr(addr), service, shutdown) => served,
+        }
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = (addr, service, shutdown);
+        grpc.await.map_err(|e| e.to_string())
+    }
+}
+
+pub use sim::MuxService;
+
+/// A client's multiplexed connection to one service (simulation only; for
+/// real it holds nothing and [`unary!`] uses the gRPC client).
+#[derive(Clone)]
+pub struct Mux {
+    #[cfg(madsim)]
+    inner: sim::MuxClient,
+}
+
+impl Mux {
+    /// A lazily connected client of the service at `addr` (its gRPC address),
+    /// failing calls not answered within `timeout`.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Mux {
+        #[cfg(madsim)]
+        {
+            Mux { inner: sim::MuxClient::new(mux_addr(addr), timeout) }
+        }
+        #[cfg(not(madsim))]
+        {
+            let _ = (addr, timeout);
+            Mux {}
+        }
+    }
+
+    /// Calls `path`: `grpc` (the same call on a generated client) for real, the
+    /// multiplexed connection in simulation. Use [`unary!`].
+    pub async fn call<Req, Rep, Grpc, Fut>(
+        &self,
+        path: &'static str,
+        request: tonic::Request<Req>,
+        grpc: Grpc,
+    ) -> Result<tonic::Response<Rep>, tonic::Status>
+    where
+        Req: Send + Sync + 'static,
+        Rep: Send + Sync + 'static,
+        Grpc: FnOnce(tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Rep>, tonic::Status>>,
+    {
+        #[cfg(madsim)]
+        {
+            // The gRPC call only tells the reply's type.
+            drop(grpc);
+            self.inner.unary(path, request).await
+        }
+        #[cfg(not(madsim))]
+        {
+            let _ = path;
+            grpc(request).await
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+mod sim {
+    /// Any service, for real (nothing is served on a multiplexed connection).
+    pub trait MuxService {}
+    impl<T> MuxService for T {}
+}
+
+#[cfg(madsim)]
+mod sim {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use madsim::net::{Endpoint, Receiver, Sender};
+    use tokio::sync::oneshot;
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::codegen::{BoxFuture, BoxMessage, BoxMessageStream, Service};
+    use tonic::{Request, Response, Status};
+
+    /// A call: its id on the connection, the method's path and the request.
+    type CallFrame = (u64, PathAndQuery, Request<BoxMessage>);
+    /// An answer: the call's id and the reply or the status.
+    type ReplyFrame = (u64, Result<Response<BoxMessage>, Status>);
+
+    /// What the generated servers are, seen from here.
+    pub trait MuxService:
+        Service<
+            (PathAndQuery, Request<BoxMessageStream>),
+            Response = Response<BoxMessageStream>,
+            Error = Status,
+            Future = BoxFuture<Response<BoxMessageStream>, Status>,
+        > + Clone
+        + Send
+        + 'static
+    {
+    }
+
+    impl<T> MuxService for T where
+        T: Service<
+                (PathAndQuery, Request<BoxMessageStream>),
+                Response = Response<BoxMessageStream>,
+                Error = Status,
+                Future = BoxFuture<Response<BoxMessageStream>, Status>,
+            > + Clone
+            + Send
+            + 'static
+    {
+    }
+
+    /// Serves `service` on every connection made to `addr` until `shutdown`.
+    pub async fn serve<S: MuxService>(
+        addr: SocketAddr,
+        service: S,
+        shutdown: crate::services::Shutdown,
+    ) -> Result<(), String> {
+        let endpoint = Endpoint::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        // The connections die with the server, as a process's do.
+        let mut connections = Connections::default();
+        loop {
+            let accepted = tokio::select! {
+                accepted = endpoint.accept1() => accepted,
+                () = shutdown.clone() => return Ok(()),
+            };
+            let (tx, rx, _peer) = accepted.map_err(|e| format!("accept on {addr}: {e}"))?;
+            connections.0.retain(|c| !c.is_finished());
+            connections.0.push(tokio::spawn(connection(Arc::new(tx), rx, service.clone())));
+        }
+    }
+
+    #[derive(Default)]
+    struct Connections(Vec<tokio::task::JoinHandle<()>>);
+
+    impl Drop for Connections {
+        fn drop(&mut self) {
+            for c in &self.0 {
+                c.abort();
+            }
+        }
+    }
+
+    /// Runs each call of one connection in a task of its own, as madsim-tonic does.
+    async fn connection<S: MuxService>(tx: Arc<Sender>, mut rx: Receiver, service: S) {
+        while let Ok(frame) = rx.recv().await {
+            let (id, path, request) = *frame.downcast::<CallFrame>().expect("rpc: a frame that is not a call");
+            let mut service = service.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let request = request.map(|m| futures::stream::once(futures::future::ready(Ok(m))).boxed());
+                let reply = match service.call((path, request)).await {
+                    Ok(response) => {
+                        let (metadata, mut stream, extensions) = response.into_parts();
+                        match stream.next().await {
+                            Some(Ok(message)) => Ok(Response::from_parts(metadata, message, extensions)),
+                            Some(Err(status)) => Err(status),
+                            None => Err(Status::internal("rpc: a unary handler answered nothing")),
+                        }
+                    }
+                    Err(status) => Err(status),
+                };
+                // A client that went away does not get its answer.
+                let _ = tx.send(Box::new((id, reply) as ReplyFrame)).await;
+            });
+        }
+    }
+
+    /// One connection to a service, shared by the client's clones, made on
+    /// first use and made again after it broke or a call on it timed out.
+    #[derive(Clone)]
+    pub struct MuxClient {
+        shared: Arc<Shared>,
+    }
+
+    struct Shared {
+        addr: SocketAddr,
+        timeout: Duration,
+        next_id: AtomicU64,
+        conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    }
+
+    struct Conn {
+        tx: Sender,
+        waiting: Arc<Mutex<Waiting>>,
+    }
+
+    /// Calls waiting for their answer on one connection.
+    #[derive(Default)]
+    struct Waiting {
+        calls: BTreeMap<u64, oneshot::Sender<Result<Response<BoxMessage>, Status>>>,
+        /// The connection broke: nothing more will arrive.
+        closed: bool,
+    }
+
+    impl MuxClient {
+        pub fn new(addr: SocketAddr, timeout: Duration) -> MuxClient {
+            let shared = Shared { addr, timeout, next_id: AtomicU64::new(1), conn: tokio::sync::Mutex::new(None) };
+            MuxClient { shared: Arc::new(shared) }
+        }
+
+        /// Calls `path` with `request`; fails as madsim-tonic does: `Unavailable`
+        /// when the service cannot be reached or the connection breaks,
+        /// `DeadlineExceeded` when no answer comes within the timeout.
+        pub async fn unary<Req, Rep>(&self, path: &'static str, request: Request<Req>) -> Result<Response<Rep>, Status>
+        where
+            Req: Send + Sync + 'static,
+            Rep: Send + Sync + 'static,
+        {
+            let timeout = self.shared.timeout;
+            let mut used = None;
+            let reply = match madsim::time::timeout(timeout, self.call(path, request, &mut used)).await {
+                Ok(reply) => reply?,
+                Err(_) => {
+                    // The connection may be stuck behind a partition: start afresh next time.
+                    if let Some(conn) = used {
+                        self.discard(&conn).await;
+                    }
+                    return Err(Status::deadline_exceeded(format!("request timeout: {timeout:?}")));
+                }
+            };
+            Ok(reply.map(|m| *m.downcast::<Rep>().expect("rpc: an answer of another type")))
+        }
+
+        async fn call<Req: Send + Sync + 'static>(
+            &self,
+            path: &'static str,
+            request: Request<Req>,
+            used: &mut Option<Arc<Conn>>,
+        ) -> Result<Response<BoxMessage>, Status> {
+            let unavailable = |e: &dyn std::fmt::Display| Status::unavailable(format!("{}: {e}", self.shared.addr));
+            let conn = self.connection().await.map_err(|e| unavailable(&e))?;
+            *used = Some(conn.clone());
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let (answer_tx, answer_rx) = oneshot::channel();
+            {
+                let mut waiting = conn.waiting.lock().expect("waiting lock");
+                if waiting.closed {
+                    return Err(unavailable(&"connection lost"));
+                }
+                waiting.calls.insert(id, answer_tx);
+            }
+            let _forget = Forget { waiting: &conn.waiting, id };
+            let request = request.map(|m| Box::new(m) as BoxMessage);
+            if let Err(e) = conn.tx.send(Box::new((id, PathAndQuery::from_static(path), request) as CallFrame)).await {
+                self.discard(&conn).await;
+                return Err(unavailable(&e));
+            }
+            match answer_rx.await {
+                Ok(answer) => answer,
+                Err(_closed) => Err(unavailable(&"connection lost before the answer")),
+            }
+        }
+
+        /// The current connection, made if there is none or it broke.
+        async fn connection(&self) -> std::io::Result<Arc<Conn>> {
+            let mut slot = self.shared.conn.lock().await;
+            if let Some(conn) = slot.as_ref() {
+                if !conn.waiting.lock().expect("waiting lock").closed && !conn.tx.is_closed() {
+                    return Ok(conn.clone());
+                }
+            }
+            *slot = None;
+            let endpoint = Endpoint::bind("0.0.0.0:0").await?;
+            let (tx, rx) = endpoint.connect1(self.shared.addr).await?;
+            let waiting = Arc::new(Mutex::new(Waiting::default()));
+            tokio::spawn(read_answers(rx, waiting.clone()));
+            let conn = Arc::new(Conn { tx, waiting });
+            *slot = Some(conn.clone());
+            Ok(conn)
+        }
+
+        /// Stops using `conn` for new calls.
+        async fn discard(&self, conn: &Arc<Conn>) {
+            let mut slot = self.shared.conn.lock().await;
+            if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, conn)) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Hands each answer to the call waiting for it, until the connection breaks.
+    async fn read_answers(mut rx: Receiver, waiting: Arc<Mutex<Waiting>>) {
+        let _closed = Closed(&waiting);
+        while let Ok(frame) = rx.recv().await {
+            let (id, answer) = *frame.downcast::<ReplyFrame>().expect("rpc: a frame that is not an answer");
+            // A call that timed out is no longer waiting; its answer is dropped.
+            if let Some(call) = waiting.lock().expect("waiting lock").calls.remove(&id) {
+                let _ = call.send(answer);
+            }
+        }
+    }
+
+    /// Marks a connection broken when its reader ends (also when its node dies).
+    struct Closed<'a>(&'a Mutex<Waiting>);
+
+    impl Drop for Closed<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut waiting) = self.0.lock() {
+                waiting.closed = true;
+                // Dropping the senders fails the calls still waiting.
+                waiting.calls.clear();
+            }
+        }
+    }
+
+    /// Removes a call from its connection's waiting list however the call ends.
+    struct Forget<'a> {
+        waiting: &'a Mutex<Waiting>,
+        id: u64,
+    }
+
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut waiting) = self.waiting.lock() {
+                waiting.calls.remove(&self.id);
+            }
+        }
+    }
+}
