@@ -377,3 +377,100 @@ mod sim {
         }
     }
 }
+
+#[cfg(all(test, madsim))]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use madsim::runtime::Handle;
+    use tonic::{Code, Request, Response, Status};
+
+    use super::Mux;
+    use crate::proto::engine::engine_client::EngineClient;
+    use crate::proto::engine::engine_server::{Engine, EngineServer};
+    use crate::proto::engine::{BookView, GetBookRequest};
+
+    /// Answers after `depth` milliseconds with the symbol it was asked for.
+    struct Echo;
+
+    #[tonic::async_trait]
+    impl Engine for Echo {
+        async fn get_book(&self, req: Request<GetBookRequest>) -> Result<Response<BookView>, Status> {
+            let req = req.into_inner();
+            if req.symbol.is_empty() {
+                return Err(Status::invalid_argument("symbol: empty"));
+            }
+            tokio::time::sleep(Duration::from_millis(u64::from(req.depth))).await;
+            Ok(Response::new(BookView { symbol: req.symbol, ..BookView::default() }))
+        }
+    }
+
+    const ADDR: &str = "10.0.0.1:50051";
+
+    fn server(handle: &Handle) -> madsim::runtime::NodeHandle {
+        handle
+            .create_node()
+            .name("server")
+            .ip("10.0.0.1".parse().expect("ip"))
+            .init(|| async {
+                let addr: SocketAddr = ADDR.parse().expect("addr");
+                let service = EngineServer::new(Echo);
+                let shutdown = crate::services::shutdown_on(futures::future::pending());
+                let grpc = tonic::transport::Server::builder()
+                    .add_service(service.clone())
+                    .serve_with_shutdown(addr, shutdown.clone());
+                super::serve_alongside(addr, service, shutdown, grpc).await.expect("serves");
+            })
+            .build()
+    }
+
+    async fn get(mux: &Mux, symbol: &str, wait_ms: u32) -> Result<String, Status> {
+        let request = GetBookRequest { symbol: symbol.into(), depth: wait_ms };
+        let grpc = EngineClient::new(crate::services::channel(ADDR.parse().expect("addr"), Duration::from_secs(1)));
+        let reply = crate::unary!(mux, grpc, get_book, "/fafnir.engine.Engine/GetBook", request)?;
+        Ok(reply.into_inner().symbol)
+    }
+
+    #[madsim::test]
+    async fn concurrent_calls_get_their_own_answers() {
+        let handle = Handle::current();
+        let _server = server(&handle);
+        let client = handle.create_node().name("client").ip("10.0.0.2".parse().expect("ip")).build();
+        client
+            .spawn(async {
+                let mux = Mux::new(ADDR.parse().expect("addr"), Duration::from_secs(1));
+                // The slow call is sent first and answered last.
+                let (slow, fast) = futures::join!(get(&mux, "SLOW", 50), get(&mux, "FAST", 1));
+                assert_eq!((slow.expect("slow"), fast.expect("fast")), ("SLOW".to_string(), "FAST".to_string()));
+                let refused = get(&mux, "", 0).await.expect_err("an empty symbol is refused");
+                assert_eq!((refused.code(), refused.message()), (Code::InvalidArgument, "symbol: empty"));
+            })
+            .await
+            .expect("client");
+    }
+
+    #[madsim::test]
+    async fn a_dead_server_is_unavailable_a_slow_one_times_out_and_a_restarted_one_answers() {
+        let handle = Handle::current();
+        let server = server(&handle);
+        let client = handle.create_node().name("client").ip("10.0.0.2".parse().expect("ip")).build();
+        let id = server.id();
+        let h = handle.clone();
+        client
+            .spawn(async move {
+                let mux = Mux::new(ADDR.parse().expect("addr"), Duration::from_millis(200));
+                assert_eq!(get(&mux, "A", 1).await.expect("up"), "A");
+                let slow = get(&mux, "B", 500).await.expect_err("slower than the timeout");
+                assert_eq!(slow.code(), Code::DeadlineExceeded);
+                h.kill(id);
+                let down = get(&mux, "C", 1).await.expect_err("the server is dead");
+                assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+                h.restart(id);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert_eq!(get(&mux, "D", 1).await.expect("restarted"), "D");
+            })
+            .await
+            .expect("client");
+    }
+}
