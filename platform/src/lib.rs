@@ -14,6 +14,7 @@
 //!   dependencies, plus [`services::launch`] that starts a whole deployment.
 //! - [`proto`]: the generated gRPC and event types (`platform/proto/*.proto`).
 //! - [`rpc`]: the unary calls on an order's path (multiplexed in simulation).
+//! - `calls` (simulation only): the calls in flight on one simulated connection, with deadlines.
 //! - [`config`]: one deployment's configuration; [`clock`]: the one wall-clock read.
 //!
 //! JetStream is the system of record; Redis holds derived state only. Every
@@ -21,6 +22,8 @@
 
 pub mod book;
 pub mod bus;
+#[cfg(madsim)]
+pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -53,6 +53,7 @@ where
     #[cfg(madsim)]
     {
         tokio::select! {
+            biased;
             served = grpc => served.map_err(|e| e.to_string()),
             served = sim::serve(mux_addr(addr), service, shutdown) => served,
         }
@@ -126,15 +127,14 @@ mod sim {
 
 #[cfg(madsim)]
 mod sim {
-    use std::collections::BTreeMap;
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use futures::StreamExt;
     use madsim::net::{Endpoint, Receiver, Sender};
-    use tokio::sync::oneshot;
+
+    use crate::calls::{Calls, Unanswered};
     use tonic::codegen::http::uri::PathAndQuery;
     use tonic::codegen::{BoxFuture, BoxMessage, BoxMessageStream, Service};
     use tonic::{Request, Response, Status};
@@ -180,6 +180,7 @@ mod sim {
         let mut connections = Connections::default();
         loop {
             let accepted = tokio::select! {
+                biased;
                 accepted = endpoint.accept1() => accepted,
                 () = shutdown.clone() => return Ok(()),
             };
@@ -235,26 +236,20 @@ mod sim {
     struct Shared {
         addr: SocketAddr,
         timeout: Duration,
-        next_id: AtomicU64,
         conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     }
 
     struct Conn {
         tx: Sender,
-        waiting: Arc<Mutex<Waiting>>,
+        /// Calls waiting for their answer on this connection.
+        calls: Calls<Answer>,
     }
 
-    /// Calls waiting for their answer on one connection.
-    #[derive(Default)]
-    struct Waiting {
-        calls: BTreeMap<u64, oneshot::Sender<Result<Response<BoxMessage>, Status>>>,
-        /// The connection broke: nothing more will arrive.
-        closed: bool,
-    }
+    type Answer = Result<Response<BoxMessage>, Status>;
 
     impl MuxClient {
         pub fn new(addr: SocketAddr, timeout: Duration) -> MuxClient {
-            let shared = Shared { addr, timeout, next_id: AtomicU64::new(1), conn: tokio::sync::Mutex::new(None) };
+            let shared = Shared { addr, timeout, conn: tokio::sync::Mutex::new(None) };
             MuxClient { shared: Arc::new(shared) }
         }
 
@@ -267,64 +262,48 @@ mod sim {
             Rep: Send + Sync + 'static,
         {
             let timeout = self.shared.timeout;
-            let mut used = None;
-            let reply = match madsim::time::timeout(timeout, self.call(path, request, &mut used)).await {
-                Ok(reply) => reply?,
-                Err(_) => {
-                    // The connection may be stuck behind a partition: start afresh next time.
-                    if let Some(conn) = used {
-                        self.discard(&conn).await;
-                    }
-                    return Err(Status::deadline_exceeded(format!("request timeout: {timeout:?}")));
-                }
-            };
-            Ok(reply.map(|m| *m.downcast::<Rep>().expect("rpc: an answer of another type")))
-        }
-
-        async fn call<Req: Send + Sync + 'static>(
-            &self,
-            path: &'static str,
-            request: Request<Req>,
-            used: &mut Option<Arc<Conn>>,
-        ) -> Result<Response<BoxMessage>, Status> {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let timed_out = || Status::deadline_exceeded(format!("request timeout: {timeout:?}"));
             let unavailable = |e: &dyn std::fmt::Display| Status::unavailable(format!("{}: {e}", self.shared.addr));
-            let conn = self.connection().await.map_err(|e| unavailable(&e))?;
-            *used = Some(conn.clone());
-            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let (answer_tx, answer_rx) = oneshot::channel();
-            {
-                let mut waiting = conn.waiting.lock().expect("waiting lock");
-                if waiting.closed {
-                    return Err(unavailable(&"connection lost"));
-                }
-                waiting.calls.insert(id, answer_tx);
-            }
-            let _forget = Forget { waiting: &conn.waiting, id };
+            let conn = match madsim::time::timeout(timeout, self.connection()).await {
+                Ok(conn) => conn.map_err(|e| unavailable(&e))?,
+                Err(_) => return Err(timed_out()),
+            };
+            let Ok(mut call) = conn.calls.start(deadline) else {
+                return Err(unavailable(&"connection lost"));
+            };
             let request = request.map(|m| Box::new(m) as BoxMessage);
-            if let Err(e) = conn.tx.send(Box::new((id, PathAndQuery::from_static(path), request) as CallFrame)).await {
+            let frame = Box::new((call.id(), PathAndQuery::from_static(path), request) as CallFrame);
+            if let Err(e) = conn.tx.send(frame).await {
                 self.discard(&conn).await;
                 return Err(unavailable(&e));
             }
-            match answer_rx.await {
-                Ok(answer) => answer,
-                Err(_closed) => Err(unavailable(&"connection lost before the answer")),
-            }
+            let reply = match call.answer().await {
+                Ok(answer) => answer?,
+                Err(Unanswered::Closed) => return Err(unavailable(&"connection lost before the answer")),
+                Err(Unanswered::TimedOut) => {
+                    // The connection may be stuck behind a partition: start afresh next time.
+                    self.discard(&conn).await;
+                    return Err(timed_out());
+                }
+            };
+            Ok(reply.map(|m| *m.downcast::<Rep>().expect("rpc: an answer of another type")))
         }
 
         /// The current connection, made if there is none or it broke.
         async fn connection(&self) -> std::io::Result<Arc<Conn>> {
             let mut slot = self.shared.conn.lock().await;
             if let Some(conn) = slot.as_ref() {
-                if !conn.waiting.lock().expect("waiting lock").closed && !conn.tx.is_closed() {
+                if !conn.calls.is_closed() && !conn.tx.is_closed() {
                     return Ok(conn.clone());
                 }
             }
             *slot = None;
             let endpoint = Endpoint::bind("0.0.0.0:0").await?;
             let (tx, rx) = endpoint.connect1(self.shared.addr).await?;
-            let waiting = Arc::new(Mutex::new(Waiting::default()));
-            tokio::spawn(read_answers(rx, waiting.clone()));
-            let conn = Arc::new(Conn { tx, waiting });
+            let calls = Calls::new();
+            tokio::spawn(read_answers(rx, calls.clone()));
+            let conn = Arc::new(Conn { tx, calls });
             *slot = Some(conn.clone());
             Ok(conn)
         }
@@ -339,41 +318,22 @@ mod sim {
     }
 
     /// Hands each answer to the call waiting for it, until the connection breaks.
-    async fn read_answers(mut rx: Receiver, waiting: Arc<Mutex<Waiting>>) {
-        let _closed = Closed(&waiting);
+    async fn read_answers(mut rx: Receiver, calls: Calls<Answer>) {
+        // Also when this task is dropped (its node died), the connection is done.
+        let _closed = CloseOnExit(calls.clone());
         while let Ok(frame) = rx.recv().await {
             let (id, answer) = *frame.downcast::<ReplyFrame>().expect("rpc: a frame that is not an answer");
             // A call that timed out is no longer waiting; its answer is dropped.
-            if let Some(call) = waiting.lock().expect("waiting lock").calls.remove(&id) {
-                let _ = call.send(answer);
-            }
+            calls.answer(id, answer);
         }
     }
 
-    /// Marks a connection broken when its reader ends (also when its node dies).
-    struct Closed<'a>(&'a Mutex<Waiting>);
+    /// Closes a connection's calls when its reader ends.
+    struct CloseOnExit(Calls<Answer>);
 
-    impl Drop for Closed<'_> {
+    impl Drop for CloseOnExit {
         fn drop(&mut self) {
-            if let Ok(mut waiting) = self.0.lock() {
-                waiting.closed = true;
-                // Dropping the senders fails the calls still waiting.
-                waiting.calls.clear();
-            }
-        }
-    }
-
-    /// Removes a call from its connection's waiting list however the call ends.
-    struct Forget<'a> {
-        waiting: &'a Mutex<Waiting>,
-        id: u64,
-    }
-
-    impl Drop for Forget<'_> {
-        fn drop(&mut self) {
-            if let Ok(mut waiting) = self.waiting.lock() {
-                waiting.calls.remove(&self.id);
-            }
+            self.0.close();
         }
     }
 }

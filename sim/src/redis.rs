@@ -40,16 +40,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use fafnir_platform::calls::{Calls, Unanswered};
 use fafnir_platform::kv::{Kv, KvError};
 use madsim::net::{Endpoint, Receiver, Sender};
 use madsim::task::NodeId;
-use tokio::sync::oneshot;
 
 use crate::trace::Trace;
 
@@ -397,30 +396,29 @@ impl SimKv {
 
     /// Sends `command` and waits for its reply, all within the timeout.
     async fn call(&self, command: Command) -> Result<Reply, KvError> {
-        let mut used = None;
-        match tokio::time::timeout(self.timeout, self.exchange(command, &mut used)).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(message))) => Err(KvError::Other(format!("{} at {}", adapter_message(&message), self.addr))),
-            Ok(Err(e)) => Err(e),
-            Err(_elapsed) => {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || self.unreachable(format!("no reply within {:?}", self.timeout));
+        let connection = match tokio::time::timeout(self.timeout, self.connection()).await {
+            Ok(connection) => connection?,
+            Err(_elapsed) => return Err(timed_out()),
+        };
+        let Ok(mut call) = connection.calls.start(deadline) else {
+            return Err(self.unreachable("connection lost"));
+        };
+        if let Err(e) = connection.tx.send(Box::new(Request { id: call.id(), command })).await {
+            connection.close();
+            return Err(self.unreachable(format!("connection lost: {e}")));
+        }
+        match call.answer().await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(message)) => Err(KvError::Other(format!("{} at {}", adapter_message(&message), self.addr))),
+            Err(Unanswered::Closed) => Err(self.unreachable("connection lost")),
+            Err(Unanswered::TimedOut) => {
                 // The connection may be stuck behind a partition: start afresh next time.
-                if let Some(connection) = used {
-                    connection.close();
-                }
-                Err(self.unreachable(format!("no reply within {:?}", self.timeout)))
+                connection.close();
+                Err(timed_out())
             }
         }
-    }
-
-    async fn exchange(
-        &self,
-        command: Command,
-        used: &mut Option<Arc<Connection>>,
-    ) -> Result<Result<Reply, String>, KvError> {
-        let connection = self.connection().await?;
-        *used = Some(connection.clone());
-        let waiter = connection.send(command).await.map_err(|e| self.unreachable(format!("connection lost: {e}")))?;
-        waiter.reply().await.ok_or_else(|| self.unreachable("connection lost"))
     }
 
     /// This node's open connection, or a new one.
@@ -445,27 +443,14 @@ impl std::fmt::Debug for SimKv {
     }
 }
 
+/// What a caller gets back: the reply, or Redis's error reply.
+type Answer = Result<Reply, String>;
+
 /// One multiplexed connection to the server.
 struct Connection {
     tx: Sender,
-    state: Arc<ConnectionState>,
-}
-
-/// What the connection's reader task shares with the callers.
-#[derive(Default)]
-struct ConnectionState {
-    closed: AtomicBool,
-    next_id: AtomicU64,
-    /// Callers waiting for a reply, by request id.
-    waiting: Mutex<BTreeMap<u64, oneshot::Sender<Result<Reply, String>>>>,
-}
-
-impl ConnectionState {
-    fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        // Dropping the senders tells each waiting caller the connection is lost.
-        lock(&self.waiting).clear();
-    }
+    /// Callers waiting for a reply.
+    calls: Calls<Answer>,
 }
 
 impl Connection {
@@ -473,69 +458,35 @@ impl Connection {
         let endpoint = Endpoint::bind("0.0.0.0:0").await?;
         // The sender and receiver keep the endpoint's port bound.
         let (tx, rx) = endpoint.connect1(addr).await?;
-        let state = Arc::new(ConnectionState::default());
-        tokio::spawn(read_replies(rx, state.clone()));
-        Ok(Arc::new(Connection { tx, state }))
+        let calls = Calls::new();
+        tokio::spawn(read_replies(rx, calls.clone()));
+        Ok(Arc::new(Connection { tx, calls }))
     }
 
     fn is_open(&self) -> bool {
-        !self.state.closed.load(Ordering::Relaxed) && !self.tx.is_closed()
+        !self.calls.is_closed() && !self.tx.is_closed()
     }
 
+    /// Fails the calls waiting on it; the next call connects again.
     fn close(&self) {
-        self.state.close();
-    }
-
-    async fn send(&self, command: Command) -> std::io::Result<Waiter> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.state.waiting).insert(id, reply_tx);
-        let waiter = Waiter { id, state: self.state.clone(), reply_rx: Some(reply_rx) };
-        if let Err(e) = self.tx.send(Box::new(Request { id, command })).await {
-            self.close();
-            return Err(e);
-        }
-        Ok(waiter)
-    }
-}
-
-/// A caller waiting for one reply; leaves the waiting list when dropped (a timeout).
-struct Waiter {
-    id: u64,
-    state: Arc<ConnectionState>,
-    reply_rx: Option<oneshot::Receiver<Result<Reply, String>>>,
-}
-
-impl Waiter {
-    /// The reply, or `None` when the connection was lost first.
-    async fn reply(mut self) -> Option<Result<Reply, String>> {
-        self.reply_rx.take().expect("awaited once").await.ok()
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        lock(&self.state.waiting).remove(&self.id);
+        self.calls.close();
     }
 }
 
 /// Hands each reply to its caller until the connection ends; then closes it.
-async fn read_replies(mut rx: Receiver, state: Arc<ConnectionState>) {
+async fn read_replies(mut rx: Receiver, calls: Calls<Answer>) {
     // Also runs when the node is killed and this task dropped.
-    struct CloseOnExit(Arc<ConnectionState>);
+    struct CloseOnExit(Calls<Answer>);
     impl Drop for CloseOnExit {
         fn drop(&mut self) {
             self.0.close();
         }
     }
-    let _close = CloseOnExit(state.clone());
+    let _close = CloseOnExit(calls.clone());
     while let Ok(payload) = rx.recv().await {
         let Response { id, reply } = *payload.downcast::<Response>().expect("a kv connection carries only kv replies");
-        assert!(id < state.next_id.load(Ordering::Relaxed), "reply {id} to a request never sent");
         // No one waiting: that caller timed out and left.
-        if let Some(caller) = lock(&state.waiting).remove(&id) {
-            let _ = caller.send(reply);
-        }
+        calls.answer(id, reply);
     }
 }
 
