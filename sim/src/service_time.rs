@@ -2,6 +2,17 @@
 //! simulated time). Each call to a handler draws its time from the handler's
 //! distribution, and a service processes at most `concurrency` calls at once,
 //! so a busy service builds a queue and the queueing shows in the latencies.
+//!
+//! The service is `concurrency` workers, each with the simulated instant it is
+//! next free; a call goes to the worker free soonest (first come, first
+//! served) and completes at `max(now, free) + time`. madsim cannot sleep less
+//! than 1 ms, and handlers take tens of microseconds, so a call does not sleep
+//! its own few microseconds: it completes at once when its completion is less
+//! than half a millisecond away, and otherwise sleeps until it (rounded up to
+//! madsim's 1 ms when less). Each completion is so at most half a millisecond
+//! early or late, while the workers' clocks keep the exact sum of the work: the
+//! service's capacity is the modelled one (not one call per millisecond per
+//! worker), and a queue shows in the latencies once it is half a millisecond deep.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fafnir_platform::services::ServiceTime;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::rng::{derive_seed, SplitMix64};
 
@@ -78,9 +89,14 @@ impl ServiceModel {
 pub struct Modelled {
     model: ServiceModel,
     rng: Mutex<SplitMix64>,
-    slots: Arc<Semaphore>,
+    /// When each worker is next free (see the module docs); None: free since
+    /// the start.
+    free_at: Mutex<Vec<Option<Instant>>>,
     slow: SlowKnob,
 }
+
+/// A call completing closer than this completes at once (see the module docs).
+const COMPLETE_AT_ONCE: Duration = Duration::from_micros(500);
 
 /// A multiplier of one instance's service time, turned by `slow` faults. It
 /// outlives the instance's restarts.
@@ -88,18 +104,101 @@ pub type SlowKnob = Arc<AtomicU32>;
 
 impl Modelled {
     pub fn new(model: ServiceModel, root_seed: u64, instance: &str, slow: SlowKnob) -> Modelled {
-        let slots = Arc::new(Semaphore::new(model.concurrency.max(1)));
         let rng = Mutex::new(SplitMix64::new(derive_seed(root_seed, &format!("service-time/{instance}"))));
-        Modelled { model, rng, slots, slow }
+        let free_at = Mutex::new(vec![None; model.concurrency.max(1)]);
+        Modelled { model, rng, free_at, slow }
+    }
+
+    /// Books one call of `t` on the worker free soonest; returns when it completes.
+    fn book(&self, now: Instant, t: Duration) -> Instant {
+        let mut free_at = self.free_at.lock().expect("workers lock");
+        // None (free since the start) orders before any instant.
+        let worker = free_at.iter_mut().min_by_key(|at| **at).expect("at least one worker");
+        let done = worker.map_or(now, |free| free.max(now)) + t;
+        *worker = Some(done);
+        done
     }
 }
 
 #[async_trait::async_trait]
 impl ServiceTime for Modelled {
     async fn process(&self, handler: &'static str) {
-        let _slot = self.slots.acquire().await.expect("semaphore never closed");
         let dist = self.model.handlers.get(handler).copied().unwrap_or(self.model.default);
-        let t = dist.draw(&mut self.rng.lock().expect("rng lock"));
-        tokio::time::sleep(t * self.slow.load(Ordering::Relaxed).max(1)).await;
+        let t = dist.draw(&mut self.rng.lock().expect("rng lock")) * self.slow.load(Ordering::Relaxed).max(1);
+        let now = Instant::now();
+        let done = self.book(now, t);
+        if done >= now + COMPLETE_AT_ONCE {
+            tokio::time::sleep_until(done).await;
+        }
+    }
+}
+
+#[cfg(all(test, madsim))]
+mod tests {
+    use super::*;
+
+    fn fixed(us: u64, concurrency: usize) -> Modelled {
+        let model =
+            ServiceModel { default: Dist::Fixed(Duration::from_micros(us)), handlers: BTreeMap::new(), concurrency };
+        Modelled::new(model, 1, "test", SlowKnob::default())
+    }
+
+    /// Starts `n` calls at once and returns when each completed, in µs after the start.
+    async fn burst(m: Arc<Modelled>, n: usize) -> Vec<u128> {
+        let start = Instant::now();
+        let calls = (0..n).map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                m.process("x").await;
+                Instant::now().duration_since(start).as_micros()
+            })
+        });
+        let mut done = Vec::new();
+        for call in calls.collect::<Vec<_>>() {
+            done.push(call.await.expect("call"));
+        }
+        done.sort_unstable();
+        done
+    }
+
+    #[madsim::test]
+    async fn a_short_call_on_an_idle_service_completes_at_once() {
+        let m = fixed(40, 4);
+        let start = Instant::now();
+        m.process("x").await;
+        assert!(start.elapsed() < Duration::from_micros(10), "took {:?}", start.elapsed());
+    }
+
+    #[madsim::test]
+    async fn a_long_call_takes_its_time() {
+        let m = fixed(5_000, 4);
+        let start = Instant::now();
+        m.process("x").await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(5) && took < Duration::from_millis(6), "took {took:?}");
+    }
+
+    /// 40 calls of 100 µs on one worker are 4 ms of work: the queue shows, and
+    /// the last completes after about 4 ms, not 40 (one call per millisecond).
+    #[madsim::test]
+    async fn a_queue_of_short_calls_takes_the_sum_of_their_times() {
+        let done = burst(Arc::new(fixed(100, 1)), 40).await;
+        let last = *done.last().expect("calls");
+        assert!((3_500..4_700).contains(&last), "the last of 40 x 100us completed after {last} us");
+        assert!(done[0] < 100, "the first completes at once: {done:?}");
+        // Two workers halve it.
+        let done = burst(Arc::new(fixed(100, 2)), 40).await;
+        let last = *done.last().expect("calls");
+        assert!((1_500..2_700).contains(&last), "on two workers the last completed after {last} us");
+    }
+
+    #[madsim::test]
+    async fn slowing_multiplies_the_time() {
+        let m = fixed(100, 1);
+        m.slow.store(50, Ordering::Relaxed);
+        let start = Instant::now();
+        m.process("x").await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(5) && took < Duration::from_millis(6), "took {took:?}");
     }
 }
