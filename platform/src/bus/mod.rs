@@ -3,6 +3,7 @@
 //! - streams over subject wildcards, created idempotently at start-up;
 //! - [`EventBus::publish`] returns only once the broker has *stored* the message,
 //!   and de-duplicates on the message id inside the stream's duplicate window;
+//!   [`EventBus::publish_batch`] pipelines several publishes, stored in order;
 //! - durable pull consumers with batch fetch, ack, nak with delay, term,
 //!   redelivery after the ack wait and a maximum number of deliveries;
 //! - [`EventBus::read`]: an in-order, gap-free read of a stream from a sequence
@@ -65,6 +66,14 @@ pub struct PubAck {
     pub duplicate: bool,
 }
 
+/// One message of a [`EventBus::publish_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: Bytes,
+}
+
 /// A message as stored in a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMsg {
@@ -106,6 +115,8 @@ pub enum BusError {
 pub trait Tail: Send {
     /// The next message; waits until one arrives.
     async fn next(&mut self) -> Result<StoredMsg, BusError>;
+    /// The next message if it has already arrived, without waiting.
+    fn try_next(&mut self) -> Option<StoredMsg>;
 }
 
 /// The JetStream operations the platform uses. See the module docs.
@@ -117,10 +128,20 @@ pub trait EventBus: Send + Sync + 'static {
     async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError>;
     /// Publishes and waits until the broker has stored the message.
     async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError>;
+    /// Publishes `msgs` pipelined, as a NATS client does when it sends several
+    /// publishes before awaiting their acks: they reach the broker together
+    /// and are stored in order, each de-duplicated on its own id. Returns one
+    /// result per message, in order; a failure leaves the others' results
+    /// standing (a timed-out batch may still have been stored, in part or in
+    /// whole, so a retry relies on the message ids).
+    async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>>;
     /// Up to `max` deliveries for the durable consumer, waiting at most `wait` for the first.
     async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
     /// The delivery is done with; it will not be redelivered.
     async fn ack(&self, token: &AckToken) -> Result<(), BusError>;
+    /// Acks each of `tokens`, sent together (a consumer done with a fetched
+    /// batch); the same as acking them one by one.
+    async fn ack_many(&self, tokens: &[AckToken]) -> Result<(), BusError>;
     /// The delivery failed; redeliver it after `delay`.
     async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError>;
     /// The delivery can never succeed; never redeliver it.
@@ -172,8 +193,12 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
-/// Reads every message matching `filter` from `from_seq` to the current end of
-/// the stream, in order. What a restarting service replays.
+/// Reads every message matching `filter` from `from_seq` to the end of the
+/// stream as a read found it, in order. What a restarting service replays.
+///
+/// A batch shorter than asked for is the end: chasing an end that publishers
+/// keep moving would never return while they publish (the orders reconciler
+/// did exactly that under steady load). What comes later is the next call's.
 pub async fn read_to_end(
     bus: &dyn EventBus,
     stream: &str,
@@ -190,7 +215,11 @@ pub async fn read_to_end(
         };
         assert!(last.seq >= next, "read went backwards: {} < {next}", last.seq);
         next = last.seq + 1;
+        let at_end = batch.len() < BATCH;
         out.extend(batch);
+        if at_end {
+            return Ok(out);
+        }
     }
 }
 

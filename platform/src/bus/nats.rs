@@ -10,7 +10,9 @@ use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::Mutex;
 
-use super::{AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Storage, StoredMsg, StreamSpec, Tail};
+use super::{
+    AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Publish, Storage, StoredMsg, StreamSpec, Tail,
+};
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<jetstream::Message, BusError>> + Send>>;
 
@@ -130,6 +132,27 @@ impl EventBus for NatsBus {
         Ok(PubAck { stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate })
     }
 
+    async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
+        // Every publish is sent before any ack is awaited: one connection keeps
+        // them in order, and the server stores them in that order.
+        let mut sent = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let publish = jetstream::message::PublishMessage::build().payload(m.payload).message_id(&m.msg_id);
+            sent.push(self.js.send_publish(m.subject, publish).await.map_err(|e| self.err("publish", e)));
+        }
+        let mut out = Vec::with_capacity(sent.len());
+        for s in sent {
+            out.push(match s {
+                Ok(ack) => ack
+                    .await
+                    .map(|ack| PubAck { stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate })
+                    .map_err(|e| self.err("publish ack", e)),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
     async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         let key = (stream.to_string(), durable.to_string());
         let mut durables = self.durables.lock().await;
@@ -173,6 +196,15 @@ impl EventBus for NatsBus {
 
     async fn ack(&self, token: &AckToken) -> Result<(), BusError> {
         self.settle(token, AckKind::Ack).await
+    }
+
+    async fn ack_many(&self, tokens: &[AckToken]) -> Result<(), BusError> {
+        // Each ack is a publish to its delivery's reply subject; the client
+        // buffers them and flushes them together.
+        for token in tokens {
+            self.settle(token, AckKind::Ack).await?;
+        }
+        Ok(())
     }
 
     async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
@@ -251,22 +283,48 @@ impl EventBus for NatsBus {
         let consumer =
             self.stream(stream).await?.create_consumer(config).await.map_err(|e| self.err("create tail", e))?;
         let messages = consumer.messages().await.map_err(|e| self.err("tail", e))?;
-        Ok(Box::new(NatsTail { messages: Box::pin(messages), addr: self.addr.clone() }))
+        Ok(Box::new(NatsTail { messages: Box::pin(messages), addr: self.addr.clone(), failed: None }))
     }
 }
 
 struct NatsTail {
     messages: Pin<Box<consumer::pull::Ordered>>,
     addr: String,
+    /// An error met by `try_next`, for the next `next`.
+    failed: Option<BusError>,
+}
+
+impl NatsTail {
+    fn outcome(&self, item: Option<Result<jetstream::Message, impl std::fmt::Display>>) -> Result<StoredMsg, BusError> {
+        match item {
+            Some(Ok(msg)) => Ok(stored(&msg)?.0),
+            Some(Err(e)) => Err(BusError::Other(format!("tail at {}: {e}", self.addr))),
+            None => Err(BusError::Other(format!("tail at {} ended", self.addr))),
+        }
+    }
 }
 
 #[async_trait]
 impl Tail for NatsTail {
     async fn next(&mut self) -> Result<StoredMsg, BusError> {
-        match self.messages.next().await {
-            Some(Ok(msg)) => Ok(stored(&msg)?.0),
-            Some(Err(e)) => Err(BusError::Other(format!("tail at {}: {e}", self.addr))),
-            None => Err(BusError::Other(format!("tail at {} ended", self.addr))),
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let item = self.messages.next().await;
+        self.outcome(item)
+    }
+
+    fn try_next(&mut self) -> Option<StoredMsg> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let item = self.messages.next().now_or_never()?;
+        match self.outcome(item) {
+            Ok(msg) => Some(msg),
+            Err(e) => {
+                self.failed = Some(e);
+                None
+            }
         }
     }
 }

@@ -7,13 +7,13 @@
 //! and a Redis that lost its data is rebuilt. Top of book comes from the
 //! market-data stream and is superseded by each update.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-use crate::bus::StoredMsg;
 use crate::domain::Instrument;
 use crate::kv::KvError;
 use crate::proto::common::{self, Candle, Quote};
@@ -48,19 +48,31 @@ async fn follow_trades(deps: Deps, shutdown: Shutdown) {
     let mut next = 1;
     loop {
         let read = tokio::select! {
+            biased;
             _ = shutdown.clone() => return,
             r = deps.bus.read(&stream, &filter, next, 512, Duration::from_millis(500)) => r,
         };
         match read {
             Ok(msgs) => {
-                for m in msgs {
+                let Some(last) = msgs.last().map(|m| m.seq) else { continue };
+                let mut fills: BTreeMap<String, Vec<(i64, FillEvent)>> = BTreeMap::new();
+                for m in &msgs {
                     deps.work("market.trade").await;
-                    while let Err(e) = apply_trade_msg(&deps, &stream, &m).await {
+                    let Ok(event) = decode::<EngineEvent>(&stream, m.seq, &m.payload) else {
+                        tracing::error!(seq = m.seq, "undecodable trade event skipped by market");
+                        continue;
+                    };
+                    if let Some(engine_event::Kind::Fill(f)) = event.kind {
+                        fills.entry(event.symbol).or_default().push((event.ts_ms, f));
+                    }
+                }
+                for (symbol, fills) in &fills {
+                    while let Err(e) = apply_fills(&deps, symbol, fills).await {
                         tracing::warn!(error = %e, "market update failed; retrying");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    next = m.seq + 1;
                 }
+                next = last + 1;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "market read failed; retrying");
@@ -70,50 +82,65 @@ async fn follow_trades(deps: Deps, shutdown: Shutdown) {
     }
 }
 
-async fn apply_trade_msg(deps: &Deps, stream: &str, m: &StoredMsg) -> Result<(), KvError> {
-    let Ok(event) = decode::<EngineEvent>(stream, m.seq, &m.payload) else {
-        tracing::error!(seq = m.seq, "undecodable trade event skipped by market");
-        return Ok(());
-    };
-    if let Some(engine_event::Kind::Fill(f)) = &event.kind {
-        apply_fill(deps, &event.symbol, event.ts_ms, f).await?;
-    }
-    Ok(())
-}
-
 fn field_i64(v: Option<&Bytes>) -> i64 {
     v.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-/// Applies a fill to the quote and its candle, each at most once.
-async fn apply_fill(deps: &Deps, symbol: &str, ts_ms: i64, f: &FillEvent) -> Result<(), KvError> {
+/// A candle as stored: open, high, low, close, volume, and the match
+/// sequence of the last fill it holds (what makes an update idempotent).
+type StoredCandle = [i64; 6];
+
+fn parse_candle(stored: Option<&Bytes>) -> Option<StoredCandle> {
+    let text = std::str::from_utf8(stored?).ok()?;
+    let values: Vec<i64> = text.split(',').filter_map(|x| x.parse().ok()).collect();
+    values.try_into().ok()
+}
+
+/// Applies one symbol's fills, in match order, to its candles and its quote,
+/// each fill at most once (a fill whose match sequence the stored state has
+/// seen changes nothing): one read and one write per candle and for the quote,
+/// whatever the number of fills.
+async fn apply_fills(deps: &Deps, symbol: &str, fills: &[(i64, FillEvent)]) -> Result<(), KvError> {
     let names = deps.cfg.names();
     let kv = deps.kv.as_ref();
-    let bucket = ts_ms.div_euclid(CANDLE_MS) * CANDLE_MS;
     let candles_key = names.key(&format!("market:candles:{symbol}"));
-    let field = format!("{bucket:015}");
-    let old = kv.hget(&candles_key, &field).await?;
-    let mut c: Vec<i64> = old
-        .as_ref()
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_default();
-    let seq = f.match_seq as i64;
-    if c.len() != 6 {
-        c = vec![f.price_ticks, f.price_ticks, f.price_ticks, f.price_ticks, 0, 0];
+    let mut by_bucket: BTreeMap<i64, Vec<&FillEvent>> = BTreeMap::new();
+    for (ts_ms, f) in fills {
+        by_bucket.entry(ts_ms.div_euclid(CANDLE_MS) * CANDLE_MS).or_default().push(f);
     }
-    if seq > c[5] {
-        c[1] = c[1].max(f.price_ticks);
-        c[2] = c[2].min(f.price_ticks);
-        c[3] = f.price_ticks;
-        c[4] += f.qty;
-        c[5] = seq;
-        let value = c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
-        kv.hset(&candles_key, &[(&field, Bytes::from(value))]).await?;
+    for (bucket, fills) in &by_bucket {
+        let field = format!("{bucket:015}");
+        let old = parse_candle(kv.hget(&candles_key, &field).await?.as_ref());
+        let mut c = old;
+        for f in fills {
+            let c = c.get_or_insert([f.price_ticks, f.price_ticks, f.price_ticks, f.price_ticks, 0, 0]);
+            if f.match_seq as i64 > c[5] {
+                c[1] = c[1].max(f.price_ticks);
+                c[2] = c[2].min(f.price_ticks);
+                c[3] = f.price_ticks;
+                c[4] += f.qty;
+                c[5] = f.match_seq as i64;
+            }
+        }
+        if let Some(c) = c.filter(|c| Some(*c) != old) {
+            let value = c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+            kv.hset(&candles_key, &[(&field, Bytes::from(value))]).await?;
+        }
     }
     let quote_key = names.key(&format!("market:quote:{symbol}"));
     let q = kv.hgetall(&quote_key).await?;
-    if seq > field_i64(q.get("match_seq")) {
+    let (mut seq, mut trades, mut volume) =
+        (field_i64(q.get("match_seq")), field_i64(q.get("trades")), field_i64(q.get("volume")));
+    let mut last = None;
+    for (_, f) in fills {
+        if f.match_seq as i64 > seq {
+            seq = f.match_seq as i64;
+            trades += 1;
+            volume += f.qty;
+            last = Some(f);
+        }
+    }
+    if let Some(f) = last {
         let num = |v: i64| Bytes::from(v.to_string());
         kv.hset(
             &quote_key,
@@ -121,8 +148,8 @@ async fn apply_fill(deps: &Deps, symbol: &str, ts_ms: i64, f: &FillEvent) -> Res
                 ("match_seq", num(seq)),
                 ("last_ticks", num(f.price_ticks)),
                 ("last_qty", num(f.qty)),
-                ("trades", num(field_i64(q.get("trades")) + 1)),
-                ("volume", num(field_i64(q.get("volume")) + f.qty)),
+                ("trades", num(trades)),
+                ("volume", num(volume)),
             ],
         )
         .await?;
@@ -132,17 +159,26 @@ async fn apply_fill(deps: &Deps, symbol: &str, ts_ms: i64, f: &FillEvent) -> Res
 
 async fn follow_md(deps: Deps, mut updates: Follower) {
     while let Some((_, md)) = updates.next::<MarketData>().await {
-        let key = deps.cfg.names().key(&format!("market:quote:{}", md.symbol));
-        let num = |v: i64| Bytes::from(v.to_string());
-        let fields = [
-            ("book_seq", num(md.input_seq as i64)),
-            ("bid_ticks", num(md.bid_ticks)),
-            ("bid_qty", num(md.bid_qty)),
-            ("ask_ticks", num(md.ask_ticks)),
-            ("ask_qty", num(md.ask_qty)),
-        ];
-        if let Err(e) = deps.kv.hset(&key, &fields).await {
-            tracing::warn!(error = %e, "top of book not stored");
+        // Each update supersedes the symbol's last: of what has arrived
+        // together, only the newest of each symbol is written.
+        let mut newest = BTreeMap::new();
+        newest.insert(md.symbol.clone(), md);
+        while let Some((_, md)) = updates.next_ready::<MarketData>() {
+            newest.insert(md.symbol.clone(), md);
+        }
+        for md in newest.values() {
+            let key = deps.cfg.names().key(&format!("market:quote:{}", md.symbol));
+            let num = |v: i64| Bytes::from(v.to_string());
+            let fields = [
+                ("book_seq", num(md.input_seq as i64)),
+                ("bid_ticks", num(md.bid_ticks)),
+                ("bid_qty", num(md.bid_qty)),
+                ("ask_ticks", num(md.ask_ticks)),
+                ("ask_qty", num(md.ask_qty)),
+            ];
+            if let Err(e) = deps.kv.hset(&key, &fields).await {
+                tracing::warn!(error = %e, "top of book not stored");
+            }
         }
     }
 }

@@ -239,6 +239,7 @@ impl Follower {
             let (next, from_tail) = match self.backlog.pop_front() {
                 Some(m) => (Ok(m), false),
                 None => tokio::select! {
+                    biased;
                     _ = self.shutdown.clone() => return None,
                     r = self.tail.next() => (r, true),
                 },
@@ -260,10 +261,30 @@ impl Follower {
         }
     }
 
+    /// The next message that decodes as `M` among those already at hand,
+    /// without waiting (None when none is: then wait with [`Follower::next`]).
+    pub fn next_ready<M: Message + Default>(&mut self) -> Option<(u64, M)> {
+        loop {
+            let (m, from_tail) = match self.backlog.pop_front() {
+                Some(m) => (m, false),
+                None => (self.tail.try_next()?, true),
+            };
+            if from_tail && m.seq <= self.skip_through {
+                continue; // handed out from the backlog
+            }
+            self.last = Some(m.seq);
+            match decode::<M>(&self.stream, m.seq, &m.payload) {
+                Ok(event) => return Some((m.seq, event)),
+                Err(e) => tracing::error!(error = %e, "undecodable message skipped"),
+            }
+        }
+    }
+
     /// Reopens the tail, then reads back what was stored since the last message.
     async fn reopen(&mut self) {
         loop {
             tokio::select! {
+                biased;
                 _ = self.shutdown.clone() => return,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
@@ -413,6 +434,7 @@ impl TaskGroup {
             ended
         };
         tokio::select! {
+            biased;
             served = server => served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() }),
             // Tasks return only on shutdown; anything else is a panic.
             ended = first_end => ended.map_err(|e| ServiceError::TaskEnded(format!("a background task failed: {e}"))),

@@ -313,6 +313,7 @@ mod real_main {
         println!("Ctrl-C stops it.");
         loop {
             tokio::select! {
+                biased;
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }

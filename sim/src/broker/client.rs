@@ -5,18 +5,19 @@
 //! with an id and may be in flight together, as on one NATS connection. Each
 //! tail has a connection of its own.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fafnir_platform::bus::{AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, StoredMsg, StreamSpec, Tail};
+use fafnir_platform::bus::{
+    AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Publish, StoredMsg, StreamSpec, Tail,
+};
+use fafnir_platform::calls::{Calls, Unanswered};
 use madsim::net::{Endpoint, Receiver, Sender};
 use madsim::time::{sleep, timeout};
-use tokio::sync::oneshot;
 
 use super::proto::{Reply, ReplyFrame, Request, RequestFrame, Response};
 use super::store::Settle;
@@ -36,28 +37,20 @@ pub struct SimBus {
 
 struct Shared {
     broker: SocketAddr,
-    next_id: AtomicU64,
     /// The current connection; `None` before the first call and after one broke.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
 
 struct Conn {
     tx: Sender,
-    replies: Arc<Mutex<Replies>>,
-}
-
-/// Calls waiting for their reply on one connection.
-#[derive(Default)]
-struct Replies {
-    waiting: BTreeMap<u64, oneshot::Sender<Reply>>,
-    /// The connection broke: nothing more will arrive.
-    closed: bool,
+    /// Calls waiting for their reply on this connection.
+    calls: Calls<Reply>,
 }
 
 impl SimBus {
     /// A client of the broker at `broker` (connects lazily, reconnects after failures).
     pub fn new(broker: SocketAddr) -> SimBus {
-        let shared = Shared { broker, next_id: AtomicU64::new(1), conn: tokio::sync::Mutex::new(None) };
+        let shared = Shared { broker, conn: tokio::sync::Mutex::new(None) };
         SimBus { shared: Arc::new(shared), timeout: DEFAULT_TIMEOUT }
     }
 
@@ -80,24 +73,17 @@ impl SimBus {
             Ok(conn) => conn?,
             Err(_) => return Err(timed_out()),
         };
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut replies = conn.replies.lock().expect("replies lock");
-            if replies.closed {
-                return Err(self.unreachable("connection lost"));
-            }
-            replies.waiting.insert(id, reply_tx);
-        }
-        let _forget = Forget { replies: &conn.replies, id };
-        if let Err(e) = conn.tx.send(Box::new((id, request) as RequestFrame)).await {
+        let Ok(mut call) = conn.calls.start(deadline) else {
+            return Err(self.unreachable("connection lost"));
+        };
+        if let Err(e) = conn.tx.send(Box::new((call.id(), request) as RequestFrame)).await {
             self.discard(&conn).await;
             return Err(self.unreachable(e));
         }
-        match timeout(deadline.saturating_duration_since(super::now()), reply_rx).await {
-            Ok(Ok(reply)) => reply.map_err(|e| self.context(what, e)),
-            Ok(Err(_closed)) => Err(self.unreachable(format!("{what}: connection lost before the reply"))),
-            Err(_) => {
+        match call.answer().await {
+            Ok(reply) => reply.map_err(|e| self.context(what, e)),
+            Err(Unanswered::Closed) => Err(self.unreachable(format!("{what}: connection lost before the reply"))),
+            Err(Unanswered::TimedOut) => {
                 // The broker may still act on the request (a publish may be stored):
                 // the caller sees an error, and a retry must rely on the message id.
                 // A fresh connection tells at once whether the broker can be reached.
@@ -118,15 +104,15 @@ impl SimBus {
     async fn connection(&self) -> Result<Arc<Conn>, BusError> {
         let mut slot = self.shared.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
-            if !conn.replies.lock().expect("replies lock").closed && !conn.tx.is_closed() {
+            if !conn.calls.is_closed() && !conn.tx.is_closed() {
                 return Ok(conn.clone());
             }
         }
         *slot = None;
         let (tx, rx) = open(self.shared.broker).await.map_err(|e| self.unreachable(e))?;
-        let replies = Arc::new(Mutex::new(Replies::default()));
-        tokio::spawn(read_replies(rx, replies.clone()));
-        let conn = Arc::new(Conn { tx, replies });
+        let calls = Calls::new();
+        tokio::spawn(read_replies(rx, calls.clone()));
+        let conn = Arc::new(Conn { tx, calls });
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -147,42 +133,22 @@ async fn open(broker: SocketAddr) -> std::io::Result<(Sender, Receiver)> {
 }
 
 /// Hands each reply to the call waiting for it, until the connection breaks.
-async fn read_replies(mut rx: Receiver, replies: Arc<Mutex<Replies>>) {
+async fn read_replies(mut rx: Receiver, calls: Calls<Reply>) {
     // Also when this task is dropped (its node was killed), the connection is done.
-    let _closed = Closed(&replies);
+    let _closed = CloseOnExit(calls.clone());
     while let Ok(frame) = rx.recv().await {
         let (id, reply) = *frame.downcast::<ReplyFrame>().expect("bus client: a frame that is not a reply");
         // A call that timed out is no longer waiting; its reply is dropped.
-        if let Some(waiting) = replies.lock().expect("replies lock").waiting.remove(&id) {
-            let _ = waiting.send(reply);
-        }
+        calls.answer(id, reply);
     }
 }
 
-/// Marks a connection broken when its reader ends.
-struct Closed<'a>(&'a Mutex<Replies>);
+/// Closes a connection's calls when its reader ends.
+struct CloseOnExit(Calls<Reply>);
 
-impl Drop for Closed<'_> {
+impl Drop for CloseOnExit {
     fn drop(&mut self) {
-        if let Ok(mut replies) = self.0.lock() {
-            replies.closed = true;
-            // Dropping the senders fails the calls still waiting.
-            replies.waiting.clear();
-        }
-    }
-}
-
-/// Removes a call from its connection's waiting list however the call ends.
-struct Forget<'a> {
-    replies: &'a Mutex<Replies>,
-    id: u64,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut replies) = self.replies.lock() {
-            replies.waiting.remove(&self.id);
-        }
+        self.0.close();
     }
 }
 
@@ -214,6 +180,22 @@ impl EventBus for SimBus {
         }
     }
 
+    async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
+        let n = msgs.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        match self.call("publish", Request::PublishBatch(msgs), Duration::ZERO).await {
+            Ok(Response::PubAcks(acks)) => {
+                assert_eq!(acks.len(), n, "bus client: a batch publish answered for {} of {n}", acks.len());
+                acks
+            }
+            Ok(r) => unexpected("publish_batch", r),
+            // The whole batch failed (or timed out, stored in part or not at all).
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         let request = Request::Fetch { stream: stream.to_string(), durable: durable.to_string(), max, wait };
         match self.call("fetch", request, wait).await? {
@@ -224,6 +206,14 @@ impl EventBus for SimBus {
 
     async fn ack(&self, token: &AckToken) -> Result<(), BusError> {
         self.settle(token, Settle::Ack).await
+    }
+
+    async fn ack_many(&self, tokens: &[AckToken]) -> Result<(), BusError> {
+        match tokens {
+            [] => Ok(()),
+            [token] => self.ack(token).await,
+            _ => self.send_one_way("ack", Request::AckMany(tokens.to_vec())).await,
+        }
     }
 
     async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
@@ -264,6 +254,7 @@ impl EventBus for SimBus {
             filter: filter.to_string(),
             next_seq: None,
             conn: None,
+            received: VecDeque::new(),
         };
         tail.open().await?;
         Ok(Box::new(tail))
@@ -271,11 +262,25 @@ impl EventBus for SimBus {
 }
 
 impl SimBus {
+    /// Acks, naks and terms are one-way, as NATS's are (a publish to the
+    /// delivery's reply subject): done once sent on the connection, which
+    /// also carries the next fetch, so the broker sees them in that order.
+    /// The broker ignores a settle it cannot apply (an unknown or stale token).
     async fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BusError> {
-        match self.call("ack", Request::Settle { token: token.clone(), how }, Duration::ZERO).await? {
-            Response::Done => Ok(()),
-            r => unexpected("settle", r),
+        self.send_one_way("ack", Request::Settle { token: token.clone(), how }).await
+    }
+
+    /// Sends a request the broker answers with nothing.
+    async fn send_one_way(&self, what: &str, request: Request) -> Result<(), BusError> {
+        let conn = match timeout(self.timeout, self.connection()).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(BusError::Timeout(format!("{what} at {}: no connection", self.shared.broker))),
+        };
+        if let Err(e) = conn.tx.send(Box::new((0u64, request) as RequestFrame)).await {
+            self.discard(&conn).await;
+            return Err(self.unreachable(e));
         }
+        Ok(())
     }
 }
 
@@ -290,6 +295,8 @@ struct SimTail {
     /// The sequence to reopen from; `None` until the first open.
     next_seq: Option<u64>,
     conn: Option<(Sender, Receiver)>,
+    /// Received in a frame, not yet returned.
+    received: VecDeque<StoredMsg>,
 }
 
 impl SimTail {
@@ -318,29 +325,43 @@ impl SimTail {
     }
 }
 
+impl SimTail {
+    /// Hands out the oldest message received and not yet returned.
+    fn pop_received(&mut self) -> Option<StoredMsg> {
+        let msg = self.received.pop_front()?;
+        let expected = self.next_seq.expect("an open tail knows where it is");
+        if msg.seq < expected {
+            // A memory stream recreated after a broker restart numbers from 1
+            // again (as JetStream's does): follow the new numbering.
+            tracing::info!(stream = %self.stream, seq = msg.seq, expected, "stream restarted its sequence");
+        }
+        self.next_seq = Some(msg.seq + 1);
+        Some(msg)
+    }
+}
+
 #[async_trait]
 impl Tail for SimTail {
+    fn try_next(&mut self) -> Option<StoredMsg> {
+        self.pop_received()
+    }
+
     async fn next(&mut self) -> Result<StoredMsg, BusError> {
         let mut backoff = TAIL_RETRY_MIN;
         loop {
+            if let Some(msg) = self.pop_received() {
+                return Ok(msg);
+            }
             if let Some((_, rx)) = self.conn.as_mut() {
                 match rx.recv().await {
                     Ok(frame) => {
                         let (_, reply) =
                             *frame.downcast::<ReplyFrame>().expect("bus client: a frame that is not a reply");
                         match reply? {
-                            Response::TailMsg(msg) => {
-                                let expected = self.next_seq.expect("an open tail knows where it is");
-                                if msg.seq < expected {
-                                    // A memory stream recreated after a broker restart numbers from 1
-                                    // again (as JetStream's does): follow the new numbering.
-                                    tracing::info!(stream = %self.stream, seq = msg.seq, expected, "stream restarted its sequence");
-                                }
-                                self.next_seq = Some(msg.seq + 1);
-                                return Ok(msg);
-                            }
+                            Response::TailMsgs(msgs) => self.received.extend(msgs),
                             r => unexpected("tail", r),
                         }
+                        continue;
                     }
                     Err(e) => {
                         tracing::debug!(stream = %self.stream, error = %e, "tail connection lost; reopening");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use fafnir_platform::bus::{AckToken, BusError, ConsumerSpec, Delivery, PubAck, StoredMsg, StreamSpec};
+use fafnir_platform::bus::{AckToken, BusError, ConsumerSpec, Delivery, PubAck, Publish, StoredMsg, StreamSpec};
 
 use super::store::Settle;
 
@@ -19,16 +19,21 @@ pub(super) enum Request {
         msg_id: String,
         payload: Bytes,
     },
+    /// Publishes pipelined on one connection: stored in order, one result each.
+    PublishBatch(Vec<Publish>),
     Fetch {
         stream: String,
         durable: String,
         max: usize,
         wait: Duration,
     },
+    /// One way: the broker sends no reply.
     Settle {
         token: AckToken,
         how: Settle,
     },
+    /// Acks several deliveries; one way too.
+    AckMany(Vec<AckToken>),
     Read {
         stream: String,
         filter: String,
@@ -53,6 +58,7 @@ pub(super) enum Request {
 pub(super) enum Response {
     Done,
     PubAck(PubAck),
+    PubAcks(Vec<Result<PubAck, BusError>>),
     Deliveries(Vec<Delivery>),
     Msgs(Vec<StoredMsg>),
     Last(Option<StoredMsg>),
@@ -60,7 +66,9 @@ pub(super) enum Response {
     TailOpen {
         from_seq: u64,
     },
-    TailMsg(StoredMsg),
+    /// The tail's next messages, in order: what was stored since the last
+    /// frame, sent together (as a TCP connection coalesces what is queued).
+    TailMsgs(Vec<StoredMsg>),
 }
 
 pub(super) type Reply = Result<Response, BusError>;

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use fafnir_platform::bus::{subject_matches, BusError, StoredMsg};
+use fafnir_platform::bus::{subject_matches, AckToken, BusError, PubAck, StoredMsg};
 use madsim::net::{Endpoint, Receiver, Sender};
 use madsim::time::{sleep_until, Instant};
 use tokio::sync::{mpsc, Notify};
 
 use super::proto::{Reply, ReplyFrame, Request, RequestFrame, Response};
-use super::store::Store;
+use super::store::{Settle, Store};
 use super::BrokerDisk;
 use crate::trace::Trace;
 
@@ -48,6 +48,9 @@ pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
         }
     }
 }
+
+/// At most this many messages travel in one tail frame.
+const TAIL_FRAME_MAX: usize = 256;
 
 struct Broker {
     disk: BrokerDisk,
@@ -111,6 +114,19 @@ impl Broker {
                         result => send(&tx, id, result.map(Response::Msgs)).await,
                     }
                 }
+                Request::Settle { token, how } => {
+                    // One-way (see the client): nothing goes back, not even an error.
+                    if let Err(e) = self.settle(&token, how) {
+                        tracing::debug!(token = %token.0, error = %e, "settle ignored");
+                    }
+                }
+                Request::AckMany(tokens) => {
+                    for token in tokens {
+                        if let Err(e) = self.settle(&token, Settle::Ack) {
+                            tracing::debug!(token = %token.0, error = %e, "ack ignored");
+                        }
+                    }
+                }
                 other => {
                     let reply = self.handle(other);
                     send(&tx, id, reply).await;
@@ -129,28 +145,42 @@ impl Broker {
                 result.map(|()| Response::Done)
             }
             Request::Publish { subject, msg_id, payload } => {
-                let published = self.disk.lock().publish(&subject, &msg_id, payload, now, &self.trace)?;
-                if let Some(msg) = published.stored {
-                    self.stored(&published.ack.stream, msg);
-                }
-                Ok(Response::PubAck(published.ack))
+                self.publish(&subject, &msg_id, payload, now).map(Response::PubAck)
             }
-            Request::Settle { token, how } => {
-                self.disk.lock().settle(&token, how, now)?;
-                // Whatever the stream, a waiting fetch may now deliver (an ack frees a
-                // max_ack_pending slot, a nak moves a redelivery).
-                if let Some(stream) = token.0.strip_prefix("$JS.ACK.").and_then(|t| t.split('.').next()) {
-                    self.notify(stream);
-                }
-                Ok(Response::Done)
-            }
+            Request::PublishBatch(msgs) => Ok(Response::PubAcks(
+                msgs.into_iter().map(|m| self.publish(&m.subject, &m.msg_id, m.payload, now)).collect(),
+            )),
             Request::LastOnSubject { stream, subject } => {
                 self.disk.lock().last_on_subject(&stream, &subject).map(Response::Last)
             }
-            Request::Fetch { .. } | Request::Read { .. } | Request::Tail { .. } => {
+            Request::Fetch { .. }
+            | Request::Read { .. }
+            | Request::Tail { .. }
+            | Request::Settle { .. }
+            | Request::AckMany(_) => {
                 unreachable!("handled by the connection")
             }
         }
+    }
+
+    /// Stores one message (or finds its duplicate) and tells who waits for it.
+    fn publish(&self, subject: &str, msg_id: &str, payload: bytes::Bytes, now: Instant) -> Result<PubAck, BusError> {
+        let published = self.disk.lock().publish(subject, msg_id, payload, now, &self.trace)?;
+        if let Some(msg) = published.stored {
+            self.stored(&published.ack.stream, msg);
+        }
+        Ok(published.ack)
+    }
+
+    /// Applies an ack, nak or term.
+    fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BusError> {
+        self.disk.lock().settle(token, how, super::now())?;
+        // Whatever the stream, a waiting fetch may now deliver (an ack frees a
+        // max_ack_pending slot, a nak moves a redelivery).
+        if let Some(stream) = token.0.strip_prefix("$JS.ACK.").and_then(|t| t.split('.').next()) {
+            self.notify(stream);
+        }
+        Ok(())
     }
 
     /// A message was stored: wake the stream's waiters and feed its tails.
@@ -258,18 +288,27 @@ impl Broker {
         };
         let _close = TailGuard { broker: self, id: tail_id };
         send(tx, id, Ok(Response::TailOpen { from_seq: from })).await;
-        for msg in backlog {
-            if tx.send(Box::new((id, Ok(Response::TailMsg(msg))) as ReplyFrame)).await.is_err() {
+        let mut backlog = backlog.into_iter().peekable();
+        while backlog.peek().is_some() {
+            let frame: Vec<StoredMsg> = backlog.by_ref().take(TAIL_FRAME_MAX).collect();
+            if tx.send(Box::new((id, Ok(Response::TailMsgs(frame))) as ReplyFrame)).await.is_err() {
                 return;
             }
         }
         loop {
-            let msg = tokio::select! {
+            let first = tokio::select! {
                 biased;
                 () = tx.closed() => return,
                 msg = sub_rx.recv() => msg.expect("the broker holds the tail's sender"),
             };
-            if tx.send(Box::new((id, Ok(Response::TailMsg(msg))) as ReplyFrame)).await.is_err() {
+            let mut frame = vec![first];
+            while frame.len() < TAIL_FRAME_MAX {
+                match sub_rx.try_recv() {
+                    Ok(msg) => frame.push(msg),
+                    Err(_) => break,
+                }
+            }
+            if tx.send(Box::new((id, Ok(Response::TailMsgs(frame))) as ReplyFrame)).await.is_err() {
                 return;
             }
         }

@@ -3,6 +3,8 @@
 //! It reads each symbol's ORDERS subject in stream order (gap-free), matches,
 //! and publishes every outcome to TRADES — one event per fill with the fill id
 //! as message id, and at least one event per input — plus a market-data update.
+//! What one read brings is matched first and its outputs then published in one
+//! pipelined batch, in order.
 //!
 //! Recovery: the last TRADES event of a symbol names the input it came from
 //! (`input_seq`) and its position (`index`). A restarted engine replays the
@@ -20,10 +22,10 @@ use bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::bus::read_to_end;
+use crate::bus::{read_to_end, Publish};
 use crate::proto::engine::engine_server::{Engine, EngineServer};
 use crate::proto::engine::{BookView, GetBookRequest, Level};
-use crate::proto::events::{EngineEvent, OrderEvent};
+use crate::proto::events::{EngineEvent, MarketData, OrderEvent};
 use crate::services::{decode, ensure_streams, publish_until_stored, Deps, ServiceError, Shutdown, TaskGroup};
 
 pub use matcher::Matcher;
@@ -106,12 +108,74 @@ async fn publish_event(deps: &Deps, event: &EngineEvent) {
 /// Market data is best effort: a lost update is superseded by the next one.
 /// It carries the engine's clock at publication (not the input's), so that
 /// clients can measure fan-out; replays need no byte-identical market data.
-async fn publish_market_data(deps: &Deps, md: &crate::proto::events::MarketData) {
-    let md = &crate::proto::events::MarketData { ts_ms: deps.clock.now_ms(), ..md.clone() };
-    let subject = deps.cfg.names().md_of(&md.symbol);
-    let msg_id = format!("{}-md{}", md.symbol, md.input_seq);
-    if let Err(e) = deps.bus.publish(&subject, &msg_id, Bytes::from(md.encode_to_vec())).await {
+async fn publish_market_data(deps: &Deps, md: &MarketData) {
+    let msg = market_data_msg(deps, md, deps.clock.now_ms());
+    if let Err(e) = deps.bus.publish(&msg.subject, &msg.msg_id, msg.payload).await {
         tracing::debug!(error = %e, "market data not published");
+    }
+}
+
+fn market_data_msg(deps: &Deps, md: &MarketData, now_ms: i64) -> Publish {
+    let md = MarketData { ts_ms: now_ms, ..md.clone() };
+    Publish {
+        subject: deps.cfg.names().md_of(&md.symbol),
+        msg_id: format!("{}-md{}", md.symbol, md.input_seq),
+        payload: Bytes::from(md.encode_to_vec()),
+    }
+}
+
+fn event_msg(deps: &Deps, event: &EngineEvent) -> Publish {
+    Publish {
+        subject: deps.cfg.names().trades_of(&event.symbol),
+        msg_id: matcher::msg_id(event),
+        payload: Bytes::from(event.encode_to_vec()),
+    }
+}
+
+/// What one read batch of inputs produced, in input order.
+enum Output {
+    Event(EngineEvent),
+    MarketData(MarketData),
+}
+
+/// Publishes a batch's outputs in order, pipelined (one round trip for the
+/// batch, not two per input). Every event must be stored: from the first
+/// event the batch did not store on, the events are published again one by
+/// one until stored (their ids make a repeat of a stored one a duplicate, so
+/// none is stored twice); market data is best effort.
+async fn publish_outputs(deps: &Deps, mut outputs: Vec<Output>) {
+    if outputs.len() > 1 && crate::services::buggify(0.02) {
+        // A pause inside a batch, between two of its events: a crash here must
+        // not lose or repeat any.
+        let rest = outputs.split_off(outputs.len() / 2);
+        publish_pipelined(deps, outputs).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        publish_pipelined(deps, rest).await;
+    } else {
+        publish_pipelined(deps, outputs).await;
+    }
+}
+
+async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) {
+    let now_ms = deps.clock.now_ms();
+    let msgs = outputs
+        .iter()
+        .map(|o| match o {
+            Output::Event(e) => event_msg(deps, e),
+            Output::MarketData(md) => market_data_msg(deps, md, now_ms),
+        })
+        .collect();
+    let results = deps.bus.publish_batch(msgs).await;
+    assert_eq!(results.len(), outputs.len(), "one publish result per output");
+    let first_unstored = outputs.iter().zip(&results).position(|(o, r)| matches!(o, Output::Event(_)) && r.is_err());
+    let Some(first) = first_unstored else { return };
+    if let Err(e) = &results[first] {
+        tracing::warn!(error = %e, "engine batch publish failed; publishing its events one by one");
+    }
+    for output in &outputs[first..] {
+        if let Output::Event(event) = output {
+            publish_event(deps, event).await;
+        }
     }
 }
 
@@ -120,6 +184,7 @@ async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64,
     let (orders, filter) = (names.orders_stream(), names.orders_of(&symbol));
     loop {
         let read = tokio::select! {
+            biased;
             _ = shutdown.clone() => return,
             r = deps.bus.read(&orders, &filter, next_seq, 256, Duration::from_millis(500)) => r,
         };
@@ -131,26 +196,23 @@ async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64,
                 continue;
             }
         };
+        let Some(last_seq) = msgs.last().map(|m| m.seq) else { continue };
+        let mut outputs = Vec::new();
         for m in msgs {
             let input: OrderEvent = match decode(&orders, m.seq, &m.payload) {
                 Ok(i) => i,
                 Err(e) => panic!("engine cannot skip an input it cannot read: {e}"),
             };
             deps.work("engine.match").await;
-            let outputs = {
+            let out = {
                 let mut books = books.lock().expect("books lock");
                 books.get_mut(&symbol).expect("own symbol").apply(m.seq, &input)
             };
-            for event in &outputs.events {
-                if crate::services::buggify(0.02) {
-                    // A pause between the events of one input: a crash here must not lose or repeat any.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                publish_event(&deps, event).await;
-            }
-            publish_market_data(&deps, &outputs.market_data).await;
-            next_seq = m.seq + 1;
+            outputs.extend(out.events.into_iter().map(Output::Event));
+            outputs.push(Output::MarketData(out.market_data));
         }
+        publish_outputs(&deps, outputs).await;
+        next_seq = last_seq + 1;
     }
 }
 

@@ -218,6 +218,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
     let bus = state.deps.bus.clone();
     loop {
         let fetched = tokio::select! {
+            biased;
             _ = shutdown.clone() => return,
             r = bus.fetch(&stream, DURABLE, 256, Duration::from_millis(500)) => r,
         };
@@ -229,6 +230,8 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
                 continue;
             }
         };
+        // Acked together after the batch (a redelivery applies nothing twice).
+        let mut done = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             state.deps.work("orders.track").await;
             let known = match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
@@ -243,11 +246,14 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             // it is redelivered once the record is there.
             // A buggified nak makes the broker redeliver an applied event: it must apply once.
             let known = known && !crate::services::buggify(0.02);
-            let settled =
-                if known { bus.ack(&d.token).await } else { bus.nak(&d.token, Duration::from_millis(20)).await };
-            if let Err(e) = settled {
-                tracing::warn!(error = %e, "ack failed");
+            if known {
+                done.push(d.token);
+            } else if let Err(e) = bus.nak(&d.token, Duration::from_millis(20)).await {
+                tracing::warn!(error = %e, "nak failed");
             }
+        }
+        if let Err(e) = bus.ack_many(&done).await {
+            tracing::warn!(error = %e, "ack failed");
         }
     }
 }
@@ -276,6 +282,7 @@ async fn reconcile(state: Arc<State>, orders_next: u64, shutdown: Shutdown) {
             tracing::warn!(error = %e, "reconciliation pass failed; trying again");
         }
         tokio::select! {
+            biased;
             _ = shutdown.clone() => return,
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }

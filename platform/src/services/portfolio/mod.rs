@@ -170,6 +170,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
     let stream = names.trades_stream();
     loop {
         let fetched = tokio::select! {
+            biased;
             _ = shutdown.clone() => return,
             r = state.deps.bus.fetch(&stream, DURABLE, 256, Duration::from_millis(500)) => r,
         };
@@ -181,6 +182,9 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
                 continue;
             }
         };
+        // Acked together once the batch is settled: a crash before that
+        // redelivers the batch, which settles nothing twice (fill ids).
+        let mut done = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             state.deps.work("portfolio.settle").await;
             match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
@@ -202,10 +206,11 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
                 // No ack: the broker redelivers after the ack wait; settlement must stay once.
                 continue;
             }
-            if let Err(e) = state.deps.bus.ack(&d.token).await {
-                // Harmless: the redelivery is recognised as already settled.
-                tracing::warn!(error = %e, "ack failed");
-            }
+            done.push(d.token);
+        }
+        if let Err(e) = state.deps.bus.ack_many(&done).await {
+            // Harmless: the redeliveries are recognised as already settled.
+            tracing::warn!(error = %e, "ack failed");
         }
     }
 }
