@@ -30,12 +30,14 @@ impl Trace {
     /// Adds one event: a kind tag and its bytes.
     pub fn record(&self, kind: &str, bytes: &[u8]) {
         let mut s = self.inner.lock().expect("trace lock");
-        for b in
-            kind.as_bytes().iter().chain([0xffu8].iter()).chain(bytes).chain((bytes.len() as u64).to_le_bytes().iter())
-        {
-            s.hash ^= u64::from(*b);
-            s.hash = s.hash.wrapping_mul(0x0000_0100_0000_01b3);
+        // One slice after another (a chained iterator was a visible cost per event).
+        let mut hash = s.hash;
+        for part in [kind.as_bytes(), &[0xff], bytes, &(bytes.len() as u64).to_le_bytes()] {
+            for &b in part {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
         }
+        s.hash = hash;
         s.events += 1;
     }
 
