@@ -17,6 +17,7 @@ use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::bus::BusError;
 use crate::config::PlantedBug;
 use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares, Side};
 use crate::proto::common::{Holding as HoldingView, PortfolioView};
@@ -235,12 +236,30 @@ struct PortfolioSvc {
 }
 
 impl PortfolioSvc {
+    /// Records `event` in LEDGER; the caller holds the ledger and applies the
+    /// event once this returns. A failure that leaves the outcome unknown (a
+    /// timeout, a connection lost with the publish in flight) is no answer:
+    /// the event may be stored, and the ledger must never be behind LEDGER
+    /// (a reservation stored but not applied let later reservations overdraw
+    /// the account, which a replay then found), so the same publish, under
+    /// the same message id, is retried until the broker answers. Only a
+    /// refusal (nothing stored) is returned as an error.
     async fn record(&self, kind: &str, msg_id: &str, event: ledger_event::Kind) -> Result<LedgerEvent, Status> {
         let event = LedgerEvent { kind: Some(event) };
         let subject = self.state.deps.cfg.names().ledger(kind);
         let payload = Bytes::from(event.encode_to_vec());
-        self.state.deps.bus.publish(&subject, msg_id, payload).await.map_err(bus_status)?;
-        Ok(event)
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.state.deps.bus.publish(&subject, msg_id, payload.clone()).await {
+                Ok(_) => return Ok(event),
+                Err(e @ (BusError::Other(_) | BusError::NotFound(_))) => return Err(bus_status(e)),
+                Err(e) => {
+                    tracing::warn!(msg_id, error = %e, "ledger write unanswered; publishing it again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 }
 
