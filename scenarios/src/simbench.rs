@@ -98,9 +98,6 @@ pub fn run(seed: u64, orders: u64, clients: usize, service_time: bool) -> BenchR
         if !service_time {
             spec.service_time.clear();
         }
-        if !service_time {
-            spec.service_time.clear();
-        }
         let world = Arc::new(World::build(spec));
         let t0 = tokio::time::Instant::now();
         let probe = world.client_node("probe");

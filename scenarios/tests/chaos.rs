@@ -54,7 +54,8 @@ fn every_planted_bug_is_found_within_200_seeds() {
 /// seeds failed: reservations left when the orders service died mid-saga
 /// (36, 77, 98, 156), execution reports lost while the gateway was down or
 /// its tail reopened (77, 183), and the tail crash on a restarted memory
-/// stream (65, 197).
+/// stream (65, 197). Later seed 37 found a reservation stored in LEDGER but
+/// never applied by the portfolio (a publish unanswered while the broker died).
 #[test]
 #[ignore = "sweeps 200 seeds: run in release (ci/test does)"]
 fn the_same_sweep_is_clean_with_no_bug_planted() {

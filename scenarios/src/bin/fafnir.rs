@@ -576,13 +576,15 @@ fn run(cli: Cli) -> Result<(), String> {
             let r = fafnir_scenarios::simbench::run(seed, orders, clients, !no_service_time);
             println!(
                 "{} orders in {:.2} s wall, {:.3} s simulated: {:.0} orders per wall second, \
-                 {:.2} simulated s per wall s; {} network messages ({:.0} per wall s); trace hash {:016x}",
+                 {:.2} simulated s per wall s; {} network messages ({:.1} per order, {:.0} per wall s); \
+                 trace hash {:016x}",
                 r.orders,
                 r.wall.as_secs_f64(),
                 r.simulated.as_secs_f64(),
                 r.orders_per_wall_second(),
                 r.simulated_per_wall_second(),
                 r.messages,
+                r.messages as f64 / r.orders as f64,
                 r.messages as f64 / r.wall.as_secs_f64(),
                 r.trace_hash
             );
