@@ -65,7 +65,7 @@ pub struct Call<T> {
 impl<T: Send + 'static> Calls<T> {
     /// Calls of a new connection; starts its sweeper on the current node,
     /// which ends when the connection is closed (or the node dies).
-    pub fn new() -> Calls<T> {
+    pub fn spawn() -> Calls<T> {
         let state = State {
             next_id: 1,
             waiting: BTreeMap::new(),
@@ -128,6 +128,13 @@ impl<T: Send + 'static> Calls<T> {
         self.lock().closed
     }
 
+    /// A guard that closes these calls when dropped: held by a connection's
+    /// reader, so the calls fail as soon as the reader ends, also when its
+    /// task is dropped with a killed node.
+    pub fn close_on_drop(&self) -> CloseOnDrop<T> {
+        CloseOnDrop(self.clone())
+    }
+
     /// Fails the calls whose deadline has passed, until the connection closes.
     async fn sweep(self) {
         loop {
@@ -161,9 +168,12 @@ impl<T: Send + 'static> Calls<T> {
     }
 }
 
-impl<T: Send + 'static> Default for Calls<T> {
-    fn default() -> Self {
-        Calls::new()
+/// See [`Calls::close_on_drop`].
+pub struct CloseOnDrop<T: Send + 'static>(Calls<T>);
+
+impl<T: Send + 'static> Drop for CloseOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -199,7 +209,7 @@ mod tests {
 
     #[madsim::test]
     async fn an_answer_reaches_its_call_and_no_other() {
-        let calls: Calls<&str> = Calls::new();
+        let calls: Calls<&str> = Calls::spawn();
         let deadline = Instant::now() + Duration::from_secs(1);
         let (mut a, mut b) = (calls.start(deadline).expect("open"), calls.start(deadline).expect("open"));
         calls.answer(b.id(), "for b");
@@ -209,7 +219,7 @@ mod tests {
 
     #[madsim::test]
     async fn a_call_times_out_at_its_deadline_not_before() {
-        let calls: Calls<()> = Calls::new();
+        let calls: Calls<()> = Calls::spawn();
         let start = Instant::now();
         let mut late = calls.start(start + Duration::from_millis(300)).expect("open");
         let mut early = calls.start(start + Duration::from_millis(100)).expect("open");
@@ -225,7 +235,7 @@ mod tests {
 
     #[madsim::test]
     async fn closing_fails_waiting_and_later_calls() {
-        let calls: Calls<()> = Calls::new();
+        let calls: Calls<()> = Calls::spawn();
         let mut waiting = calls.start(Instant::now() + Duration::from_secs(5)).expect("open");
         let closer = calls.clone();
         tokio::spawn(async move {
@@ -239,7 +249,7 @@ mod tests {
 
     #[madsim::test]
     async fn a_dropped_call_leaves() {
-        let calls: Calls<()> = Calls::new();
+        let calls: Calls<()> = Calls::spawn();
         let dropped = calls.start(Instant::now() + Duration::from_secs(5)).expect("open");
         let id = dropped.id();
         drop(dropped);

@@ -301,7 +301,7 @@ mod sim {
             *slot = None;
             let endpoint = Endpoint::bind("0.0.0.0:0").await?;
             let (tx, rx) = endpoint.connect1(self.shared.addr).await?;
-            let calls = Calls::new();
+            let calls = Calls::spawn();
             tokio::spawn(read_answers(rx, calls.clone()));
             let conn = Arc::new(Conn { tx, calls });
             *slot = Some(conn.clone());
@@ -320,20 +320,11 @@ mod sim {
     /// Hands each answer to the call waiting for it, until the connection breaks.
     async fn read_answers(mut rx: Receiver, calls: Calls<Answer>) {
         // Also when this task is dropped (its node died), the connection is done.
-        let _closed = CloseOnExit(calls.clone());
+        let _closed = calls.close_on_drop();
         while let Ok(frame) = rx.recv().await {
             let (id, answer) = *frame.downcast::<ReplyFrame>().expect("rpc: a frame that is not an answer");
             // A call that timed out is no longer waiting; its answer is dropped.
             calls.answer(id, answer);
-        }
-    }
-
-    /// Closes a connection's calls when its reader ends.
-    struct CloseOnExit(Calls<Answer>);
-
-    impl Drop for CloseOnExit {
-        fn drop(&mut self) {
-            self.0.close();
         }
     }
 }

@@ -458,7 +458,7 @@ impl Connection {
         let endpoint = Endpoint::bind("0.0.0.0:0").await?;
         // The sender and receiver keep the endpoint's port bound.
         let (tx, rx) = endpoint.connect1(addr).await?;
-        let calls = Calls::new();
+        let calls = Calls::spawn();
         tokio::spawn(read_replies(rx, calls.clone()));
         Ok(Arc::new(Connection { tx, calls }))
     }
@@ -476,13 +476,7 @@ impl Connection {
 /// Hands each reply to its caller until the connection ends; then closes it.
 async fn read_replies(mut rx: Receiver, calls: Calls<Answer>) {
     // Also runs when the node is killed and this task dropped.
-    struct CloseOnExit(Calls<Answer>);
-    impl Drop for CloseOnExit {
-        fn drop(&mut self) {
-            self.0.close();
-        }
-    }
-    let _close = CloseOnExit(calls.clone());
+    let _close = calls.close_on_drop();
     while let Ok(payload) = rx.recv().await {
         let Response { id, reply } = *payload.downcast::<Response>().expect("a kv connection carries only kv replies");
         // No one waiting: that caller timed out and left.

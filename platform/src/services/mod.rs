@@ -245,12 +245,9 @@ impl Follower {
                 },
             };
             match next {
-                Ok(m) if from_tail && m.seq <= self.skip_through => continue, // handed out from the backlog
                 Ok(m) => {
-                    self.last = Some(m.seq);
-                    match decode::<M>(&self.stream, m.seq, &m.payload) {
-                        Ok(event) => return Some((m.seq, event)),
-                        Err(e) => tracing::error!(error = %e, "undecodable message skipped"),
+                    if let Some(handed) = self.hand_out(m, from_tail) {
+                        return Some(handed);
                     }
                 }
                 Err(e) => {
@@ -269,13 +266,24 @@ impl Follower {
                 Some(m) => (m, false),
                 None => (self.tail.try_next()?, true),
             };
-            if from_tail && m.seq <= self.skip_through {
-                continue; // handed out from the backlog
+            if let Some(handed) = self.hand_out(m, from_tail) {
+                return Some(handed);
             }
-            self.last = Some(m.seq);
-            match decode::<M>(&self.stream, m.seq, &m.payload) {
-                Ok(event) => return Some((m.seq, event)),
-                Err(e) => tracing::error!(error = %e, "undecodable message skipped"),
+        }
+    }
+
+    /// `m` decoded, unless it was handed out already (from the backlog) or
+    /// does not decode (then it is skipped).
+    fn hand_out<M: Message + Default>(&mut self, m: crate::bus::StoredMsg, from_tail: bool) -> Option<(u64, M)> {
+        if from_tail && m.seq <= self.skip_through {
+            return None; // handed out from the backlog
+        }
+        self.last = Some(m.seq);
+        match decode::<M>(&self.stream, m.seq, &m.payload) {
+            Ok(event) => Some((m.seq, event)),
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable message skipped");
+                None
             }
         }
     }

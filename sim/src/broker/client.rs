@@ -110,7 +110,7 @@ impl SimBus {
         }
         *slot = None;
         let (tx, rx) = open(self.shared.broker).await.map_err(|e| self.unreachable(e))?;
-        let calls = Calls::new();
+        let calls = Calls::spawn();
         tokio::spawn(read_replies(rx, calls.clone()));
         let conn = Arc::new(Conn { tx, calls });
         *slot = Some(conn.clone());
@@ -135,20 +135,11 @@ async fn open(broker: SocketAddr) -> std::io::Result<(Sender, Receiver)> {
 /// Hands each reply to the call waiting for it, until the connection breaks.
 async fn read_replies(mut rx: Receiver, calls: Calls<Reply>) {
     // Also when this task is dropped (its node was killed), the connection is done.
-    let _closed = CloseOnExit(calls.clone());
+    let _closed = calls.close_on_drop();
     while let Ok(frame) = rx.recv().await {
         let (id, reply) = *frame.downcast::<ReplyFrame>().expect("bus client: a frame that is not a reply");
         // A call that timed out is no longer waiting; its reply is dropped.
         calls.answer(id, reply);
-    }
-}
-
-/// Closes a connection's calls when its reader ends.
-struct CloseOnExit(Calls<Reply>);
-
-impl Drop for CloseOnExit {
-    fn drop(&mut self) {
-        self.0.close();
     }
 }
 

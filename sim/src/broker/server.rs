@@ -114,19 +114,8 @@ impl Broker {
                         result => send(&tx, id, result.map(Response::Msgs)).await,
                     }
                 }
-                Request::Settle { token, how } => {
-                    // One-way (see the client): nothing goes back, not even an error.
-                    if let Err(e) = self.settle(&token, how) {
-                        tracing::debug!(token = %token.0, error = %e, "settle ignored");
-                    }
-                }
-                Request::AckMany(tokens) => {
-                    for token in tokens {
-                        if let Err(e) = self.settle(&token, Settle::Ack) {
-                            tracing::debug!(token = %token.0, error = %e, "ack ignored");
-                        }
-                    }
-                }
+                Request::Settle { token, how } => self.settle(&token, how),
+                Request::AckMany(tokens) => tokens.iter().for_each(|token| self.settle(token, Settle::Ack)),
                 other => {
                     let reply = self.handle(other);
                     send(&tx, id, reply).await;
@@ -172,15 +161,19 @@ impl Broker {
         Ok(published.ack)
     }
 
-    /// Applies an ack, nak or term.
-    fn settle(&self, token: &AckToken, how: Settle) -> Result<(), BusError> {
-        self.disk.lock().settle(token, how, super::now())?;
+    /// Applies an ack, nak or term. Settles are one-way (see the client):
+    /// one the store cannot apply (an unknown or stale token) is ignored,
+    /// and nothing goes back, not even an error.
+    fn settle(&self, token: &AckToken, how: Settle) {
+        if let Err(e) = self.disk.lock().settle(token, how, super::now()) {
+            tracing::debug!(token = %token.0, error = %e, "settle ignored");
+            return;
+        }
         // Whatever the stream, a waiting fetch may now deliver (an ack frees a
         // max_ack_pending slot, a nak moves a redelivery).
         if let Some(stream) = token.0.strip_prefix("$JS.ACK.").and_then(|t| t.split('.').next()) {
             self.notify(stream);
         }
-        Ok(())
     }
 
     /// A message was stored: wake the stream's waiters and feed its tails.

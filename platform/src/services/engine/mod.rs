@@ -100,9 +100,8 @@ pub async fn recover(deps: &Deps, symbol: &str) -> Result<Matcher, ServiceError>
 }
 
 async fn publish_event(deps: &Deps, event: &EngineEvent) {
-    let subject = deps.cfg.names().trades_of(&event.symbol);
-    let payload = Bytes::from(event.encode_to_vec());
-    publish_until_stored(deps.bus.as_ref(), &subject, &matcher::msg_id(event), payload).await;
+    let msg = event_msg(deps, event);
+    publish_until_stored(deps.bus.as_ref(), &msg.subject, &msg.msg_id, msg.payload).await;
 }
 
 /// Market data is best effort: a lost update is superseded by the next one.
