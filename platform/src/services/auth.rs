@@ -49,7 +49,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     let state = Arc::new(State { deps: deps.clone(), users: Mutex::new(users) });
     let addr = deps.cfg.addrs.auth;
     tracing::info!(%addr, "auth serving");
-    tonic::transport::Server::builder()
+    crate::services::grpc_server()
         .add_service(AuthServer::new(AuthSvc { state }))
         .serve_with_shutdown(addr, shutdown)
         .await

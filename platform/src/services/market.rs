@@ -36,7 +36,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(follow_md(deps.clone(), md));
     let addr = deps.cfg.addrs.market;
     tracing::info!(%addr, "market serving");
-    let server = tonic::transport::Server::builder()
+    let server = crate::services::grpc_server()
         .add_service(MarketServer::new(MarketSvc { deps: Arc::new(deps) }))
         .serve_with_shutdown(addr, shutdown);
     tasks.serve_until_failure(addr, server).await

@@ -335,6 +335,21 @@ pub async fn publish_until_stored(bus: &dyn EventBus, subject: &str, msg_id: &st
     }
 }
 
+/// At most this many characters of client-supplied text appear in an error
+/// message: a status's message travels in a header, and text of unbounded
+/// size echoed back there can break the client's HTTP/2 connection.
+pub const SHOWN_CHARS_MAX: usize = 40;
+
+/// Client-supplied `text` as an error message shows it: quoted, and cut to
+/// [`SHOWN_CHARS_MAX`] characters with its full length in bytes when longer.
+pub fn shown(text: &str) -> String {
+    if text.chars().count() <= SHOWN_CHARS_MAX {
+        return format!("{text:?}");
+    }
+    let head: String = text.chars().take(SHOWN_CHARS_MAX).collect();
+    format!("{head:?}... ({} bytes)", text.len())
+}
+
 /// Decodes a protobuf event, naming where it came from on failure.
 pub fn decode<M: Message + Default>(stream: &str, seq: u64, payload: &[u8]) -> Result<M, ServiceError> {
     M::decode(payload).map_err(|e| ServiceError::Corrupt { stream: stream.to_string(), seq, reason: e.to_string() })
@@ -406,6 +421,12 @@ pub(crate) fn close_reason_from_proto(v: i32) -> CloseReason {
     }
 }
 
+/// The gRPC server every service runs, with the platform's limits on what a
+/// request may carry (see the README's "How an order flows").
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+}
+
 /// A lazily connected gRPC channel to `addr`.
 pub fn channel(addr: std::net::SocketAddr, timeout: Duration) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -455,5 +476,20 @@ impl Drop for TaskGroup {
         for t in &self.0 {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn shown_text_is_bounded() {
+        assert_eq!(shown("ACME"), "\"ACME\"");
+        let long = "X".repeat(100_000);
+        let s = shown(&long);
+        assert!(s.len() < 80 && s.ends_with("(100000 bytes)"), "{s}");
+        let unicode = "é".repeat(50);
+        assert!(shown(&unicode).ends_with("(100 bytes)"));
     }
 }

@@ -48,7 +48,7 @@ pub async fn serve(deps: Deps, shard: usize, shutdown: Shutdown) -> Result<(), S
         tasks.spawn(run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone()));
     }
     tracing::info!(%addr, shard, ?symbols, "engine serving");
-    let server = tonic::transport::Server::builder()
+    let server = crate::services::grpc_server()
         .add_service(EngineServer::new(EngineSvc { deps: deps.clone(), books }))
         .serve_with_shutdown(addr, shutdown);
     tasks.serve_until_failure(addr, server).await

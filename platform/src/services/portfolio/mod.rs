@@ -52,7 +52,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tracing::info!(%addr, "portfolio serving");
     let service = PortfolioServer::new(PortfolioSvc { state });
     let server =
-        tonic::transport::Server::builder().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
+        crate::services::grpc_server().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
     tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
 }
 
