@@ -65,6 +65,12 @@ struct RawInstrument {
     max_price_cents: i64,
     #[serde(default)]
     shard: usize,
+    /// The largest order in shares (default: the platform's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_order_qty: Option<i64>,
+    /// The largest order's cash value in cents (default: the platform's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_order_notional_cents: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -294,13 +300,15 @@ fn instruments(raw: &[RawInstrument]) -> Result<Instruments, String> {
         if !(r.min_price_cents <= r.start_price_cents && r.start_price_cents <= r.max_price_cents) {
             return Err(at("start_price_cents", "must lie within [min_price_cents, max_price_cents]"));
         }
-        let inst = Instrument::new(
+        let mut inst = Instrument::new(
             &r.symbol,
             r.tick_cents,
             r.lot_shares,
             r.min_price_cents / r.tick_cents,
             r.max_price_cents / r.tick_cents,
         );
+        inst.max_order_qty = r.max_order_qty.unwrap_or(inst.max_order_qty);
+        inst.max_order_notional_cents = r.max_order_notional_cents.unwrap_or(inst.max_order_notional_cents);
         inst.validate().map_err(|e| format!("instrument[{i}]: {e}"))?;
         if out.iter().any(|o: &Instrument| o.symbol == r.symbol) {
             return Err(at("symbol", &format!("{} appears twice", r.symbol)));

@@ -13,7 +13,7 @@ use fafnir_platform::proto::events::{
     OrderAbandoned, OrderAccepted, OrderEvent, Released, Reserved,
 };
 use fafnir_platform::services::engine::Matcher;
-use fafnir_platform::services::portfolio::{apply_engine_event, apply_ledger_event, Ledger};
+use fafnir_platform::services::portfolio::{Fold, Ledger};
 use fafnir_scenarios::checker::{check, CheckInput, ToldOrder, Verdict};
 
 /// SplitMix64: a seeded generator, enough for a workload.
@@ -133,8 +133,11 @@ fn platform_run(seed: u64, inputs: usize) -> CheckInput {
         }
         input.orders_stream.push((seq, event));
     }
-    input.ledger_stream =
-        ledger_events.into_iter().zip(1..).map(|(k, seq)| (seq, LedgerEvent { kind: Some(k) })).collect();
+    input.ledger_stream = ledger_events
+        .into_iter()
+        .zip(1..)
+        .map(|(k, seq)| (seq, LedgerEvent { kind: Some(k), trades_applied: 0 }))
+        .collect();
     settle(&mut input);
     input
 }
@@ -170,13 +173,14 @@ fn random_order(rng: &mut Rng, inst: &Instrument, seq: u64) -> OrderAccepted {
 /// The final portfolios from the platform's own ledger; the order records and
 /// what agents were told from the engine's events.
 fn settle(input: &mut CheckInput) {
-    let mut ledger = Ledger::new(&input.instruments);
+    let mut fold = Fold::new(Ledger::new(&input.instruments));
     for (_, e) in &input.ledger_stream {
-        apply_ledger_event(&mut ledger, e);
+        fold.apply_ledger(e).expect("ledger event applies");
     }
-    for (_, e) in &input.trades_stream {
-        apply_engine_event(&mut ledger, e);
+    for (seq, e) in &input.trades_stream {
+        fold.apply_trade(*seq, e).expect("trade event applies");
     }
+    let ledger = fold.ledger();
     for account in 1..=ACCOUNTS {
         let a = ledger.account(AccountId(account));
         let holdings = a

@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use super::{
     AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Publish, Storage, StoredMsg, StreamSpec, Tail,
@@ -21,21 +23,54 @@ pub struct NatsBus {
     addr: String,
     client: async_nats::Client,
     js: jetstream::Context,
-    /// Long-lived pull streams of durable consumers, keyed by (stream, durable).
-    durables: Mutex<BTreeMap<(String, String), MessageStream>>,
+    /// Long-lived pull streams of durable consumers, keyed by (stream,
+    /// durable), with the connection generation they were made on.
+    durables: Mutex<BTreeMap<(String, String), (u64, MessageStream)>>,
+    /// Counts the times the connection was re-established after it was lost
+    /// (a nats-server restart). Tails and pull streams made before are
+    /// remade: async-nats's own recovery of them waits for missed heartbeats,
+    /// which left execution reports stalled for about 16 s after a restart.
+    reconnects: watch::Receiver<u64>,
+}
+
+/// Between attempts to reconnect to a nats-server that went away: short,
+/// since the platform stalls meanwhile (async-nats's default backs off to
+/// seconds, so a server back after a few seconds was found seconds late).
+fn reconnect_delay(attempts: usize) -> Duration {
+    Duration::from_millis((50 * attempts as u64).min(500))
 }
 
 impl NatsBus {
     /// Connects to nats-server at `addr` (for example `127.0.0.1:4222`).
     pub async fn connect(addr: &str) -> Result<NatsBus, BusError> {
+        let (generation, reconnects) = watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let lost = Arc::new(AtomicBool::new(false));
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(3))
             .request_timeout(Some(Duration::from_secs(10)))
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(move |event| {
+                let (generation, lost) = (generation.clone(), lost.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => lost.store(true, Ordering::SeqCst),
+                        async_nats::Event::Connected if lost.swap(false, Ordering::SeqCst) => {
+                            generation.send_modify(|g| *g += 1);
+                        }
+                        _ => {}
+                    }
+                }
+            })
             .connect(addr)
             .await
             .map_err(|e| BusError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
         let js = jetstream::new(client.clone());
-        Ok(NatsBus { addr: addr.to_string(), client, js, durables: Mutex::new(BTreeMap::new()) })
+        Ok(NatsBus { addr: addr.to_string(), client, js, durables: Mutex::new(BTreeMap::new()), reconnects })
+    }
+
+    fn generation(&self) -> u64 {
+        *self.reconnects.borrow()
     }
 
     /// Deletes every stream whose name starts with `prefix` (test clean-up).
@@ -55,6 +90,23 @@ impl NatsBus {
             BusError::Timeout(format!("{what} at {}: {text}", self.addr))
         } else {
             BusError::Other(format!("{what} at {}: {text}", self.addr))
+        }
+    }
+
+    /// A failed publish, classified by what it says about the message: a
+    /// missing stream or no JetStream to answer (nothing stored), a refusal
+    /// the server answered with (nothing stored), or no answer at all (a
+    /// timeout or a connection lost with the publish in flight: it may have
+    /// been stored). Callers that must not lose or double a fact retry the
+    /// last kind under the same message id.
+    fn publish_err(&self, what: &str, e: jetstream::context::PublishError) -> BusError {
+        use jetstream::context::PublishErrorKind as Kind;
+        let text = format!("{what} at {}: {e}", self.addr);
+        match e.kind() {
+            Kind::StreamNotFound => BusError::NotFound(text),
+            Kind::TimedOut => BusError::Timeout(text),
+            Kind::BrokenPipe => BusError::Unreachable { addr: self.addr.clone(), reason: format!("{what}: {e}") },
+            _ => BusError::Other(text),
         }
     }
 
@@ -126,9 +178,9 @@ impl EventBus for NatsBus {
             .js
             .send_publish(subject.to_string(), publish)
             .await
-            .map_err(|e| self.err("publish", e))?
+            .map_err(|e| self.publish_err("publish", e))?
             .await
-            .map_err(|e| self.err("publish ack", e))?;
+            .map_err(|e| self.publish_err("publish ack", e))?;
         Ok(PubAck { stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate })
     }
 
@@ -138,7 +190,7 @@ impl EventBus for NatsBus {
         let mut sent = Vec::with_capacity(msgs.len());
         for m in msgs {
             let publish = jetstream::message::PublishMessage::build().payload(m.payload).message_id(&m.msg_id);
-            sent.push(self.js.send_publish(m.subject, publish).await.map_err(|e| self.err("publish", e)));
+            sent.push(self.js.send_publish(m.subject, publish).await.map_err(|e| self.publish_err("publish", e)));
         }
         let mut out = Vec::with_capacity(sent.len());
         for s in sent {
@@ -146,7 +198,7 @@ impl EventBus for NatsBus {
                 Ok(ack) => ack
                     .await
                     .map(|ack| PubAck { stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate })
-                    .map_err(|e| self.err("publish ack", e)),
+                    .map_err(|e| self.publish_err("publish ack", e)),
                 Err(e) => Err(e),
             });
         }
@@ -156,11 +208,12 @@ impl EventBus for NatsBus {
     async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         let key = (stream.to_string(), durable.to_string());
         let mut durables = self.durables.lock().await;
-        if !durables.contains_key(&key) {
+        let generation = self.generation();
+        if durables.get(&key).is_none_or(|(made_on, _)| *made_on != generation) {
             let messages = self.durable_stream(stream, durable).await?;
-            durables.insert(key.clone(), messages);
+            durables.insert(key.clone(), (generation, messages));
         }
-        let messages = durables.get_mut(&key).expect("inserted above");
+        let (_, messages) = durables.get_mut(&key).expect("inserted above");
         let mut out = Vec::new();
         let first = match tokio::time::timeout(wait, messages.next()).await {
             Err(_elapsed) => return Ok(out),
@@ -283,7 +336,9 @@ impl EventBus for NatsBus {
         let consumer =
             self.stream(stream).await?.create_consumer(config).await.map_err(|e| self.err("create tail", e))?;
         let messages = consumer.messages().await.map_err(|e| self.err("tail", e))?;
-        Ok(Box::new(NatsTail { messages: Box::pin(messages), addr: self.addr.clone(), failed: None }))
+        let mut reconnects = self.reconnects.clone();
+        reconnects.mark_unchanged();
+        Ok(Box::new(NatsTail { messages: Box::pin(messages), addr: self.addr.clone(), failed: None, reconnects }))
     }
 }
 
@@ -292,6 +347,18 @@ struct NatsTail {
     addr: String,
     /// An error met by `try_next`, for the next `next`.
     failed: Option<BusError>,
+    /// Changes when the connection is re-established: the tail then fails,
+    /// and its owner opens a new one and reads back what it missed.
+    reconnects: watch::Receiver<u64>,
+}
+
+impl NatsTail {
+    fn reconnected(&self) -> BusError {
+        BusError::Unreachable {
+            addr: self.addr.clone(),
+            reason: "reconnected to the broker; the tail must reopen".into(),
+        }
+    }
 }
 
 impl NatsTail {
@@ -310,12 +377,25 @@ impl Tail for NatsTail {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let item = self.messages.next().await;
-        self.outcome(item)
+        let reconnected = async {
+            if self.reconnects.changed().await.is_err() {
+                // The bus is gone: nothing will reconnect.
+                futures::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            () = reconnected => Err(self.reconnected()),
+            item = self.messages.next() => self.outcome(item),
+        }
     }
 
     fn try_next(&mut self) -> Option<StoredMsg> {
         if self.failed.is_some() {
+            return None;
+        }
+        if self.reconnects.has_changed().unwrap_or(false) {
+            self.failed = Some(self.reconnected());
             return None;
         }
         let item = self.messages.next().now_or_never()?;

@@ -94,6 +94,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(fan_out_trades(state.clone(), trades));
     tasks.spawn(fan_out_md(state.clone(), md));
     tasks.spawn(fan_out_settled(state.clone(), settled));
+    tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
     let addr = cfg.addrs.gateway;
     tracing::info!(%addr, "gateway serving");
     let service = GatewayServer::new(GatewaySvc { state });

@@ -1,39 +1,103 @@
 //! The market service: instruments, last trade, top of book and one-minute
 //! OHLC candles.
 //!
-//! Quotes and candles live in Redis (derived state). Trades come from the
-//! TRADES stream read in order; every Redis write is idempotent on the fill's
-//! match sequence, so the service replays TRADES from the start on every boot
-//! and a Redis that lost its data is rebuilt. Top of book comes from the
-//! market-data stream and is superseded by each update.
+//! Quotes and candles live in Redis (derived state), computed from the
+//! TRADES stream read in order from its start on every boot, and top of book
+//! from the market-data stream (each update supersedes the symbol's last).
+//! The service keeps what it computed in memory too, so Redis can always be
+//! made whole again: a marker key says Redis holds a complete copy, and
+//! when it is gone (a redis-server restart loses everything) every quote
+//! and candle is written again within one read of TRADES. (Without that, a
+//! quote's trade count and volume restarted from zero after a Redis restart
+//! and stayed wrong, even across platform restarts.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use crate::domain::Instrument;
-use crate::kv::KvError;
+use crate::kv::{Kv, KvError};
 use crate::proto::common::{self, Candle, Quote};
 use crate::proto::events::{engine_event, EngineEvent, FillEvent, MarketData};
 use crate::proto::market::market_server::{Market, MarketServer};
 use crate::proto::market::{
     GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest,
 };
-use crate::services::{decode, ensure_streams, Deps, Follower, ServiceError, Shutdown, TaskGroup};
+use crate::services::{decode, ensure_streams, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
 
 const CANDLE_MS: i64 = 60_000;
+
+/// A candle: open, high, low, close (ticks), volume (shares), and the match
+/// sequence of the last fill it holds; stored in Redis as six decimals.
+type StoredCandle = [i64; 6];
+
+/// What the market knows of one symbol, all of it derived from the streams.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SymbolState {
+    /// The last fill's match sequence, price and quantity.
+    match_seq: i64,
+    last_ticks: i64,
+    last_qty: i64,
+    /// Fills and shares traded since the symbol's first trade.
+    trades: i64,
+    volume: i64,
+    /// Keyed by the candle's start (ms since the epoch).
+    candles: BTreeMap<i64, StoredCandle>,
+    /// The last market-data update: input sequence, bid, bid size, ask, ask size.
+    top: Option<[i64; 5]>,
+}
+
+impl SymbolState {
+    /// Applies a fill (fills of a symbol arrive in match order); returns the
+    /// start of the candle it changed, or None for a fill seen before.
+    fn apply_fill(&mut self, ts_ms: i64, f: &FillEvent) -> Option<i64> {
+        let seq = i64::try_from(f.match_seq).unwrap_or(i64::MAX);
+        if seq <= self.match_seq {
+            return None;
+        }
+        self.match_seq = seq;
+        self.last_ticks = f.price_ticks;
+        self.last_qty = f.qty;
+        self.trades = self.trades.saturating_add(1);
+        self.volume = self.volume.saturating_add(f.qty);
+        let start = ts_ms.div_euclid(CANDLE_MS) * CANDLE_MS;
+        let p = f.price_ticks;
+        let c = self.candles.entry(start).or_insert([p, p, p, p, 0, 0]);
+        c[1] = c[1].max(p);
+        c[2] = c[2].min(p);
+        c[3] = p;
+        c[4] = c[4].saturating_add(f.qty);
+        c[5] = seq;
+        Some(start)
+    }
+}
+
+/// Everything the market derived, and whether Redis is known to hold it all.
+#[derive(Default)]
+struct State {
+    symbols: BTreeMap<String, SymbolState>,
+    /// Redis held a complete copy at the last check of its marker key.
+    redis_whole: bool,
+}
+
+/// What a read of TRADES changed: per symbol, whether the quote's trade
+/// fields did and which candles.
+type Changes = BTreeMap<String, BTreeSet<i64>>;
 
 /// Runs the market service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
     let names = deps.cfg.names();
     let md = Follower::open(&deps, names.md_stream(), names.md_all(), shutdown.clone()).await?;
+    let state = Arc::new(Mutex::new(State::default()));
     let mut tasks = TaskGroup::default();
-    tasks.spawn(follow_trades(deps.clone(), shutdown.clone()));
-    tasks.spawn(follow_md(deps.clone(), md));
+    tasks.spawn(follow_trades(deps.clone(), state.clone(), shutdown.clone()));
+    tasks.spawn(follow_md(deps.clone(), state, md));
+    tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
     let addr = deps.cfg.addrs.market;
     tracing::info!(%addr, "market serving");
     let server = crate::services::grpc_server()
@@ -42,122 +106,123 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.serve_until_failure(addr, server).await
 }
 
-async fn follow_trades(deps: Deps, shutdown: Shutdown) {
+async fn follow_trades(deps: Deps, state: Arc<Mutex<State>>, shutdown: Shutdown) {
     let names = deps.cfg.names();
     let (stream, filter) = (names.trades_stream(), names.trades_all());
     let mut next = 1;
+    let mut changes = Changes::new();
     loop {
         let read = tokio::select! {
             biased;
             _ = shutdown.clone() => return,
             r = deps.bus.read(&stream, &filter, next, 512, Duration::from_millis(500)) => r,
         };
-        match read {
-            Ok(msgs) => {
-                let Some(last) = msgs.last().map(|m| m.seq) else { continue };
-                let mut fills: BTreeMap<String, Vec<(i64, FillEvent)>> = BTreeMap::new();
-                for m in &msgs {
-                    deps.work("market.trade").await;
-                    let Ok(event) = decode::<EngineEvent>(&stream, m.seq, &m.payload) else {
-                        tracing::error!(seq = m.seq, "undecodable trade event skipped by market");
-                        continue;
-                    };
-                    if let Some(engine_event::Kind::Fill(f)) = event.kind {
-                        fills.entry(event.symbol).or_default().push((event.ts_ms, f));
-                    }
-                }
-                for (symbol, fills) in &fills {
-                    while let Err(e) = apply_fills(&deps, symbol, fills).await {
-                        tracing::warn!(error = %e, "market update failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                next = last + 1;
-            }
+        let msgs = match read {
+            Ok(msgs) => msgs,
             Err(e) => {
                 tracing::warn!(error = %e, "market read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut state = state.lock().await;
+        for m in &msgs {
+            deps.work("market.trade").await;
+            next = m.seq + 1;
+            let Ok(event) = decode::<EngineEvent>(&stream, m.seq, &m.payload) else {
+                tracing::error!(seq = m.seq, "undecodable trade event skipped by market");
+                continue;
+            };
+            if let Some(engine_event::Kind::Fill(f)) = &event.kind {
+                let symbol = state.symbols.entry(event.symbol.clone()).or_default();
+                if let Some(candle) = symbol.apply_fill(event.ts_ms, f) {
+                    changes.entry(event.symbol).or_default().insert(candle);
+                }
+            }
+        }
+        // Unwritten changes stay for the next round; a failed check of the
+        // marker counts as Redis not whole.
+        match store(&deps, &mut state, &changes).await {
+            Ok(()) => changes.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, "market update not stored; retrying");
+                state.redis_whole = false;
+                drop(state);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-fn field_i64(v: Option<&Bytes>) -> i64 {
-    v.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0)
+fn num(v: i64) -> Bytes {
+    Bytes::from(v.to_string())
 }
 
-/// A candle as stored: open, high, low, close, volume, and the match
-/// sequence of the last fill it holds (what makes an update idempotent).
-type StoredCandle = [i64; 6];
-
-fn parse_candle(stored: Option<&Bytes>) -> Option<StoredCandle> {
-    let text = std::str::from_utf8(stored?).ok()?;
-    let values: Vec<i64> = text.split(',').filter_map(|x| x.parse().ok()).collect();
-    values.try_into().ok()
-}
-
-/// Applies one symbol's fills, in match order, to its candles and its quote,
-/// each fill at most once (a fill whose match sequence the stored state has
-/// seen changes nothing): one read and one write per candle and for the quote,
-/// whatever the number of fills.
-async fn apply_fills(deps: &Deps, symbol: &str, fills: &[(i64, FillEvent)]) -> Result<(), KvError> {
+/// Brings Redis up to date: the `changes` alone while its marker key says it
+/// holds everything else, otherwise everything, then the marker (written
+/// last: present means a complete copy was written since Redis last started).
+async fn store(deps: &Deps, state: &mut State, changes: &Changes) -> Result<(), KvError> {
+    let marker = deps.cfg.names().key("market:whole");
+    if state.redis_whole && deps.kv.get(&marker).await?.is_none() {
+        tracing::warn!("Redis lost the market's data; writing every quote and candle again");
+        state.redis_whole = false;
+    }
     let names = deps.cfg.names();
     let kv = deps.kv.as_ref();
-    let candles_key = names.key(&format!("market:candles:{symbol}"));
-    let mut by_bucket: BTreeMap<i64, Vec<&FillEvent>> = BTreeMap::new();
-    for (ts_ms, f) in fills {
-        by_bucket.entry(ts_ms.div_euclid(CANDLE_MS) * CANDLE_MS).or_default().push(f);
-    }
-    for (bucket, fills) in &by_bucket {
-        let field = format!("{bucket:015}");
-        let old = parse_candle(kv.hget(&candles_key, &field).await?.as_ref());
-        let mut c = old;
-        for f in fills {
-            let c = c.get_or_insert([f.price_ticks, f.price_ticks, f.price_ticks, f.price_ticks, 0, 0]);
-            if f.match_seq as i64 > c[5] {
-                c[1] = c[1].max(f.price_ticks);
-                c[2] = c[2].min(f.price_ticks);
-                c[3] = f.price_ticks;
-                c[4] += f.qty;
-                c[5] = f.match_seq as i64;
-            }
+    for (symbol, s) in &state.symbols {
+        let changed = changes.get(symbol);
+        if state.redis_whole && changed.is_none() {
+            continue;
         }
-        if let Some(c) = c.filter(|c| Some(*c) != old) {
-            let value = c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
-            kv.hset(&candles_key, &[(&field, Bytes::from(value))]).await?;
+        let candles: Vec<(String, Bytes)> = s
+            .candles
+            .iter()
+            .filter(|(start, _)| !state.redis_whole || changed.is_some_and(|c| c.contains(start)))
+            .map(|(start, c)| {
+                let value = c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+                (format!("{start:015}"), Bytes::from(value))
+            })
+            .collect();
+        if !candles.is_empty() {
+            let fields: Vec<(&str, Bytes)> = candles.iter().map(|(f, v)| (f.as_str(), v.clone())).collect();
+            kv.hset(&names.key(&format!("market:candles:{symbol}")), &fields).await?;
         }
+        write_quote(kv, &names.key(&format!("market:quote:{symbol}")), s, !state.redis_whole).await?;
     }
-    let quote_key = names.key(&format!("market:quote:{symbol}"));
-    let q = kv.hgetall(&quote_key).await?;
-    let (mut seq, mut trades, mut volume) =
-        (field_i64(q.get("match_seq")), field_i64(q.get("trades")), field_i64(q.get("volume")));
-    let mut last = None;
-    for (_, f) in fills {
-        if f.match_seq as i64 > seq {
-            seq = f.match_seq as i64;
-            trades += 1;
-            volume += f.qty;
-            last = Some(f);
-        }
-    }
-    if let Some(f) = last {
-        let num = |v: i64| Bytes::from(v.to_string());
-        kv.hset(
-            &quote_key,
-            &[
-                ("match_seq", num(seq)),
-                ("last_ticks", num(f.price_ticks)),
-                ("last_qty", num(f.qty)),
-                ("trades", num(trades)),
-                ("volume", num(volume)),
-            ],
-        )
-        .await?;
+    if !state.redis_whole {
+        kv.set(&marker, Bytes::from_static(b"1")).await?;
+        state.redis_whole = true;
     }
     Ok(())
 }
 
-async fn follow_md(deps: Deps, mut updates: Follower) {
+/// Writes a symbol's quote: the trade fields (when it traded), and the top
+/// of book too when `with_top`.
+async fn write_quote(kv: &dyn Kv, key: &str, s: &SymbolState, with_top: bool) -> Result<(), KvError> {
+    let mut fields = Vec::new();
+    if s.match_seq > 0 {
+        fields.extend([
+            ("match_seq", num(s.match_seq)),
+            ("last_ticks", num(s.last_ticks)),
+            ("last_qty", num(s.last_qty)),
+            ("trades", num(s.trades)),
+            ("volume", num(s.volume)),
+        ]);
+    }
+    if let (true, Some(top)) = (with_top, s.top) {
+        fields.extend(["book_seq", "bid_ticks", "bid_qty", "ask_ticks", "ask_qty"].into_iter().zip(top.map(num)));
+    }
+    if fields.is_empty() {
+        return Ok(());
+    }
+    kv.hset(key, &fields).await
+}
+
+fn field_i64(v: Option<&Bytes>) -> i64 {
+    v.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+async fn follow_md(deps: Deps, state: Arc<Mutex<State>>, mut updates: Follower) {
     while let Some((_, md)) = updates.next::<MarketData>().await {
         // Each update supersedes the symbol's last: of what has arrived
         // together, only the newest of each symbol is written.
@@ -166,18 +231,19 @@ async fn follow_md(deps: Deps, mut updates: Follower) {
         while let Some((_, md)) = updates.next_ready::<MarketData>() {
             newest.insert(md.symbol.clone(), md);
         }
+        let mut state = state.lock().await;
         for md in newest.values() {
+            if deps.cfg.instrument(&md.symbol).is_none() {
+                continue;
+            }
+            let top = [md.input_seq as i64, md.bid_ticks, md.bid_qty, md.ask_ticks, md.ask_qty];
+            state.symbols.entry(md.symbol.clone()).or_default().top = Some(top);
             let key = deps.cfg.names().key(&format!("market:quote:{}", md.symbol));
-            let num = |v: i64| Bytes::from(v.to_string());
-            let fields = [
-                ("book_seq", num(md.input_seq as i64)),
-                ("bid_ticks", num(md.bid_ticks)),
-                ("bid_qty", num(md.bid_qty)),
-                ("ask_ticks", num(md.ask_ticks)),
-                ("ask_qty", num(md.ask_qty)),
-            ];
+            let fields: Vec<(&str, Bytes)> =
+                ["book_seq", "bid_ticks", "bid_qty", "ask_ticks", "ask_qty"].into_iter().zip(top.map(num)).collect();
             if let Err(e) = deps.kv.hset(&key, &fields).await {
                 tracing::warn!(error = %e, "top of book not stored");
+                state.redis_whole = false;
             }
         }
     }
@@ -189,7 +255,10 @@ struct MarketSvc {
 
 impl MarketSvc {
     fn instrument(&self, symbol: &str) -> Result<&Instrument, Status> {
-        self.deps.cfg.instrument(symbol).ok_or_else(|| Status::not_found(format!("symbol: unknown symbol {symbol:?}")))
+        self.deps
+            .cfg
+            .instrument(symbol)
+            .ok_or_else(|| Status::not_found(format!("symbol: unknown symbol {}", shown(symbol))))
     }
 }
 
@@ -224,18 +293,19 @@ impl Market for MarketSvc {
         self.deps.work("market.get_quote").await;
         let symbol = req.into_inner().symbol;
         let tick = self.instrument(&symbol)?.tick_cents;
+        // Redis holds what this service wrote; read defensively all the same.
         let key = self.deps.cfg.names().key(&format!("market:quote:{symbol}"));
         let q = self.deps.kv.hgetall(&key).await.map_err(kv_status)?;
         let get = |f: &str| field_i64(q.get(f));
         Ok(Response::new(Quote {
             symbol,
-            last_price_cents: get("last_ticks") * tick,
+            last_price_cents: get("last_ticks").saturating_mul(tick),
             last_qty: get("last_qty"),
-            bid_cents: get("bid_ticks") * tick,
+            bid_cents: get("bid_ticks").saturating_mul(tick),
             bid_qty: get("bid_qty"),
-            ask_cents: get("ask_ticks") * tick,
+            ask_cents: get("ask_ticks").saturating_mul(tick),
             ask_qty: get("ask_qty"),
-            trades: get("trades") as u64,
+            trades: u64::try_from(get("trades")).unwrap_or(0),
             volume: get("volume"),
         }))
     }
@@ -252,10 +322,10 @@ impl Market for MarketSvc {
                 let c: Vec<i64> = std::str::from_utf8(v).ok()?.split(',').filter_map(|x| x.parse().ok()).collect();
                 (c.len() == 6).then(|| Candle {
                     start_ms: start.parse().unwrap_or(0),
-                    open_cents: c[0] * tick,
-                    high_cents: c[1] * tick,
-                    low_cents: c[2] * tick,
-                    close_cents: c[3] * tick,
+                    open_cents: c[0].saturating_mul(tick),
+                    high_cents: c[1].saturating_mul(tick),
+                    low_cents: c[2].saturating_mul(tick),
+                    close_cents: c[3].saturating_mul(tick),
                     volume: c[4],
                 })
             })

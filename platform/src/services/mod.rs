@@ -182,6 +182,34 @@ pub async fn ensure_trades_consumer(deps: &Deps, durable: &str) -> Result<(), Bu
         .await
 }
 
+/// How often each service checks that the deployment's streams, and its own
+/// durable consumers, exist.
+pub const STREAMS_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the deployment's streams and this service's durable consumers of
+/// TRADES (`durables`) in existence until shutdown, checking every
+/// [`STREAMS_CHECK_EVERY`]: a broker restart loses the memory stream MD
+/// (market data would end for good, and its publishes fail), and a broker
+/// that lost its store loses everything. Creating is idempotent.
+pub async fn keep_streams(deps: Deps, durables: &'static [&'static str], shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.clone() => return,
+            _ = tokio::time::sleep(STREAMS_CHECK_EVERY) => {}
+        }
+        if let Err(e) = ensure_streams(&deps).await {
+            tracing::debug!(error = %e, "streams not checked; trying again");
+            continue;
+        }
+        for durable in durables {
+            if let Err(e) = ensure_trades_consumer(&deps, durable).await {
+                tracing::debug!(durable, error = %e, "consumer not checked; trying again");
+            }
+        }
+    }
+}
+
 /// Follows the new messages of a stream subject, decoded, until shutdown. A
 /// failed tail is reopened after a pause (what was published in the gap is
 /// not seen); an undecodable message is skipped.
@@ -442,10 +470,20 @@ pub fn channel(addr: std::net::SocketAddr, timeout: Duration) -> tonic::transpor
 /// ends the service when one of them ends, so a panicking consumer never
 /// leaves a server answering from state that no longer advances.
 #[derive(Default)]
-pub struct TaskGroup(Vec<tokio::task::JoinHandle<()>>);
+pub struct TaskGroup(Vec<tokio::task::JoinHandle<Result<(), ServiceError>>>);
 
 impl TaskGroup {
+    /// A task that runs until shutdown.
     pub fn spawn(&mut self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(async move {
+            fut.await;
+            Ok(())
+        }));
+    }
+
+    /// A task that runs until shutdown or stops the service with an error
+    /// (for example an event in its stream it cannot apply).
+    pub fn spawn_fallible(&mut self, fut: impl Future<Output = Result<(), ServiceError>> + Send + 'static) {
         self.0.push(tokio::spawn(fut));
     }
 
@@ -465,8 +503,11 @@ impl TaskGroup {
         tokio::select! {
             biased;
             served = server => served.map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: e.to_string() }),
-            // Tasks return only on shutdown; anything else is a panic.
-            ended = first_end => ended.map_err(|e| ServiceError::TaskEnded(format!("a background task failed: {e}"))),
+            // Tasks return only on shutdown; anything else is an error or a panic.
+            ended = first_end => match ended {
+                Ok(result) => result,
+                Err(e) => Err(ServiceError::TaskEnded(format!("a background task failed: {e}"))),
+            },
         }
     }
 }

@@ -38,7 +38,7 @@ impl Run {
 
     fn ledger(&mut self, kind: ledger_event::Kind) {
         let seq = self.input.ledger_stream.len() as u64 + 1;
-        self.input.ledger_stream.push((seq, LedgerEvent { kind: Some(kind) }));
+        self.input.ledger_stream.push((seq, LedgerEvent { kind: Some(kind), trades_applied: 0 }));
     }
 
     fn deposit(&mut self, account: u64, cents: i64, request_id: &str) {
@@ -617,7 +617,7 @@ fn malformed_events_are_violations_not_panics() {
         .trades_stream
         .push((100, EngineEvent { kind: Some(engine_event::Kind::Fill(bad_side)), ..EngineEvent::default() }));
     r.deposit(4, -5, "d-neg");
-    r.input.ledger_stream.push((200, LedgerEvent { kind: None }));
+    r.input.ledger_stream.push((200, LedgerEvent { kind: None, trades_applied: 0 }));
     let huge = Deposited { account: 5, cents: i64::MAX, request_id: "huge".into(), ..Deposited::default() };
     r.ledger(ledger_event::Kind::Deposited(huge));
     r.input.portfolios.insert(6, PortfolioView { account_id: 6, cash_cents: i64::MIN, ..PortfolioView::default() });

@@ -113,6 +113,12 @@ impl Matcher {
         self.scratch = out;
     }
 
+    /// The top of book now, as a market-data update of no trades (what is
+    /// published again when an update was lost).
+    pub fn top_of_book(&self) -> MarketData {
+        self.market_data(self.last_input_seq, 0, Vec::new())
+    }
+
     fn market_data(&self, seq: u64, ts_ms: i64, trades: Vec<events::FillEvent>) -> MarketData {
         let (bid_ticks, bid_qty) = self.book.best_bid().map_or((0, 0), |(p, q)| (p.0, q.0));
         let (ask_ticks, ask_qty) = self.book.best_ask().map_or((0, 0), |(p, q)| (p.0, q.0));

@@ -45,8 +45,9 @@ pub async fn serve(deps: Deps, shard: usize, shutdown: Shutdown) -> Result<(), S
         let matcher = recover(&deps, symbol).await?;
         let next_seq = matcher.last_input_seq + 1;
         books.lock().expect("books lock").insert(symbol.clone(), matcher);
-        tasks.spawn(run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone()));
+        tasks.spawn_fallible(run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone()));
     }
+    tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
     tracing::info!(%addr, shard, ?symbols, "engine serving");
     let server = crate::services::grpc_server()
         .add_service(EngineServer::new(EngineSvc { deps: deps.clone(), books }))
@@ -141,21 +142,22 @@ enum Output {
 /// batch, not two per input). Every event must be stored: from the first
 /// event the batch did not store on, the events are published again one by
 /// one until stored (their ids make a repeat of a stored one a duplicate, so
-/// none is stored twice); market data is best effort.
-async fn publish_outputs(deps: &Deps, mut outputs: Vec<Output>) {
+/// none is stored twice); market data is best effort. Returns whether every
+/// market-data update was stored.
+async fn publish_outputs(deps: &Deps, mut outputs: Vec<Output>) -> bool {
     if outputs.len() > 1 && crate::services::buggify(0.02) {
         // A pause inside a batch, between two of its events: a crash here must
         // not lose or repeat any.
         let rest = outputs.split_off(outputs.len() / 2);
-        publish_pipelined(deps, outputs).await;
+        let first = publish_pipelined(deps, outputs).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        publish_pipelined(deps, rest).await;
+        publish_pipelined(deps, rest).await && first
     } else {
-        publish_pipelined(deps, outputs).await;
+        publish_pipelined(deps, outputs).await
     }
 }
 
-async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) {
+async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) -> bool {
     let now_ms = deps.clock.now_ms();
     let msgs = outputs
         .iter()
@@ -166,8 +168,9 @@ async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) {
         .collect();
     let results = deps.bus.publish_batch(msgs).await;
     assert_eq!(results.len(), outputs.len(), "one publish result per output");
+    let md_stored = outputs.iter().zip(&results).all(|(o, r)| matches!(o, Output::Event(_)) || r.is_ok());
     let first_unstored = outputs.iter().zip(&results).position(|(o, r)| matches!(o, Output::Event(_)) && r.is_err());
-    let Some(first) = first_unstored else { return };
+    let Some(first) = first_unstored else { return md_stored };
     if let Err(e) = &results[first] {
         tracing::warn!(error = %e, "engine batch publish failed; publishing its events one by one");
     }
@@ -176,15 +179,35 @@ async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) {
             publish_event(deps, event).await;
         }
     }
+    md_stored
 }
 
-async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64, shutdown: Shutdown) {
+/// Matches one symbol's inputs until shutdown. An input that does not decode
+/// stops the shard with its place in ORDERS: the engine cannot skip an input
+/// (the book would diverge from every replay), and its recovery would stop
+/// at the same input.
+async fn run_symbol(
+    deps: Deps,
+    books: Books,
+    symbol: String,
+    mut next_seq: u64,
+    shutdown: Shutdown,
+) -> Result<(), ServiceError> {
     let names = deps.cfg.names();
     let (orders, filter) = (names.orders_stream(), names.orders_of(&symbol));
+    // A market-data update was lost (the broker restarted and took the
+    // memory stream MD with it): the top of book is sent again until stored,
+    // or quotes would show a book that is no longer there.
+    let mut md_behind = false;
     loop {
+        if md_behind {
+            let top = books.lock().expect("books lock").get(&symbol).expect("own symbol").top_of_book();
+            let msg = market_data_msg(&deps, &top, deps.clock.now_ms());
+            md_behind = deps.bus.publish(&msg.subject, &msg.msg_id, msg.payload).await.is_err();
+        }
         let read = tokio::select! {
             biased;
-            _ = shutdown.clone() => return,
+            _ = shutdown.clone() => return Ok(()),
             r = deps.bus.read(&orders, &filter, next_seq, 256, Duration::from_millis(500)) => r,
         };
         let msgs = match read {
@@ -198,10 +221,8 @@ async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64,
         let Some(last_seq) = msgs.last().map(|m| m.seq) else { continue };
         let mut outputs = Vec::new();
         for m in msgs {
-            let input: OrderEvent = match decode(&orders, m.seq, &m.payload) {
-                Ok(i) => i,
-                Err(e) => panic!("engine cannot skip an input it cannot read: {e}"),
-            };
+            let input: OrderEvent = decode(&orders, m.seq, &m.payload)
+                .inspect_err(|e| tracing::error!(symbol, error = %e, "engine stops at an input it cannot read"))?;
             deps.work("engine.match").await;
             let out = {
                 let mut books = books.lock().expect("books lock");
@@ -210,7 +231,7 @@ async fn run_symbol(deps: Deps, books: Books, symbol: String, mut next_seq: u64,
             outputs.extend(out.events.into_iter().map(Output::Event));
             outputs.push(Output::MarketData(out.market_data));
         }
-        publish_outputs(&deps, outputs).await;
+        md_behind |= !publish_outputs(&deps, outputs).await;
         next_seq = last_seq + 1;
     }
 }

@@ -25,7 +25,9 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::bus::read_to_end;
-use crate::domain::{order_id_for, CloseReason, Instrument, OrderId, OrderStatus, OrderType, Side, UserId};
+use crate::domain::{
+    order_id_for, CloseReason, Instrument, OrderId, OrderStatus, OrderType, PriceTicks, Shares, Side, UserId,
+};
 use crate::proto::common::Order;
 use crate::proto::events::{self, engine_event, ledger_event, order_event, EngineEvent, LedgerEvent, OrderEvent};
 use crate::proto::orders::orders_server::{Orders, OrdersServer};
@@ -34,7 +36,7 @@ use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::portfolio::{ReleaseRequest, ReserveRequest};
 use crate::services::{
     bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
-    side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
+    shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
 };
 
 /// The durable consumer of the TRADES stream.
@@ -136,6 +138,7 @@ impl Records {
                     let r = self.by_id.get_mut(&OrderId(order)).expect("checked above");
                     if r.fills.insert(f.match_seq) {
                         r.order.filled_qty += f.qty;
+                        // In range: an accepted order's quantity at the band's top fits i64 cents.
                         r.order.filled_notional_cents += f.qty * f.price_ticks * tick_cents;
                         assert!(r.order.filled_qty <= r.order.qty, "order {order:x} overfilled: {:?}", r.order);
                     }
@@ -180,6 +183,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     let mut tasks = TaskGroup::default();
     tasks.spawn(consume(state.clone(), shutdown.clone()));
     tasks.spawn(reconcile(state.clone(), orders_next, shutdown.clone()));
+    tasks.spawn(crate::services::keep_streams(deps.clone(), &[DURABLE], shutdown.clone()));
     let addr = deps.cfg.addrs.orders;
     tracing::info!(%addr, "orders serving");
     let service = OrdersServer::new(OrdersSvc { state });
@@ -205,8 +209,10 @@ async fn rebuild(state: &State) -> Result<u64, ServiceError> {
     }
     for m in &trades {
         let e: EngineEvent = decode(&trades_stream, m.seq, &m.payload)?;
-        let known = records.apply_engine(&e, state.tick(&e.symbol));
-        assert!(known, "TRADES#{} names an order missing from ORDERS", m.seq);
+        if !records.apply_engine(&e, state.tick(&e.symbol)) {
+            let reason = format!("names an order missing from {orders_stream}");
+            return Err(ServiceError::Corrupt { stream: trades_stream, seq: m.seq, reason });
+        }
     }
     tracing::info!(orders = records.by_id.len(), trade_events = trades.len(), "orders rebuilt from streams");
     Ok(orders.last().map_or(1, |m| m.seq + 1))
@@ -391,28 +397,21 @@ struct Valid {
     side: Side,
     kind: OrderType,
     limit_ticks: i64,
+    /// The price the order's cash is reserved at: its limit, or the band's top.
+    reserve_ticks: i64,
 }
 
 fn validate(deps: &Deps, req: &SubmitRequest) -> Result<Valid, Status> {
     if req.client_order_id.is_empty() || req.client_order_id.len() > 64 {
-        return Err(Status::invalid_argument("client_order_id: 1 to 64 characters, unique per order"));
+        return Err(Status::invalid_argument("client_order_id: 1 to 64 bytes, unique per order"));
     }
     let inst = deps
         .cfg
         .instrument(&req.symbol)
-        .ok_or_else(|| Status::invalid_argument(format!("symbol: unknown symbol {:?}", req.symbol)))?
+        .ok_or_else(|| Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol))))?
         .clone();
     let side = side_from_proto(req.side)?;
     let kind = order_type_from_proto(req.order_type)?;
-    if req.qty <= 0 {
-        return Err(Status::invalid_argument(format!("qty: {} is not a positive number of shares", req.qty)));
-    }
-    if req.qty % inst.lot_shares != 0 {
-        return Err(Status::invalid_argument(format!(
-            "qty: {} is not a multiple of the lot of {} shares",
-            req.qty, inst.lot_shares
-        )));
-    }
     let limit_ticks = if kind == OrderType::Market {
         if req.price_cents != 0 {
             return Err(Status::invalid_argument("price_cents: a market order takes no price (send 0)"));
@@ -438,7 +437,11 @@ fn validate(deps: &Deps, req: &SubmitRequest) -> Result<Valid, Status> {
         }
         ticks.0
     };
-    Ok(Valid { inst, side, kind, limit_ticks })
+    // Market orders count at the band's top: what a market buy reserves.
+    let reserve_ticks = if kind == OrderType::Market { inst.max_price_ticks } else { limit_ticks };
+    inst.check_order(PriceTicks(reserve_ticks), Shares(req.qty))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(Valid { inst, side, kind, limit_ticks, reserve_ticks })
 }
 
 struct OrdersSvc {
@@ -473,7 +476,7 @@ impl OrdersSvc {
     async fn accept(&self, req: &SubmitRequest, v: &Valid, id: OrderId) -> Result<Order, Status> {
         let state = &self.state;
         // Market buys reserve at the band's top: every fill is at or below it.
-        let reserve_ticks = if v.kind == OrderType::Market { v.inst.max_price_ticks } else { v.limit_ticks };
+        let reserve_ticks = v.reserve_ticks;
         let reserve = ReserveRequest {
             order_id: id.0,
             account_id: req.user_id,

@@ -7,6 +7,7 @@
 //! [`Ledger`]. On start the ledger is rebuilt by replaying both streams, so a
 //! restart or a Redis wipe loses nothing and applies nothing twice.
 
+pub mod fold;
 pub mod ledger;
 
 use std::sync::Arc;
@@ -19,35 +20,37 @@ use tonic::{Request, Response, Status};
 
 use crate::bus::BusError;
 use crate::config::PlantedBug;
-use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares, Side};
+use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares};
 use crate::proto::common::{Holding as HoldingView, PortfolioView};
-use crate::proto::events::{self, engine_event, ledger_event, EngineEvent, LedgerEvent};
+use crate::proto::events::{self, ledger_event, EngineEvent, LedgerEvent};
 use crate::proto::portfolio::portfolio_server::{Portfolio, PortfolioServer};
 use crate::proto::portfolio::{
     DepositRequest, GetPortfolioRequest, ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest,
 };
 use crate::services::{
-    bus_status, decode, ensure_streams, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
+    bus_status, decode, ensure_streams, shown, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
 };
 
-pub use ledger::{Ledger, Reservation, ReserveError};
+pub use fold::{replay, Fold, ReplayOptions};
+pub use ledger::{Ledger, LedgerError, Reservation, ReserveError};
 
 /// The durable consumer of the TRADES stream.
 pub const DURABLE: &str = "portfolio";
 
 struct State {
     deps: Deps,
-    ledger: Mutex<Ledger>,
+    fold: Mutex<Fold>,
 }
 
 /// Runs the portfolio service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
     crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
-    let ledger = rebuild(&deps).await?;
-    let state = Arc::new(State { deps: deps.clone(), ledger: Mutex::new(ledger) });
+    let fold = rebuild(&deps).await?;
+    let state = Arc::new(State { deps: deps.clone(), fold: Mutex::new(fold) });
     let mut tasks = TaskGroup::default();
-    tasks.spawn(consume(state.clone(), shutdown.clone()));
+    tasks.spawn_fallible(consume(state.clone(), shutdown.clone()));
+    tasks.spawn(crate::services::keep_streams(deps.clone(), &[DURABLE], shutdown.clone()));
     let addr = deps.cfg.addrs.portfolio;
     tracing::info!(%addr, "portfolio serving");
     let service = PortfolioServer::new(PortfolioSvc { state });
@@ -56,75 +59,27 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
 }
 
-/// Replays LEDGER then TRADES into a fresh ledger.
-pub async fn rebuild(deps: &Deps) -> Result<Ledger, ServiceError> {
+/// Replays LEDGER and TRADES, interleaved as the live service applied them,
+/// into a fresh ledger (see [`fold`]).
+pub async fn rebuild(deps: &Deps) -> Result<Fold, ServiceError> {
     let names = deps.cfg.names();
     let mut ledger = Ledger::new(&deps.cfg.instruments);
     if deps.cfg.planted(PlantedBug::SettleTwice) {
         ledger.plant_settle_twice();
     }
-    // Planted bug: closes "move no money", so the replay leaves them out.
-    let replay_closes = !deps.cfg.planted(PlantedBug::NoReleaseOnCancel);
-    let stream = names.ledger_stream();
-    let msgs = crate::bus::read_to_end(deps.bus.as_ref(), &stream, "", 1).await?;
-    for m in &msgs {
-        apply_ledger_event(&mut ledger, &decode(&stream, m.seq, &m.payload)?);
-    }
-    let stream = names.trades_stream();
-    let trades = crate::bus::read_to_end(deps.bus.as_ref(), &stream, "", 1).await?;
-    for m in &trades {
-        let event: EngineEvent = decode(&stream, m.seq, &m.payload)?;
-        if !replay_closes && matches!(event.kind, Some(engine_event::Kind::Closed(_))) {
-            continue;
-        }
-        apply_engine_event(&mut ledger, &event);
-    }
-    tracing::info!(ledger_events = msgs.len(), trade_events = trades.len(), "portfolio rebuilt from streams");
-    Ok(ledger)
-}
-
-/// Applies one LEDGER event.
-pub fn apply_ledger_event(ledger: &mut Ledger, event: &LedgerEvent) {
-    match &event.kind {
-        Some(ledger_event::Kind::Deposited(d)) if d.symbol.is_empty() => {
-            ledger.deposit(AccountId(d.account), Cents(d.cents), &d.request_id);
-        }
-        Some(ledger_event::Kind::Deposited(d)) => {
-            ledger.deposit_shares(AccountId(d.account), &d.symbol, Shares(d.qty), &d.request_id);
-        }
-        Some(ledger_event::Kind::Reserved(r)) => {
-            let side = side_from_proto(r.side).expect("ledger holds valid sides");
-            ledger.reserve(
-                OrderId(r.order_id),
-                Reservation {
-                    account: AccountId(r.account),
-                    symbol: r.symbol.clone(),
-                    side,
-                    qty: Shares(r.qty),
-                    price: PriceTicks(r.price_ticks),
-                },
-            );
-        }
-        Some(ledger_event::Kind::Released(r)) => ledger.release(OrderId(r.order_id)),
-        Some(ledger_event::Kind::Settled(_)) => {}
-        None => tracing::warn!("empty ledger event ignored"),
-    }
-}
-
-/// Applies one TRADES event: settles a fill or releases a closed order's rest.
-/// Returns the settlement when this event settled a fill for the first time.
-pub fn apply_engine_event(ledger: &mut Ledger, event: &EngineEvent) -> Option<ledger::FillSettlement> {
-    match &event.kind {
-        Some(engine_event::Kind::Fill(f)) => {
-            let s = settlement(&event.symbol, f);
-            ledger.settle(&s).then_some(s)
-        }
-        Some(engine_event::Kind::Closed(c)) => {
-            ledger.close(OrderId(c.order_id), Shares(c.remaining));
-            None
-        }
-        Some(engine_event::Kind::Rested(_)) | Some(engine_event::Kind::Ignored(_)) | None => None,
-    }
+    let options = ReplayOptions { skip_closes: deps.cfg.planted(PlantedBug::NoReleaseOnCancel) };
+    let (ledger_stream, trades_stream) = (names.ledger_stream(), names.trades_stream());
+    let ledger_msgs = crate::bus::read_to_end(deps.bus.as_ref(), &ledger_stream, "", 1).await?;
+    let trades = crate::bus::read_to_end(deps.bus.as_ref(), &trades_stream, "", 1).await?;
+    let fold = replay(Fold::new(ledger), (&ledger_stream, &ledger_msgs), (&trades_stream, &trades), options)
+        .inspect_err(|e| tracing::error!(error = %e, "portfolio cannot rebuild its ledger"))?;
+    tracing::info!(
+        ledger_events = ledger_msgs.len(),
+        trade_events = trades.len(),
+        trades_applied = fold.trades_applied(),
+        "portfolio rebuilt from streams"
+    );
+    Ok(fold)
 }
 
 /// Tells the world a fill is settled (best effort: the notice is informational).
@@ -138,6 +93,7 @@ async fn announce_settled(deps: &Deps, s: &ledger::FillSettlement) {
             sell_order: s.sell_order.0,
             seller: s.seller.0,
         })),
+        trades_applied: 0,
     };
     let subject = deps.cfg.names().ledger("settled");
     let msg_id = format!("settled-{}-{}", s.symbol, s.match_seq);
@@ -146,33 +102,18 @@ async fn announce_settled(deps: &Deps, s: &ledger::FillSettlement) {
     }
 }
 
-/// Who bought and who sold in a fill event.
-pub fn settlement(symbol: &str, f: &events::FillEvent) -> ledger::FillSettlement {
-    let taker_buys = side_from_proto(f.taker_side).expect("fills carry a valid side") == Side::Buy;
-    let (buy_order, buyer, sell_order, seller) = if taker_buys {
-        (f.taker_order, f.taker_account, f.maker_order, f.maker_account)
-    } else {
-        (f.maker_order, f.maker_account, f.taker_order, f.taker_account)
-    };
-    ledger::FillSettlement {
-        symbol: symbol.to_string(),
-        match_seq: f.match_seq,
-        price: PriceTicks(f.price_ticks),
-        qty: Shares(f.qty),
-        buy_order: OrderId(buy_order),
-        buyer: AccountId(buyer),
-        sell_order: OrderId(sell_order),
-        seller: AccountId(seller),
-    }
-}
-
-async fn consume(state: Arc<State>, shutdown: Shutdown) {
-    let names = state.deps.cfg.names();
-    let stream = names.trades_stream();
+/// Follows TRADES through the durable consumer and applies each event in
+/// stream order. A redelivery of an applied event is skipped; a delivery
+/// that skips ahead (one before it was lost on the way) first has the gap
+/// read from the stream and applied, so the ledger is always exactly
+/// "TRADES through `trades_applied`", which is what a replay rebuilds.
+async fn consume(state: Arc<State>, shutdown: Shutdown) -> Result<(), ServiceError> {
+    let stream = state.deps.cfg.names().trades_stream();
+    let in_order = !state.deps.cfg.planted(PlantedBug::SettleTwice);
     loop {
         let fetched = tokio::select! {
             biased;
-            _ = shutdown.clone() => return,
+            _ = shutdown.clone() => return Ok(()),
             r = state.deps.bus.fetch(&stream, DURABLE, 256, Duration::from_millis(500)) => r,
         };
         let deliveries = match fetched {
@@ -183,26 +124,17 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
                 continue;
             }
         };
-        // Acked together once the batch is settled: a crash before that
-        // redelivers the batch, which settles nothing twice (fill ids).
+        // Acked together once the batch is applied: a crash before that
+        // redelivers the batch, which the rebuilt ledger has applied already.
         let mut done = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             state.deps.work("portfolio.settle").await;
-            match decode::<EngineEvent>(&stream, d.msg.seq, &d.msg.payload) {
-                Ok(event) => {
-                    let settled = apply_engine_event(&mut *state.ledger.lock().await, &event);
-                    if let Some(s) = settled {
-                        // Off the settlement path: the notice is informational.
-                        let deps = state.deps.clone();
-                        tokio::spawn(async move { announce_settled(&deps, &s).await });
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "undecodable trade event terminated");
-                    let _ = state.deps.bus.term(&d.token).await;
-                    continue;
-                }
+            let mut fold = state.fold.lock().await;
+            if in_order && d.msg.seq > fold.trades_applied() + 1 {
+                fill_gap(&state, &mut fold, d.msg.seq).await?;
             }
+            apply_stored(&state, &mut fold, &d.msg)?;
+            drop(fold);
             if crate::services::buggify(0.02) {
                 // No ack: the broker redelivers after the ack wait; settlement must stay once.
                 continue;
@@ -210,10 +142,51 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             done.push(d.token);
         }
         if let Err(e) = state.deps.bus.ack_many(&done).await {
-            // Harmless: the redeliveries are recognised as already settled.
+            // Harmless: the redeliveries are recognised as applied.
             tracing::warn!(error = %e, "ack failed");
         }
     }
+}
+
+/// Applies one TRADES message. One that does not decode stops the service
+/// (its replay would stop at the same place); one the ledger cannot apply is
+/// a broken invariant: the engine trades only orders the portfolio reserved.
+fn apply_stored(state: &State, fold: &mut Fold, m: &crate::bus::StoredMsg) -> Result<(), ServiceError> {
+    let stream = state.deps.cfg.names().trades_stream();
+    let event = decode::<EngineEvent>(&stream, m.seq, &m.payload)
+        .inspect_err(|e| tracing::error!(error = %e, "portfolio stops at an undecodable trade event"))?;
+    let settled = fold.apply_trade(m.seq, &event).unwrap_or_else(|e| panic!("portfolio: {stream}#{}: {e}", m.seq));
+    if let Some(s) = settled {
+        // Off the settlement path: the notice is informational.
+        let deps = state.deps.clone();
+        tokio::spawn(async move { announce_settled(&deps, &s).await });
+    }
+    Ok(())
+}
+
+/// Reads and applies what TRADES holds after the applied sequence and before `seq`.
+async fn fill_gap(state: &State, fold: &mut Fold, seq: u64) -> Result<(), ServiceError> {
+    let stream = state.deps.cfg.names().trades_stream();
+    while fold.trades_applied() + 1 < seq {
+        let from = fold.trades_applied() + 1;
+        let want = usize::try_from(seq - from).unwrap_or(usize::MAX).min(1024);
+        let msgs = match state.deps.bus.read(&stream, "", from, want, Duration::ZERO).await {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                tracing::warn!(error = %e, from, "portfolio could not read a TRADES gap; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let before = fold.trades_applied();
+        for m in msgs.iter().take_while(|m| m.seq < seq) {
+            apply_stored(state, fold, m)?;
+        }
+        if fold.trades_applied() == before {
+            break; // nothing stored in between
+        }
+    }
+    Ok(())
 }
 
 fn view(ledger: &Ledger, account: AccountId) -> PortfolioView {
@@ -236,23 +209,26 @@ struct PortfolioSvc {
 }
 
 impl PortfolioSvc {
-    /// Records `event` in LEDGER; the caller holds the ledger and applies the
-    /// event once this returns. A failure that leaves the outcome unknown (a
-    /// timeout, a connection lost with the publish in flight) is no answer:
+    /// Records `event` in LEDGER, stamped with how far into TRADES the ledger
+    /// is, and applies it. The caller holds the ledger (`fold`) throughout,
+    /// so the stamp is exact and no TRADES event is applied in between.
+    ///
+    /// A failure that leaves the outcome unknown (a timeout, a connection
+    /// lost with the publish in flight, a broker restarting) is no answer:
     /// the event may be stored, and the ledger must never be behind LEDGER
     /// (a reservation stored but not applied let later reservations overdraw
     /// the account, which a replay then found), so the same publish, under
     /// the same message id, is retried until the broker answers. Only a
-    /// refusal (nothing stored) is returned as an error.
-    async fn record(&self, kind: &str, msg_id: &str, event: ledger_event::Kind) -> Result<LedgerEvent, Status> {
-        let event = LedgerEvent { kind: Some(event) };
+    /// stream that does not exist (nothing can have been stored) is an error.
+    async fn record(&self, fold: &mut Fold, kind: &str, msg_id: &str, event: ledger_event::Kind) -> Result<(), Status> {
+        let event = fold.stamp(event);
         let subject = self.state.deps.cfg.names().ledger(kind);
         let payload = Bytes::from(event.encode_to_vec());
         let mut backoff = Duration::from_millis(10);
         loop {
             match self.state.deps.bus.publish(&subject, msg_id, payload.clone()).await {
-                Ok(_) => return Ok(event),
-                Err(e @ (BusError::Other(_) | BusError::NotFound(_))) => return Err(bus_status(e)),
+                Ok(_) => break,
+                Err(e @ BusError::NotFound(_)) => return Err(bus_status(e)),
                 Err(e) => {
                     tracing::warn!(msg_id, error = %e, "ledger write unanswered; publishing it again");
                     tokio::time::sleep(backoff).await;
@@ -260,7 +236,14 @@ impl PortfolioSvc {
                 }
             }
         }
+        // Checked before recording: failing now is a broken invariant.
+        fold.apply_ledger(&event).unwrap_or_else(|e| panic!("portfolio: recorded {msg_id} cannot be applied: {e}"));
+        Ok(())
     }
+}
+
+fn deposit_refusal(e: ledger::DepositError) -> Status {
+    Status::failed_precondition(e.to_string())
 }
 
 #[tonic::async_trait]
@@ -268,13 +251,19 @@ impl Portfolio for PortfolioSvc {
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
         self.state.deps.work("portfolio.deposit").await;
         let req = req.into_inner();
+        if req.request_id.is_empty() || req.request_id.len() > 128 {
+            return Err(Status::invalid_argument("request_id: 1 to 128 bytes, unique per deposit"));
+        }
         if req.symbol.is_empty() {
-            if req.cents <= 0 {
-                return Err(Status::invalid_argument(format!("cents: {} is not a positive amount", req.cents)));
+            if req.cents <= 0 || req.qty != 0 {
+                return Err(Status::invalid_argument(format!(
+                    "cents: {} is not a positive amount (a cash deposit takes qty 0)",
+                    req.cents
+                )));
             }
         } else {
             let Some(inst) = self.state.deps.cfg.instrument(&req.symbol) else {
-                return Err(Status::invalid_argument(format!("symbol: unknown symbol {:?}", req.symbol)));
+                return Err(Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol))));
             };
             if req.qty <= 0 || req.qty % inst.lot_shares != 0 || req.cents != 0 {
                 return Err(Status::invalid_argument(format!(
@@ -283,13 +272,15 @@ impl Portfolio for PortfolioSvc {
                 )));
             }
         }
-        if req.request_id.is_empty() || req.request_id.len() > 128 {
-            return Err(Status::invalid_argument("request_id: 1 to 128 characters, unique per deposit"));
-        }
         let account = AccountId(req.account_id);
-        let mut ledger = self.state.ledger.lock().await;
+        let mut fold = self.state.fold.lock().await;
         let request_id = format!("{}/{}", account.0, req.request_id);
-        if !ledger.has_deposit(&request_id) {
+        if !fold.ledger().has_deposit(&request_id) {
+            if req.symbol.is_empty() {
+                fold.ledger().check_deposit(account, Cents(req.cents)).map_err(deposit_refusal)?;
+            } else {
+                fold.ledger().check_deposit_shares(account, &req.symbol, Shares(req.qty)).map_err(deposit_refusal)?;
+            }
             let kind = ledger_event::Kind::Deposited(events::Deposited {
                 account: account.0,
                 cents: req.cents,
@@ -297,10 +288,9 @@ impl Portfolio for PortfolioSvc {
                 symbol: req.symbol.clone(),
                 qty: req.qty,
             });
-            let event = self.record("deposit", &format!("dep-{request_id}"), kind).await?;
-            apply_ledger_event(&mut ledger, &event);
+            self.record(&mut fold, "deposit", &format!("dep-{request_id}"), kind).await?;
         }
-        Ok(Response::new(view(&ledger, account)))
+        Ok(Response::new(view(fold.ledger(), account)))
     }
 
     async fn reserve(&self, req: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
@@ -318,9 +308,12 @@ impl Portfolio for PortfolioSvc {
             qty: Shares(req.qty),
             price: PriceTicks(req.price_ticks),
         };
-        let mut ledger = self.state.ledger.lock().await;
-        let exists = ledger.check_reserve(order, &reservation).map_err(|e| match e {
-            ReserveError::UnknownSymbol(_) => Status::invalid_argument(e.to_string()),
+        let mut fold = self.state.fold.lock().await;
+        let exists = fold.ledger().check_reserve(order, &reservation).map_err(|e| match e {
+            ReserveError::UnknownSymbol(_) => {
+                Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol)))
+            }
+            ReserveError::Limit(_) => Status::invalid_argument(e.to_string()),
             ReserveError::AlreadyReleased(_) => Status::aborted(e.to_string()),
             _ => Status::failed_precondition(e.to_string()),
         })?;
@@ -333,8 +326,7 @@ impl Portfolio for PortfolioSvc {
                 qty: req.qty,
                 price_ticks: req.price_ticks,
             });
-            let event = self.record("reserve", &format!("res-{order}"), kind).await?;
-            apply_ledger_event(&mut ledger, &event);
+            self.record(&mut fold, "reserve", &format!("res-{order}"), kind).await?;
         }
         Ok(Response::new(ReserveReply {}))
     }
@@ -342,16 +334,15 @@ impl Portfolio for PortfolioSvc {
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
         self.state.deps.work("portfolio.release").await;
         let order = OrderId(req.into_inner().order_id);
-        let mut ledger = self.state.ledger.lock().await;
+        let mut fold = self.state.fold.lock().await;
         let kind = ledger_event::Kind::Released(events::Released { order_id: order.0 });
-        let event = self.record("release", &format!("rel-{order}"), kind).await?;
-        apply_ledger_event(&mut ledger, &event);
+        self.record(&mut fold, "release", &format!("rel-{order}"), kind).await?;
         Ok(Response::new(ReleaseReply {}))
     }
 
     async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
         self.state.deps.work("portfolio.get_portfolio").await;
         let account = AccountId(req.into_inner().account_id);
-        Ok(Response::new(view(&*self.state.ledger.lock().await, account)))
+        Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
     }
 }
