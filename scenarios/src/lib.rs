@@ -19,6 +19,7 @@
 //! - [`driver`]: the open-loop driver and its latency recorder.
 //! - [`client`]: a logged-in user of the public gateway API.
 //! - [`real`]: connect a deployment to real NATS and Redis; pick local ports.
+//! - `servers` (real build): private nats-server and redis-server processes that tests kill and restart.
 //! - `simbench` (simulated build): the simulation's speed benchmark.
 //! - `src/bin/fafnir.rs`: the command line (`up`, `serve`).
 
@@ -37,6 +38,8 @@ pub mod real_run;
 pub mod regressions;
 pub mod run;
 pub mod scenario;
+#[cfg(not(madsim))]
+pub mod servers;
 #[cfg(madsim)]
 pub mod sim_run;
 #[cfg(madsim)]

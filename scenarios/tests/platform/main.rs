@@ -34,4 +34,11 @@ pub trait Platform: Send + Sync {
     /// Stops every service, loses all of Redis's data, starts every service
     /// again and waits until they serve.
     async fn restart_all_with_empty_redis(&self);
+    /// Stops every service at once (a crash of the whole platform), starts
+    /// them all again and waits until they serve.
+    async fn restart_all(&self);
+    /// Kills the JetStream broker and starts it again on the same store.
+    async fn restart_broker(&self);
+    /// Kills Redis and starts it again, empty.
+    async fn restart_redis(&self);
 }

@@ -17,6 +17,7 @@ use fafnir_platform::domain::Instrument;
 use fafnir_platform::kv::wipe_prefix;
 use fafnir_platform::services::launch::{self, ServiceHandle};
 use fafnir_platform::services::{Deps, ServiceKind};
+use fafnir_scenarios::servers::{NatsServer, RedisServer};
 
 use crate::{flows, Platform};
 
@@ -44,6 +45,9 @@ struct RealPlatform {
     deps: Deps,
     nats: Arc<NatsBus>,
     services: Arc<Mutex<BTreeMap<String, ServiceHandle>>>,
+    /// The platform's own nats-server and redis-server, for flows that
+    /// restart them (None: the machine's shared ones).
+    private: Option<tokio::sync::Mutex<(NatsServer, RedisServer)>>,
 }
 
 fn parse_instance(instance: &str) -> (ServiceKind, usize) {
@@ -62,9 +66,33 @@ impl RealPlatform {
         let (deps, nats) =
             fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
         let services = Arc::new(Mutex::new(launch::spawn_all(&deps)));
-        let p = RealPlatform { deps, nats, services };
+        let p = RealPlatform { deps, nats, services, private: None };
         p.wait_serving().await;
         p
+    }
+
+    /// A platform on a nats-server and a redis-server of its own, which the flow may restart.
+    async fn start_private(test: &str) -> RealPlatform {
+        let servers = tokio::task::spawn_blocking(|| {
+            let nats = NatsServer::start().unwrap_or_else(|e| panic!("private nats-server: {e}"));
+            let redis = RedisServer::start().unwrap_or_else(|e| panic!("private redis-server: {e}"));
+            (nats, redis)
+        })
+        .await
+        .expect("servers started");
+        let mut cfg = test_config(test);
+        cfg.nats_addr = servers.0.addr();
+        cfg.redis_addr = servers.1.addr();
+        let mut p = RealPlatform::start_with(cfg).await;
+        p.private = Some(tokio::sync::Mutex::new(servers));
+        p
+    }
+
+    fn kill_all(&self) {
+        let services = std::mem::take(&mut *self.services.lock().unwrap());
+        for (_, h) in services {
+            h.kill();
+        }
     }
 
     async fn wait_serving(&self) {
@@ -119,11 +147,31 @@ impl Platform for RealPlatform {
         });
     }
 
+    async fn restart_all(&self) {
+        self.kill_all();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        *self.services.lock().unwrap() = launch::spawn_all(&self.deps);
+        self.wait_serving().await;
+    }
+
+    async fn restart_broker(&self) {
+        let servers = self.private.as_ref().expect("a flow that restarts the broker runs on private servers");
+        let mut servers = servers.lock().await;
+        servers.0.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| servers.0.restart()).expect("nats-server restarts");
+    }
+
+    async fn restart_redis(&self) {
+        let servers = self.private.as_ref().expect("a flow that restarts Redis runs on private servers");
+        let mut servers = servers.lock().await;
+        servers.1.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| servers.1.restart()).expect("redis-server restarts");
+    }
+
     async fn restart_all_with_empty_redis(&self) {
-        let services = std::mem::take(&mut *self.services.lock().unwrap());
-        for (_, h) in services {
-            h.kill();
-        }
+        self.kill_all();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let wiped = wipe_prefix(self.deps.kv.as_ref(), &format!("{}:", self.deps.cfg.namespace)).await.unwrap();
         assert!(wiped > 0, "the market kept state in Redis");
@@ -150,7 +198,25 @@ real_flows!(
     restarts_and_a_redis_wipe_change_nothing,
     bad_input_changes_nothing_and_says_why,
     market_data_streams_candles_and_roles,
+    a_whole_platform_restart_replays_what_the_portfolio_did,
 );
+
+/// Flows that kill and restart nats-server and redis-server: on servers of their own.
+macro_rules! private_server_flows {
+    ($($flow:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $flow() {
+            let p = RealPlatform::start_private(stringify!($flow)).await;
+            flows::$flow(&p).await;
+            let services = std::mem::take(&mut *p.services.lock().unwrap());
+            for (name, h) in &services {
+                assert!(!h.is_finished(), "{name} died during the test");
+            }
+        }
+    )*};
+}
+
+private_server_flows!(the_broker_and_redis_restart_mid_trading);
 
 #[tokio::test]
 async fn the_rate_limit_is_per_user() {

@@ -48,6 +48,28 @@ impl Platform for SimPlatform {
         });
     }
 
+    async fn restart_all(&self) {
+        let services = service_instances(&self.world);
+        for s in &services {
+            self.world.kill(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for s in &services {
+            self.world.restart(s);
+        }
+        self.world.wait_serving(Duration::from_secs(30)).await;
+    }
+
+    async fn restart_broker(&self) {
+        self.world.kill("broker");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.world.restart("broker");
+    }
+
+    async fn restart_redis(&self) {
+        self.world.restart("redis");
+    }
+
     async fn restart_all_with_empty_redis(&self) {
         let kv = self.world.kv();
         let prefix = self.world.cfg.names().key_prefix();
@@ -74,6 +96,9 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let seed = madsim::runtime::Handle::current().seed();
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    }
     let world = Arc::new(World::build(spec(WorldSpec::standard(seed))));
     let client = world.client_node("test");
     let p = Arc::new(SimPlatform { world: world.clone() });
@@ -147,6 +172,8 @@ sim_flows!(
     restarts_and_a_redis_wipe_change_nothing,
     bad_input_changes_nothing_and_says_why,
     market_data_streams_candles_and_roles,
+    a_whole_platform_restart_replays_what_the_portfolio_did,
+    the_broker_and_redis_restart_mid_trading,
 );
 
 #[madsim::test]

@@ -203,6 +203,8 @@ async fn run_symbol(
         if md_behind {
             let top = books.lock().expect("books lock").get(&symbol).expect("own symbol").top_of_book();
             let msg = market_data_msg(&deps, &top, deps.clock.now_ms());
+            // The stream itself may be what is missing: made again at once, not at the next check.
+            let _ = ensure_streams(&deps).await;
             md_behind = deps.bus.publish(&msg.subject, &msg.msg_id, msg.payload).await.is_err();
         }
         let read = tokio::select! {

@@ -1,0 +1,160 @@
+//! Private nats-server and redis-server processes, for tests that kill and
+//! restart them: each on a free port of 127.0.0.1, NATS with its own store
+//! directory, so a restart comes back on the same port with the same store
+//! (JetStream's file streams survive; Redis, without persistence, comes back
+//! empty) and nothing else on the machine is touched.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Finds a server binary on the PATH or where Debian puts it.
+fn binary(name: &str, package: &str) -> Result<PathBuf, String> {
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    on_path
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} is not installed (apt-get install {package}); ci/test installs it"))
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_for_port(port: u16, what: &str, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tail = std::fs::read_to_string(log).unwrap_or_default();
+    Err(format!("{what} did not listen on 127.0.0.1:{port} within 15 s; its log:\n{tail}"))
+}
+
+/// A scratch directory of this process, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(what: &str) -> Result<ScratchDir, String> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let dir = std::env::temp_dir().join(format!("fafnir-{what}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One server process that can be killed and started again on its port.
+struct Server {
+    what: &'static str,
+    binary: PathBuf,
+    args: Vec<String>,
+    port: u16,
+    dir: ScratchDir,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Server {
+    fn log(&self) -> PathBuf {
+        self.dir.0.join(format!("{}-{}.log", self.what, self.starts))
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "{} is running", self.what);
+        self.starts += 1;
+        let log = self.log();
+        let out = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        wait_for_port(self.port, self.what, &log)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A private nats-server with JetStream and a store of its own.
+pub struct NatsServer(Server);
+
+impl NatsServer {
+    pub fn start() -> Result<NatsServer, String> {
+        let port = crate::real::free_ports(1)[0];
+        let dir = ScratchDir::new("nats")?;
+        let store = dir.0.join("store").display().to_string();
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &store].map(String::from).to_vec();
+        let binary = binary("nats-server", "nats-server")?;
+        let mut s = NatsServer(Server { what: "nats-server", binary, args, port, dir, child: None, starts: 0 });
+        s.0.start()?;
+        Ok(s)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.0.port)
+    }
+
+    pub fn kill(&mut self) {
+        self.0.kill();
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.0.start()
+    }
+}
+
+/// A private redis-server without persistence: a restart comes back empty.
+pub struct RedisServer(Server);
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer, String> {
+        let port = crate::real::free_ports(1)[0];
+        let dir = ScratchDir::new("redis")?;
+        let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]
+            .map(String::from)
+            .to_vec();
+        let binary = binary("redis-server", "redis-server")?;
+        let mut s = RedisServer(Server { what: "redis-server", binary, args, port, dir, child: None, starts: 0 });
+        s.0.start()?;
+        Ok(s)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.0.port)
+    }
+
+    pub fn kill(&mut self) {
+        self.0.kill();
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.0.start()
+    }
+}
