@@ -433,7 +433,7 @@ impl Gateway for GatewaySvc {
         let symbols = req.into_inner().symbols;
         for s in &symbols {
             if self.state.deps.cfg.instrument(s).is_none() {
-                return Err(Status::invalid_argument(format!("symbols: unknown symbol {s:?}")));
+                return Err(Status::invalid_argument(format!("symbols: unknown symbol {}", crate::services::shown(s))));
             }
         }
         let rx = self.subscribe(&self.state.market_data, Filter::Symbols(symbols));

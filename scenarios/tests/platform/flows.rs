@@ -20,6 +20,8 @@ use tonic::Code;
 
 use crate::Platform;
 
+pub use crate::hostile::hostile_requests_are_refused_without_effect;
+
 pub const PASSWORD: &str = "correct horse battery";
 
 pub async fn user(p: &dyn Platform, name: &str) -> Client {

@@ -199,6 +199,7 @@ real_flows!(
     bad_input_changes_nothing_and_says_why,
     market_data_streams_candles_and_roles,
     a_whole_platform_restart_replays_what_the_portfolio_did,
+    hostile_requests_are_refused_without_effect,
 );
 
 /// Flows that kill and restart nats-server and redis-server: on servers of their own.

@@ -174,6 +174,7 @@ sim_flows!(
     market_data_streams_candles_and_roles,
     a_whole_platform_restart_replays_what_the_portfolio_did,
     the_broker_and_redis_restart_mid_trading,
+    hostile_requests_are_refused_without_effect,
 );
 
 #[madsim::test]
