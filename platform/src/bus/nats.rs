@@ -73,6 +73,29 @@ impl NatsBus {
         *self.reconnects.borrow()
     }
 
+    /// `call`, or Unreachable as soon as the connection is made again while it waits.
+    async fn unless_reconnected<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, BusError>>,
+    ) -> Result<T, BusError> {
+        let mut reconnects = self.reconnects.clone();
+        reconnects.mark_unchanged();
+        let reconnected = async {
+            if reconnects.changed().await.is_err() {
+                futures::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            result = call => result,
+            () = reconnected => Err(BusError::Unreachable {
+                addr: self.addr.clone(),
+                reason: format!("{what}: the connection was lost and made again while waiting"),
+            }),
+        }
+    }
+
     /// Deletes every stream whose name starts with `prefix` (test clean-up).
     pub async fn delete_streams_with_prefix(&self, prefix: &str) -> Result<usize, BusError> {
         let names: Vec<String> = self.js.stream_names().filter_map(|n| async move { n.ok() }).collect().await;
@@ -135,9 +158,8 @@ fn stored(msg: &jetstream::Message) -> Result<(StoredMsg, u64, u64), BusError> {
     Ok((stored, info.delivered.max(1) as u64, info.pending))
 }
 
-#[async_trait]
-impl EventBus for NatsBus {
-    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), BusError> {
+impl NatsBus {
+    async fn ensure_stream_now(&self, spec: &StreamSpec) -> Result<(), BusError> {
         let config = stream::Config {
             name: spec.name.clone(),
             subjects: spec.subjects.clone(),
@@ -154,7 +176,7 @@ impl EventBus for NatsBus {
         Ok(())
     }
 
-    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
+    async fn ensure_consumer_now(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
         let config = consumer::pull::Config {
             durable_name: Some(spec.durable.clone()),
             filter_subject: spec.filter.clone(),
@@ -172,7 +194,7 @@ impl EventBus for NatsBus {
         Ok(())
     }
 
-    async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
+    async fn publish_now(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
         let publish = jetstream::message::PublishMessage::build().payload(payload).message_id(msg_id);
         let ack = self
             .js
@@ -184,7 +206,7 @@ impl EventBus for NatsBus {
         Ok(PubAck { stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate })
     }
 
-    async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
+    async fn publish_batch_now(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
         // Every publish is sent before any ack is awaited: one connection keeps
         // them in order, and the server stores them in that order.
         let mut sent = Vec::with_capacity(msgs.len());
@@ -205,7 +227,13 @@ impl EventBus for NatsBus {
         out
     }
 
-    async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+    async fn fetch_now(
+        &self,
+        stream: &str,
+        durable: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
         let key = (stream.to_string(), durable.to_string());
         let mut durables = self.durables.lock().await;
         let generation = self.generation();
@@ -247,11 +275,11 @@ impl EventBus for NatsBus {
         }
     }
 
-    async fn ack(&self, token: &AckToken) -> Result<(), BusError> {
+    async fn ack_now(&self, token: &AckToken) -> Result<(), BusError> {
         self.settle(token, AckKind::Ack).await
     }
 
-    async fn ack_many(&self, tokens: &[AckToken]) -> Result<(), BusError> {
+    async fn ack_many_now(&self, tokens: &[AckToken]) -> Result<(), BusError> {
         // Each ack is a publish to its delivery's reply subject; the client
         // buffers them and flushes them together.
         for token in tokens {
@@ -260,15 +288,15 @@ impl EventBus for NatsBus {
         Ok(())
     }
 
-    async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
+    async fn nak_now(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
         self.settle(token, AckKind::Nak(Some(delay))).await
     }
 
-    async fn term(&self, token: &AckToken) -> Result<(), BusError> {
+    async fn term_now(&self, token: &AckToken) -> Result<(), BusError> {
         self.settle(token, AckKind::Term).await
     }
 
-    async fn read(
+    async fn read_now(
         &self,
         stream: &str,
         filter: &str,
@@ -316,7 +344,7 @@ impl EventBus for NatsBus {
         Ok(out)
     }
 
-    async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
+    async fn last_on_subject_now(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
         let handle = self.stream(stream).await?;
         match handle.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
@@ -325,6 +353,69 @@ impl EventBus for NatsBus {
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(self.err("last message", e)),
         }
+    }
+}
+
+/// Every call gives up when the connection is made again while it waits: a
+/// request or pull in flight when nats-server went away is answered by no
+/// one (async-nats waits out its request timeout, seconds), so the caller
+/// hears at once and tries again on the new connection. A publish so cut
+/// short may have been stored: it is reported as no answer (Unreachable).
+#[async_trait]
+impl EventBus for NatsBus {
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), BusError> {
+        self.unless_reconnected("ensure_stream", self.ensure_stream_now(spec)).await
+    }
+
+    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
+        self.unless_reconnected("ensure_consumer", self.ensure_consumer_now(spec)).await
+    }
+
+    async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
+        self.unless_reconnected("publish", self.publish_now(subject, msg_id, payload)).await
+    }
+
+    async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
+        let n = msgs.len();
+        match self.unless_reconnected("publish", async { Ok(self.publish_batch_now(msgs).await) }).await {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        self.unless_reconnected("fetch", self.fetch_now(stream, durable, max, wait)).await
+    }
+
+    async fn ack(&self, token: &AckToken) -> Result<(), BusError> {
+        self.unless_reconnected("ack", self.ack_now(token)).await
+    }
+
+    async fn ack_many(&self, tokens: &[AckToken]) -> Result<(), BusError> {
+        self.unless_reconnected("ack_many", self.ack_many_now(tokens)).await
+    }
+
+    async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
+        self.unless_reconnected("nak", self.nak_now(token, delay)).await
+    }
+
+    async fn term(&self, token: &AckToken) -> Result<(), BusError> {
+        self.unless_reconnected("term", self.term_now(token)).await
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredMsg>, BusError> {
+        self.unless_reconnected("read", self.read_now(stream, filter, from_seq, max, wait)).await
+    }
+
+    async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
+        self.unless_reconnected("last_on_subject", self.last_on_subject_now(stream, subject)).await
     }
 
     async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError> {

@@ -8,7 +8,7 @@
 //! [`crate::conformance::bus`] checks both against the same cases):
 //!
 //! - streams over subject wildcards; subjects of two streams may not overlap;
-//!   a publish no stream covers is an error; sequences per stream from 1;
+//!   a publish no stream covers is NotFound (nothing stored); sequences per stream from 1;
 //! - a publish is acknowledged once stored; message-id de-duplication inside the
 //!   stream's duplicate window (simulated time); `max_msgs` drops the oldest;
 //! - durable pull consumers with one filter: in-order delivery, ack, nak with a

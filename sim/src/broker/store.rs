@@ -190,7 +190,7 @@ impl Store {
         trace: &Trace,
     ) -> Result<Published, BusError> {
         let Some(name) = self.route(subject) else {
-            return Err(other(format!("no stream found for subject {subject}")));
+            return Err(BusError::NotFound(format!("no stream found for subject {subject}")));
         };
         let stream = self.streams.get_mut(&name).expect("a route names an existing stream");
         stream.expire_ids(now);

@@ -189,8 +189,8 @@ pub async fn wildcard_streams(bus: &dyn EventBus, ns: &str) {
     }
     for uncovered in [format!("{ns}.one.a.b"), format!("{ns}.one"), format!("{ns}.rest"), format!("{ns}.other.a")] {
         match bus.publish(&uncovered, "", payload("x")).await {
-            Err(BusError::Other(_)) => {}
-            other => panic!("publish to {uncovered}, covered by no stream: expected Err(Other), got {other:?}"),
+            Err(BusError::NotFound(_)) => {}
+            other => panic!("publish to {uncovered}, covered by no stream: expected Err(NotFound), got {other:?}"),
         }
     }
     let subjects = |ms: Vec<StoredMsg>| ms.into_iter().map(|m| m.subject).collect::<Vec<_>>();
@@ -765,10 +765,13 @@ pub async fn restart_keeps_file_storage(bus: &dyn EventBus, ctl: &dyn BrokerCont
     assert_eq!((delivered(3), delivered(4)), (1, 1), "the consumer's position survives the restart: {first_seen:?}");
     assert_eq!(first_seen.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
 
-    // The memory stream is gone with everything in it.
+    // The memory stream is gone with everything in it. A publish to it is
+    // NotFound: a sure "nothing stored", unlike a timeout or a connection
+    // lost with the publish in flight (the portfolio retries those under the
+    // same message id and gives up only on this).
     match bus.publish(&m, "m4", payload("4")).await {
-        Err(BusError::Other(_)) => {}
-        other => panic!("publish to a lost memory stream: expected Err(Other), got {other:?}"),
+        Err(BusError::NotFound(_)) => {}
+        other => panic!("publish to a lost memory stream: expected Err(NotFound), got {other:?}"),
     }
     ensure_stream(bus, &mem).await;
     assert!(read_all(bus, &mem.name).await.is_empty(), "a memory stream is empty after a restart");

@@ -420,6 +420,47 @@ mod real {
         cases::restart_keeps_file_storage(&bus, &server, &ns).await;
     }
 
+    /// What the simulated broker's `killed_broker_fails_calls_within_timeout`
+    /// holds the model to, held against nats-server: a publish to a broker
+    /// that was killed fails as no answer (Unreachable or Timeout: it may
+    /// have been stored), never as a refusal (Other or NotFound: surely not
+    /// stored), which the portfolio would take as "not in LEDGER". Once the
+    /// server is back, the same publish under its message id lands once.
+    #[tokio::test]
+    async fn publish_to_a_killed_broker_is_no_answer() {
+        use bytes::Bytes;
+        use fafnir_platform::bus::{BusError, EventBus, Storage, StreamSpec};
+        let server = PrivateNats::start();
+        let bus = connect(&server.addr()).await;
+        let ns = namespace("killed_broker");
+        let spec = StreamSpec {
+            name: format!("{ns}_K"),
+            subjects: vec![format!("{ns}.k.*")],
+            storage: Storage::File,
+            duplicate_window: Duration::from_secs(120),
+            max_msgs: 0,
+        };
+        bus.ensure_stream(&spec).await.expect("ensure");
+        let subject = format!("{ns}.k.a");
+        bus.publish(&subject, "1", Bytes::from_static(b"1")).await.expect("publish");
+        server.kill();
+        let r = bus.publish(&subject, "2", Bytes::from_static(b"2")).await;
+        assert!(
+            matches!(r, Err(BusError::Unreachable { .. } | BusError::Timeout(_))),
+            "publish to a killed broker: {r:?}"
+        );
+        server.spawn();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let ack = loop {
+            match bus.publish(&subject, "2", Bytes::from_static(b"2")).await {
+                Ok(ack) => break ack,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "publish after the restart: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(ack.seq, 2, "stored once, after the first");
+    }
+
     /// A nats-server of this test alone, on a free loopback port, with its own
     /// store directory; killed (and its directory removed) on drop.
     struct PrivateNats {
