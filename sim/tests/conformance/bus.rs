@@ -199,7 +199,7 @@ mod sim {
                 // Back up: the memory stream is gone, the client reconnects by itself.
                 ctl.restart().await;
                 let r = bus.publish("k.a", "3", Bytes::from_static(b"3")).await;
-                assert!(matches!(r, Err(BusError::Other(_))), "the memory stream died with the broker: {r:?}");
+                assert!(matches!(r, Err(BusError::NotFound(_))), "the memory stream died with the broker: {r:?}");
                 bus.ensure_stream(&memory_stream("K", "k.*")).await.expect("ensure after restart");
                 assert_eq!(bus.publish("k.a", "3", Bytes::from_static(b"3")).await.expect("publish").seq, 1);
             })
