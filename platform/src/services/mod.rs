@@ -115,7 +115,9 @@ pub enum ServiceError {
     Config(String),
     #[error("service stopped: {0}")]
     TaskEnded(String),
-    #[error("corrupt event at {stream}#{seq}: {reason}")]
+    /// An event in a stream the service rebuilds from or follows that it
+    /// cannot decode or apply: the service stops there and names it.
+    #[error("cannot apply the event at {stream}#{seq}: {reason}")]
     Corrupt { stream: String, seq: u64, reason: String },
 }
 
@@ -380,7 +382,11 @@ pub fn shown(text: &str) -> String {
 
 /// Decodes a protobuf event, naming where it came from on failure.
 pub fn decode<M: Message + Default>(stream: &str, seq: u64, payload: &[u8]) -> Result<M, ServiceError> {
-    M::decode(payload).map_err(|e| ServiceError::Corrupt { stream: stream.to_string(), seq, reason: e.to_string() })
+    M::decode(payload).map_err(|e| ServiceError::Corrupt {
+        stream: stream.to_string(),
+        seq,
+        reason: format!("it does not decode: {e}"),
+    })
 }
 
 pub(crate) fn bus_status(e: BusError) -> Status {
