@@ -37,6 +37,8 @@ fn test_config(test: &str) -> PlatformConfig {
     };
     cfg.password_hashing = PasswordHashing::CHEAP;
     cfg.jwt_secret = format!("secret-{test}");
+    // Every client of a test calls from 127.0.0.1.
+    cfg.peer_rate_limit = fafnir_platform::config::RateLimit { per_second: 10_000, burst: 10_000 };
     cfg
 }
 
@@ -165,6 +167,7 @@ async fn the_rate_limit_is_per_user() {
 fn fafnir_up_names_the_unreachable_server() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
         .args(["up", "--nats", "127.0.0.1:1", "--base-port", "1"])
+        .env("FAFNIR_JWT_SECRET", "a-test-secret-of-at-least-32-bytes")
         .output()
         .expect("run fafnir");
     let stderr = String::from_utf8_lossy(&out.stderr);
