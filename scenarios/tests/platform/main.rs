@@ -13,6 +13,8 @@ use fafnir_platform::config::PlatformConfig;
 mod flows;
 #[cfg(not(madsim))]
 mod real;
+#[cfg(not(madsim))]
+mod security;
 #[cfg(madsim)]
 mod sim;
 

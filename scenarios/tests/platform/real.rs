@@ -20,7 +20,7 @@ use fafnir_platform::services::{Deps, ServiceKind};
 
 use crate::{flows, Platform};
 
-fn test_config(test: &str) -> PlatformConfig {
+pub(crate) fn test_config(test: &str) -> PlatformConfig {
     let mut cfg = PlatformConfig::local_default();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     cfg.namespace = format!("t-{test}-{}-{nanos}", std::process::id());
@@ -42,7 +42,7 @@ fn test_config(test: &str) -> PlatformConfig {
     cfg
 }
 
-struct RealPlatform {
+pub(crate) struct RealPlatform {
     deps: Deps,
     nats: Arc<NatsBus>,
     services: Arc<Mutex<BTreeMap<String, ServiceHandle>>>,
@@ -56,11 +56,11 @@ fn parse_instance(instance: &str) -> (ServiceKind, usize) {
 }
 
 impl RealPlatform {
-    async fn start(test: &str) -> RealPlatform {
+    pub(crate) async fn start(test: &str) -> RealPlatform {
         RealPlatform::start_with(test_config(test)).await
     }
 
-    async fn start_with(cfg: PlatformConfig) -> RealPlatform {
+    pub(crate) async fn start_with(cfg: PlatformConfig) -> RealPlatform {
         let (deps, nats) =
             fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
         let services = Arc::new(Mutex::new(launch::spawn_all(&deps)));
@@ -73,7 +73,7 @@ impl RealPlatform {
         launch::wait_until_serving(&self.deps, Duration::from_secs(30)).await.expect("platform serving");
     }
 
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         let services = std::mem::take(&mut *self.services.lock().unwrap());
         for (name, h) in &services {
             assert!(!h.is_finished(), "{name} died during the test");
@@ -152,6 +152,8 @@ real_flows!(
     restarts_and_a_redis_wipe_change_nothing,
     bad_input_changes_nothing_and_says_why,
     market_data_streams_candles_and_roles,
+    passwords_are_salted_per_user_and_survive_an_auth_restart,
+    a_resumed_stream_gets_what_it_missed_across_a_gateway_restart,
 );
 
 #[tokio::test]
@@ -179,4 +181,13 @@ fn fafnir_up_names_the_unreachable_server() {
         .expect("run fafnir");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown service \"nonsense\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_window_is_refused() {
+    let mut cfg = test_config("window");
+    cfg.execution_window = 4;
+    let p = RealPlatform::start_with(cfg).await;
+    flows::a_cursor_older_than_the_window_is_refused(&p).await;
+    p.cleanup().await;
 }
