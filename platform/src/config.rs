@@ -52,11 +52,23 @@ impl PasswordHashing {
     pub const CHEAP: PasswordHashing = PasswordHashing { memory_kib: 64, iterations: 1, lanes: 1 };
 }
 
-/// A per-user token bucket on the gateway.
+/// A token bucket on the gateway (per user, or per peer address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,
+}
+
+/// How much password hashing the auth service does at once. Argon2 is
+/// deliberately costly (tens of milliseconds of CPU and 19 MiB each with
+/// [`PasswordHashing::STANDARD`]), so it runs on blocking threads, at most
+/// `concurrency` at a time, with at most `queue` more waiting; a Register or
+/// Login beyond that is refused with RESOURCE_EXHAUSTED at once rather than
+/// queued for seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashingLimits {
+    pub concurrency: u32,
+    pub queue: u32,
 }
 
 /// Everything a deployment's services need to know.
@@ -71,11 +83,22 @@ pub struct PlatformConfig {
     pub addrs: ServiceAddrs,
     pub nats_addr: String,
     pub redis_addr: String,
-    /// HMAC-SHA256 key of the JWTs.
+    /// HMAC-SHA256 key of the JWTs. No default: each deployment brings its
+    /// own (`fafnir up --jwt-secret-file`), and [`PlatformConfig::validate`]
+    /// refuses an empty one.
     pub jwt_secret: String,
     pub jwt_ttl: Duration,
     pub password_hashing: PasswordHashing,
+    pub hashing_limits: HashingLimits,
+    /// Per user, on every authenticated gateway call.
     pub rate_limit: RateLimit,
+    /// Per peer IP address, on Register and Login (the calls without a token).
+    pub peer_rate_limit: RateLimit,
+    /// Execution reports the gateway keeps for streams resumed with
+    /// `after_cursor` (its most recent ones, of every account); a cursor older
+    /// than the window is refused with OUT_OF_RANGE. At start the gateway
+    /// reads back at most this many TRADES messages to fill it.
+    pub execution_window: usize,
     /// How long a service waits for another before giving up on a call.
     pub call_timeout: Duration,
     /// JetStream's duplicate window on the streams this deployment creates.
@@ -117,7 +140,8 @@ pub enum PlantedBug {
 
 impl PlatformConfig {
     /// Two instruments on one engine shard, ports from 50051 on 127.0.0.1,
-    /// NATS and Redis on their standard local ports.
+    /// NATS and Redis on their standard local ports. The JWT secret is empty
+    /// (so [`PlatformConfig::validate`] refuses it): set your own.
     pub fn local_default() -> PlatformConfig {
         let instruments =
             vec![Instrument::new("ACME", 1, 1, 1, 1_000_000), Instrument::new("GLOBX", 5, 10, 1, 200_000)];
@@ -129,10 +153,13 @@ impl PlatformConfig {
             addrs: ServiceAddrs::local([127, 0, 0, 1].into(), 50051, 1),
             nats_addr: "127.0.0.1:4222".into(),
             redis_addr: "127.0.0.1:6379".into(),
-            jwt_secret: "fafnir-dev-secret-change-me".into(),
+            jwt_secret: String::new(),
             jwt_ttl: Duration::from_secs(3600),
             password_hashing: PasswordHashing::STANDARD,
+            hashing_limits: HashingLimits { concurrency: 2, queue: 32 },
             rate_limit: RateLimit { per_second: 1000, burst: 2000 },
+            peer_rate_limit: RateLimit { per_second: 20, burst: 40 },
+            execution_window: 100_000,
             call_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
             planted_bug: None,
@@ -154,6 +181,20 @@ impl PlatformConfig {
             && self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !ns_ok {
             return Err(format!("namespace {:?}: use letters, digits, '_' and '-'", self.namespace));
+        }
+        if self.jwt_secret.is_empty() {
+            return Err("jwt_secret: empty; every deployment needs its own secret key".into());
+        }
+        if self.hashing_limits.concurrency == 0 {
+            return Err("hashing_limits.concurrency: at least 1".into());
+        }
+        for (name, limit) in [("rate_limit", self.rate_limit), ("peer_rate_limit", self.peer_rate_limit)] {
+            if limit.per_second == 0 || limit.burst == 0 {
+                return Err(format!("{name}: per_second and burst must be at least 1"));
+            }
+        }
+        if self.execution_window == 0 {
+            return Err("execution_window: at least 1".into());
         }
         if self.instruments.is_empty() {
             return Err("instruments: at least one is needed".into());

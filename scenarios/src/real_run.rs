@@ -34,8 +34,13 @@ fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformCon
     cfg.nats_addr = target.nats.clone();
     cfg.redis_addr = target.redis.clone();
     cfg.namespace = target.namespace.clone().unwrap_or_else(|| format!("run-{run_id}"));
+    // Only this process's platform signs with it (and it dies with the run);
+    // with --gateway it is unused: the agents log in to the running platform.
+    cfg.jwt_secret = crate::real::random_secret();
     cfg.rate_limit.per_second = 1_000_000;
     cfg.rate_limit.burst = 1_000_000;
+    // Every agent registers and logs in from this one address.
+    cfg.peer_rate_limit = cfg.rate_limit;
     let ports = crate::real::free_ports(5 + scn.engine_shards.len());
     let host: std::net::IpAddr = [127, 0, 0, 1].into();
     cfg.addrs = fafnir_platform::config::ServiceAddrs {
@@ -72,8 +77,8 @@ pub async fn run(
     let cfg = platform_config(scn, &target, &run_id);
     let (deps, nats) = crate::real::connect(cfg).await?;
     let services = if target.gateway.is_none() {
-        let s = launch::spawn_all(&deps);
-        launch::wait_until_serving(&deps, Duration::from_secs(30)).await?;
+        let mut s = launch::spawn_all(&deps);
+        launch::wait_until_serving_or_stopped(&deps, &mut s, Duration::from_secs(30)).await?;
         s
     } else {
         Default::default()

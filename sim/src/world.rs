@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
 use fafnir_platform::domain::Instrument;
+use fafnir_platform::rng::SeededEntropy;
 use fafnir_platform::services::{launch, shutdown_on, Deps, ServiceKind};
 use madsim::runtime::{Handle, NodeHandle};
 use madsim::task::NodeId;
@@ -90,8 +91,9 @@ impl NetworkModel {
 
 impl WorldSpec {
     /// The platform of `PlatformConfig::local_default` with two engine shards
-    /// (ACME, GLOBX), simulated addresses, cheap password hashing and a
-    /// typical service-time model for every service.
+    /// (ACME, GLOBX), simulated addresses, a fixed JWT secret (a simulated
+    /// world has nothing to protect), cheap password hashing and a typical
+    /// service-time model for every service.
     pub fn standard(root_seed: u64) -> WorldSpec {
         let mut cfg = PlatformConfig::local_default();
         cfg.namespace = "sim".into();
@@ -100,6 +102,7 @@ impl WorldSpec {
         cfg.addrs = sim_addrs(cfg.engine_shards.len());
         cfg.nats_addr = BROKER.to_string();
         cfg.redis_addr = REDIS.to_string();
+        cfg.jwt_secret = "fafnir-simulation-only-secret".into();
         cfg.password_hashing = PasswordHashing::CHEAP;
         let service_time = ServiceKind::ALL.iter().map(|k| (k.name().to_string(), ServiceModel::typical())).collect();
         WorldSpec { root_seed, cfg, service_time, network: NetworkModel::LAN, buggify: false, network_buggify: false }
@@ -132,6 +135,7 @@ pub struct World {
     next_client: std::sync::atomic::AtomicU32,
     /// What the platform's fault points draw from when switched on.
     buggify_seed: u64,
+    root_seed: u64,
 }
 
 impl World {
@@ -193,7 +197,8 @@ impl World {
             }
         }
         let next_client = std::sync::atomic::AtomicU32::new(0);
-        World { handle, cfg, trace, nodes, network: spec.network, clock, slow, next_client, buggify_seed }
+        let root_seed = spec.root_seed;
+        World { handle, cfg, trace, nodes, network: spec.network, clock, slow, next_client, buggify_seed, root_seed }
     }
 
     fn node(&self, name: &str) -> NodeId {
@@ -389,7 +394,9 @@ impl World {
 
     /// Waits until every service accepts connections (call from a client node).
     pub async fn wait_serving(&self, timeout: Duration) {
-        let deps = Deps::new(self.cfg.clone(), Arc::new(self.bus()), Arc::new(self.kv()), Arc::new(self.clock));
+        let entropy = Arc::new(SeededEntropy::new(derive_seed(self.root_seed, "entropy.client")));
+        let deps =
+            Deps::new(self.cfg.clone(), Arc::new(self.bus()), Arc::new(self.kv()), Arc::new(self.clock), entropy);
         launch::wait_until_serving(&deps, timeout).await.unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -426,6 +433,10 @@ fn service_node(
 ) -> NodeHandle {
     let cfg = cfg.clone();
     let instance = name.to_string();
+    // One generator per instance for the whole run: a restarted service goes
+    // on drawing where its last incarnation stopped (fresh salts, as an OS's
+    // entropy would give), and the draws stay reproducible from the seed.
+    let entropy = Arc::new(SeededEntropy::new(derive_seed(root_seed, &format!("entropy.{name}"))));
     handle
         .create_node()
         .name(name)
@@ -434,9 +445,10 @@ fn service_node(
             let cfg = cfg.clone();
             let model = model.clone();
             let instance = instance.clone();
+            let entropy = entropy.clone();
             async move {
-                let mut deps =
-                    Deps::new(cfg, Arc::new(SimBus::new(BROKER)), Arc::new(SimKv::new(REDIS)), Arc::new(clock));
+                let (bus, kv) = (Arc::new(SimBus::new(BROKER)), Arc::new(SimKv::new(REDIS)));
+                let mut deps = Deps::new(cfg, bus, kv, Arc::new(clock), entropy);
                 if let Some((model, knob)) = model {
                     deps = deps.with_service_time(Arc::new(Modelled::new(model, root_seed, &instance, knob)));
                 }

@@ -1,12 +1,17 @@
 //! The gateway: the public API. Checks the JWT on every call but Register and
-//! Login, applies a per-user token-bucket rate limit, forwards to the services,
-//! and streams execution reports and market data from JetStream to clients.
-//! A user only ever sees and touches their own orders and account: the user id
-//! comes from the verified token, never from the request.
+//! Login, applies a per-user token-bucket rate limit (per peer address on
+//! Register and Login), bounds what a request may carry, forwards to the
+//! services, and streams execution reports and market data from JetStream to
+//! clients. A user only ever sees and touches their own orders and account:
+//! the user id comes from the verified token, never from the request.
+//!
+//! Every limit on client input is a constant here (or in [`auth`] and
+//! [`jwt`]), checked before the input is used, and listed in the README's
+//! "Limits and bad input" with what a client gets back.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt as _};
@@ -25,7 +30,51 @@ use crate::proto::market::market_client::MarketClient;
 use crate::proto::orders::orders_client::OrdersClient;
 use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::{auth, market, orders, portfolio};
-use crate::services::{channel, jwt, Deps, Follower, ServiceError, Shutdown, TaskGroup};
+use crate::services::{auth as auth_svc, channel, jwt, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
+
+mod buckets;
+mod window;
+
+use buckets::Buckets;
+use window::ExecutionWindow;
+
+/// All of a request's metadata (header names and values) the gateway accepts.
+pub const METADATA_BYTES_MAX: usize = 16 * 1024;
+/// An instrument symbol is 1 to 12 of A-Z and 0-9 (`Instrument::validate`).
+pub const SYMBOL_BYTES_MAX: usize = 12;
+/// A client order id, and a deposit's request id, at most.
+pub const CLIENT_ID_BYTES_MAX: usize = 64;
+/// Peer addresses whose Register/Login rate the gateway remembers at once.
+pub const PEER_BUCKETS_MAX: usize = 10_000;
+/// Users whose call rate the gateway remembers at once.
+pub const USER_BUCKETS_MAX: usize = 100_000;
+
+/// Refuses `text`, a client's `field`, when it is longer than `max` bytes.
+fn bounded(field: &str, text: &str, max: usize) -> Result<(), Status> {
+    if text.len() > max {
+        return Err(Status::invalid_argument(format!("{field}: at most {max} bytes (got {})", text.len())));
+    }
+    Ok(())
+}
+
+/// Refuses a request whose metadata is larger than [`METADATA_BYTES_MAX`].
+fn check_metadata<T>(req: &Request<T>) -> Result<(), Status> {
+    use tonic::metadata::KeyAndValueRef;
+    let bytes: usize = req
+        .metadata()
+        .iter()
+        .map(|kv| match kv {
+            KeyAndValueRef::Ascii(k, v) => k.as_str().len() + v.as_encoded_bytes().len(),
+            KeyAndValueRef::Binary(k, v) => k.as_str().len() + v.as_encoded_bytes().len(),
+        })
+        .sum();
+    if bytes > METADATA_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "request metadata: at most {METADATA_BYTES_MAX} bytes (got {bytes})"
+        )));
+    }
+    Ok(())
+}
 
 type SubscriberMap<T> = BTreeMap<u64, (Filter, mpsc::Sender<Result<T, Status>>)>;
 type Subscribers<T> = Arc<Mutex<SubscriberMap<T>>>;
@@ -36,11 +85,6 @@ enum Filter {
     Symbols(Vec<String>),
 }
 
-struct Bucket {
-    tokens_milli: u64,
-    last: Instant,
-}
-
 struct State {
     deps: Deps,
     auth: AuthClient<Channel>,
@@ -49,11 +93,15 @@ struct State {
     orders_mux: crate::rpc::Mux,
     portfolio: PortfolioClient<Channel>,
     market: MarketClient<Channel>,
-    buckets: Mutex<BTreeMap<u64, Bucket>>,
+    /// Per user, on every authenticated call.
+    buckets: Mutex<Buckets<u64>>,
+    /// Per peer address, on Register and Login.
+    peers: Mutex<Buckets<IpAddr>>,
     tokens: jwt::Verifier,
     executions: Subscribers<ExecutionReport>,
-    /// The last TRADES sequence fanned out; changed under the executions lock.
-    trades_cursor: AtomicU64,
+    /// Recent execution reports for resumed streams, and the last TRADES
+    /// sequence fanned out; changed only under the executions lock (taken first).
+    window: Mutex<ExecutionWindow>,
     market_data: Subscribers<MarketDataUpdate>,
     next_sub: Mutex<u64>,
 }
@@ -70,10 +118,11 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         orders_mux: crate::rpc::Mux::new(cfg.addrs.orders, t),
         portfolio: PortfolioClient::new(channel(cfg.addrs.portfolio, t)),
         market: MarketClient::new(channel(cfg.addrs.market, t)),
-        buckets: Mutex::new(BTreeMap::new()),
+        buckets: Mutex::new(Buckets::new(cfg.rate_limit, USER_BUCKETS_MAX)),
+        peers: Mutex::new(Buckets::new(cfg.peer_rate_limit, PEER_BUCKETS_MAX)),
         tokens: jwt::Verifier::new(&cfg.jwt_secret),
         executions: Arc::default(),
-        trades_cursor: AtomicU64::new(0),
+        window: Mutex::new(ExecutionWindow::new(0, cfg.execution_window)),
         market_data: Arc::default(),
         next_sub: Mutex::new(0),
         deps: deps.clone(),
@@ -85,9 +134,13 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         let last = deps.bus.last_on_subject(&names.trades_stream(), &names.trades_of(&inst.symbol)).await?;
         start = start.max(last.map_or(0, |m| m.seq));
     }
+    // Resumes must find what was reported before this gateway started (a
+    // client reconnecting after a restart): read the window back first.
+    let window = load_window(&state, start).await?;
+    tracing::info!(floor = window.floor(), cursor = window.cursor(), "execution window read back");
+    *state.window.lock().expect("window lock") = window;
     let trades =
         Follower::open_after(&deps, names.trades_stream(), names.trades_all(), start, shutdown.clone()).await?;
-    state.trades_cursor.store(start, Ordering::Relaxed);
     let md = follow(names.md_stream(), names.md_all()).await?;
     let settled = follow(names.ledger_stream(), names.ledger("settled")).await?;
     let mut tasks = TaskGroup::default();
@@ -97,7 +150,8 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
     let addr = cfg.addrs.gateway;
     tracing::info!(%addr, "gateway serving");
-    let service = GatewayServer::new(GatewaySvc { state });
+    let service =
+        GatewayServer::new(GatewaySvc { state }).max_decoding_message_size(crate::services::MESSAGE_BYTES_MAX);
     let server =
         crate::services::grpc_server().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
     tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
@@ -117,11 +171,36 @@ fn send_locked<T: Clone>(subs: &mut SubscriberMap<T>, wants: impl Fn(&Filter) ->
     });
 }
 
+/// The execution window as of TRADES sequence `through`: the reports of the
+/// last `execution_window` messages up to it (fewer when the stream is shorter).
+async fn load_window(state: &State, through: u64) -> Result<ExecutionWindow, ServiceError> {
+    const BATCH: usize = 1024;
+    let max = state.deps.cfg.execution_window;
+    let names = state.deps.cfg.names();
+    let (stream, filter) = (names.trades_stream(), names.trades_all());
+    let mut window = ExecutionWindow::new(through.saturating_sub(max as u64), max);
+    let mut next = window.floor() + 1;
+    while next <= through {
+        let batch = state.deps.bus.read(&stream, &filter, next, BATCH, std::time::Duration::ZERO).await?;
+        for m in batch.iter().take_while(|m| m.seq <= through) {
+            match crate::services::decode::<EngineEvent>(&stream, m.seq, &m.payload) {
+                Ok(e) => window.record(m.seq, &execution_reports(state, &e, m.seq)),
+                Err(e) => tracing::error!(error = %e, "undecodable message skipped"),
+            }
+        }
+        match batch.last() {
+            Some(last) if batch.len() == BATCH => next = last.seq + 1,
+            _ => break,
+        }
+    }
+    Ok(window)
+}
+
 async fn fan_out_trades(state: Arc<State>, mut trades: Follower) {
     while let Some((seq, event)) = trades.next::<EngineEvent>().await {
         let reports = execution_reports(&state, &event, seq);
         let mut subs = state.executions.lock().expect("subscribers lock");
-        state.trades_cursor.store(seq, Ordering::Relaxed);
+        state.window.lock().expect("window lock").record(seq, &reports);
         for (account, report) in reports {
             send_locked(&mut subs, |f| matches!(f, Filter::Account(a) if *a == account), report);
         }
@@ -224,6 +303,10 @@ impl GatewaySvc {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization header must be 'Bearer <token>'"))?;
+        if token.len() > jwt::TOKEN_BYTES_MAX {
+            return Err(Status::unauthenticated(format!("invalid token: {}", jwt::JwtError::TooLong)));
+        }
+        check_metadata(req)?;
         let claims = self
             .state
             .tokens
@@ -234,19 +317,28 @@ impl GatewaySvc {
     }
 
     fn rate_limit(&self, user: u64) -> Result<(), Status> {
-        let limit = self.state.deps.cfg.rate_limit;
-        let now = Instant::now();
-        let mut buckets = self.state.buckets.lock().expect("buckets lock");
-        let burst_milli = u64::from(limit.burst) * 1000;
-        let b = buckets.entry(user).or_insert(Bucket { tokens_milli: burst_milli, last: now });
-        let refill = now.duration_since(b.last).as_millis() as u64 * u64::from(limit.per_second);
-        b.tokens_milli = (b.tokens_milli + refill).min(burst_milli);
-        b.last = now;
-        if b.tokens_milli < 1000 {
-            return Err(Status::resource_exhausted(format!("rate limit: {} requests per second", limit.per_second)));
+        if self.state.buckets.lock().expect("buckets lock").take(user, Instant::now()) {
+            return Ok(());
         }
-        b.tokens_milli -= 1000;
-        Ok(())
+        let limit = self.state.deps.cfg.rate_limit;
+        Err(Status::resource_exhausted(format!("rate limit: {} requests per second", limit.per_second)))
+    }
+
+    /// What Register and Login check before anything else: the caller's
+    /// address has not called them too often, and the request's metadata,
+    /// username and password are not larger than any valid one.
+    fn anonymous<T>(&self, req: &Request<T>, username: &str, password: &str) -> Result<(), Status> {
+        // Without an address (never over TCP) every such caller shares one bucket.
+        let peer = req.remote_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        if !self.state.peers.lock().expect("peers lock").take(peer, Instant::now()) {
+            let limit = self.state.deps.cfg.peer_rate_limit;
+            return Err(Status::resource_exhausted(format!(
+                "rate limit: {} Register or Login calls per second from one address",
+                limit.per_second
+            )));
+        }
+        check_metadata(req)?;
+        auth_svc::check_lengths(username, password)
     }
 
     fn next_subscriber(&self) -> u64 {
@@ -261,30 +353,13 @@ impl GatewaySvc {
         subs.lock().expect("subscribers lock").insert(id, (filter, tx));
         rx
     }
-
-    /// `user`'s fill and close reports of TRADES after `after` up to `through`.
-    async fn missed_reports(&self, user: UserId, after: u64, through: u64) -> Result<Vec<ExecutionReport>, Status> {
-        let names = self.state.deps.cfg.names();
-        let stream = names.trades_stream();
-        let msgs = crate::bus::read_to_end(self.state.deps.bus.as_ref(), &stream, &names.trades_all(), after + 1)
-            .await
-            .map_err(crate::services::bus_status)?;
-        let mut out = Vec::new();
-        for m in msgs.iter().take_while(|m| m.seq <= through) {
-            let e: EngineEvent =
-                crate::services::decode(&stream, m.seq, &m.payload).map_err(|e| Status::internal(e.to_string()))?;
-            out.extend(
-                execution_reports(&self.state, &e, m.seq).into_iter().filter(|(a, _)| *a == user.0).map(|(_, r)| r),
-            );
-        }
-        Ok(out)
-    }
 }
 
 #[tonic::async_trait]
 impl Gateway for GatewaySvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
         self.state.deps.work("gateway.register").await;
+        self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
         let r = req.into_inner();
         let reply = self
             .state
@@ -298,6 +373,7 @@ impl Gateway for GatewaySvc {
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         self.state.deps.work("gateway.login").await;
+        self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
         let r = req.into_inner();
         let reply = self
             .state
@@ -313,6 +389,8 @@ impl Gateway for GatewaySvc {
         self.state.deps.work("gateway.deposit").await;
         let user = self.caller(&req)?;
         let r = req.into_inner();
+        bounded("request_id", &r.request_id, CLIENT_ID_BYTES_MAX)?;
+        bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
         let call = portfolio::DepositRequest {
             account_id: user.0,
             cents: r.cents,
@@ -327,6 +405,8 @@ impl Gateway for GatewaySvc {
         self.state.deps.work("gateway.submit_order").await;
         let user = self.caller(&req)?;
         let r = req.into_inner();
+        bounded("client_order_id", &r.client_order_id, CLIENT_ID_BYTES_MAX)?;
+        bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
         let call = orders::SubmitRequest {
             user_id: user.0,
             client_order_id: r.client_order_id,
@@ -381,6 +461,7 @@ impl Gateway for GatewaySvc {
         self.state.deps.work("gateway.get_quote").await;
         self.caller(&req)?;
         let symbol = req.into_inner().symbol;
+        bounded("symbol", &symbol, SYMBOL_BYTES_MAX)?;
         self.state.market.clone().get_quote(market::GetQuoteRequest { symbol }).await
     }
 
@@ -388,6 +469,7 @@ impl Gateway for GatewaySvc {
         self.state.deps.work("gateway.get_candles").await;
         self.caller(&req)?;
         let r = req.into_inner();
+        bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
         let reply = self
             .state
             .market
@@ -407,18 +489,19 @@ impl Gateway for GatewaySvc {
         self.state.deps.work("gateway.stream_executions").await;
         let user = self.caller(&req)?;
         let after = req.into_inner().after_cursor;
-        // Subscribed and the cursor read together: live reports are exactly those after it.
-        let (rx, cursor) = {
+        // Subscribed, the cursor read and the missed reports taken together:
+        // live reports are exactly those after the cursor.
+        let (rx, cursor, missed) = {
             let mut subs = self.state.executions.lock().expect("subscribers lock");
+            let window = self.state.window.lock().expect("window lock");
+            let cursor = window.cursor();
+            let missed = if after != 0 && after < cursor { window.after(user.0, after)? } else { Vec::new() };
             let (tx, rx) = mpsc::channel(4096);
             subs.insert(self.next_subscriber(), (Filter::Account(user.0), tx));
-            (rx, self.state.trades_cursor.load(Ordering::Relaxed))
+            (rx, cursor, missed)
         };
         let opening = ExecutionReport { cursor: after.max(cursor), ..ExecutionReport::default() };
-        let mut first = vec![Ok(opening)];
-        if after != 0 && after < cursor {
-            first.extend(self.missed_reports(user, after, cursor).await?.into_iter().map(Ok));
-        }
+        let first = std::iter::once(opening).chain(missed).map(Ok).collect::<Vec<_>>();
         Ok(Response::new(Box::pin(futures::stream::iter(first).chain(receiver_stream(rx)))))
     }
 
@@ -431,9 +514,14 @@ impl Gateway for GatewaySvc {
         self.state.deps.work("gateway.stream_market_data").await;
         self.caller(&req)?;
         let symbols = req.into_inner().symbols;
+        // Every symbol once at most (a repeat changes nothing): as many as there are instruments.
+        let most = self.state.deps.cfg.instruments.len();
+        if symbols.len() > most {
+            return Err(Status::invalid_argument(format!("symbols: at most {most} (got {})", symbols.len())));
+        }
         for s in &symbols {
             if self.state.deps.cfg.instrument(s).is_none() {
-                return Err(Status::invalid_argument(format!("symbols: unknown symbol {}", crate::services::shown(s))));
+                return Err(Status::invalid_argument(format!("symbols: unknown symbol {}", shown(s))));
             }
         }
         let rx = self.subscribe(&self.state.market_data, Filter::Symbols(symbols));

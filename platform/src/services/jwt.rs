@@ -29,9 +29,15 @@ impl Claims {
     }
 }
 
+/// The longest token accepted. Ours are about 150 bytes; a longer one is
+/// refused before it is decoded, looked up or remembered.
+pub const TOKEN_BYTES_MAX: usize = 4096;
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
+    #[error("token longer than {TOKEN_BYTES_MAX} bytes")]
+    TooLong,
     #[error("malformed token")]
     Malformed,
     #[error("bad token signature")]
@@ -59,6 +65,9 @@ pub fn issue(secret: &str, claims: &Claims) -> String {
 
 /// Checks the signature (in constant time) and the expiry against `now_s`.
 pub fn verify(secret: &str, token: &str, now_s: i64) -> Result<Claims, JwtError> {
+    if token.len() > TOKEN_BYTES_MAX {
+        return Err(JwtError::TooLong);
+    }
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -103,6 +112,9 @@ impl Verifier {
 
     /// As [`verify`], for the verifier's secret.
     pub fn verify(&self, token: &str, now_s: i64) -> Result<Claims, JwtError> {
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(JwtError::TooLong);
+        }
         let known = self.verified.lock().expect("verified lock").get(token).cloned();
         let claims = match known {
             Some(claims) => claims,
@@ -148,6 +160,9 @@ mod tests {
         assert_eq!(verify("other", &token, 999), Err(JwtError::BadSignature));
         assert_eq!(verify("k", &token, 1_000), Err(JwtError::Expired));
         assert_eq!(verify("k", "abc", 0), Err(JwtError::Malformed));
+        let huge = format!("{token}{}", "A".repeat(TOKEN_BYTES_MAX));
+        assert_eq!(verify("k", &huge, 999), Err(JwtError::TooLong));
+        assert_eq!(Verifier::new("k").verify(&huge, 999), Err(JwtError::TooLong));
         // A payload swapped for another user's, keeping the old signature.
         let forged_payload = URL_SAFE_NO_PAD.encode(r#"{"sub":1,"role":3,"exp":99999}"#);
         let mut parts: Vec<&str> = token.split('.').collect();

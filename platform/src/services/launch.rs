@@ -123,6 +123,35 @@ pub fn spawn_all(deps: &Deps) -> BTreeMap<String, ServiceHandle> {
     all
 }
 
+/// As [`wait_until_serving`], but ends as soon as one of `services` (what
+/// [`spawn_all`] started) stops, with its own error — a port already in use,
+/// a configuration refused — rather than waiting out `timeout` to say only
+/// that it is not serving. The stopped service is removed from `services`.
+pub async fn wait_until_serving_or_stopped(
+    deps: &Deps,
+    services: &mut BTreeMap<String, ServiceHandle>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let stopped = async {
+        loop {
+            if let Some(name) = services.iter().find(|(_, h)| h.is_finished()).map(|(n, _)| n.clone()) {
+                return name;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let name = tokio::select! {
+        biased;
+        name = stopped => name,
+        serving = wait_until_serving(deps, timeout) => return serving,
+    };
+    let handle = services.remove(&name).expect("found above");
+    Err(match handle.join().await {
+        Ok(()) => format!("{name} stopped before it served"),
+        Err(e) => format!("{name} stopped before it served: {e}"),
+    })
+}
+
 /// Waits until every service of the deployment accepts connections.
 pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
     let a = &deps.cfg.addrs;

@@ -34,13 +34,31 @@ pub struct Deps {
     pub kv: Arc<dyn Kv>,
     /// The time of day (system clock for real, simulated time in the world).
     pub clock: Arc<dyn Clock>,
+    /// Random bytes for secrets (password salts): the OS's for real, a
+    /// generator seeded from the root seed in the world.
+    pub entropy: Arc<dyn Entropy>,
     /// None for real: real work takes real time.
     pub service_time: Option<Arc<dyn ServiceTime>>,
 }
 
+/// Where random bytes come from. The platform never reads OS randomness
+/// itself (the simulation must replay bit for bit): a real deployment hands
+/// in the OS's (`fafnir_scenarios::real::OsEntropy`), the world a seeded
+/// generator ([`crate::rng::SeededEntropy`]).
+pub trait Entropy: Send + Sync + 'static {
+    /// Fills `buf` with random bytes.
+    fn fill(&self, buf: &mut [u8]);
+}
+
 impl Deps {
-    pub fn new(cfg: Arc<PlatformConfig>, bus: Arc<dyn EventBus>, kv: Arc<dyn Kv>, clock: Arc<dyn Clock>) -> Deps {
-        Deps { cfg, bus, kv, clock, service_time: None }
+    pub fn new(
+        cfg: Arc<PlatformConfig>,
+        bus: Arc<dyn EventBus>,
+        kv: Arc<dyn Kv>,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+    ) -> Deps {
+        Deps { cfg, bus, kv, clock, entropy, service_time: None }
     }
 
     pub fn with_service_time(mut self, model: Arc<dyn ServiceTime>) -> Deps {
@@ -455,10 +473,22 @@ pub(crate) fn close_reason_from_proto(v: i32) -> CloseReason {
     }
 }
 
+/// The largest request message a public service (gateway, auth) decodes;
+/// a larger one is refused by tonic with OUT_OF_RANGE. Every valid request
+/// is far smaller (see the README's "Limits and bad input").
+pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
+
+/// The largest header list (all of a request's metadata, HPACK-decoded) the
+/// HTTP/2 layer accepts. Far above what the gateway then accepts (a 4 KiB
+/// token, 16 KiB of metadata) so that an oversized request reaches the
+/// handler and gets a gRPC status that says what was too large, instead of
+/// the connection error HTTP/2 gives beyond this.
+pub const HEADER_LIST_BYTES_MAX: u32 = 2 << 20;
+
 /// The gRPC server every service runs, with the platform's limits on what a
-/// request may carry (see the README's "How an order flows").
+/// request may carry (see the README's "Limits and bad input").
 pub fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+    tonic::transport::Server::builder().http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
 }
 
 /// A lazily connected gRPC channel to `addr`.

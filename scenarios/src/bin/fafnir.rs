@@ -195,9 +195,14 @@ struct Common {
     /// Ports from here: gateway, auth, market, orders, portfolio, then each engine shard.
     #[arg(long, default_value_t = 50051)]
     base_port: u16,
-    /// HMAC key of the JWTs (every service of a deployment must share it).
-    #[arg(long, env = "FAFNIR_JWT_SECRET")]
+    /// HMAC key of the JWTs: required, at least 32 bytes, the same for every
+    /// service of a deployment (make one with `openssl rand -hex 32`). Prefer
+    /// --jwt-secret-file: a command line is visible to every user of the machine.
+    #[arg(long, env = "FAFNIR_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// A file holding the JWT secret (a trailing newline is ignored).
+    #[arg(long, env = "FAFNIR_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -284,22 +289,35 @@ mod real_main {
     use fafnir_platform::services::{launch, shutdown_on, ServiceKind};
     use std::time::Duration;
 
-    fn config(c: &Common) -> PlatformConfig {
+    fn config(c: &Common) -> Result<PlatformConfig, String> {
         let mut cfg = PlatformConfig::local_default();
         cfg.nats_addr = c.nats.clone();
         cfg.redis_addr = c.redis.clone();
         cfg.namespace = c.namespace.clone();
         cfg.addrs = ServiceAddrs::local(c.host, c.base_port, cfg.engine_shards.len());
-        if let Some(secret) = &c.jwt_secret {
-            cfg.jwt_secret = secret.clone();
-        }
-        cfg
+        cfg.jwt_secret = fafnir_scenarios::real::jwt_secret(c.jwt_secret.clone(), c.jwt_secret_file.as_deref())?;
+        Ok(cfg)
+    }
+
+    /// Every service of the deployment with its address.
+    fn listen_addrs(cfg: &PlatformConfig) -> Vec<(String, std::net::SocketAddr)> {
+        let a = &cfg.addrs;
+        let mut all = vec![
+            ("gateway".to_string(), a.gateway),
+            ("auth".to_string(), a.auth),
+            ("market".to_string(), a.market),
+            ("orders".to_string(), a.orders),
+            ("portfolio".to_string(), a.portfolio),
+        ];
+        all.extend(a.engines.iter().enumerate().map(|(i, e)| (format!("engine-{i}"), *e)));
+        all
     }
 
     pub async fn up(c: Common) -> Result<(), String> {
-        let (deps, _) = fafnir_scenarios::real::connect(config(&c)).await?;
+        let (deps, _) = fafnir_scenarios::real::connect(config(&c)?).await?;
+        fafnir_scenarios::real::check_can_listen(&listen_addrs(&deps.cfg))?;
         let mut services = launch::spawn_all(&deps);
-        launch::wait_until_serving(&deps, Duration::from_secs(30)).await?;
+        launch::wait_until_serving_or_stopped(&deps, &mut services, Duration::from_secs(30)).await?;
         let a = &deps.cfg.addrs;
         println!(
             "fafnir is up (namespace {:?}; NATS {}, Redis {})",
@@ -336,7 +354,13 @@ mod real_main {
         let kind = ServiceKind::parse(service).ok_or_else(|| {
             format!("unknown service {service:?}: expected one of gateway, auth, market, orders, engine, portfolio")
         })?;
-        let (deps, _) = fafnir_scenarios::real::connect(config(&c)).await?;
+        let cfg = config(&c)?;
+        let name = if kind == ServiceKind::Engine { format!("engine-{shard}") } else { service.to_string() };
+        let Some(addr) = listen_addrs(&cfg).into_iter().find(|(n, _)| *n == name) else {
+            return Err(format!("engine shard {shard} does not exist: there are {}", cfg.engine_shards.len()));
+        };
+        let (deps, _) = fafnir_scenarios::real::connect(cfg).await?;
+        fafnir_scenarios::real::check_can_listen(&[addr])?;
         let shutdown = shutdown_on(async {
             let _ = tokio::signal::ctrl_c().await;
         });

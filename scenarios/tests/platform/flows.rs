@@ -684,3 +684,156 @@ pub async fn the_broker_and_redis_restart_mid_trading(p: &dyn Platform) {
         }
     }
 }
+
+/// Two users with one password get two salts, so two hashes; both log in,
+/// before and after auth restarts and rebuilds its users from USERS.
+pub async fn passwords_are_salted_per_user_and_survive_an_auth_restart(p: &dyn Platform) {
+    let (mut olga, mut otto) = (user(p, "olga").await, user(p, "otto").await);
+    let stream = p.cfg().names().users_stream();
+    let bus = p.bus();
+    let msgs =
+        eventually("USERS to be readable", || async { read_to_end(bus.as_ref(), &stream, "", 1).await.ok() }).await;
+    let hashes: BTreeMap<String, String> = msgs
+        .iter()
+        .map(|m| {
+            let u: fafnir_platform::proto::events::UserRegistered =
+                prost::Message::decode(&m.payload[..]).expect("user registered");
+            (u.username, u.password_hash)
+        })
+        .collect();
+    let salt = |hash: &str| hash.split('$').nth(4).expect("a PHC string").to_string();
+    let (a, b) = (&hashes["olga"], &hashes["otto"]);
+    assert!(a.starts_with("$argon2id$") && b.starts_with("$argon2id$"), "{a} {b}");
+    assert_ne!(salt(a), salt(b), "a salt per user");
+    assert_ne!(a, b, "the same password, two hashes");
+    assert!(!a.contains(PASSWORD) && !b.contains(PASSWORD));
+
+    p.kill("auth").await;
+    p.start("auth").await;
+    for (name, c) in [("olga", &mut olga), ("otto", &mut otto)] {
+        eventually(&format!("{name} to log in after the restart"), || {
+            let mut fresh = Client::new(p.gateway());
+            async move { fresh.login(name, PASSWORD).await.ok() }
+        })
+        .await;
+        let wrong = c.login(name, "not the password").await.unwrap_err();
+        assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong}");
+    }
+}
+
+/// What `account` is told of TRADES (fills and closes), as the gateway
+/// derives it: (cursor, order id, "fill" or "closed"), in stream order.
+pub async fn reports_in_trades(p: &dyn Platform, account: u64) -> Vec<(u64, u64, &'static str)> {
+    let stream = p.cfg().names().trades_stream();
+    let bus = p.bus();
+    let msgs =
+        eventually("TRADES to be readable", || async { read_to_end(bus.as_ref(), &stream, "", 1).await.ok() }).await;
+    let mut out = Vec::new();
+    for m in msgs {
+        let e: EngineEvent = prost::Message::decode(&m.payload[..]).expect("engine event");
+        match e.kind {
+            Some(engine_event::Kind::Fill(f)) => {
+                for (a, order) in [(f.maker_account, f.maker_order), (f.taker_account, f.taker_order)] {
+                    if a == account {
+                        out.push((m.seq, order, "fill"));
+                    }
+                }
+            }
+            Some(engine_event::Kind::Closed(c)) if c.account == account => out.push((m.seq, c.order_id, "closed")),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The fill and close reports a stream delivers, until `n` have come.
+async fn next_reports(
+    stream: &mut tonic::Streaming<fafnir_platform::proto::gateway::ExecutionReport>,
+    n: usize,
+) -> Vec<(u64, u64, &'static str)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a report in time")
+            .expect("the stream stays open")
+            .expect("the stream stays open");
+        match r.kind {
+            Some(execution_report::Kind::Fill(_)) => out.push((r.cursor, r.order_id, "fill")),
+            Some(execution_report::Kind::Closed(_)) => out.push((r.cursor, r.order_id, "closed")),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A client whose stream broke resumes, after the gateway restarted, with
+/// its last cursor: it is sent exactly what it missed, in order, once, though
+/// the reports predate the new gateway (which reads its window back at start).
+pub async fn a_resumed_stream_gets_what_it_missed_across_a_gateway_restart(p: &dyn Platform) {
+    let (kim, lee) = (user(p, "kim").await, user(p, "lee").await);
+    kim.deposit_cash(1_000_000, "k").await.unwrap();
+    lee.deposit_shares("ACME", 100, "l").await.unwrap();
+    let mut live = kim.executions().await.unwrap();
+    lee.submit(&OrderSpec::limit("s1", "ACME", Side::Sell, 1_000, 10)).await.unwrap();
+    let b1 = kim.submit(&OrderSpec::limit("b1", "ACME", Side::Buy, 1_000, 10)).await.unwrap();
+    let first = next_reports(&mut live, 1).await;
+    assert_eq!((first[0].1, first[0].2), (b1.order_id, "fill"));
+    let cursor = first[0].0;
+    drop(live);
+
+    // Kim is away: two more trades, one with a remainder canceled.
+    lee.submit(&OrderSpec::limit("s2", "ACME", Side::Sell, 1_000, 5)).await.unwrap();
+    let b2 = kim.submit(&OrderSpec::limit("b2", "ACME", Side::Buy, 1_000, 5)).await.unwrap();
+    lee.submit(&OrderSpec::limit("s3", "ACME", Side::Sell, 1_010, 5)).await.unwrap();
+    let b3 = kim.submit(&OrderSpec::limit("b3", "ACME", Side::Buy, 1_010, 8).with_type(OrderType::Ioc)).await.unwrap();
+    order_reaches(&kim, b2.order_id, OrderStatus::Filled).await;
+    order_reaches(&kim, b3.order_id, OrderStatus::Canceled).await;
+    wait_engine_caught_up(p).await;
+    let missed: Vec<_> = reports_in_trades(p, kim.user_id).await.into_iter().filter(|r| r.0 > cursor).collect();
+    let orders: Vec<_> = missed.iter().map(|r| (r.1, r.2)).collect();
+    assert_eq!(orders, [(b2.order_id, "fill"), (b3.order_id, "fill"), (b3.order_id, "closed")]);
+
+    p.kill("gateway").await;
+    p.start("gateway").await;
+    let mut resumed = eventually("the gateway back", || async { kim.executions_after(cursor).await.ok() }).await;
+    assert_eq!(next_reports(&mut resumed, missed.len()).await, missed, "exactly what was missed, in order");
+    // Nothing more: a trade of lee's alone is not kim's, and comes after.
+    let other = user(p, "other").await;
+    other.deposit_cash(100_000, "o").await.unwrap();
+    lee.submit(&OrderSpec::limit("s4", "ACME", Side::Sell, 1_000, 1)).await.unwrap();
+    other.submit(&OrderSpec::limit("o1", "ACME", Side::Buy, 1_000, 1)).await.unwrap();
+    let b5 = kim.submit(&OrderSpec::limit("b5", "ACME", Side::Buy, 900, 1)).await.unwrap();
+    kim.cancel(b5.order_id).await.unwrap();
+    let next = next_reports(&mut resumed, 1).await;
+    assert_eq!((next[0].1, next[0].2), (b5.order_id, "closed"), "no report twice, none of another's");
+}
+
+/// Needs a platform whose execution window holds 4 reports: a cursor older
+/// than the window is refused with a status that says what to do, and one
+/// inside it still gets exactly what follows.
+pub async fn a_cursor_older_than_the_window_is_refused(p: &dyn Platform) {
+    assert_eq!(p.cfg().execution_window, 4);
+    let (mia, ned) = (user(p, "mia").await, user(p, "ned").await);
+    mia.deposit_cash(1_000_000, "m").await.unwrap();
+    ned.deposit_shares("ACME", 100, "n").await.unwrap();
+    for i in 0..4 {
+        ned.submit(&OrderSpec::limit(&format!("s{i}"), "ACME", Side::Sell, 1_000, 1)).await.unwrap();
+        let b = mia.submit(&OrderSpec::limit(&format!("b{i}"), "ACME", Side::Buy, 1_000, 1)).await.unwrap();
+        order_reaches(&mia, b.order_id, OrderStatus::Filled).await;
+    }
+    wait_engine_caught_up(p).await;
+    let (mias, neds) = (reports_in_trades(p, mia.user_id).await, reports_in_trades(p, ned.user_id).await);
+    assert_eq!((mias.len(), neds.len()), (4, 4), "one fill report each per trade");
+    // The window holds the last 4 of the 8 reports: those of the last two trades.
+    // A resume after the second trade needs only those: served. One after the
+    // first needs the second's too, which left the window: refused.
+    let mut resumed = mia.executions_after(mias[1].0).await.unwrap();
+    assert_eq!(next_reports(&mut resumed, 2).await, mias[2..].to_vec());
+    let err = mia.executions_after(mias[0].0).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert!(err.message().contains("ListOrders") && err.message().contains("after_cursor 0"), "{err}");
+    let fresh = mia.executions_after(0).await.unwrap().message().await.unwrap().unwrap();
+    assert!(fresh.cursor >= mias[3].0, "after_cursor 0 always opens, from now");
+    assert_eq!(mia.orders().await.unwrap().len(), 4, "what a refused client reads instead");
+}

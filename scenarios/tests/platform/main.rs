@@ -14,6 +14,8 @@ mod flows;
 mod hostile;
 #[cfg(not(madsim))]
 mod real;
+#[cfg(not(madsim))]
+mod security;
 #[cfg(madsim)]
 mod sim;
 

@@ -21,7 +21,7 @@ use fafnir_scenarios::servers::{NatsServer, RedisServer};
 
 use crate::{flows, Platform};
 
-fn test_config(test: &str) -> PlatformConfig {
+pub(crate) fn test_config(test: &str) -> PlatformConfig {
     let mut cfg = PlatformConfig::local_default();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     cfg.namespace = format!("t-{test}-{}-{nanos}", std::process::id());
@@ -38,10 +38,12 @@ fn test_config(test: &str) -> PlatformConfig {
     };
     cfg.password_hashing = PasswordHashing::CHEAP;
     cfg.jwt_secret = format!("secret-{test}");
+    // Every client of a test calls from 127.0.0.1.
+    cfg.peer_rate_limit = fafnir_platform::config::RateLimit { per_second: 10_000, burst: 10_000 };
     cfg
 }
 
-struct RealPlatform {
+pub(crate) struct RealPlatform {
     deps: Deps,
     nats: Arc<NatsBus>,
     services: Arc<Mutex<BTreeMap<String, ServiceHandle>>>,
@@ -58,11 +60,11 @@ fn parse_instance(instance: &str) -> (ServiceKind, usize) {
 }
 
 impl RealPlatform {
-    async fn start(test: &str) -> RealPlatform {
+    pub(crate) async fn start(test: &str) -> RealPlatform {
         RealPlatform::start_with(test_config(test)).await
     }
 
-    async fn start_with(cfg: PlatformConfig) -> RealPlatform {
+    pub(crate) async fn start_with(cfg: PlatformConfig) -> RealPlatform {
         let (deps, nats) =
             fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
         let services = Arc::new(Mutex::new(launch::spawn_all(&deps)));
@@ -99,7 +101,7 @@ impl RealPlatform {
         launch::wait_until_serving(&self.deps, Duration::from_secs(30)).await.expect("platform serving");
     }
 
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         let services = std::mem::take(&mut *self.services.lock().unwrap());
         for (name, h) in &services {
             assert!(!h.is_finished(), "{name} died during the test");
@@ -200,6 +202,8 @@ real_flows!(
     market_data_streams_candles_and_roles,
     a_whole_platform_restart_replays_what_the_portfolio_did,
     hostile_requests_are_refused_without_effect,
+    passwords_are_salted_per_user_and_survive_an_auth_restart,
+    a_resumed_stream_gets_what_it_missed_across_a_gateway_restart,
 );
 
 /// Flows that kill and restart nats-server and redis-server: on servers of their own.
@@ -232,6 +236,7 @@ async fn the_rate_limit_is_per_user() {
 fn fafnir_up_names_the_unreachable_server() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
         .args(["up", "--nats", "127.0.0.1:1", "--base-port", "1"])
+        .env("FAFNIR_JWT_SECRET", "a-test-secret-of-at-least-32-bytes")
         .output()
         .expect("run fafnir");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -243,4 +248,13 @@ fn fafnir_up_names_the_unreachable_server() {
         .expect("run fafnir");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown service \"nonsense\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_window_is_refused() {
+    let mut cfg = test_config("window");
+    cfg.execution_window = 4;
+    let p = RealPlatform::start_with(cfg).await;
+    flows::a_cursor_older_than_the_window_is_refused(&p).await;
+    p.cleanup().await;
 }

@@ -175,6 +175,8 @@ sim_flows!(
     a_whole_platform_restart_replays_what_the_portfolio_did,
     the_broker_and_redis_restart_mid_trading,
     hostile_requests_are_refused_without_effect,
+    passwords_are_salted_per_user_and_survive_an_auth_restart,
+    a_resumed_stream_gets_what_it_missed_across_a_gateway_restart,
 );
 
 #[madsim::test]
@@ -184,6 +186,42 @@ async fn the_rate_limit_is_per_user() {
         s
     };
     run(spec, |p| async move { flows::the_rate_limit_is_per_user(p.as_ref()).await }).await;
+}
+
+#[madsim::test]
+async fn a_cursor_older_than_the_window_is_refused() {
+    let spec = |mut s: WorldSpec| {
+        s.cfg.execution_window = 4;
+        s
+    };
+    run(spec, |p| async move { flows::a_cursor_older_than_the_window_is_refused(p.as_ref()).await }).await;
+}
+
+/// madsim-tonic tells the gateway each caller's address too: one client
+/// node spends its Register/Login burst, another keeps its own.
+#[madsim::test]
+async fn register_and_login_are_rate_limited_per_address() {
+    let mut spec = WorldSpec::standard(madsim::runtime::Handle::current().seed());
+    spec.cfg.peer_rate_limit = fafnir_platform::config::RateLimit { per_second: 1, burst: 3 };
+    let world = Arc::new(World::build(spec));
+    let login = |node: madsim::runtime::NodeHandle, world: Arc<World>, times: usize| async move {
+        node.spawn(async move {
+            world.wait_serving(Duration::from_secs(30)).await;
+            let mut client = fafnir_scenarios::client::Client::new(world.cfg.addrs.gateway);
+            let mut codes = Vec::new();
+            for _ in 0..times {
+                codes.push(client.login("nobody", "a wrong password").await.unwrap_err().code());
+            }
+            codes
+        })
+        .await
+        .expect("the client ran to its end")
+    };
+    let busy = login(world.client_node("busy"), world.clone(), 5).await;
+    use tonic::Code::{ResourceExhausted, Unauthenticated};
+    assert_eq!(busy, [Unauthenticated, Unauthenticated, Unauthenticated, ResourceExhausted, ResourceExhausted]);
+    let calm = login(world.client_node("calm"), world.clone(), 1).await;
+    assert_eq!(calm, [Unauthenticated], "another address has its own bucket");
 }
 
 /// The two-user flow of `flows::restarts_and_a_redis_wipe_change_nothing`
