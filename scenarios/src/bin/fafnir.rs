@@ -341,7 +341,11 @@ mod real_main {
                 for (_, h) in services {
                     h.stop(Duration::from_secs(2)).await;
                 }
-                return Err(format!("{name} stopped: {outcome:?}"));
+                let why = match outcome {
+                    Ok(()) => "it ended by itself".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(format!("{name} stopped: {why}"));
             }
         }
         for (_, h) in services {

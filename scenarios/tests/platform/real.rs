@@ -258,3 +258,37 @@ async fn a_cursor_older_than_the_window_is_refused() {
     flows::a_cursor_older_than_the_window_is_refused(&p).await;
     p.cleanup().await;
 }
+
+/// A stream holding an event the portfolio cannot apply (here written by
+/// hand: a deposit of no cash, then bytes that are no event) stops the
+/// portfolio at start with the event's place and the reason, once, instead
+/// of a panic that a supervisor would meet again on every restart.
+#[tokio::test]
+async fn an_event_the_portfolio_cannot_apply_is_named() {
+    use fafnir_platform::proto::events::{ledger_event, Deposited, LedgerEvent};
+    use prost::Message;
+    let cfg = test_config("poisoned");
+    let (deps, nats) = fafnir_scenarios::real::connect(cfg).await.expect("real servers needed");
+    fafnir_platform::services::ensure_streams(&deps).await.expect("streams");
+    let names = deps.cfg.names();
+    let bad = Deposited { account: 1, cents: -5, request_id: "1/x".into(), symbol: String::new(), qty: 0 };
+    let event = LedgerEvent { kind: Some(ledger_event::Kind::Deposited(bad)), trades_applied: 0 };
+    let subject = names.ledger("deposit");
+    deps.bus.publish(&subject, "bad-1", event.encode_to_vec().into()).await.expect("publish");
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(20), launch::spawn(ServiceKind::Portfolio, 0, deps.clone()).join());
+    let err = stopped.await.expect("the portfolio stops").expect_err("it cannot start");
+    let text = err.to_string();
+    let ledger = names.ledger_stream();
+    assert!(text.contains(&format!("{ledger}#1")) && text.contains("deposit of -5 cents"), "{text}");
+
+    let prefix = names.orders_stream().trim_end_matches("ORDERS").to_string();
+    nats.delete_streams_with_prefix(&prefix).await.expect("clean up");
+    fafnir_platform::services::ensure_streams(&deps).await.expect("streams");
+    deps.bus.publish(&subject, "bad-2", bytes::Bytes::from_static(b"\xff\xff not an event")).await.expect("publish");
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(20), launch::spawn(ServiceKind::Portfolio, 0, deps.clone()).join());
+    let text = stopped.await.expect("the portfolio stops").expect_err("it cannot start").to_string();
+    assert!(text.contains(&format!("{ledger}#1")) && text.contains("does not decode"), "{text}");
+    nats.delete_streams_with_prefix(&prefix).await.expect("clean up");
+}
