@@ -50,8 +50,9 @@ impl Drop for ScratchDir {
     }
 }
 
-/// One server process that can be killed and started again on its port.
-struct Server {
+/// A private server process (nats-server or redis-server) on a port of its
+/// own, which a test kills and starts again.
+pub struct Server {
     what: &'static str,
     binary: PathBuf,
     args: Vec<String>,
@@ -62,6 +63,43 @@ struct Server {
 }
 
 impl Server {
+    /// A nats-server with JetStream and a store of its own: a restart comes
+    /// back with the file streams it had.
+    pub fn nats() -> Result<Server, String> {
+        let port = crate::real::free_ports(1)[0];
+        let dir = ScratchDir::new("nats")?;
+        let store = dir.0.join("store").display().to_string();
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &store];
+        Server::start_new("nats-server", "nats-server", &args, port, dir)
+    }
+
+    /// A redis-server without persistence: a restart comes back empty.
+    pub fn redis() -> Result<Server, String> {
+        let port = crate::real::free_ports(1)[0];
+        let dir = ScratchDir::new("redis")?;
+        let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"];
+        Server::start_new("redis-server", "redis-server", &args, port, dir)
+    }
+
+    fn start_new(
+        what: &'static str,
+        package: &str,
+        args: &[&str],
+        port: u16,
+        dir: ScratchDir,
+    ) -> Result<Server, String> {
+        let binary = binary(what, package)?;
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut s = Server { what, binary, args, port, dir, child: None, starts: 0 };
+        s.start()?;
+        Ok(s)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     fn log(&self) -> PathBuf {
         self.dir.0.join(format!("{}-{}.log", self.what, self.starts))
     }
@@ -84,77 +122,21 @@ impl Server {
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts it again on the same port (and store).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.start()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A private nats-server with JetStream and a store of its own.
-pub struct NatsServer(Server);
-
-impl NatsServer {
-    pub fn start() -> Result<NatsServer, String> {
-        let port = crate::real::free_ports(1)[0];
-        let dir = ScratchDir::new("nats")?;
-        let store = dir.0.join("store").display().to_string();
-        let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &store].map(String::from).to_vec();
-        let binary = binary("nats-server", "nats-server")?;
-        let mut s = NatsServer(Server { what: "nats-server", binary, args, port, dir, child: None, starts: 0 });
-        s.0.start()?;
-        Ok(s)
-    }
-
-    /// `127.0.0.1:<port>`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.0.port)
-    }
-
-    pub fn kill(&mut self) {
-        self.0.kill();
-    }
-
-    /// Starts it again on the same port and store.
-    pub fn restart(&mut self) -> Result<(), String> {
-        self.0.start()
-    }
-}
-
-/// A private redis-server without persistence: a restart comes back empty.
-pub struct RedisServer(Server);
-
-impl RedisServer {
-    pub fn start() -> Result<RedisServer, String> {
-        let port = crate::real::free_ports(1)[0];
-        let dir = ScratchDir::new("redis")?;
-        let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]
-            .map(String::from)
-            .to_vec();
-        let binary = binary("redis-server", "redis-server")?;
-        let mut s = RedisServer(Server { what: "redis-server", binary, args, port, dir, child: None, starts: 0 });
-        s.0.start()?;
-        Ok(s)
-    }
-
-    /// `127.0.0.1:<port>`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.0.port)
-    }
-
-    pub fn kill(&mut self) {
-        self.0.kill();
-    }
-
-    /// Starts it again on the same port, empty.
-    pub fn restart(&mut self) -> Result<(), String> {
-        self.0.start()
     }
 }

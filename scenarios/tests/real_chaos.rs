@@ -28,7 +28,7 @@ use fafnir_platform::proto::events::{engine_event, EngineEvent};
 use fafnir_platform::proto::gateway::execution_report;
 use fafnir_scenarios::client::{Client, OrderSpec};
 use fafnir_scenarios::real_run::{self, Target};
-use fafnir_scenarios::servers::{NatsServer, RedisServer};
+use fafnir_scenarios::servers::Server;
 
 const NAMESPACE: &str = "chaos";
 const SECRET: &str = "real-chaos-test-secret-0123456789abcdef";
@@ -150,7 +150,7 @@ async fn watch_market_data(c: Client, seen: Arc<Mutex<Vec<Instant>>>) {
 
 /// The chaos: nats-server, redis-server and the platform, each killed and
 /// started again while the load runs. Records when each was back.
-async fn chaos(nats: Arc<Mutex<NatsServer>>, redis: Arc<Mutex<RedisServer>>, up: Arc<Mutex<Up>>, back: Restarts) {
+async fn chaos(nats: Arc<Mutex<Server>>, redis: Arc<Mutex<Server>>, up: Arc<Mutex<Up>>, back: Restarts) {
     let blocking = |f: Box<dyn FnOnce() + Send>| tokio::task::spawn_blocking(f);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = nats.clone();
@@ -304,7 +304,7 @@ async fn state_of(users: &[&Client], quotes: &Client) -> (Vec<(u64, i64, i64, Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_platform_survives_its_servers_and_itself_being_killed() {
     let (nats, redis) = tokio::task::spawn_blocking(|| {
-        (NatsServer::start().expect("private nats-server"), RedisServer::start().expect("private redis-server"))
+        (Server::nats().expect("private nats-server"), Server::redis().expect("private redis-server"))
     })
     .await
     .unwrap();

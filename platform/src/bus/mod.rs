@@ -158,6 +158,10 @@ pub trait EventBus: Send + Sync + 'static {
     ) -> Result<Vec<StoredMsg>, BusError>;
     /// The last stored message on exactly this subject.
     async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError>;
+    /// The sequence of the stream's last message (0 when it never had one).
+    /// Below what a reader has seen, the stream started over: a memory
+    /// stream made again after a broker restart numbers from 1.
+    async fn last_seq(&self, stream: &str) -> Result<u64, BusError>;
     /// Messages matching `filter` published from now on.
     async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError>;
 }

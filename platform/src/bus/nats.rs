@@ -159,6 +159,12 @@ fn stored(msg: &jetstream::Message) -> Result<(StoredMsg, u64, u64), BusError> {
 }
 
 impl NatsBus {
+    async fn last_seq_now(&self, stream: &str) -> Result<u64, BusError> {
+        let mut handle = self.js.get_stream(stream).await.map_err(|e| self.err("get stream", e))?;
+        let info = handle.info().await.map_err(|e| self.err("stream info", e))?;
+        Ok(info.state.last_sequence)
+    }
+
     async fn ensure_stream_now(&self, spec: &StreamSpec) -> Result<(), BusError> {
         let config = stream::Config {
             name: spec.name.clone(),
@@ -416,6 +422,10 @@ impl EventBus for NatsBus {
 
     async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
         self.unless_reconnected("last_on_subject", self.last_on_subject_now(stream, subject)).await
+    }
+
+    async fn last_seq(&self, stream: &str) -> Result<u64, BusError> {
+        self.unless_reconnected("last_seq", self.last_seq_now(stream)).await
     }
 
     async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError> {

@@ -94,6 +94,13 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     let names = deps.cfg.names();
     let md = Follower::open(&deps, names.md_stream(), names.md_all(), shutdown.clone()).await?;
     let state = Arc::new(Mutex::new(State::default()));
+    // Each symbol's last update so far (the tail gives only those from now on).
+    for inst in &deps.cfg.instruments {
+        let last = deps.bus.last_on_subject(&names.md_stream(), &names.md_of(&inst.symbol)).await?;
+        if let Some(md) = last.and_then(|m| decode::<MarketData>(&names.md_stream(), m.seq, &m.payload).ok()) {
+            state.lock().await.symbols.entry(inst.symbol.clone()).or_default().top = Some(top_of(&md));
+        }
+    }
     let mut tasks = TaskGroup::default();
     tasks.spawn(follow_trades(deps.clone(), state.clone(), shutdown.clone()));
     tasks.spawn(follow_md(deps.clone(), state, md));
@@ -222,6 +229,11 @@ fn field_i64(v: Option<&Bytes>) -> i64 {
     v.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// A market-data update's top of book as [`SymbolState::top`] keeps it.
+fn top_of(md: &MarketData) -> [i64; 5] {
+    [i64::try_from(md.input_seq).unwrap_or(i64::MAX), md.bid_ticks, md.bid_qty, md.ask_ticks, md.ask_qty]
+}
+
 async fn follow_md(deps: Deps, state: Arc<Mutex<State>>, mut updates: Follower) {
     while let Some((_, md)) = updates.next::<MarketData>().await {
         // Each update supersedes the symbol's last: of what has arrived
@@ -236,7 +248,7 @@ async fn follow_md(deps: Deps, state: Arc<Mutex<State>>, mut updates: Follower) 
             if deps.cfg.instrument(&md.symbol).is_none() {
                 continue;
             }
-            let top = [md.input_seq as i64, md.bid_ticks, md.bid_qty, md.ask_ticks, md.ask_qty];
+            let top = top_of(md);
             state.symbols.entry(md.symbol.clone()).or_default().top = Some(top);
             let key = deps.cfg.names().key(&format!("market:quote:{}", md.symbol));
             let fields: Vec<(&str, Bytes)> =

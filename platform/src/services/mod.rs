@@ -353,10 +353,19 @@ impl Follower {
         }
     }
 
-    /// Queues what the stream holds after the last message (nothing before the first).
+    /// Queues what the stream holds after the last message (nothing before
+    /// the first); all it holds when its numbering started over (a memory
+    /// stream made again after a broker restart: reading on from the old
+    /// position would skip what the new stream got first).
     async fn read_back(&mut self) -> Result<(), BusError> {
         let Some(last) = self.last else { return Ok(()) };
-        let missed = crate::bus::read_to_end(self.bus.as_ref(), &self.stream, &self.filter, last + 1).await?;
+        let from = if self.bus.last_seq(&self.stream).await? < last {
+            tracing::info!(stream = %self.stream, last, "the stream started over; reading it from its start");
+            1
+        } else {
+            last + 1
+        };
+        let missed = crate::bus::read_to_end(self.bus.as_ref(), &self.stream, &self.filter, from).await?;
         if !missed.is_empty() {
             tracing::info!(stream = %self.stream, missed = missed.len(), "read back what the tail missed");
         }

@@ -608,7 +608,8 @@ async fn next_trade_update(
 /// restart). Afterwards the portfolio is exact, the quote and candles count
 /// the trade made before Redis lost its data, market data and execution
 /// reports flow again within seconds (the reports on a stream opened before
-/// the broker restart), and a whole-platform restart changes nothing.
+/// the broker restart), and whole-platform restarts, one with Redis emptied,
+/// change nothing.
 pub async fn the_broker_and_redis_restart_mid_trading(p: &dyn Platform) {
     let bea = user(p, "bea").await;
     let sol = user(p, "sol").await;
@@ -629,7 +630,18 @@ pub async fn the_broker_and_redis_restart_mid_trading(p: &dyn Platform) {
     let b3 = submit_retrying(&bea, &OrderSpec::limit("b3", "ACME", Side::Buy, 26_000, 30)).await;
     portfolio_is(&bea, 800_000, 780_000, &[("ACME", 10, 0)]).await;
 
+    // A resting ask, so the book's top is something to lose.
+    submit_retrying(&sol, &OrderSpec::limit("s9", "ACME", Side::Sell, 90_000, 5)).await;
+    eventually("the ask in the quote", || async { bea.quote("ACME").await.ok().filter(|q| q.ask_cents == 90_000) })
+        .await;
     p.restart_redis().await;
+    // Redis came back empty; the market writes back the top of book and the
+    // trade counters with no new market event for ACME.
+    let quote = eventually("the quote rebuilt", || async {
+        bea.quote("ACME").await.ok().filter(|q| q.ask_cents == 90_000 && q.trades == 1)
+    })
+    .await;
+    assert_eq!((quote.ask_qty, quote.volume, quote.last_price_cents), (5, 10, 20_000), "{quote:?}");
     let mut md = eventually("a market-data stream", || async { sol.market_data(&["ACME", "GLOBX"]).await.ok() }).await;
     submit_retrying(&sol, &OrderSpec::limit("s2", "ACME", Side::Sell, 26_000, 30)).await;
     // Market data is best effort: the update of a trade made while MD was
@@ -664,23 +676,28 @@ pub async fn the_broker_and_redis_restart_mid_trading(p: &dyn Platform) {
     }
     order_reaches(&bea, b3.order_id, OrderStatus::Filled).await;
 
-    for round in 0..2 {
+    // Checked as it is, after a whole-platform restart, and after another
+    // with Redis emptied meanwhile (the quiet book's top must come back too).
+    for round in 0..3 {
         portfolio_is(&bea, 20_000, 0, &[("ACME", 40, 0)]).await;
-        portfolio_is(&sol, 980_000, 0, &[("ACME", 10, 0)]).await;
+        portfolio_is(&sol, 980_000, 0, &[("ACME", 10, 5)]).await;
         // Two trades, one of them before Redis lost everything.
         let quote = eventually("the quote to count both trades", || async {
             bea.quote("ACME").await.ok().filter(|q| q.trades == 2)
         })
         .await;
         assert_eq!((quote.volume, quote.last_price_cents, quote.last_qty), (40, 26_000, 30), "round {round}");
+        assert_eq!((quote.ask_cents, quote.ask_qty, quote.bid_qty), (90_000, 5, 0), "round {round}");
         let candles = eventually("candles with both trades", || async {
             bea.candles("ACME").await.ok().filter(|c| c.iter().map(|c| c.volume).sum::<i64>() == 40)
         })
         .await;
         assert_eq!(candles.iter().map(|c| c.high_cents).max(), Some(26_000), "{candles:?}");
         assert_eq!(candles.iter().map(|c| c.low_cents).min(), Some(20_000), "{candles:?}");
-        if round == 0 {
-            p.restart_all().await;
+        match round {
+            0 => p.restart_all().await,
+            1 => p.restart_all_with_empty_redis().await,
+            _ => {}
         }
     }
 }

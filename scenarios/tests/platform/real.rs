@@ -17,7 +17,7 @@ use fafnir_platform::domain::Instrument;
 use fafnir_platform::kv::wipe_prefix;
 use fafnir_platform::services::launch::{self, ServiceHandle};
 use fafnir_platform::services::{Deps, ServiceKind};
-use fafnir_scenarios::servers::{NatsServer, RedisServer};
+use fafnir_scenarios::servers::Server;
 
 use crate::{flows, Platform};
 
@@ -49,7 +49,7 @@ pub(crate) struct RealPlatform {
     services: Arc<Mutex<BTreeMap<String, ServiceHandle>>>,
     /// The platform's own nats-server and redis-server, for flows that
     /// restart them (None: the machine's shared ones).
-    private: Option<tokio::sync::Mutex<(NatsServer, RedisServer)>>,
+    private: Option<tokio::sync::Mutex<(Server, Server)>>,
 }
 
 fn parse_instance(instance: &str) -> (ServiceKind, usize) {
@@ -76,8 +76,8 @@ impl RealPlatform {
     /// A platform on a nats-server and a redis-server of its own, which the flow may restart.
     async fn start_private(test: &str) -> RealPlatform {
         let servers = tokio::task::spawn_blocking(|| {
-            let nats = NatsServer::start().unwrap_or_else(|e| panic!("private nats-server: {e}"));
-            let redis = RedisServer::start().unwrap_or_else(|e| panic!("private redis-server: {e}"));
+            let nats = Server::nats().unwrap_or_else(|e| panic!("private nats-server: {e}"));
+            let redis = Server::redis().unwrap_or_else(|e| panic!("private redis-server: {e}"));
             (nats, redis)
         })
         .await

@@ -238,6 +238,13 @@ impl EventBus for SimBus {
         }
     }
 
+    async fn last_seq(&self, stream: &str) -> Result<u64, BusError> {
+        match self.call("stream info", Request::LastSeq(stream.to_string()), Duration::ZERO).await? {
+            Response::LastSeq(seq) => Ok(seq),
+            r => unexpected("last_seq", r),
+        }
+    }
+
     async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError> {
         let mut tail = SimTail {
             bus: self.clone(),

@@ -45,6 +45,7 @@ pub(super) enum Request {
         stream: String,
         subject: String,
     },
+    LastSeq(String),
     /// Opens a tail on this connection: the matching messages from `from_seq`
     /// on (stored ones first), or from the next publish on when `None`.
     Tail {
@@ -62,6 +63,7 @@ pub(super) enum Response {
     Deliveries(Vec<Delivery>),
     Msgs(Vec<StoredMsg>),
     Last(Option<StoredMsg>),
+    LastSeq(u64),
     /// The tail is open; its first message will have at least this sequence.
     TailOpen {
         from_seq: u64,

@@ -142,6 +142,7 @@ impl Broker {
             Request::LastOnSubject { stream, subject } => {
                 self.disk.lock().last_on_subject(&stream, &subject).map(Response::Last)
             }
+            Request::LastSeq(stream) => self.disk.lock().next_seq(&stream).map(|next| Response::LastSeq(next - 1)),
             Request::Fetch { .. }
             | Request::Read { .. }
             | Request::Tail { .. }
@@ -266,7 +267,13 @@ impl Broker {
         let opened = {
             let store = self.disk.lock();
             store.next_seq(&stream).and_then(|next| {
-                let from = from_seq.unwrap_or(next);
+                let from = match from_seq {
+                    Some(from) if from <= next => from,
+                    // Past the end: the stream started over (a memory stream made
+                    // again after a restart), and all it holds is new to the tail.
+                    Some(_) => 1,
+                    None => next,
+                };
                 let backlog = if from < next { store.read(&stream, &filter, from, usize::MAX)? } else { Vec::new() };
                 let mut tails = self.tails.lock().expect("tails lock");
                 tails.next_id += 1;

@@ -727,6 +727,7 @@ pub async fn restart_keeps_file_storage(bus: &dyn EventBus, ctl: &dyn BrokerCont
     let ack_wait = ACK_WAIT * 5;
     let c = ConsumerSpec { max_ack_pending: 2, ..consumer(&file, "durable", String::new(), ack_wait) };
     ensure_consumer(bus, &c).await;
+    assert_eq!(bus.last_seq(&mem.name).await.expect("last seq"), 3);
     let before = fetch_until(bus, &c, 2, PROMPT).await;
     assert_eq!(summary(&before), [(1, 1, 2), (2, 1, 1)]);
     round_trip(bus, &file.name).await;
@@ -775,6 +776,8 @@ pub async fn restart_keeps_file_storage(bus: &dyn EventBus, ctl: &dyn BrokerCont
     }
     ensure_stream(bus, &mem).await;
     assert!(read_all(bus, &mem.name).await.is_empty(), "a memory stream is empty after a restart");
+    assert_eq!(bus.last_seq(&mem.name).await.expect("last seq"), 0, "a memory stream starts over");
+    assert_eq!(bus.last_seq(&file.name).await.expect("last seq"), 4, "a file stream goes on");
     let fresh = publish(bus, &m, "m1", "new").await;
     assert_eq!((fresh.seq, fresh.duplicate), (1, false), "a memory stream starts over, dedupe state too");
 }

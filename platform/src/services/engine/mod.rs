@@ -182,6 +182,9 @@ async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) -> bool {
     md_stored
 }
 
+/// How often an engine checks that MD holds its symbol's top of book.
+const MD_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// Matches one symbol's inputs until shutdown. An input that does not decode
 /// stops the shard with its place in ORDERS: the engine cannot skip an input
 /// (the book would diverge from every replay), and its recovery would stop
@@ -195,10 +198,13 @@ async fn run_symbol(
 ) -> Result<(), ServiceError> {
     let names = deps.cfg.names();
     let (orders, filter) = (names.orders_stream(), names.orders_of(&symbol));
-    // A market-data update was lost (the broker restarted and took the
-    // memory stream MD with it): the top of book is sent again until stored,
-    // or quotes would show a book that is no longer there.
-    let mut md_behind = false;
+    // The top of book is sent again, until stored, when MD may not hold it:
+    // at start (a quiet symbol's last update may be gone), after an update
+    // was lost, and when MD has nothing for the symbol (the broker restarted
+    // and took the memory stream with it). Otherwise quotes would show a book
+    // that is no longer there, or none for a book that is.
+    let mut md_behind = true;
+    let mut md_checked = tokio::time::Instant::now();
     loop {
         if md_behind {
             let top = books.lock().expect("books lock").get(&symbol).expect("own symbol").top_of_book();
@@ -206,6 +212,10 @@ async fn run_symbol(
             // The stream itself may be what is missing: made again at once, not at the next check.
             let _ = ensure_streams(&deps).await;
             md_behind = deps.bus.publish(&msg.subject, &msg.msg_id, msg.payload).await.is_err();
+        } else if md_checked.elapsed() >= MD_CHECK_EVERY {
+            md_checked = tokio::time::Instant::now();
+            let last = deps.bus.last_on_subject(&names.md_stream(), &names.md_of(&symbol)).await;
+            md_behind = matches!(last, Ok(None));
         }
         let read = tokio::select! {
             biased;
