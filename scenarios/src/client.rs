@@ -164,12 +164,13 @@ impl Client {
 
     /// This user's execution reports from now on.
     pub async fn executions(&self) -> Result<tonic::Streaming<ExecutionReport>, Status> {
-        self.executions_after(0).await
+        let req = self.req(StreamExecutionsRequest { after_cursor: None });
+        Ok(self.api.clone().stream_executions(req).await?.into_inner())
     }
 
     /// This user's execution reports after `cursor` (a report's `cursor`; 0: from now).
     pub async fn executions_after(&self, cursor: u64) -> Result<tonic::Streaming<ExecutionReport>, Status> {
-        let req = self.req(StreamExecutionsRequest { after_cursor: cursor });
+        let req = self.req(StreamExecutionsRequest { after_cursor: Some(cursor) });
         Ok(self.api.clone().stream_executions(req).await?.into_inner())
     }
 

@@ -140,8 +140,9 @@ pub struct AgentState {
     order_of_tag: BTreeMap<u64, u64>,
     /// What the agent was told, by order id.
     pub told: BTreeMap<u64, ToldOrder>,
-    /// The execution stream's cursor: a reconnect resumes after it.
-    exec_cursor: u64,
+    /// The execution stream's cursor: a reconnect resumes after it (None
+    /// before the first stream opened: a reconnect then starts from now).
+    exec_cursor: Option<u64>,
 }
 
 enum OwnedEvent {
@@ -188,7 +189,7 @@ impl AgentHandle {
             orders: BTreeMap::new(),
             order_of_tag: BTreeMap::new(),
             told: BTreeMap::new(),
-            exec_cursor: 0,
+            exec_cursor: None,
         };
         Ok(AgentHandle { name: name.to_string(), client, state: Arc::new(Mutex::new(state)) })
     }
@@ -235,7 +236,10 @@ async fn follow_executions(
 ) {
     while let Ok(Some(report)) = stream.message().await {
         let mut s = state.lock().expect("agent state");
-        s.exec_cursor = s.exec_cursor.max(report.cursor);
+        if report.kind.is_none() || report.cursor != 0 {
+            // Settled notices carry no cursor; every other report (the opening one too) moves it.
+            s.exec_cursor = Some(s.exec_cursor.unwrap_or(0).max(report.cursor));
+        }
         let mut r = rec.lock().expect("recorder");
         on_report(&mut s, &mut r, &report);
     }
@@ -248,7 +252,11 @@ async fn follow_executions(
 pub async fn keep_following_executions(handle: Arc<AgentHandle>, rec: Arc<Mutex<Recorder>>) {
     loop {
         let after = handle.state.lock().expect("agent state").exec_cursor;
-        match retry(|| handle.client.executions_after(after)).await {
+        let opened = match after {
+            Some(after) => retry(|| handle.client.executions_after(after)).await,
+            None => retry(|| handle.client.executions()).await,
+        };
+        match opened {
             Ok(stream) => follow_executions(stream, handle.state.clone(), rec.clone()).await,
             Err(s) => tracing::warn!(agent = %handle.name, status = %s, "execution stream not reopened; trying again"),
         }

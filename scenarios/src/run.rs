@@ -340,11 +340,35 @@ pub async fn gather(
 }
 
 /// The liveness phase: waits until the engine has answered the last accepted
-/// input and every accept saga is over (each LEDGER reservation is of an
-/// accepted order or released), then `settle` more for settlement, order
-/// tracking and reports to drain behind it. If that does not happen within
+/// input, every accept saga is over (each LEDGER reservation is of an
+/// accepted order or released) and the portfolio and orders have been
+/// delivered and have acked all of TRADES, then `settle` more for reports to
+/// drain behind it. If that does not happen within
 /// `limit`, says what was still wrong at the end (a stream that cannot be
 /// read, an unanswered input, a saga still open).
+/// The first durable consumer of TRADES (portfolio, orders) that has not
+/// yet been delivered and acked everything stored, said as the reason the
+/// liveness phase is waiting; None when all have. (A delivery lost in a
+/// partition comes back only after the ack wait: until then, an order's
+/// record may lack the fill or close its events hold.)
+async fn consumers_behind(bus: &dyn EventBus, names: &fafnir_platform::config::Names) -> Option<String> {
+    use fafnir_platform::services::{orders, portfolio};
+    let stream = names.trades_stream();
+    for durable in [portfolio::DURABLE, orders::DURABLE] {
+        match bus.consumer_lag(&stream, durable).await {
+            Ok(lag) if lag.caught_up() => {}
+            Ok(lag) => {
+                return Some(format!(
+                    "the {durable} consumer of {stream} has {} messages not delivered and {} not acked",
+                    lag.pending, lag.ack_pending
+                ))
+            }
+            Err(e) => return Some(format!("the {durable} consumer of {stream} cannot be read: {e}")),
+        }
+    }
+    None
+}
+
 pub async fn quiesce(
     bus: &dyn EventBus,
     cfg: &fafnir_platform::config::PlatformConfig,
@@ -367,10 +391,13 @@ pub async fn quiesce(
                     why = format!("no TRADES event answers the last input, {}#{last}", names.orders_stream());
                 } else {
                     match open_saga(bus, &names, &inputs).await {
-                        Ok(None) => {
-                            tokio::time::sleep(settle).await;
-                            return Ok(());
-                        }
+                        Ok(None) => match consumers_behind(bus, &names).await {
+                            None => {
+                                tokio::time::sleep(settle).await;
+                                return Ok(());
+                            }
+                            Some(behind) => why = behind,
+                        },
                         Ok(Some(open)) => why = open,
                         Err(e) => why = format!("{} cannot be read: {e}", names.ledger_stream()),
                     }

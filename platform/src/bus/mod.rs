@@ -82,6 +82,22 @@ pub struct StoredMsg {
     pub payload: Bytes,
 }
 
+/// How far behind its stream a durable consumer is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerLag {
+    /// Messages matching the consumer not yet delivered (NATS `num_pending`).
+    pub pending: u64,
+    /// Delivered and not yet acked (NATS `num_ack_pending`).
+    pub ack_pending: u64,
+}
+
+impl ConsumerLag {
+    /// Everything stored so far was delivered and acked.
+    pub fn caught_up(&self) -> bool {
+        self.pending == 0 && self.ack_pending == 0
+    }
+}
+
 /// Opaque handle that acknowledges one delivery.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AckToken(pub String);
@@ -158,6 +174,8 @@ pub trait EventBus: Send + Sync + 'static {
     ) -> Result<Vec<StoredMsg>, BusError>;
     /// The last stored message on exactly this subject.
     async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError>;
+    /// How far behind its stream the durable consumer is.
+    async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError>;
     /// The sequence of the stream's last message (0 when it never had one).
     /// Below what a reader has seen, the stream started over: a memory
     /// stream made again after a broker restart numbers from 1.

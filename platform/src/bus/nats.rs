@@ -13,7 +13,8 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{watch, Mutex};
 
 use super::{
-    AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Publish, Storage, StoredMsg, StreamSpec, Tail,
+    AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, EventBus, PubAck, Publish, Storage, StoredMsg, StreamSpec,
+    Tail,
 };
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<jetstream::Message, BusError>> + Send>>;
@@ -159,6 +160,13 @@ fn stored(msg: &jetstream::Message) -> Result<(StoredMsg, u64, u64), BusError> {
 }
 
 impl NatsBus {
+    async fn consumer_lag_now(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
+        let mut consumer: consumer::PullConsumer =
+            self.stream(stream).await?.get_consumer(durable).await.map_err(|e| self.err("get consumer", e))?;
+        let info = consumer.info().await.map_err(|e| self.err("consumer info", e))?;
+        Ok(ConsumerLag { pending: info.num_pending, ack_pending: info.num_ack_pending as u64 })
+    }
+
     async fn last_seq_now(&self, stream: &str) -> Result<u64, BusError> {
         let mut handle = self.js.get_stream(stream).await.map_err(|e| self.err("get stream", e))?;
         let info = handle.info().await.map_err(|e| self.err("stream info", e))?;
@@ -422,6 +430,10 @@ impl EventBus for NatsBus {
 
     async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
         self.unless_reconnected("last_on_subject", self.last_on_subject_now(stream, subject)).await
+    }
+
+    async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
+        self.unless_reconnected("consumer_lag", self.consumer_lag_now(stream, durable)).await
     }
 
     async fn last_seq(&self, stream: &str) -> Result<u64, BusError> {

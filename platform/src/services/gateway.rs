@@ -495,12 +495,15 @@ impl Gateway for GatewaySvc {
             let mut subs = self.state.executions.lock().expect("subscribers lock");
             let window = self.state.window.lock().expect("window lock");
             let cursor = window.cursor();
-            let missed = if after != 0 && after < cursor { window.after(user.0, after)? } else { Vec::new() };
+            let missed = match after {
+                Some(after) if after < cursor => window.after(user.0, after)?,
+                _ => Vec::new(),
+            };
             let (tx, rx) = mpsc::channel(4096);
             subs.insert(self.next_subscriber(), (Filter::Account(user.0), tx));
             (rx, cursor, missed)
         };
-        let opening = ExecutionReport { cursor: after.max(cursor), ..ExecutionReport::default() };
+        let opening = ExecutionReport { cursor: after.unwrap_or(0).max(cursor), ..ExecutionReport::default() };
         let first = std::iter::once(opening).chain(missed).map(Ok).collect::<Vec<_>>();
         Ok(Response::new(Box::pin(futures::stream::iter(first).chain(receiver_stream(rx)))))
     }

@@ -130,7 +130,7 @@ async fn hostile_call(c: &Client, rng: &mut SplitMix64) -> (&'static str, Result
             ("GetCandles", api.get_candles(authed(c, m)).await.map(|_| None))
         }
         7 => {
-            let m = StreamExecutionsRequest { after_cursor: u64_value(rng) };
+            let m = StreamExecutionsRequest { after_cursor: Some(u64_value(rng)) };
             ("StreamExecutions", api.stream_executions(authed(c, m)).await.map(|_| None))
         }
         8 => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fafnir_platform::bus::{
-    AckToken, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Publish, StoredMsg, StreamSpec, Tail,
+    AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, EventBus, PubAck, Publish, StoredMsg, StreamSpec, Tail,
 };
 use fafnir_platform::calls::{Calls, Unanswered};
 use madsim::net::{Endpoint, Receiver, Sender};
@@ -235,6 +235,14 @@ impl EventBus for SimBus {
         match self.call("last message", request, Duration::ZERO).await? {
             Response::Last(msg) => Ok(msg),
             r => unexpected("last_on_subject", r),
+        }
+    }
+
+    async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
+        let request = Request::ConsumerLag { stream: stream.to_string(), durable: durable.to_string() };
+        match self.call("consumer info", request, Duration::ZERO).await? {
+            Response::ConsumerLag(lag) => Ok(lag),
+            r => unexpected("consumer_lag", r),
         }
     }
 

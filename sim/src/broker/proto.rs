@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use fafnir_platform::bus::{AckToken, BusError, ConsumerSpec, Delivery, PubAck, Publish, StoredMsg, StreamSpec};
+use fafnir_platform::bus::{
+    AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, PubAck, Publish, StoredMsg, StreamSpec,
+};
 
 use super::store::Settle;
 
@@ -46,6 +48,10 @@ pub(super) enum Request {
         subject: String,
     },
     LastSeq(String),
+    ConsumerLag {
+        stream: String,
+        durable: String,
+    },
     /// Opens a tail on this connection: the matching messages from `from_seq`
     /// on (stored ones first), or from the next publish on when `None`.
     Tail {
@@ -64,6 +70,7 @@ pub(super) enum Response {
     Msgs(Vec<StoredMsg>),
     Last(Option<StoredMsg>),
     LastSeq(u64),
+    ConsumerLag(ConsumerLag),
     /// The tail is open; its first message will have at least this sequence.
     TailOpen {
         from_seq: u64,

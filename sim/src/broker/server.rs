@@ -142,6 +142,9 @@ impl Broker {
             Request::LastOnSubject { stream, subject } => {
                 self.disk.lock().last_on_subject(&stream, &subject).map(Response::Last)
             }
+            Request::ConsumerLag { stream, durable } => {
+                self.disk.lock().consumer_lag(&stream, &durable).map(Response::ConsumerLag)
+            }
             Request::LastSeq(stream) => self.disk.lock().next_seq(&stream).map(|next| Response::LastSeq(next - 1)),
             Request::Fetch { .. }
             | Request::Read { .. }

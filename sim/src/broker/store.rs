@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fafnir_platform::bus::{
-    subject_matches, AckToken, BusError, ConsumerSpec, Delivery, PubAck, Storage, StoredMsg, StreamSpec,
+    subject_matches, AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, PubAck, Storage, StoredMsg, StreamSpec,
 };
 use madsim::time::Instant;
 
@@ -313,6 +313,13 @@ impl Store {
     }
 
     /// The sequence the next stored message of the stream will get.
+    /// How far behind its stream the durable consumer is.
+    pub fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
+        let stream_ = self.stream(stream)?;
+        let c = stream_.consumers.get(durable).ok_or_else(|| other(format!("consumer {durable} not found")))?;
+        Ok(ConsumerLag { pending: c.num_pending, ack_pending: c.outstanding.len() as u64 })
+    }
+
     pub fn next_seq(&self, stream: &str) -> Result<u64, BusError> {
         Ok(self.stream(stream)?.last_seq + 1)
     }

@@ -71,7 +71,7 @@ impl ExecutionWindow {
         if after < self.floor {
             return Err(Status::out_of_range(format!(
                 "after_cursor {after} is too old: reports after {} only are kept; read your orders with \
-                 ListOrders and resume with after_cursor 0",
+                 ListOrders and open the stream again without after_cursor",
                 self.floor
             )));
         }

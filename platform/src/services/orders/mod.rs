@@ -90,9 +90,14 @@ struct Records {
 }
 
 impl Records {
+    /// Records a new order; one already recorded is kept as it is. (A
+    /// retried accept saga used to replace it with a blank record, dropping
+    /// the fills the engine had already reported for the first publish,
+    /// which a partition had delayed: found by chaos seed 1106.)
     fn insert(&mut self, id: OrderId, record: Record) {
         let user = UserId(record.order.user_id);
-        if self.by_id.insert(id, record).is_none() {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.by_id.entry(id) {
+            slot.insert(record);
             self.by_user.entry(user).or_default().push(id);
         }
     }
