@@ -276,6 +276,7 @@ mod tests {
             effective_config: String::new(),
             nemesis: None,
             coverage: Default::default(),
+            hostile: Default::default(),
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Recorder {
     /// The platform clock (ms) when the load started: places the engine's
     /// event timestamps on the run's timeline.
     pub t0_clock_ms: i64,
+    /// What the hostile agents' requests met.
+    pub hostile: crate::hostile_calls::HostileLog,
     t0: Instant,
 }
 
@@ -84,6 +86,7 @@ impl Recorder {
             submits: Vec::new(),
             slots: BTreeMap::new(),
             t0_clock_ms: 0,
+            hostile: Default::default(),
             t0,
         }
     }
@@ -143,6 +146,10 @@ pub struct AgentState {
     /// The execution stream's cursor: a reconnect resumes after it (None
     /// before the first stream opened: a reconnect then starts from now).
     exec_cursor: Option<u64>,
+    /// The cash and shares deposited at set-up.
+    pub setup: (i64, BTreeMap<String, i64>),
+    /// It sent hostile requests (its account must end as it was set up).
+    pub hostile: bool,
 }
 
 enum OwnedEvent {
@@ -190,6 +197,8 @@ impl AgentHandle {
             order_of_tag: BTreeMap::new(),
             told: BTreeMap::new(),
             exec_cursor: None,
+            setup: (cash_cents, holdings.clone()),
+            hostile: false,
         };
         Ok(AgentHandle { name: name.to_string(), client, state: Arc::new(Mutex::new(state)) })
     }
@@ -497,6 +506,11 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                     s.told.remove(&order_id);
                 }
             }
+        }
+        Intent::Hostile(request) => {
+            handle.state.lock().expect("agent state").hostile = true;
+            let outcome = crate::hostile_calls::send(&handle.client, &request).await;
+            rec.lock().expect("recorder").hostile.record(&request, outcome);
         }
         Intent::Cancel { tag } => {
             let order_id = handle.state.lock().expect("agent state").order_of_tag.get(&tag).copied();

@@ -17,6 +17,7 @@
 //! - [`progress`]: where a run is, and the progress bar's line.
 //! - [`timeline`]: timeline.json, what happened when (buckets, trades, fault windows).
 //! - [`driver`]: the open-loop driver and its latency recorder.
+//! - [`hostile_calls`]: sending a hostile agent's requests and judging the answers.
 //! - [`client`]: a logged-in user of the public gateway API.
 //! - [`real`]: connect a deployment to real NATS and Redis; pick local ports.
 //! - `servers` (real build): private nats-server and redis-server processes that tests kill and restart.
@@ -30,6 +31,7 @@ pub mod chaos;
 pub mod checker;
 pub mod client;
 pub mod driver;
+pub mod hostile_calls;
 pub mod progress;
 #[cfg(not(madsim))]
 pub mod real;

@@ -117,8 +117,9 @@ pub async fn run(
         let _ = ticker.await;
     }
     load?;
-    let input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;
+    let mut input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;
     let recorder = rec.lock().expect("recorder").clone();
+    input.hostile = recorder.hostile.clone();
     if target.gateway.is_none() {
         for (_, h) in services {
             h.stop(Duration::from_secs(2)).await;

@@ -87,6 +87,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nemesis: Option<fafnir_sim::nemesis::NemesisOptions>,
     pub coverage: Coverage,
+    /// What the hostile agents' requests met (absent when there were none).
+    #[serde(skip_serializing_if = "crate::hostile_calls::HostileLog::is_empty")]
+    pub hostile: crate::hostile_calls::HostileLog,
 }
 
 /// What a run's faults covered: how many of each kind fired, and how many
@@ -162,6 +165,7 @@ pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckIn
         duration_ms,
         agents: meta.agents,
         counts: recorder.counts.clone(),
+        hostile: recorder.hostile.clone(),
         stages,
         accepted_per_s: accepted_per_s(&recorder, scn.duration),
         slos,
@@ -335,6 +339,9 @@ pub async fn gather(
         }
         let s = a.state.lock().expect("agent state");
         input.told.extend(s.told.iter().map(|(k, v)| (*k, v.clone())));
+        if s.hostile {
+            input.hostile_accounts.insert(a.client.user_id, s.setup.clone());
+        }
     }
     Ok(input)
 }
@@ -545,6 +552,7 @@ mod tests {
             effective_config: String::new(),
             nemesis: None,
             coverage: Coverage::default(),
+            hostile: Default::default(),
         };
         let timeline = crate::timeline::build(&rec, &[], &[], 1);
         write_run_dir(&dir, &RunResult { summary, recorder: rec.clone(), timeline }).unwrap();

@@ -162,9 +162,10 @@ async fn drive(
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ticker.await;
-    let input = run::gather(&world.bus(), &world.cfg, &agents).await?;
+    let mut input = run::gather(&world.bus(), &world.cfg, &agents).await?;
     // The stream listeners still hold the recorder: take a snapshot.
     let recorder = rec.lock().expect("recorder").clone();
+    input.hostile = recorder.hostile.clone();
     meta.trace_hash = format!("{:016x}", world.trace.hash());
     meta.agents = agents.len() as u64;
     Ok(run::finish(&scn, meta, recorder, &input))

@@ -300,6 +300,7 @@ fn run(populations: &[(AgentConfig, u32, i64, [i64; 2])], duration_ms: u64) -> E
             match *intent {
                 Intent::Submit { .. } => ex.submit(a, intent),
                 Intent::Cancel { tag } => ex.cancel(a, tag),
+                Intent::Hostile(_) => {}
             }
         }
         if let Some(t) = next {

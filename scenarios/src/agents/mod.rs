@@ -32,13 +32,15 @@
 //! - `common`: PRNG, Poisson schedule, instruments in ticks, the order ledger.
 //! - `params`: reading a population's TOML table.
 //! - one file per kind: [`noise`], [`market_maker`], [`momentum`], [`value`], [`whale`],
-//!   each with its parameter struct (every parameter documented with its default).
+//!   [`all_in`], [`hostile`], each with its parameter struct (every parameter documented with its default).
 
 use std::collections::BTreeMap;
 
+pub mod all_in;
 #[cfg(test)]
 mod calm;
 mod common;
+pub mod hostile;
 pub mod market_maker;
 pub mod momentum;
 pub mod noise;
@@ -48,6 +50,8 @@ mod testkit;
 pub mod value;
 pub mod whale;
 
+pub use all_in::AllInParams;
+pub use hostile::{HostileParams, HostileRequest};
 pub use market_maker::MarketMakerParams;
 pub use momentum::MomentumParams;
 pub use noise::NoiseParams;
@@ -70,6 +74,8 @@ pub enum Intent {
     Cancel {
         tag: u64,
     },
+    /// A request the platform must refuse without effect (the `hostile` kind's only intent).
+    Hostile(HostileRequest),
 }
 
 /// Which side of the book an order is on.
@@ -164,11 +170,20 @@ pub enum AgentKind {
     Momentum,
     Value,
     Whale,
+    AllIn,
+    Hostile,
 }
 
 impl AgentKind {
-    pub const ALL: [AgentKind; 5] =
-        [AgentKind::Noise, AgentKind::MarketMaker, AgentKind::Momentum, AgentKind::Value, AgentKind::Whale];
+    pub const ALL: [AgentKind; 7] = [
+        AgentKind::Noise,
+        AgentKind::MarketMaker,
+        AgentKind::Momentum,
+        AgentKind::Value,
+        AgentKind::Whale,
+        AgentKind::AllIn,
+        AgentKind::Hostile,
+    ];
 
     /// The name used in scenario files.
     pub fn name(self) -> &'static str {
@@ -178,6 +193,8 @@ impl AgentKind {
             AgentKind::Momentum => "momentum",
             AgentKind::Value => "value",
             AgentKind::Whale => "whale",
+            AgentKind::AllIn => "all_in",
+            AgentKind::Hostile => "hostile",
         }
     }
 
@@ -239,6 +256,8 @@ pub enum AgentParams {
     Momentum(MomentumParams),
     Value(ValueParams),
     Whale(WhaleParams),
+    AllIn(AllInParams),
+    Hostile(HostileParams),
 }
 
 impl AgentConfig {
@@ -254,6 +273,8 @@ impl AgentConfig {
             AgentKind::Momentum => AgentParams::Momentum(MomentumParams::parse(params)?),
             AgentKind::Value => AgentParams::Value(ValueParams::parse(params)?),
             AgentKind::Whale => AgentParams::Whale(WhaleParams::parse(params)?),
+            AgentKind::AllIn => AgentParams::AllIn(AllInParams::parse(params)?),
+            AgentKind::Hostile => AgentParams::Hostile(HostileParams::parse(params)?),
         };
         Ok(AgentConfig { kind, params })
     }
@@ -266,6 +287,8 @@ impl AgentConfig {
             AgentKind::Momentum => AgentParams::Momentum(MomentumParams::default()),
             AgentKind::Value => AgentParams::Value(ValueParams::default()),
             AgentKind::Whale => AgentParams::Whale(WhaleParams::default()),
+            AgentKind::AllIn => AgentParams::AllIn(AllInParams::default()),
+            AgentKind::Hostile => AgentParams::Hostile(HostileParams::default()),
         };
         AgentConfig { kind, params }
     }
@@ -300,6 +323,8 @@ impl AgentConfig {
             AgentParams::Momentum(p) => Box::new(momentum::Momentum::new(p.clone(), seed, symbols)),
             AgentParams::Value(p) => Box::new(value::Value::new(p.clone(), seed, symbols)),
             AgentParams::Whale(p) => Box::new(whale::Whale::new(p.clone(), seed, symbols)),
+            AgentParams::AllIn(p) => Box::new(all_in::AllIn::new(p.clone(), seed, symbols)),
+            AgentParams::Hostile(p) => Box::new(hostile::Hostile::new(p.clone(), seed, symbols)),
         };
         assert_eq!(agent.kind(), self.kind, "AgentConfig's kind and params disagree");
         agent

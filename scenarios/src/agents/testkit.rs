@@ -302,6 +302,7 @@ impl Harness {
                         OrderKind::Fok => &mut s.fok,
                     } += 1;
                 }
+                Intent::Hostile(_) => {}
                 Intent::Cancel { tag } => {
                     assert!(self.open.contains_key(tag), "cancel of order {tag}, which is not live");
                     if let Some(before) = self.canceled.insert(*tag, now) {
@@ -489,6 +490,7 @@ impl<'a> Wakes<'a> {
                         self.pending.push(Pending::Done(*tag));
                     }
                 }
+                Intent::Hostile(_) => {}
                 Intent::Cancel { tag } => {
                     self.open.remove(tag);
                     self.pending.push(Pending::Done(*tag));

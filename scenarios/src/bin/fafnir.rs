@@ -530,6 +530,16 @@ fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
         "  orders: {} submitted, {} accepted, {} rejected, {} failed, {} timed out; {} cancels; {} fills reported",
         c.submitted, c.accepted, c.rejected, c.failed, c.timed_out, c.cancels, c.fills_reported
     );
+    let h = &s.hostile;
+    if !h.is_empty() {
+        println!(
+            "  hostile requests: {} sent, {} refused, {} unanswered, {} neither (see check hostile_refused)",
+            h.sent.values().sum::<u64>(),
+            h.refused,
+            h.unanswered,
+            h.violations_total
+        );
+    }
     println!("  {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}", "stage (ms)", "count", "p50", "p99", "p99.9", "max");
     for (stage, q) in &s.stages {
         let ms = |ns: u64| ns as f64 / 1e6;

@@ -2,7 +2,7 @@
 //! run has quiesced, whether every fill was right. Lives outside `platform/`
 //! and shares none of its matching or ledger code (see `reference.rs`).
 //!
-//! [`check`] runs eight checks over a [`CheckInput`] and returns a [`Verdict`]
+//! [`check`] runs nine checks over a [`CheckInput`] and returns a [`Verdict`]
 //! with one [`CheckResult`] per check, under these stable names:
 //!
 //! | name | what must hold |
@@ -15,6 +15,7 @@
 //! | `no_negative_balance` | no negative cash, reservations or holdings; reserved never above owned |
 //! | `reservations_balance` | reserved cash and shares equal what the open orders still need |
 //! | `agents_told_the_truth` | what agents were told equals the platform's final records |
+//! | `hostile_refused` | every hostile request was refused, and each hostile account ends as it was set up, with no order |
 //!
 //! Bad data never panics: a malformed event is itself a violation.
 //!
@@ -24,8 +25,10 @@
 //! - `matching`: checks 1 and 2 (the engine's fills).
 //! - `money`: checks 3, 5, 6 and 7 (cash, shares, reservations).
 //! - `lifecycle`: checks 4 and 8 (order records and what agents were told).
+//! - `hostile`: check 9 (hostile requests refused without effect).
 
 mod facts;
+mod hostile;
 mod lifecycle;
 mod matching;
 mod money;
@@ -70,6 +73,11 @@ pub struct CheckInput {
     pub orders: BTreeMap<u64, Order>,
     /// What the agents were told, by order id (orders an agent never heard of are absent).
     pub told: BTreeMap<u64, ToldOrder>,
+    /// What the hostile agents' requests met.
+    pub hostile: crate::hostile_calls::HostileLog,
+    /// The hostile agents' accounts and what each deposited at set-up (cash,
+    /// shares by symbol): all they may end with.
+    pub hostile_accounts: BTreeMap<u64, (i64, BTreeMap<String, i64>)>,
 }
 
 /// The outcome of one check.
@@ -106,6 +114,7 @@ pub fn check(input: &CheckInput) -> Verdict {
         money::no_negative_balance(&facts),
         money::reservations_balance(&facts),
         lifecycle::agents_told_the_truth(&facts),
+        hostile::hostile_refused(&facts),
     ];
     Verdict { passed: checks.iter().all(|c| c.passed), checks }
 }

@@ -251,10 +251,17 @@ fn clean() -> Run {
     r.told(D, 0, 0, true);
     r.told(E, 5, 2_500, true);
     r.told(H, 5, 2_550, false);
+    // A hostile client (account 4): every request refused, its account as set up.
+    r.deposit(4, 1_000, "d6");
+    r.deposit_shares(4, 7, "d7");
+    r.portfolio(4, 1_000, 0, 7, 0);
+    r.input.hostile.refused = 5;
+    r.input.hostile.sent.insert("submit".into(), 5);
+    r.input.hostile_accounts.insert(4, (1_000, [(ACME.to_string(), 7)].into()));
     r
 }
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "fills_match_reference",
     "no_trade_through_or_overfill",
     "conservation",
@@ -263,6 +270,7 @@ const ALL: [&str; 8] = [
     "no_negative_balance",
     "reservations_balance",
     "agents_told_the_truth",
+    "hostile_refused",
 ];
 
 fn failed(v: &Verdict) -> Vec<&str> {
@@ -407,7 +415,7 @@ fn conservation_catches_cash_from_nowhere() {
         &v,
         "conservation",
         &["settled_exactly_once"],
-        &["total cash: deposited 160000 cents, accounts hold 161000"],
+        &["total cash: deposited 161000 cents, accounts hold 162000"],
     );
     let mut r = clean();
     r.input.portfolios.get_mut(&2).unwrap().holdings[0].qty -= 1;
@@ -416,7 +424,7 @@ fn conservation_catches_cash_from_nowhere() {
         &v,
         "conservation",
         &["settled_exactly_once"],
-        &["total ACME shares: deposited 150, accounts hold 149"],
+        &["total ACME shares: deposited 157, accounts hold 156"],
     );
 }
 
@@ -651,4 +659,28 @@ fn the_verdict_serializes() {
     let json = serde_json::to_value(check(&clean().input)).unwrap();
     assert_eq!(json["passed"], true);
     assert_eq!(json["checks"][0]["name"], "fills_match_reference");
+}
+
+#[test]
+fn hostile_refused_catches_an_accepted_request() {
+    let mut r = clean();
+    r.input.hostile.violations_total = 2;
+    r.input.hostile.violations.push("deposit accepted: Deposit { cents: 9223372036854775807 }".into());
+    let v = check(&r.input);
+    assert_flags(&v, "hostile_refused", &[], &["not refused", "deposit accepted"]);
+    assert_eq!(lines(&v, "hostile_refused").len(), 2, "the ones not kept word for word count too");
+}
+
+#[test]
+fn hostile_refused_catches_an_effect_on_the_hostile_account() {
+    let mut r = clean();
+    r.portfolio(4, 1_001, 0, 7, 0);
+    let v = check(&r.input);
+    assert!(failed(&v).contains(&"hostile_refused"), "{v:#?}");
+    assert_flags(&v, "hostile_refused", &["conservation", "settled_exactly_once"], &["hostile account 4", "cash 1001"]);
+    let mut r = clean();
+    let s = r.accept(0x44, 4, Side::Buy, OrderType::Limit, 100, 1);
+    r.engine(s, vec![rested(0x44, 1)]);
+    let v = check(&r.input);
+    assert!(lines(&v, "hostile_refused").iter().any(|l| l.contains("order 44 accepted")), "{v:#?}");
 }
