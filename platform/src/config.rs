@@ -136,6 +136,18 @@ pub enum PlantedBug {
     /// remainders), as if they moved no money, so after a portfolio restart
     /// the reservations of closed orders are held again.
     NoReleaseOnCancel,
+    /// The portfolio's replay applies all of LEDGER before TRADES (as it once
+    /// did), ignoring the TRADES position each LEDGER event records: a
+    /// reservation that fitted only because a cancel had released the one
+    /// before it is replayed before that release, the account looks
+    /// over-reserved, and the portfolio cannot start again. Bites only when
+    /// the portfolio restarts after traders reserved near their whole cash.
+    ReplayLedgerFirst,
+    /// The portfolio records a deposit before checking it against the
+    /// account limit (as it once did): an overflowing deposit is stored in
+    /// LEDGER and then cannot be applied, live or on any later replay.
+    /// Bites only when a client sends such a deposit.
+    DepositsUnchecked,
 }
 
 impl PlatformConfig {

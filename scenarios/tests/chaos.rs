@@ -29,6 +29,12 @@ fn shows(bug: PlantedBug, f: &Failure) -> bool {
         PlantedBug::NoReleaseOnCancel => check("reservations_balance"),
         // ORDERS itself is lost: the engine never answers the accepted orders.
         PlantedBug::LoseOnBrokerRestart => f.kind == FailureKind::Liveness || check("every_order_accounted"),
+        // The portfolio cannot rebuild after a restart: it never catches up.
+        PlantedBug::ReplayLedgerFirst => {
+            matches!(f.kind, FailureKind::Liveness | FailureKind::Crash) && f.detail.contains("portfolio")
+        }
+        // The hostile client's overflowing deposit is stored, then cannot be applied.
+        PlantedBug::DepositsUnchecked => f.kind == FailureKind::Crash && f.detail.contains("cannot be applied"),
     }
 }
 
@@ -41,6 +47,8 @@ fn every_planted_bug_is_found_within_200_seeds() {
         PlantedBug::LoseOnBrokerRestart,
         PlantedBug::DuplicateFillsOnReplay,
         PlantedBug::NoReleaseOnCancel,
+        PlantedBug::ReplayLedgerFirst,
+        PlantedBug::DepositsUnchecked,
     ] {
         let planted = Scenario { planted_bug: Some(bug), ..scn.clone() };
         let found = chaos::find(&planted, SEEDS, |f| shows(bug, f));

@@ -102,3 +102,48 @@ fn a_reservation_not_released_on_cancel_is_caught_after_a_portfolio_restart() {
     assert_clean(&scn, 9);
     assert_caught(&scn, 9, PlantedBug::NoReleaseOnCancel, "reservations_balance");
 }
+
+/// The chaos scenario's market (with its all-in traders and hostile client),
+/// shortened to `seconds`, with `faults` instead of the nemesis.
+fn chaos_market(seconds: u64, faults: Vec<Fault>) -> Scenario {
+    Scenario { nemesis: None, buggify: false, ..scenario("chaos.toml", seconds, faults) }
+}
+
+/// How a run with a bug the platform cannot recover from ends: an error
+/// (the service cannot start again: the run never quiesces) or a panic.
+fn fails_to_recover(scn: &Scenario, seed: u64, bug: PlantedBug) -> String {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(scn, seed, Some(bug))));
+    match outcome {
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or(panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default(),
+        Ok(Err(e)) => e,
+        Ok(Ok(r)) => panic!("{bug:?}: the run completed: {:?} {:#?}", r.summary.outcome, r.summary.checker),
+    }
+}
+
+/// Issue 13's first finding, in simulation: a portfolio restart after the
+/// all-in traders bought, canceled and bought again near their whole cash
+/// cannot rebuild when LEDGER is replayed before TRADES.
+#[test]
+fn a_replay_out_of_live_order_is_caught_after_a_portfolio_restart() {
+    let kill = Fault::new(4_000, Action::Kill, Some("portfolio")).lasting(500);
+    let scn = chaos_market(6, vec![kill]);
+    assert_clean(&scn, 4);
+    let why = fails_to_recover(&scn, 4, PlantedBug::ReplayLedgerFirst);
+    // The portfolio cannot rebuild ("reserved cash out of range"), so it never serves again.
+    assert!(why.contains("portfolio") && (why.contains("liveness") || why.contains("reserved cash")), "{why}");
+}
+
+/// Issue 13's third finding, in simulation: the hostile client's deposit
+/// beyond the account limit, recorded before it is checked, cannot be
+/// applied (and would poison every later replay).
+#[test]
+fn a_deposit_recorded_before_its_check_is_caught_by_the_hostile_client() {
+    let scn = chaos_market(4, vec![]);
+    assert_clean(&scn, 2);
+    let why = fails_to_recover(&scn, 2, PlantedBug::DepositsUnchecked);
+    assert!(why.contains("cannot be applied") && why.contains("overflows"), "{why}");
+}

@@ -135,6 +135,8 @@ pub fn settlement(symbol: &str, f: &events::FillEvent) -> Result<FillSettlement,
 pub struct ReplayOptions {
     /// Planted bug NoReleaseOnCancel: closes "move no money", so the replay leaves them out.
     pub skip_closes: bool,
+    /// Planted bug ReplayLedgerFirst: all of LEDGER, then TRADES.
+    pub ledger_first: bool,
 }
 
 /// Rebuilds the portfolio from LEDGER and TRADES as read from their streams
@@ -171,7 +173,8 @@ pub fn replay(
                 });
             return Err(corrupt(ledger_stream, m.seq, reason));
         }
-        apply_trades_through(&mut fold, event.trades_applied)?;
+        let through = if options.ledger_first { 0 } else { event.trades_applied };
+        apply_trades_through(&mut fold, through)?;
         fold.apply_ledger(&event).map_err(|e| corrupt(ledger_stream, m.seq, e.to_string()))?;
     }
     apply_trades_through(&mut fold, u64::MAX)?;

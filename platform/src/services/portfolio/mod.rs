@@ -67,7 +67,10 @@ pub async fn rebuild(deps: &Deps) -> Result<Fold, ServiceError> {
     if deps.cfg.planted(PlantedBug::SettleTwice) {
         ledger.plant_settle_twice();
     }
-    let options = ReplayOptions { skip_closes: deps.cfg.planted(PlantedBug::NoReleaseOnCancel) };
+    let options = ReplayOptions {
+        skip_closes: deps.cfg.planted(PlantedBug::NoReleaseOnCancel),
+        ledger_first: deps.cfg.planted(PlantedBug::ReplayLedgerFirst),
+    };
     let (ledger_stream, trades_stream) = (names.ledger_stream(), names.trades_stream());
     let ledger_msgs = crate::bus::read_to_end(deps.bus.as_ref(), &ledger_stream, "", 1).await?;
     let trades = crate::bus::read_to_end(deps.bus.as_ref(), &trades_stream, "", 1).await?;
@@ -275,12 +278,17 @@ impl Portfolio for PortfolioSvc {
         let account = AccountId(req.account_id);
         let mut fold = self.state.fold.lock().await;
         let request_id = format!("{}/{}", account.0, req.request_id);
+        // Planted bug DepositsUnchecked: recorded before the limit is checked.
+        let checked = !self.state.deps.cfg.planted(PlantedBug::DepositsUnchecked);
         if !fold.ledger().has_deposit(&request_id) {
-            if req.symbol.is_empty() {
-                fold.ledger().check_deposit(account, Cents(req.cents)).map_err(deposit_refusal)?;
+            let within_limits = if !checked {
+                Ok(())
+            } else if req.symbol.is_empty() {
+                fold.ledger().check_deposit(account, Cents(req.cents))
             } else {
-                fold.ledger().check_deposit_shares(account, &req.symbol, Shares(req.qty)).map_err(deposit_refusal)?;
-            }
+                fold.ledger().check_deposit_shares(account, &req.symbol, Shares(req.qty))
+            };
+            within_limits.map_err(deposit_refusal)?;
             let kind = ledger_event::Kind::Deposited(events::Deposited {
                 account: account.0,
                 cents: req.cents,
