@@ -466,6 +466,7 @@ pub fn load(
     }
     if let Some(d) = duration {
         scn.duration = d;
+        scn.check_faults().map_err(|e| format!("{} with --duration {} ms: {e}", file.display(), d.as_millis()))?;
     }
     let config_hash = hash_hex(format!("{text}\n{:?}", scn.duration).as_bytes());
     let rerun = rerun_command(&file.display().to_string(), scn.seed, duration.map(|d| d.as_millis() as u64));

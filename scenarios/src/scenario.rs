@@ -144,6 +144,9 @@ pub struct Scenario {
 
 const SERVICES: [&str; 6] = ["gateway", "auth", "market", "orders", "engine", "portfolio"];
 
+/// The shortest liveness phase a scenario may ask for.
+pub const QUIESCE_MIN_MS: u64 = 2_000;
+
 impl Scenario {
     /// Parses and validates a scenario file's text.
     pub fn parse(text: &str) -> Result<Scenario, String> {
@@ -181,13 +184,20 @@ impl Scenario {
         if let Some(n) = &raw.nemesis {
             n.validate()?;
         }
+        if raw.quiesce_ms < QUIESCE_MIN_MS {
+            return Err(format!(
+                "quiesce_ms: {} is too short: the liveness phase needs at least {QUIESCE_MIN_MS} ms to tell a \
+                 platform that recovers from one that does not",
+                raw.quiesce_ms
+            ));
+        }
         let slos = raw
             .slos
             .iter()
             .enumerate()
             .map(|(i, s)| parse_slo(s).map_err(|e| format!("slos[{i}] ({s:?}): {e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Scenario {
+        let scn = Scenario {
             name: raw.name,
             description: raw.description,
             seed: raw.seed,
@@ -205,7 +215,41 @@ impl Scenario {
             buggify_network: raw.buggify_network,
             slos,
             planted_bug: None,
-        })
+        };
+        scn.check_faults()?;
+        Ok(scn)
+    }
+
+    /// Checks every `[[fault]]` against this scenario: its fields, that the
+    /// nodes it names exist, and that it starts and ends inside the load
+    /// phase (so that the liveness phase sees the platform recover). Run
+    /// again after an override of the load's duration.
+    pub fn check_faults(&self) -> Result<(), String> {
+        let nodes = self.fault_targets();
+        let load_ms = self.duration.as_millis() as u64;
+        for (i, f) in self.faults.iter().enumerate() {
+            let at = |why: String| format!("fault[{i}] (at_ms {}): {why}", f.at_ms);
+            f.validate(&nodes).map_err(at)?;
+            if f.at_ms >= load_ms {
+                return Err(at(format!("starts after the load phase ends (duration_ms {load_ms})")));
+            }
+            match f.duration_ms {
+                None => {
+                    return Err(at(format!(
+                        "duration_ms: missing; a fault must end inside the load phase (duration_ms {load_ms})"
+                    )))
+                }
+                Some(d) if f.at_ms + d > load_ms => {
+                    return Err(at(format!(
+                        "duration_ms: ends at {} ms, after the load phase (duration_ms {load_ms}); a fault must \
+                         end inside it, so that the liveness phase sees the platform recover",
+                        f.at_ms + d
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// The effective configuration, one item a line (printed before every run).
@@ -296,6 +340,15 @@ fn instruments(raw: &[RawInstrument]) -> Result<Instruments, String> {
             if v <= 0 || v % r.tick_cents != 0 {
                 return Err(at(field, &format!("{v} must be a positive multiple of tick_cents ({})", r.tick_cents)));
             }
+        }
+        if r.min_price_cents > r.max_price_cents {
+            return Err(at(
+                "min_price_cents",
+                &format!(
+                    "{} is above max_price_cents ({}): the band is inverted",
+                    r.min_price_cents, r.max_price_cents
+                ),
+            ));
         }
         if !(r.min_price_cents <= r.start_price_cents && r.start_price_cents <= r.max_price_cents) {
             return Err(at("start_price_cents", "must lie within [min_price_cents, max_price_cents]"));

@@ -45,6 +45,11 @@ fn every_library_scenario_parses_and_has_slos() {
     assert!(many.engine_shards.len() >= 2, "many-symbols spreads symbols across shards");
 }
 
+/// `base` with one `[[fault]]` table of `body` appended.
+fn fault(base: &str, body: &str) -> String {
+    format!("{base}\n[[fault]]\n{body}\n")
+}
+
 #[test]
 fn a_malformed_file_names_the_field_and_the_reason() {
     let base = library().into_iter().find(|(p, _)| p.ends_with("baseline.toml")).unwrap().1;
@@ -67,6 +72,28 @@ fn a_malformed_file_names_the_field_and_the_reason() {
             "service_time.orders.dist",
         ),
         (base.replace("latency_us = [50, 250]", "latency_us = [250, 50]"), "network.latency_us"),
+        // An inverted band names the band, not the start price.
+        (
+            base.replace(
+                "min_price_cents = 100\nmax_price_cents = 1000000",
+                "min_price_cents = 1000000\nmax_price_cents = 100",
+            ),
+            "instrument[0].min_price_cents: 1000000 is above max_price_cents (100)",
+        ),
+        (base.replace("quiesce_ms = 15000", "quiesce_ms = 0"), "quiesce_ms: 0 is too short"),
+        (
+            fault(&base, "at_ms = 1000\naction = \"kill\"\ntarget = \"engine-7\"\nduration_ms = 500"),
+            "fault[0] (at_ms 1000): target: no node \"engine-7\"",
+        ),
+        (
+            fault(&base, "at_ms = 12000\naction = \"kill\"\ntarget = \"orders\"\nduration_ms = 500"),
+            "fault[0] (at_ms 12000): starts after the load phase ends",
+        ),
+        (
+            fault(&base, "at_ms = 9000\naction = \"pause\"\ntarget = \"orders\"\nduration_ms = 5000"),
+            "duration_ms: ends at 14000 ms, after the load phase",
+        ),
+        (fault(&base, "at_ms = 9000\naction = \"isolate\"\ntarget = \"orders\""), "duration_ms: missing"),
     ];
     for (text, want) in cases {
         let err = Scenario::parse(&text).expect_err(want);
