@@ -813,12 +813,10 @@ fn chaos_command(
         if let Some(f) = &r.failure {
             *by_kind.entry(f.kind).or_default() += 1;
         }
-        if let Some(res) = &r.result {
-            for (k, n) in &res.summary.coverage.fired {
-                let e = fired.entry(k.clone()).or_default();
-                e.0 += u64::from(*n);
-                e.1 += res.summary.coverage.orders_in_flight.get(k).copied().unwrap_or(0);
-            }
+        for (k, n) in &r.coverage.fired {
+            let e = fired.entry(k.clone()).or_default();
+            e.0 += u64::from(*n);
+            e.1 += r.coverage.orders_in_flight.get(k).copied().unwrap_or(0);
         }
     }
     let failures: u64 = by_kind.values().sum();
@@ -833,10 +831,8 @@ fn chaos_command(
     for (k, (n, inflight)) in &fired {
         println!("  {k:<18} {n:>6} fired, {inflight:>7} orders in flight");
     }
-    let mut slowest: Vec<(u64, u64)> = runs
-        .iter()
-        .filter_map(|r| r.result.as_ref().map(|res| (res.summary.stages["submit_to_ack"].p99_ns, r.seed)))
-        .collect();
+    let mut slowest: Vec<(u64, u64)> =
+        runs.iter().filter_map(|r| r.submit_to_ack_p99_ns.map(|p99| (p99, r.seed))).collect();
     slowest.sort_by(|a, b| b.cmp(a));
     println!("\nslowest submit_to_ack p99:");
     for (p99, seed) in slowest.iter().take(5) {
