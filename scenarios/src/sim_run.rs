@@ -89,11 +89,11 @@ pub fn run_with_progress(
         schedule.validate(&world.node_names()).map_err(|e| format!("fault: {e}"))?;
         let driver_node = world.client_node("driver");
         let w = world.clone();
-        let outcome = driver_node
-            .spawn(async move { drive(w, scn, schedule, meta, progress).await })
-            .await
-            .map_err(|e| format!("driver crashed: {e}"))?;
-        outcome
+        let outcome = driver_node.spawn(async move { drive(w, scn, schedule, meta, progress).await }).await;
+        // Every task of the world dropped before the runtime is (a sweep runs world after world).
+        world.tear_down();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        outcome.map_err(|e| format!("driver crashed: {e}"))?
     })
 }
 

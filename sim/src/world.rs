@@ -133,6 +133,8 @@ pub struct World {
     pub clock: SimClock,
     slow: BTreeMap<String, SlowKnob>,
     next_client: std::sync::atomic::AtomicU32,
+    /// The client nodes made so far (see [`World::tear_down`]).
+    clients: std::sync::Mutex<Vec<NodeId>>,
     /// What the platform's fault points draw from when switched on.
     buggify_seed: u64,
     root_seed: u64,
@@ -198,7 +200,20 @@ impl World {
         }
         let next_client = std::sync::atomic::AtomicU32::new(0);
         let root_seed = spec.root_seed;
-        World { handle, cfg, trace, nodes, network: spec.network, clock, slow, next_client, buggify_seed, root_seed }
+        let clients = std::sync::Mutex::new(Vec::new());
+        World {
+            handle,
+            cfg,
+            trace,
+            nodes,
+            network: spec.network,
+            clock,
+            slow,
+            next_client,
+            clients,
+            buggify_seed,
+            root_seed,
+        }
     }
 
     fn node(&self, name: &str) -> NodeId {
@@ -212,7 +227,20 @@ impl World {
         assert!(i < 50_000, "a world has room for 50,000 client nodes");
         let (block, host) = (2 + i / 250, 1 + i % 250);
         let ip = Ipv4Addr::new(10, (block / 256) as u8, (block % 256) as u8, host as u8);
-        self.handle.create_node().name(name).ip(IpAddr::V4(ip)).build()
+        let node = self.handle.create_node().name(name).ip(IpAddr::V4(ip)).build();
+        self.clients.lock().expect("clients lock").push(node.id());
+        node
+    }
+
+    /// Kills every node of the world, clients included, so that their tasks
+    /// are dropped once the executor runs again (await a moment after). A
+    /// runtime dropped with tasks still pending never frees them: tasks that
+    /// wait on each other hold each other's wakers, and a sweep that ran
+    /// world after world on one thread grew by megabytes a seed.
+    pub fn tear_down(&self) {
+        for id in self.nodes.values().chain(self.clients.lock().expect("clients lock").iter()) {
+            self.handle.kill(*id);
+        }
     }
 
     /// A bus client for a node of the world (to be used on that node).
