@@ -22,7 +22,11 @@ use crate::trace::Trace;
 
 /// Runs the broker on the current madsim node, listening on `addr`, until the node is killed.
 pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
-    disk.lock().drop_memory_streams();
+    // What a process start finds on its disk: file streams, and their
+    // consumers as last saved (see `Store::start`).
+    let incarnation = disk.lock().start(super::now());
+    // Runs when the node dies (its tasks are dropped at the instant of the kill).
+    let _stopped = Stopped { disk: disk.clone(), incarnation };
     let endpoint = match Endpoint::bind(addr).await {
         Ok(endpoint) => endpoint,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -51,6 +55,22 @@ pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
 
 /// At most this many messages travel in one tail frame.
 const TAIL_FRAME_MAX: usize = 256;
+
+/// Tells the disk when this run of the broker ended (a kill drops the task).
+struct Stopped {
+    disk: BrokerDisk,
+    incarnation: u64,
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // Outside a simulation (a runtime torn down with the node in it) nothing is left to save.
+        let Some(time) = madsim::time::TimeHandle::try_current() else { return };
+        if let Ok(mut store) = self.disk.store.lock() {
+            store.stop(self.incarnation, time.now_instant());
+        }
+    }
+}
 
 struct Broker {
     disk: BrokerDisk,
