@@ -40,7 +40,9 @@
 //!   delivered (and started the ack wait of) messages the client has not
 //!   fetched yet;
 //! - storage is durable the moment a publish is acknowledged (nats-server
-//!   buffers writes for a few milliseconds and syncs every two minutes).
+//!   buffers writes for a few milliseconds and syncs every two minutes);
+//! - under the `reply_lost` fault ([`crate::faults`]) it drops replies after
+//!   acting on the request; no real server does that on purpose.
 //!
 //! ## Layout
 //!
@@ -59,7 +61,7 @@ use std::sync::{Arc, Mutex};
 use madsim::time::{Instant, TimeHandle};
 
 pub use client::SimBus;
-pub use server::serve;
+pub use server::{serve, serve_with};
 pub use store::CONSUMER_SAVE_EVERY;
 
 /// What survives a broker restart: file-storage streams (messages, the Msg-Id dedupe
