@@ -2,7 +2,7 @@
 //! fraction of the answers the world's servers send is dropped after the
 //! request took effect (see [`crate::faults`]). One knob per world, shared
 //! by the simulated broker (its replies) and the order path's multiplexed
-//! gRPC servers (through [`fafnir_platform::rpc::set_reply_loss`]); it draws
+//! gRPC servers (through `fafnir_platform::rpc::set_reply_loss`, simulated build only); it draws
 //! from its own seed, derived from the root seed, so the same seed drops the
 //! same answers. Nothing is drawn while the rate is zero, so a world that
 //! never plays the fault takes exactly the path it took without the knob.
