@@ -148,6 +148,20 @@ pub enum PlantedBug {
     /// LEDGER and then cannot be applied, live or on any later replay.
     /// Bites only when a client sends such a deposit.
     DepositsUnchecked,
+    /// An event whose publish ack was lost is published again under a fresh
+    /// message id. When the engine's pipelined batch comes back with an
+    /// event unanswered (timed out) but a later output of the same batch
+    /// acknowledged, the engine reasons that acks come back in order, so the
+    /// broker must have dropped that event, and publishes it again as a new
+    /// message (the id with a suffix). But the broker had stored it: only its
+    /// ack was lost. The event is in TRADES twice, a fill among them now and
+    /// then: settled once by the portfolio (it dedupes on the fill id), but
+    /// published, and reported to its owners, twice. Republished events must
+    /// keep their message ids. Only a lost answer makes this gap: a
+    /// partition, a pause or a broker kill fails a batch as a whole (the
+    /// engine then republishes it under the events' own ids), so the
+    /// `reply_lost` fault finds it and the other faults do not.
+    RepublishUnderFreshId,
 }
 
 impl PlatformConfig {

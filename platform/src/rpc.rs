@@ -65,6 +65,8 @@ where
     }
 }
 
+#[cfg(madsim)]
+pub use sim::set_reply_loss;
 pub use sim::MuxService;
 
 /// A client's multiplexed connection to one service (simulation only; for
@@ -138,6 +140,29 @@ mod sim {
     use tonic::codegen::http::uri::PathAndQuery;
     use tonic::codegen::{BoxFuture, BoxMessage, BoxMessageStream, Service};
     use tonic::{Request, Response, Status};
+
+    thread_local! {
+        /// The simulation's answer-loss switch while one is installed (see
+        /// [`set_reply_loss`]), for the world running on this thread (a
+        /// madsim runtime runs on one thread; a sweep runs one world after
+        /// another on each of its threads, and each world installs its own).
+        static REPLY_LOSS: std::cell::RefCell<Option<ReplyLossFn>> = const { std::cell::RefCell::new(None) };
+    }
+
+    type ReplyLossFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
+    /// Installs (or with `None` removes) the simulation's answer-loss switch
+    /// for the multiplexed servers on this thread: asked once per answer,
+    /// after the handler ran, whether the answer is lost (the `reply_lost`
+    /// fault: the call took effect, the client times out). The simulation
+    /// decides; the platform only asks.
+    pub fn set_reply_loss(lose: Option<ReplyLossFn>) {
+        REPLY_LOSS.with(|r| *r.borrow_mut() = lose);
+    }
+
+    fn reply_lost() -> bool {
+        REPLY_LOSS.with(|r| r.borrow().as_ref().is_some_and(|lose| lose()))
+    }
 
     /// A call: its id on the connection, the method's path and the request.
     type CallFrame = (u64, PathAndQuery, Request<BoxMessage>);
@@ -220,6 +245,10 @@ mod sim {
                     }
                     Err(status) => Err(status),
                 };
+                if reply_lost() {
+                    // The call took effect; its answer never arrives (a simulated fault).
+                    return;
+                }
                 // A client that went away does not get its answer.
                 let _ = tx.send(Box::new((id, reply) as ReplyFrame)).await;
             });
@@ -399,6 +428,32 @@ mod tests {
             })
             .await
             .expect("client");
+    }
+
+    /// An answer the simulation's switch drops never arrives: the handler ran
+    /// (the call took effect), the client times out.
+    #[madsim::test]
+    async fn a_lost_answer_times_out_though_the_handler_ran() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        let handle = Handle::current();
+        let _server = server(&handle);
+        let asked = Arc::new(AtomicU32::new(0));
+        let seen = asked.clone();
+        // Loses the first answer only.
+        super::set_reply_loss(Some(Arc::new(move || seen.fetch_add(1, Ordering::Relaxed) == 0)));
+        let client = handle.create_node().name("client").ip("10.0.0.2".parse().expect("ip")).build();
+        client
+            .spawn(async {
+                let mux = Mux::new(ADDR.parse().expect("addr"), Duration::from_millis(200));
+                let lost = get(&mux, "A", 1).await.expect_err("its answer is lost");
+                assert_eq!(lost.code(), Code::DeadlineExceeded);
+                assert_eq!(get(&mux, "B", 1).await.expect("answered"), "B");
+            })
+            .await
+            .expect("client");
+        super::set_reply_loss(None);
+        assert_eq!(asked.load(Ordering::Relaxed), 2, "asked once per answer, after the handler ran");
     }
 
     #[madsim::test]

@@ -1,7 +1,8 @@
 //! Evidence that chaos sweeps find bugs: each planted bug is found by a sweep
 //! of scenarios/chaos.toml (random nemesis, the platform's BUGGIFY points on) within 200 seeds, the
 //! way it should fail; the same 200 seeds with no bug planted are all clean.
-//! Also: a found failure shrinks to fewer faults and still fails the same way.
+//! Also: a found failure shrinks to fewer faults and still fails the same way,
+//! and the bug only lost answers can show is not found without `reply_lost`.
 //!
 //! These sweep hundreds of whole-platform runs, so they are `#[ignore]`d in
 //! the debug build and ci/test runs them in release:
@@ -11,6 +12,7 @@
 use fafnir_platform::config::PlantedBug;
 use fafnir_scenarios::chaos::{self, Failure, FailureKind};
 use fafnir_scenarios::scenario::Scenario;
+use fafnir_sim::nemesis::Kind;
 
 const SEEDS: std::ops::Range<u64> = 1..201;
 
@@ -25,7 +27,9 @@ fn shows(bug: PlantedBug, f: &Failure) -> bool {
     let check = |name: &str| f.kind == FailureKind::Correctness && f.failed.contains(name);
     match bug {
         PlantedBug::SettleTwice => check("settled_exactly_once"),
-        PlantedBug::DuplicateFillsOnReplay => check("settled_exactly_once") || check("agents_told_the_truth"),
+        PlantedBug::DuplicateFillsOnReplay | PlantedBug::RepublishUnderFreshId => {
+            check("settled_exactly_once") || check("agents_told_the_truth")
+        }
         PlantedBug::NoReleaseOnCancel => check("reservations_balance"),
         // ORDERS itself is lost: the engine never answers the accepted orders.
         PlantedBug::LoseOnBrokerRestart => f.kind == FailureKind::Liveness || check("every_order_accounted"),
@@ -49,6 +53,7 @@ fn every_planted_bug_is_found_within_200_seeds() {
         PlantedBug::NoReleaseOnCancel,
         PlantedBug::ReplayLedgerFirst,
         PlantedBug::DepositsUnchecked,
+        PlantedBug::RepublishUnderFreshId,
     ] {
         let planted = Scenario { planted_bug: Some(bug), ..scn.clone() };
         let found = chaos::find(&planted, SEEDS, |f| shows(bug, f));
@@ -97,4 +102,26 @@ fn a_found_failure_shrinks_and_still_fails_the_same_way() {
     minimal.planted_bug = Some(bug);
     let again = chaos::run_seed(&minimal, found.seed, "");
     assert!(again.failure.as_ref().is_some_and(|f| shows(bug, f)), "{:?}", again.failure);
+}
+
+/// With every fault kind but `reply_lost`, the planted fresh-id republish
+/// is never found: only a lost answer leaves an event unacknowledged in a
+/// batch whose later outputs were acknowledged (a partition, a pause or a
+/// kill fails a batch as a whole).
+#[test]
+#[ignore = "sweeps 200 seeds: run in release (ci/test does)"]
+fn only_lost_answers_find_the_fresh_id_republish() {
+    let (scn, _) = chaos_scenario();
+    let bug = PlantedBug::RepublishUnderFreshId;
+    let mut nemesis = scn.nemesis.clone().expect("chaos.toml has a nemesis");
+    let others = Kind::ALL.iter().filter(|k| **k != Kind::ReplyLost).map(|k| k.name().to_string());
+    nemesis.kinds = Some(others.collect());
+    let planted = Scenario { planted_bug: Some(bug), nemesis: Some(nemesis), ..scn };
+    let runs = chaos::sweep(&planted, SEEDS, 2, &|_| String::new(), &|_| {});
+    let failures: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.failure.as_ref().map(|f| format!("seed {}: {} {}", r.seed, f.kind, f.detail)))
+        .collect();
+    assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(runs.len(), 200);
 }

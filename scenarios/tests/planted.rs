@@ -147,3 +147,35 @@ fn a_deposit_recorded_before_its_check_is_caught_by_the_hostile_client() {
     let why = fails_to_recover(&scn, 2, PlantedBug::DepositsUnchecked);
     assert!(why.contains("cannot be applied") && why.contains("overflows"), "{why}");
 }
+
+/// One answer in twenty lost from 1 s to 4 s (the request took effect).
+fn replies_lost() -> Fault {
+    Fault { rate_ppm: Some(50_000), ..Fault::new(1_000, Action::ReplyLost, None).lasting(3_000) }
+}
+
+#[test]
+fn an_event_republished_under_a_fresh_id_is_caught_when_its_ack_is_lost() {
+    // Engine batches come back with an event's ack lost and a later one's
+    // there: the planted engine publishes the event again as a new message.
+    let scn = scenario("baseline.toml", 5, vec![replies_lost()]);
+    assert_clean(&scn, 1);
+    assert_caught(&scn, 1, PlantedBug::RepublishUnderFreshId, "settled_exactly_once");
+}
+
+#[test]
+fn an_event_republished_under_a_fresh_id_needs_a_lost_answer() {
+    // Not a bug that fires always, nor one the other faults show: with no
+    // fault, and with the engine cut off from the broker over the same
+    // window (its batches then fail as a whole and are republished under
+    // their own ids), the planted run is clean.
+    let bug = Some(PlantedBug::RepublishUnderFreshId);
+    let calm = scenario("baseline.toml", 5, vec![]);
+    let r = run(&calm, 1, bug).expect("the run completes");
+    assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+    let mut cut = Fault::new(1_000, Action::Partition, Some("engine-0")).lasting(3_000);
+    cut.peer = Some("broker".into());
+    let partitioned = scenario("baseline.toml", 5, vec![cut]);
+    let r = run(&partitioned, 1, bug).expect("the run completes");
+    assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+    assert!(r.summary.counts.fills_reported > 0, "the run traded: {:?}", r.summary.counts);
+}

@@ -131,6 +131,26 @@ mod simulated {
         assert_ne!(run(&scn, 6).summary.trace_hash, a.summary.trace_hash, "another seed, another run");
         assert_eq!(a.summary.outcome, Outcome::Success, "{:#?}", a.summary.checker);
     }
+
+    /// Mid-load, every service is killed at once and started again a second
+    /// later, then a tenth of all answers is lost for a second and a half:
+    /// the run passes the checker (the baseline's 100 ms SLOs do not hold
+    /// through a restart, and are not the point), and the coverage counts both.
+    #[test]
+    fn a_run_through_a_whole_platform_restart_and_lost_answers_passes_the_checker() {
+        use fafnir_sim::faults::{Action, Fault};
+        let mut scn = baseline(7);
+        scn.faults = vec![
+            Fault::new(2_000, Action::RestartAll, None).lasting(1_000),
+            Fault { rate_ppm: Some(100_000), ..Fault::new(4_000, Action::ReplyLost, None).lasting(1_500) },
+        ];
+        let r = run(&scn, 2);
+        assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+        assert!(matches!(r.summary.outcome, Outcome::Success | Outcome::SloViolated), "{:?}", r.summary.outcome);
+        assert!(r.summary.counts.fills_reported > 0, "the agents traded: {:?}", r.summary.counts);
+        let fired = &r.summary.coverage.fired;
+        assert_eq!((fired.get("restart_all"), fired.get("reply_lost")), (Some(&1), Some(&1)), "{fired:?}");
+    }
 }
 
 #[cfg(not(madsim))]

@@ -7,8 +7,8 @@
 //! ```toml
 //! [[fault]]
 //! at_ms = 2000
-//! action = "kill"          # isolate | partition | kill | pause | slow | packet_loss | latency_spike
-//! target = "engine-0"
+//! action = "kill"          # isolate | partition | kill | restart_all | pause | slow
+//! target = "engine-0"      #   | packet_loss | latency_spike | reply_lost
 //! duration_ms = 1500
 //!
 //! [[fault]]
@@ -18,6 +18,17 @@
 //! peer = "broker"
 //! one_way = true           # engine-0 -> broker only
 //! duration_ms = 3000
+//!
+//! [[fault]]
+//! at_ms = 7000
+//! action = "restart_all"   # every service node killed, all started again at the end
+//! duration_ms = 800
+//!
+//! [[fault]]
+//! at_ms = 9000
+//! action = "reply_lost"    # 5% of answers never arrive (the request took effect)
+//! rate_ppm = 50000
+//! duration_ms = 2000
 //! ```
 //!
 //! How madsim turns these into network behaviour: its connections are
@@ -28,6 +39,18 @@
 //! and jitter, and a partition as a stall whose messages arrive after it heals
 //! (up to one backoff step late); requests time out at the caller meanwhile.
 //! New connections to a clogged peer are refused.
+//!
+//! So no madsim fault makes a message *never* arrive. `reply_lost` does, and
+//! only for answers: while it is in force, the simulated broker drops a
+//! fraction of its replies (publish acks, each ack of a pipelined batch on
+//! its own, fetch and read replies, stream and consumer answers; not tail
+//! frames) after it has acted on the request, and the order path's
+//! multiplexed gRPC servers ([`fafnir_platform::rpc`]) drop a fraction of
+//! their answers after the handler ran. The caller times out: its request took
+//! effect, and it cannot know. A model-only fault (no real server does this on
+//! purpose; a lost TCP segment is retransmitted): it stands for a connection
+//! that died after the server acted, a proxy that dropped the answer, or a
+//! reply that missed its deadline.
 //!
 //! A floor under every simulated latency: madsim's `sleep_until` never sleeps
 //! less than 1 ms (to match tokio), and both its per-send random delay and its
@@ -57,6 +80,21 @@ pub enum Action {
     PacketLoss,
     /// Raise every link's latency to between `latency_ms[0]` and `latency_ms[1]`.
     LatencySpike,
+    /// Kill every service node at once (gateway, auth, market, orders,
+    /// portfolio, every engine shard; not the broker, not Redis) and start
+    /// them all again when the fault's duration ends, as a whole deployment
+    /// stopped and started again. No target; needs a duration.
+    RestartAll,
+    /// Drop `rate_ppm` of a million answers (the broker's replies, the order
+    /// path's gRPC answers) after the request took effect (see the module docs).
+    ReplyLost,
+}
+
+impl Action {
+    /// Whether the action applies to the whole world rather than to one node.
+    pub fn is_global(self) -> bool {
+        matches!(self, Action::PacketLoss | Action::LatencySpike | Action::RestartAll | Action::ReplyLost)
+    }
 }
 
 /// One fault. Fields an action does not use must be absent.
@@ -117,10 +155,10 @@ impl Fault {
     /// Checks the fault names what its action needs and nothing else;
     /// `nodes` are the names a target or peer may take.
     pub fn validate(&self, nodes: &[String]) -> Result<(), String> {
-        let needs_target = !matches!(self.action, Action::PacketLoss | Action::LatencySpike);
+        let needs_target = !self.action.is_global();
         match (&self.target, needs_target) {
             (None, true) => return Err(format!("target: {:?} needs a target node", self.action)),
-            (Some(_), false) => return Err(format!("target: {:?} applies to the whole network", self.action)),
+            (Some(_), false) => return Err(format!("target: {:?} applies to the whole world", self.action)),
             (Some(t), true) if !nodes.contains(t) => {
                 return Err(format!("target: no node {t:?} (nodes: {})", nodes.join(", ")));
             }
@@ -140,13 +178,13 @@ impl Fault {
             return Err("one_way: only a partition can be one-way".into());
         }
         check_field("factor", self.factor.is_some(), is(Action::Slow))?;
-        check_field("rate_ppm", self.rate_ppm.is_some(), is(Action::PacketLoss))?;
+        check_field("rate_ppm", self.rate_ppm.is_some(), is(Action::PacketLoss) || is(Action::ReplyLost))?;
         check_field("latency_ms", self.latency_ms.is_some(), is(Action::LatencySpike))?;
         if self.factor == Some(0) {
             return Err("factor: must be at least 1".into());
         }
         if self.rate_ppm.is_some_and(|r| r > 1_000_000) {
-            return Err("rate_ppm: at most 1000000 (every packet)".into());
+            return Err("rate_ppm: at most 1000000 (all of them)".into());
         }
         if let Some([lo, hi]) = self.latency_ms {
             if lo > hi {
@@ -155,6 +193,9 @@ impl Fault {
         }
         if self.duration_ms == Some(0) {
             return Err("duration_ms: must be positive when given".into());
+        }
+        if is(Action::RestartAll) && self.duration_ms.is_none() {
+            return Err("duration_ms: required by restart_all (the services start again when it ends)".into());
         }
         Ok(())
     }
@@ -210,10 +251,15 @@ mod tests {
         p.one_way = true;
         let mut spike = Fault::new(1_000, Action::LatencySpike, None).lasting(500);
         spike.latency_ms = Some([5, 20]);
-        let s =
-            FaultSchedule { faults: vec![Fault::new(2_000, Action::Kill, Some("portfolio")).lasting(100), p, spike] };
+        let lost = Fault { rate_ppm: Some(50_000), ..Fault::new(3_000, Action::ReplyLost, None).lasting(2_000) };
+        let all = Fault::new(4_000, Action::RestartAll, None).lasting(800);
+        let s = FaultSchedule {
+            faults: vec![Fault::new(2_000, Action::Kill, Some("portfolio")).lasting(100), p, spike, lost, all],
+        };
         let text = s.to_toml();
         assert!(text.contains("action = \"partition\""), "{text}");
+        assert!(text.contains("action = \"reply_lost\"\nduration_ms = 2000\nrate_ppm = 50000"), "{text}");
+        assert!(text.contains("action = \"restart_all\"\nduration_ms = 800"), "{text}");
         assert_eq!(FaultSchedule::from_toml(&text, &nodes()).unwrap(), s);
         assert_eq!(s.sorted()[0].at_ms, 1_000);
     }
@@ -230,5 +276,12 @@ mod tests {
         assert!(err("[[fault]]\nat_ms = 1\naction = \"kill\"\ntarget = \"broker\"\ncolour = 3\n").contains("colour"));
         let e = err("[[fault]]\nat_ms = 1\naction = \"partition\"\ntarget = \"broker\"\npeer = \"broker\"\n");
         assert!(e.contains("itself"), "{e}");
+        let e = err("[[fault]]\nat_ms = 1\naction = \"restart_all\"\n");
+        assert!(e.contains("duration_ms: required by restart_all"), "{e}");
+        let e = err("[[fault]]\nat_ms = 1\naction = \"restart_all\"\ntarget = \"broker\"\nduration_ms = 5\n");
+        assert!(e.contains("applies to the whole world"), "{e}");
+        assert!(err("[[fault]]\nat_ms = 1\naction = \"reply_lost\"\n").contains("rate_ppm: required"));
+        let e = err("[[fault]]\nat_ms = 1\naction = \"reply_lost\"\nrate_ppm = 2000000\n");
+        assert!(e.contains("rate_ppm: at most 1000000"), "{e}");
     }
 }

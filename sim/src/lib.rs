@@ -11,6 +11,7 @@
 //! - [`fixed_hash`]: a seedless hasher for lookup-only hash maps.
 //! - [`rng`]: derived seeds, one per subsystem, from the root seed.
 //! - [`nemesis`]: the random nemesis: per seed, which fault kinds are on, their rates and durations (swarm testing).
+//! - [`reply_loss`]: the switch of the `reply_lost` fault, shared by the broker and the order path's gRPC servers.
 //! - [`service_time`]: the modelled processing time of each service.
 //! - `world`: the madsim world of every service, the broker and Redis (simulated build).
 //! - [`trace`]: the trace hash over every event the world delivers, in order.
@@ -23,6 +24,7 @@ pub mod conformance;
 pub mod faults;
 pub mod fixed_hash;
 pub mod nemesis;
+pub mod reply_loss;
 pub mod rng;
 pub mod service_time;
 pub mod trace;

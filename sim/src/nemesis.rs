@@ -30,7 +30,10 @@
 //!   one fault never heals another (a partition's undo unclogs its link, a
 //!   restart would end a pause);
 //! - `packet_loss` and `latency_spike` windows never overlap, not even with each
-//!   other: the world ends either by restoring its whole network model.
+//!   other: the world ends either by restoring its whole network model;
+//! - `restart_all` holds every service node while it lasts (no other fault on
+//!   a service overlaps it), and `reply_lost` windows never overlap each other
+//!   (the end of one turns the switch off).
 //!
 //! Faults of each kind arrive as a Poisson process (10 ms slots, integer
 //! probabilities); a fault whose node (or the network) is still busy when it
@@ -71,10 +74,15 @@ pub enum Kind {
     Slow,
     /// A service node frozen.
     Pause,
+    /// Every service node killed at once and all restarted (the broker and Redis stay up).
+    RestartAll,
+    /// A window in which a fraction of answers (the broker's replies, the
+    /// order path's gRPC answers) is lost after the request took effect.
+    ReplyLost,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Isolate,
         Kind::PartitionHalves,
         Kind::PartitionOneWay,
@@ -86,6 +94,8 @@ impl Kind {
         Kind::LatencySpike,
         Kind::Slow,
         Kind::Pause,
+        Kind::RestartAll,
+        Kind::ReplyLost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +111,8 @@ impl Kind {
             Kind::LatencySpike => "latency_spike",
             Kind::Slow => "slow",
             Kind::Pause => "pause",
+            Kind::RestartAll => "restart_all",
+            Kind::ReplyLost => "reply_lost",
         }
     }
 
@@ -114,7 +126,10 @@ impl Kind {
         match self {
             // Whole-cluster and stateful-dependency faults are the heaviest: rarer.
             Kind::PartitionHalves | Kind::KillBroker | Kind::KillRedis => [200, 1_000],
+            // The whole platform down at once: the rarest.
+            Kind::RestartAll => [100, 500],
             Kind::PacketLoss | Kind::LatencySpike => [300, 1_500],
+            Kind::ReplyLost => [200, 1_000],
             _ => [300, 2_000],
         }
     }
@@ -127,6 +142,10 @@ impl Kind {
             Kind::KillBroker | Kind::KillRedis => [100, 2_000],
             Kind::PacketLoss => [200, 4_000],
             Kind::LatencySpike => [100, 2_000],
+            // Down for up to two seconds: long enough to break every
+            // connection and lease, short enough to leave the load time to go on.
+            Kind::RestartAll => [200, 2_000],
+            Kind::ReplyLost => [300, 3_000],
             Kind::Slow => [500, 5_000],
             // Up to beyond the bus's 5 s ack wait: a stall as long as a bad
             // GC pause or a descheduled VM, which makes deliveries redeliver.
@@ -143,6 +162,8 @@ impl fmt::Display for Kind {
 
 /// Packet loss of a `packet_loss` fault, per million packets: 1 % to 20 %.
 pub const PACKET_LOSS_PPM: [u32; 2] = [10_000, 200_000];
+/// Answers lost by a `reply_lost` fault, per million: 1 % to 20 %.
+pub const REPLY_LOST_PPM: [u32; 2] = [10_000, 200_000];
 /// Bounds of a `latency_spike` fault's latency window, in ms.
 pub const LATENCY_SPIKE_MS: [u64; 2] = [5, 200];
 /// Service-time multiplier of a `slow` fault.
@@ -153,7 +174,7 @@ pub const SLOW_FACTOR: [u32; 2] = [2, 20];
 /// comes up about a quarter as often as any other service.
 pub const KILL_GATEWAY_WEIGHT: u64 = 1;
 pub const KILL_SERVICE_WEIGHT: u64 = 4;
-/// Nodes that are not services (not targets of `kill_service`, `slow`, `pause`).
+/// Nodes that are not services (not targets of `kill_service`, `slow`, `pause`, `restart_all`).
 pub const BROKER: &str = "broker";
 pub const REDIS: &str = "redis";
 const GATEWAY: &str = "gateway";
@@ -317,10 +338,10 @@ impl Targets {
         match kind {
             Kind::Isolate => !self.all.is_empty(),
             Kind::PartitionHalves | Kind::PartitionOneWay | Kind::PartitionLink => self.all.len() >= 2,
-            Kind::KillService | Kind::Slow | Kind::Pause => !self.services.is_empty(),
+            Kind::KillService | Kind::Slow | Kind::Pause | Kind::RestartAll => !self.services.is_empty(),
             Kind::KillBroker => self.has(BROKER),
             Kind::KillRedis => self.has(REDIS),
-            Kind::PacketLoss | Kind::LatencySpike => true,
+            Kind::PacketLoss | Kind::LatencySpike | Kind::ReplyLost => true,
         }
     }
 }
@@ -389,16 +410,38 @@ struct Arrival {
     kind: Kind,
     duration_ms: u64,
     faults: Vec<Fault>,
+    /// What it holds while in force (see [`Arrival::holds`]).
+    holds: BTreeSet<String>,
 }
 
+/// What `packet_loss` and `latency_spike` hold: the network model.
+const NETWORK: &str = "(network)";
+/// What `reply_lost` holds: the answer-loss switch.
+const REPLIES: &str = "(replies)";
+
 impl Arrival {
-    /// The nodes it holds while in force.
-    fn nodes(&self) -> BTreeSet<&str> {
-        self.faults.iter().flat_map(|f| f.target.iter().chain(f.peer.iter())).map(String::as_str).collect()
+    fn new(at_ms: u64, kind: Kind, duration_ms: u64, faults: Vec<Fault>, targets: &Targets) -> Arrival {
+        let holds = Arrival::holds(kind, &faults, targets);
+        Arrival { at_ms, kind, duration_ms, faults, holds }
     }
 
-    fn holds_network(&self) -> bool {
-        matches!(self.kind, Kind::PacketLoss | Kind::LatencySpike)
+    /// The nodes it acts on (every service for `restart_all`), and the
+    /// network model or the answer-loss switch for the kinds that set them:
+    /// two faults holding one of these never overlap.
+    fn holds(kind: Kind, faults: &[Fault], targets: &Targets) -> BTreeSet<String> {
+        let mut holds: BTreeSet<String> =
+            faults.iter().flat_map(|f| f.target.iter().chain(f.peer.iter())).cloned().collect();
+        match kind {
+            Kind::RestartAll => holds.extend(targets.services.iter().cloned()),
+            Kind::PacketLoss | Kind::LatencySpike => {
+                holds.insert(NETWORK.to_string());
+            }
+            Kind::ReplyLost => {
+                holds.insert(REPLIES.to_string());
+            }
+            _ => {}
+        }
+        holds
     }
 }
 
@@ -415,7 +458,7 @@ fn draw_schedule(seed: u64, options: &NemesisOptions, targets: &Targets, (start,
             if hit && at_ms < end {
                 let duration_ms = rng.range(d.duration_ms[0], d.duration_ms[1]);
                 let faults = faults_of(d.kind, at_ms, &mut rng, targets);
-                arrivals.push(Arrival { at_ms, kind: d.kind, duration_ms, faults });
+                arrivals.push(Arrival::new(at_ms, d.kind, duration_ms, faults, targets));
             }
             slot += SLOT_MS;
         }
@@ -424,27 +467,22 @@ fn draw_schedule(seed: u64, options: &NemesisOptions, targets: &Targets, (start,
     admit(arrivals, end)
 }
 
-/// Keeps the arrivals whose nodes (and network) are free when they come, cut
-/// short at `end`; returns their faults in time order.
+/// Keeps the arrivals whose nodes (and network model, and answer-loss
+/// switch) are free when they come, cut short at `end`; returns their faults
+/// in time order.
 fn admit(arrivals: Vec<Arrival>, end: u64) -> FaultSchedule {
-    let mut node_free_at_ms: BTreeMap<String, u64> = BTreeMap::new();
-    let mut network_free_at_ms = 0;
+    let mut free_at_ms: BTreeMap<String, u64> = BTreeMap::new();
     let mut schedule = FaultSchedule::default();
     for mut a in arrivals {
-        let nodes = a.nodes();
-        let busy = nodes.iter().any(|n| node_free_at_ms.get(*n).is_some_and(|&t| t > a.at_ms))
-            || (a.holds_network() && network_free_at_ms > a.at_ms);
+        let busy = a.holds.iter().any(|n| free_at_ms.get(n).is_some_and(|&t| t > a.at_ms));
         if busy {
             continue;
         }
         let duration_ms = a.duration_ms.min(end - a.at_ms);
         assert!(duration_ms > 0 && a.at_ms + duration_ms <= end);
         let until = a.at_ms + duration_ms;
-        for n in nodes {
-            node_free_at_ms.insert(n.to_string(), until);
-        }
-        if a.holds_network() {
-            network_free_at_ms = until;
+        for n in std::mem::take(&mut a.holds) {
+            free_at_ms.insert(n, until);
         }
         for f in &mut a.faults {
             f.duration_ms = Some(duration_ms);
@@ -495,6 +533,14 @@ fn faults_of(kind: Kind, at_ms: u64, rng: &mut SplitMix64, targets: &Targets) ->
             vec![Fault { factor: Some(u32::try_from(factor).expect("factor fits")), ..on(Action::Slow, target) }]
         }
         Kind::Pause => vec![on(Action::Pause, pick(rng, &targets.services))],
+        Kind::RestartAll => vec![Fault::new(at_ms, Action::RestartAll, None)],
+        Kind::ReplyLost => {
+            let rate_ppm = rng.range(u64::from(REPLY_LOST_PPM[0]), u64::from(REPLY_LOST_PPM[1]));
+            vec![Fault {
+                rate_ppm: Some(u32::try_from(rate_ppm).expect("ppm fits")),
+                ..Fault::new(at_ms, Action::ReplyLost, None)
+            }]
+        }
     }
 }
 
@@ -559,6 +605,8 @@ pub fn kind_of(f: &Fault) -> Kind {
         Action::Slow => Kind::Slow,
         Action::PacketLoss => Kind::PacketLoss,
         Action::LatencySpike => Kind::LatencySpike,
+        Action::RestartAll => Kind::RestartAll,
+        Action::ReplyLost => Kind::ReplyLost,
     }
 }
 
@@ -638,13 +686,15 @@ mod tests {
         assert!(schedules.len() >= 2);
     }
 
-    /// Every fault's interval on every node it touches; a halves split counts
-    /// once per node (all its faults share one interval).
+    /// Every fault's interval on every node it touches (`restart_all`: every
+    /// service); a halves split counts once per node (all its faults share one interval).
     fn node_intervals(s: &FaultSchedule) -> BTreeMap<String, BTreeSet<(u64, u64)>> {
+        let services: Vec<String> = nodes().into_iter().filter(|n| n != BROKER && n != REDIS).collect();
         let mut by_node: BTreeMap<String, BTreeSet<(u64, u64)>> = BTreeMap::new();
         for f in &s.faults {
             let span = (f.at_ms, f.at_ms + f.duration_ms.unwrap());
-            for n in f.target.iter().chain(f.peer.iter()) {
+            let all = if f.action == Action::RestartAll { &services[..] } else { &[] };
+            for n in f.target.iter().chain(f.peer.iter()).chain(all) {
                 let fresh = by_node.entry(n.clone()).or_default().insert(span);
                 let is_halves_link = f.action == Action::Partition && !f.one_way;
                 assert!(fresh || is_halves_link, "{n} has two faults over {span:?}");
@@ -685,6 +735,12 @@ mod tests {
                 &format!("seed {seed} network"),
                 network.map(|f| (f.at_ms, f.at_ms + f.duration_ms.unwrap())),
             );
+            let lost = s.faults.iter().filter(|f| f.action == Action::ReplyLost);
+            assert_disjoint(&format!("seed {seed} replies"), lost.map(|f| (f.at_ms, f.at_ms + f.duration_ms.unwrap())));
+            for f in s.faults.iter().filter(|f| f.action == Action::ReplyLost) {
+                let ppm = f.rate_ppm.unwrap();
+                assert!((REPLY_LOST_PPM[0]..=REPLY_LOST_PPM[1]).contains(&ppm), "seed {seed}: {f:?}");
+            }
             total += s.faults.len();
         }
         assert!(total > 400, "only {total} faults over 200 seeds");
@@ -802,6 +858,9 @@ mod tests {
             (kill("broker"), kill("redis"), kill("engine-0")),
             (Kind::KillBroker, Kind::KillRedis, Kind::KillService)
         );
+        assert_eq!(kind_of(&Fault::new(0, Action::RestartAll, None).lasting(1)), Kind::RestartAll);
+        let lost = Fault { rate_ppm: Some(1), ..Fault::new(0, Action::ReplyLost, None) };
+        assert_eq!(kind_of(&lost), Kind::ReplyLost);
     }
 
     #[test]
@@ -832,8 +891,16 @@ mod tests {
         let one = vec!["engine-0".to_string()];
         for seed in 0..50 {
             let (options, s) = draw(seed, &enabled(), &one, LOAD_MS);
-            let drawable =
-                [Kind::Isolate, Kind::KillService, Kind::PacketLoss, Kind::LatencySpike, Kind::Slow, Kind::Pause];
+            let drawable = [
+                Kind::Isolate,
+                Kind::KillService,
+                Kind::PacketLoss,
+                Kind::LatencySpike,
+                Kind::Slow,
+                Kind::Pause,
+                Kind::RestartAll,
+                Kind::ReplyLost,
+            ];
             assert!(on_set(&options).iter().chain(&options.off).all(|k| drawable.contains(k)), "{options}");
             s.validate(&one).unwrap();
         }

@@ -21,6 +21,7 @@ use madsim::task::NodeId;
 use crate::broker::{self, BrokerDisk, SimBus};
 use crate::faults::{Action, Fault, FaultSchedule};
 use crate::redis::{self, SimKv};
+use crate::reply_loss::ReplyLoss;
 use crate::rng::derive_seed;
 use crate::service_time::{Modelled, ServiceModel, SlowKnob};
 use crate::trace::Trace;
@@ -138,6 +139,8 @@ pub struct World {
     /// What the platform's fault points draw from when switched on.
     buggify_seed: u64,
     root_seed: u64,
+    /// The `reply_lost` fault's switch (the broker's replies, the order path's gRPC answers).
+    reply_loss: ReplyLoss,
 }
 
 impl World {
@@ -158,13 +161,23 @@ impl World {
         let cfg = Arc::new(spec.cfg.clone());
         let mut nodes = BTreeMap::new();
 
+        let reply_loss = ReplyLoss::new(derive_seed(spec.root_seed, "reply_lost"));
+        let (loss, loss_trace) = (reply_loss.clone(), trace.clone());
+        // Installed either way: the hook outlives a world on its thread.
+        fafnir_platform::rpc::set_reply_loss(Some(Arc::new(move || {
+            let lost = loss.lose();
+            if lost {
+                loss_trace.record("reply-lost", b"rpc");
+            }
+            lost
+        })));
         let disk = BrokerDisk::default();
-        let broker_trace = trace.clone();
+        let (broker_trace, broker_loss) = (trace.clone(), reply_loss.clone());
         let node = handle
             .create_node()
             .name("broker")
             .ip(BROKER.ip())
-            .init(move || broker::serve(BROKER, disk.clone(), broker_trace.clone()))
+            .init(move || broker::serve_with(BROKER, disk.clone(), broker_trace.clone(), broker_loss.clone()))
             .build();
         nodes.insert("broker".to_string(), node.id());
 
@@ -213,6 +226,7 @@ impl World {
             clients,
             buggify_seed,
             root_seed,
+            reply_loss,
         }
     }
 
@@ -313,6 +327,16 @@ impl World {
         self.nodes.keys().cloned().collect()
     }
 
+    /// The service nodes (every node but the broker and Redis), in name order.
+    pub fn service_names(&self) -> Vec<String> {
+        self.nodes.keys().filter(|n| n.as_str() != "broker" && n.as_str() != "redis").cloned().collect()
+    }
+
+    /// How many answers the `reply_lost` fault has dropped so far.
+    pub fn replies_lost(&self) -> u64 {
+        self.reply_loss.lost()
+    }
+
     /// Applies one fault now and returns what undoes it (None when nothing will).
     pub fn apply(&self, f: &Fault) -> Option<Undo> {
         let target = || f.target.as_deref().expect("validated: target present");
@@ -334,6 +358,17 @@ impl World {
             Action::Kill => {
                 self.kill(target());
                 f.duration_ms.map(|_| Undo::Restart(target().to_string()))
+            }
+            Action::RestartAll => {
+                let services = self.service_names();
+                for name in &services {
+                    self.kill(name);
+                }
+                Some(Undo::RestartAll(services))
+            }
+            Action::ReplyLost => {
+                self.reply_loss.set_rate_ppm(f.rate_ppm.expect("validated: rate"));
+                Some(Undo::ReplyLost)
             }
             Action::Pause => {
                 self.handle.pause(self.node(target()));
@@ -373,6 +408,8 @@ impl World {
                 }
             }
             Undo::Restart(name) => self.restart(name),
+            Undo::RestartAll(names) => names.iter().for_each(|name| self.restart(name)),
+            Undo::ReplyLost => self.reply_loss.set_rate_ppm(0),
             Undo::Resume(name) => self.handle.resume(self.node(name)),
             Undo::Unslow(name) => {
                 if let Some(knob) = self.slow.get(name) {
@@ -507,6 +544,10 @@ pub enum Undo {
     Heal(String),
     Unpartition(NodeId, NodeId, bool),
     Restart(String),
+    /// Start again every service node `restart_all` killed.
+    RestartAll(Vec<String>),
+    /// Answers arrive again.
+    ReplyLost,
     Resume(String),
     Unslow(String),
     /// Back to the world's network model.

@@ -343,6 +343,44 @@ async fn a_fault_schedule_from_toml_plays_during_the_flow() {
     .await;
 }
 
+/// The whole platform killed and started again (the broker and Redis stay
+/// up), then a fifth of all answers lost for a while (broker replies and the
+/// order path's gRPC answers: the requests took effect, their callers time
+/// out and retry): exact balances, fills and settlements all the same.
+#[madsim::test]
+async fn a_whole_platform_restart_and_lost_answers_play_during_the_flow() {
+    let text = r#"
+        [[fault]]
+        at_ms = 10
+        action = "restart_all"
+        duration_ms = 600
+
+        [[fault]]
+        at_ms = 1000
+        action = "reply_lost"
+        rate_ppm = 200000
+        duration_ms = 1500
+    "#;
+    run(
+        |s| s,
+        move |p| async move {
+            let schedule = FaultSchedule::from_toml(text, &p.world.node_names()).expect("valid schedule");
+            assert_eq!(schedule.faults[0].action, Action::RestartAll);
+            let player = Arc::new(std::sync::Mutex::new(None));
+            let slot = player.clone();
+            let start = move |w: &Arc<World>| {
+                let w = w.clone();
+                *slot.lock().unwrap() = Some(tokio::spawn(async move { w.play(&schedule).await }));
+            };
+            flow_through(&p, start, |_| {}).await;
+            let handle = player.lock().unwrap().take().expect("schedule started");
+            handle.await.expect("schedule played to its end");
+            assert!(p.world.replies_lost() > 0, "answers were lost");
+        },
+    )
+    .await;
+}
+
 #[madsim::test]
 async fn buggify_fault_points_change_no_outcome() {
     // Fault points on (in the platform and in madsim's network) while the

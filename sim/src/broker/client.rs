@@ -176,10 +176,22 @@ impl EventBus for SimBus {
         if n == 0 {
             return Vec::new();
         }
+        let deadline = super::now() + self.timeout;
         match self.call("publish", Request::PublishBatch(msgs), Duration::ZERO).await {
             Ok(Response::PubAcks(acks)) => {
                 assert_eq!(acks.len(), n, "bus client: a batch publish answered for {} of {n}", acks.len());
                 acks
+            }
+            Ok(Response::SomePubAcks(acks)) => {
+                // Some acks never came (the `reply_lost` fault): those publishes
+                // time out, as a real client's ack futures would, after the others.
+                assert_eq!(acks.len(), n, "bus client: a batch publish answered for {} of {n}", acks.len());
+                madsim::time::sleep_until(deadline).await;
+                let lost = || {
+                    let budget = self.timeout;
+                    BusError::Timeout(format!("publish at {}: no ack within {budget:?}", self.shared.broker))
+                };
+                acks.into_iter().map(|ack| ack.unwrap_or_else(|| Err(lost()))).collect()
             }
             Ok(r) => unexpected("publish_batch", r),
             // The whole batch failed (or timed out, stored in part or not at all).

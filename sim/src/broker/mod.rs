@@ -17,7 +17,14 @@
 //! - reads from a sequence, the last message of a subject, and tails;
 //! - a restart keeps file streams with their de-duplication state and durable
 //!   consumers (position, unacked deliveries and their counts) on the
-//!   [`BrokerDisk`]; memory streams and their consumers are lost.
+//!   [`BrokerDisk`]; memory streams and their consumers are lost;
+//! - a durable consumer's state is written lazily, as nats-server 2.9 writes
+//!   it: a snapshot at most every [`CONSUMER_SAVE_EVERY`] of simulated time
+//!   (of a consumer that changed since the last one), not on every ack. A
+//!   kill (a crash, SIGKILL) brings the consumer back as last saved: it may
+//!   deliver again what was acked after that, and what was delivered and not
+//!   acked comes back too, so nothing is lost. A graceful stop
+//!   ([`BrokerDisk::save_all`] then a restart) saves everything first.
 //!
 //! Every stored publish is recorded in the [`Trace`](crate::trace::Trace) as
 //! `pub` (stream, seq, subject, payload) and every delivery to a durable
@@ -33,7 +40,9 @@
 //!   delivered (and started the ack wait of) messages the client has not
 //!   fetched yet;
 //! - storage is durable the moment a publish is acknowledged (nats-server
-//!   buffers writes for a few milliseconds and syncs every two minutes).
+//!   buffers writes for a few milliseconds and syncs every two minutes);
+//! - under the `reply_lost` fault ([`crate::faults`]) it drops replies after
+//!   acting on the request; no real server does that on purpose.
 //!
 //! ## Layout
 //!
@@ -52,10 +61,12 @@ use std::sync::{Arc, Mutex};
 use madsim::time::{Instant, TimeHandle};
 
 pub use client::SimBus;
-pub use server::serve;
+pub use server::{serve, serve_with};
+pub use store::CONSUMER_SAVE_EVERY;
 
 /// What survives a broker restart: file-storage streams (messages, the Msg-Id dedupe
-/// state) and the durable consumers on them (position, pending acks, delivery counts).
+/// state) and the durable consumers on them (position, pending acks, delivery counts)
+/// as last saved (see [`CONSUMER_SAVE_EVERY`]).
 /// Memory-storage streams and their consumers are lost on restart. Created outside the
 /// broker node and moved into its init closure, so a restarted node sees the same disk.
 #[derive(Clone, Default)]
@@ -67,6 +78,12 @@ impl BrokerDisk {
     /// An empty disk.
     pub fn new() -> BrokerDisk {
         BrokerDisk::default()
+    }
+
+    /// Saves every durable consumer's state now, as a graceful stop of
+    /// nats-server does (SIGTERM); a kill right after this loses nothing.
+    pub fn save_all(&self) {
+        self.store.lock().expect("broker disk lock").save_all();
     }
 }
 

@@ -66,6 +66,9 @@ pub(super) enum Response {
     Done,
     PubAck(PubAck),
     PubAcks(Vec<Result<PubAck, BusError>>),
+    /// A batch's acks of which some were lost (`None`; the `reply_lost`
+    /// fault): the client hears nothing of those before its timeout.
+    SomePubAcks(Vec<Option<Result<PubAck, BusError>>>),
     Deliveries(Vec<Delivery>),
     Msgs(Vec<StoredMsg>),
     Last(Option<StoredMsg>),

@@ -18,11 +18,21 @@ use tokio::sync::{mpsc, Notify};
 use super::proto::{Reply, ReplyFrame, Request, RequestFrame, Response};
 use super::store::{Settle, Store};
 use super::BrokerDisk;
+use crate::reply_loss::ReplyLoss;
 use crate::trace::Trace;
 
 /// Runs the broker on the current madsim node, listening on `addr`, until the node is killed.
 pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
-    disk.lock().drop_memory_streams();
+    serve_with(addr, disk, trace, ReplyLoss::never()).await;
+}
+
+/// [`serve`], dropping the replies `loss` says are lost (the `reply_lost` fault).
+pub async fn serve_with(addr: SocketAddr, disk: BrokerDisk, trace: Trace, loss: ReplyLoss) {
+    // What a process start finds on its disk: file streams, and their
+    // consumers as last saved (see `Store::start`).
+    let incarnation = disk.lock().start(super::now());
+    // Runs when the node dies (its tasks are dropped at the instant of the kill).
+    let _stopped = Stopped { disk: disk.clone(), incarnation };
     let endpoint = match Endpoint::bind(addr).await {
         Ok(endpoint) => endpoint,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -35,7 +45,7 @@ pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
         Err(e) => panic!("broker: cannot listen on {addr}: {e}"),
     };
     tracing::debug!(%addr, "broker listening");
-    let broker = Arc::new(Broker { disk, trace, changed: Mutex::default(), tails: Mutex::default() });
+    let broker = Arc::new(Broker { disk, trace, loss, changed: Mutex::default(), tails: Mutex::default() });
     loop {
         match endpoint.accept1().await {
             Ok((tx, rx, peer)) => {
@@ -52,9 +62,27 @@ pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
 /// At most this many messages travel in one tail frame.
 const TAIL_FRAME_MAX: usize = 256;
 
+/// Tells the disk when this run of the broker ended (a kill drops the task).
+struct Stopped {
+    disk: BrokerDisk,
+    incarnation: u64,
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // Outside a simulation (a runtime torn down with the node in it) nothing is left to save.
+        let Some(time) = madsim::time::TimeHandle::try_current() else { return };
+        if let Ok(mut store) = self.disk.store.lock() {
+            store.stop(self.incarnation, time.now_instant());
+        }
+    }
+}
+
 struct Broker {
     disk: BrokerDisk,
     trace: Trace,
+    /// Drops replies while the `reply_lost` fault is in force.
+    loss: ReplyLoss,
     /// Per stream: notified when something a waiting fetch or read may want changes.
     changed: Mutex<BTreeMap<String, Arc<Notify>>>,
     /// Open tails by id, each with the channel its connection task forwards.
@@ -93,10 +121,10 @@ impl Broker {
                             let tx = tx.clone();
                             tokio::spawn(async move {
                                 let reply = me.fetch_wait(&tx, &stream, &durable, max, now + wait).await;
-                                send(&tx, id, reply).await;
+                                me.reply(&tx, id, reply).await;
                             });
                         }
-                        result => send(&tx, id, result.map(Response::Deliveries)).await,
+                        result => self.reply(&tx, id, result.map(Response::Deliveries)).await,
                     }
                 }
                 Request::Read { stream, filter, from_seq, max, wait } => {
@@ -108,20 +136,50 @@ impl Broker {
                             let tx = tx.clone();
                             tokio::spawn(async move {
                                 let reply = me.read_wait(&tx, &stream, &filter, from_seq, max, now + wait).await;
-                                send(&tx, id, reply).await;
+                                me.reply(&tx, id, reply).await;
                             });
                         }
-                        result => send(&tx, id, result.map(Response::Msgs)).await,
+                        result => self.reply(&tx, id, result.map(Response::Msgs)).await,
                     }
                 }
                 Request::Settle { token, how } => self.settle(&token, how),
                 Request::AckMany(tokens) => tokens.iter().for_each(|token| self.settle(token, Settle::Ack)),
                 other => {
                     let reply = self.handle(other);
-                    send(&tx, id, reply).await;
+                    self.reply(&tx, id, reply).await;
                 }
             }
         }
+    }
+
+    /// Sends a request's reply, unless the `reply_lost` fault drops it: the
+    /// request took effect, and the client waits for an answer that never
+    /// comes. The acks of a pipelined batch are lost one by one, as each
+    /// publish of a batch has an ack of its own on a NATS connection.
+    async fn reply(&self, tx: &Sender, id: u64, reply: Reply) {
+        let reply = match reply {
+            Ok(Response::PubAcks(acks)) => {
+                let kept: Vec<_> = acks.into_iter().map(|ack| (!self.loss.lose()).then_some(ack)).collect();
+                let lost = kept.iter().filter(|ack| ack.is_none()).count();
+                if lost == 0 {
+                    Ok(Response::PubAcks(kept.into_iter().flatten().collect()))
+                } else {
+                    self.trace.record("reply-lost", &[&id.to_le_bytes()[..], &(lost as u64).to_le_bytes()].concat());
+                    if lost == kept.len() {
+                        return;
+                    }
+                    Ok(Response::SomePubAcks(kept))
+                }
+            }
+            reply => {
+                if self.loss.lose() {
+                    self.trace.record("reply-lost", &id.to_le_bytes());
+                    return;
+                }
+                reply
+            }
+        };
+        send(tx, id, reply).await;
     }
 
     /// The requests answered at once.

@@ -25,10 +25,21 @@ const DEFAULT_MAX_ACK_PENDING: i64 = 1000;
 /// Recount `num_pending` from scratch (an invariant check) only up to this many messages.
 const RECOUNT_MAX_MSGS: usize = 512;
 
+/// How often a durable consumer's state is written to disk (when it changed):
+/// nats-server 2.9 writes consumer state lazily, not on every ack, so a
+/// kill loses what changed since the last write (see [`Store::start`]).
+pub const CONSUMER_SAVE_EVERY: Duration = Duration::from_millis(500);
+
 /// Every stream of the broker.
 #[derive(Debug, Default)]
 pub(super) struct Store {
     streams: BTreeMap<String, Stream>,
+    /// Consumer state is saved at the ticks `origin + k * CONSUMER_SAVE_EVERY`.
+    origin: Option<Instant>,
+    /// Runs of the broker on this disk so far.
+    incarnation: u64,
+    /// A run of the broker is using the disk (it has not been seen to stop).
+    running: bool,
     /// Subject -> the stream whose subjects match it, as found before (every
     /// publish would otherwise match its subject against every stream's);
     /// forgotten whenever the set of streams changes.
@@ -68,6 +79,18 @@ struct Consumer {
     outstanding: BTreeMap<u64, Outstanding>,
     /// The same deliveries by (due, stream sequence).
     by_due: BTreeSet<(Instant, u64)>,
+    /// The state as last written to disk: what a kill brings back.
+    saved: Saved,
+    /// When the state last changed, if it changed since it was saved.
+    dirty_at: Option<Instant>,
+}
+
+/// A durable consumer's state as written to disk.
+#[derive(Debug, Clone)]
+struct Saved {
+    next_seq: u64,
+    dseq: u64,
+    outstanding: BTreeMap<u64, Outstanding>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,10 +121,50 @@ fn other(text: impl Into<String>) -> BusError {
 }
 
 impl Store {
-    /// After a restart: memory streams (and their consumers) are gone.
-    pub fn drop_memory_streams(&mut self) {
+    /// A run of the broker starts on this disk at `now`; returns its
+    /// incarnation (for [`Store::stop`]). What a process start finds: file
+    /// streams with their messages and de-duplication state, and their
+    /// durable consumers as last saved; memory streams (and their consumers)
+    /// are gone.
+    pub fn start(&mut self, now: Instant) -> u64 {
+        if self.running {
+            // The previous run was not seen to stop (madsim's restart without a
+            // kill drops its tasks later): it ends now.
+            self.stop(self.incarnation, now);
+        }
         self.streams.retain(|_, s| s.spec.storage == Storage::File);
         self.routes.clear();
+        for stream in self.streams.values_mut() {
+            let Stream { consumers, msgs, first_seq, .. } = stream;
+            for c in consumers.values_mut() {
+                c.restore(*first_seq, msgs);
+            }
+            stream.check();
+        }
+        self.incarnation += 1;
+        self.running = true;
+        self.incarnation
+    }
+
+    /// Run `incarnation` of the broker stopped at `now` (it was killed): the
+    /// consumer state that a periodic write would have saved by then is on
+    /// disk, the rest is lost. A stop of an older run is ignored.
+    pub fn stop(&mut self, incarnation: u64, now: Instant) {
+        if !self.running || incarnation != self.incarnation {
+            return;
+        }
+        self.running = false;
+        let origin = *self.origin.get_or_insert(now);
+        for c in self.streams.values_mut().flat_map(|s| s.consumers.values_mut()) {
+            c.save_if_due(origin, now);
+        }
+    }
+
+    /// Saves every consumer's state now (a graceful stop).
+    pub fn save_all(&mut self) {
+        for c in self.streams.values_mut().flat_map(|s| s.consumers.values_mut()) {
+            c.save();
+        }
     }
 
     pub fn ensure_stream(&mut self, spec: &StreamSpec) -> Result<(), BusError> {
@@ -168,6 +231,8 @@ impl Store {
             spec.max_ack_pending = DEFAULT_MAX_ACK_PENDING;
         }
         let num_pending = stream.msgs.iter().filter(|m| subject_matches(&spec.filter, &m.subject)).count() as u64;
+        // Made durable at once (nats-server writes a consumer's config when it is created).
+        let saved = Saved { next_seq: stream.first_seq, dseq: 0, outstanding: BTreeMap::new() };
         let consumer = Consumer {
             spec,
             next_seq: stream.first_seq,
@@ -175,6 +240,8 @@ impl Store {
             dseq: 0,
             outstanding: BTreeMap::new(),
             by_due: BTreeSet::new(),
+            saved,
+            dirty_at: None,
         };
         stream.consumers.insert(consumer.spec.durable.clone(), consumer);
         Ok(())
@@ -222,9 +289,12 @@ impl Store {
         now: Instant,
         trace: &Trace,
     ) -> Result<Vec<Delivery>, BusError> {
+        let origin = *self.origin.get_or_insert(now);
         let stream = self.stream_mut(stream)?;
         let Stream { spec, consumers, msgs, first_seq, last_seq, .. } = stream;
         let consumer = consumers.get_mut(durable).ok_or_else(|| other(format!("consumer {durable} not found")))?;
+        consumer.save_if_due(origin, now);
+        let before = (consumer.next_seq, consumer.outstanding.len(), consumer.dseq);
         let get = |seq: u64| seq.checked_sub(*first_seq).and_then(|i| msgs.get(i as usize));
         let max = max.max(1);
         let mut out = Vec::new();
@@ -270,6 +340,9 @@ impl Store {
             consumer.track(seq, Outstanding { delivered: 1, due: now + consumer.spec.ack_wait });
             out.push(consumer.delivery(&spec.name, msg, 1, trace));
         }
+        if (consumer.next_seq, consumer.outstanding.len(), consumer.dseq) != before {
+            consumer.dirty_at = Some(now);
+        }
         stream.check();
         Ok(out)
     }
@@ -286,9 +359,14 @@ impl Store {
         let Some((stream, durable, seq)) = parse_token(token) else {
             return Err(other(format!("not an ack token: {:?}", token.0)));
         };
+        let origin = *self.origin.get_or_insert(now);
         let Some(consumer) = self.streams.get_mut(stream).and_then(|s| s.consumers.get_mut(durable)) else {
             return Ok(());
         };
+        consumer.save_if_due(origin, now);
+        if consumer.outstanding.contains_key(&seq) {
+            consumer.dirty_at = Some(now);
+        }
         match how {
             Settle::Ack | Settle::Term => consumer.forget(seq),
             Settle::Nak(delay) => {
@@ -444,6 +522,34 @@ impl Stream {
 }
 
 impl Consumer {
+    /// Saves the state if a periodic write would have by `now`: the state
+    /// changed last at `dirty_at`, and a save tick came after that.
+    fn save_if_due(&mut self, origin: Instant, now: Instant) {
+        let tick = |t: Instant| t.saturating_duration_since(origin).as_nanos() / CONSUMER_SAVE_EVERY.as_nanos();
+        if self.dirty_at.is_some_and(|changed| tick(now) > tick(changed)) {
+            self.save();
+        }
+    }
+
+    fn save(&mut self) {
+        self.saved = Saved { next_seq: self.next_seq, dseq: self.dseq, outstanding: self.outstanding.clone() };
+        self.dirty_at = None;
+    }
+
+    /// Back to the state last saved, on a stream holding `msgs` from `first_seq`.
+    fn restore(&mut self, first_seq: u64, msgs: &VecDeque<StoredMsg>) {
+        let Saved { next_seq, dseq, outstanding } = self.saved.clone();
+        self.next_seq = next_seq.max(first_seq);
+        self.dseq = dseq;
+        self.by_due = outstanding.iter().map(|(&seq, o)| (o.due, seq)).collect();
+        self.outstanding = outstanding;
+        let skip = (self.next_seq - first_seq) as usize;
+        self.num_pending =
+            msgs.range(skip.min(msgs.len())..).filter(|m| subject_matches(&self.spec.filter, &m.subject)).count()
+                as u64;
+        self.dirty_at = None;
+    }
+
     /// Records (or updates) an outstanding delivery.
     fn track(&mut self, seq: u64, o: Outstanding) {
         if let Some(old) = self.outstanding.insert(seq, o) {

@@ -10,7 +10,7 @@ mod sim {
 
     use async_trait::async_trait;
     use bytes::Bytes;
-    use fafnir_platform::bus::{BusError, EventBus, Storage, StreamSpec};
+    use fafnir_platform::bus::{BusError, Delivery, EventBus, Storage, StreamSpec};
     use fafnir_sim::broker::{self, BrokerDisk, SimBus};
     use fafnir_sim::conformance::bus::{self as cases, BrokerControl};
     use fafnir_sim::trace::Trace;
@@ -27,6 +27,7 @@ mod sim {
         client: NodeHandle,
         addr: SocketAddr,
         trace: Trace,
+        disk: BrokerDisk,
     }
 
     impl World {
@@ -42,11 +43,11 @@ mod sim {
                 .init(move || broker::serve(addr, disk_.clone(), trace_.clone()))
                 .build();
             let client = handle.create_node().name("client").ip("10.0.0.2".parse().expect("ip")).build();
-            World { handle, broker, client, addr, trace }
+            World { handle, broker, client, addr, trace, disk }
         }
 
         fn control(&self, kill_first: bool) -> SimControl {
-            SimControl { handle: self.handle.clone(), broker: self.broker.id(), kill_first }
+            SimControl { handle: self.handle.clone(), broker: self.broker.id(), kill_first, disk: self.disk.clone() }
         }
 
         /// Runs `f` on the client node once the broker is listening.
@@ -66,22 +67,36 @@ mod sim {
         }
     }
 
-    /// Restarts the broker node: a crash (kill) and a start, or `Handle::restart`
-    /// alone (which leaves the old run's sockets bound; the broker copes).
+    /// Restarts the broker node: a kill and a start, or `Handle::restart`
+    /// alone (which leaves the old run's sockets bound; the broker copes). A
+    /// graceful restart saves every consumer's state first, as nats-server
+    /// does on SIGTERM; a kill does not.
     struct SimControl {
         handle: Handle,
         broker: NodeId,
         kill_first: bool,
+        disk: BrokerDisk,
     }
 
-    #[async_trait]
-    impl BrokerControl for SimControl {
-        async fn restart(&self) {
+    impl SimControl {
+        async fn stop_and_start(&self) {
             if self.kill_first {
                 self.handle.kill(self.broker);
             }
             self.handle.restart(self.broker);
             sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[async_trait]
+    impl BrokerControl for SimControl {
+        async fn restart(&self) {
+            self.disk.save_all();
+            self.stop_and_start().await;
+        }
+
+        async fn kill_and_restart(&self) {
+            self.stop_and_start().await;
         }
     }
 
@@ -129,6 +144,86 @@ mod sim {
         let ctl = world.control(true);
         world
             .run(move |addr| async move { cases::restart_keeps_file_storage(&SimBus::new(addr), &ctl, NS).await })
+            .await;
+    }
+
+    #[madsim::test]
+    async fn kill_keeps_messages_and_redelivers_what_was_not_acked() {
+        let world = World::new();
+        let ctl = world.control(true);
+        world
+            .run(move |addr| async move {
+                cases::kill_keeps_messages_and_redelivers_what_was_not_acked(&SimBus::new(addr), &ctl, NS).await
+            })
+            .await;
+    }
+
+    /// The model's side of the case above, exactly: a kill brings a durable
+    /// consumer back as it was last saved, and its state is saved at most
+    /// every `CONSUMER_SAVE_EVERY`. Acks just before a kill are forgotten
+    /// (those messages are delivered again); once a save has passed, they
+    /// hold, and what was delivered and not acked comes back as a redelivery.
+    #[madsim::test]
+    async fn a_kill_forgets_what_changed_since_the_last_save() {
+        let world = World::new();
+        let ctl = world.control(true);
+        world
+            .run(move |addr| async move {
+                let bus = SimBus::new(addr);
+                let file = StreamSpec { storage: Storage::File, ..memory_stream("L", "l.*") };
+                bus.ensure_stream(&file).await.expect("ensure");
+                for id in ["1", "2", "3"] {
+                    bus.publish("l.a", id, Bytes::from_static(b"x")).await.expect("publish");
+                }
+                let c = fafnir_platform::bus::ConsumerSpec {
+                    stream: "L".into(),
+                    durable: "d".into(),
+                    filter: String::new(),
+                    ack_wait: Duration::from_secs(2),
+                    max_deliver: -1,
+                    max_ack_pending: 2,
+                };
+                bus.ensure_consumer(&c).await.expect("consumer");
+                // (seq, delivered count) of what one fetch brings; retried while the broker restarts.
+                let fetch = |wait: Duration| {
+                    let bus = bus.clone();
+                    async move {
+                        loop {
+                            if let Ok(ds) = bus.fetch("L", "d", 10, wait).await {
+                                return ds;
+                            }
+                        }
+                    }
+                };
+                let got = |ds: &[Delivery]| ds.iter().map(|d| (d.msg.seq, d.delivered)).collect::<Vec<_>>();
+                let ack_all = |ds: Vec<Delivery>| {
+                    let bus = bus.clone();
+                    async move {
+                        for d in ds {
+                            bus.ack(&d.token).await.expect("ack");
+                        }
+                        bus.last_seq("L").await.expect("a round trip: the acks are in");
+                    }
+                };
+
+                // Delivered and acked, then killed at once: the consumer starts over.
+                let first = fetch(Duration::from_millis(100)).await;
+                assert_eq!(got(&first), [(1, 1), (2, 1)]);
+                ack_all(first).await;
+                ctl.kill_and_restart().await;
+                let again = fetch(Duration::from_millis(100)).await;
+                assert_eq!(got(&again), [(1, 1), (2, 1)], "acks made just before the kill are lost");
+                ack_all(again).await;
+
+                // 3 delivered and not acked; a save passes; the kill keeps both the acks and 3's delivery.
+                let third = fetch(Duration::from_millis(100)).await;
+                assert_eq!(got(&third), [(3, 1)]);
+                sleep(broker::CONSUMER_SAVE_EVERY * 2).await;
+                ctl.kill_and_restart().await;
+                assert!(fetch(Duration::from_millis(100)).await.is_empty(), "3 waits out its ack wait");
+                let redelivered = fetch(Duration::from_secs(3)).await;
+                assert_eq!(got(&redelivered), [(3, 2)], "the unacked delivery comes back, counted");
+            })
             .await;
     }
 
@@ -420,6 +515,14 @@ mod real {
         cases::restart_keeps_file_storage(&bus, &server, &ns).await;
     }
 
+    #[tokio::test]
+    async fn kill_keeps_messages_and_redelivers_what_was_not_acked() {
+        let server = PrivateNats::start();
+        let bus = connect(&server.addr()).await;
+        let ns = namespace("kill_redelivers");
+        cases::kill_keeps_messages_and_redelivers_what_was_not_acked(&bus, &server, &ns).await;
+    }
+
     /// What the simulated broker's `killed_broker_fails_calls_within_timeout`
     /// holds the model to, held against nats-server: a publish to a broker
     /// that was killed fails as no answer (Unreachable or Timeout: it may
@@ -545,8 +648,15 @@ mod real {
         async fn restart(&self) {
             // A graceful stop: nats-server 2.9 writes consumer state (position,
             // unacked deliveries) to its files lazily, and a SIGKILL right after a
-            // delivery loses it (the consumer starts over); the model does not.
+            // delivery loses it (the consumer starts over, or goes back to an
+            // older position): `kill_and_restart` is that case.
             self.stop();
+            self.kill();
+            self.spawn();
+        }
+
+        async fn kill_and_restart(&self) {
+            // SIGKILL: nats-server writes nothing more.
             self.kill();
             self.spawn();
         }

@@ -174,12 +174,33 @@ async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) -> bool {
     if let Err(e) = &results[first] {
         tracing::warn!(error = %e, "engine batch publish failed; publishing its events one by one");
     }
+    if deps.cfg.planted(crate::config::PlantedBug::RepublishUnderFreshId) {
+        republish_gaps_as_new(deps, &outputs, &results).await;
+    }
     for output in &outputs[first..] {
         if let Output::Event(event) = output {
             publish_event(deps, event).await;
         }
     }
     md_stored
+}
+
+/// Planted bug [`crate::config::PlantedBug::RepublishUnderFreshId`]: an event
+/// that timed out before a later output of its batch was acknowledged is taken
+/// for one the broker dropped, and published again as a new message.
+async fn republish_gaps_as_new(
+    deps: &Deps,
+    outputs: &[Output],
+    results: &[Result<crate::bus::PubAck, crate::bus::BusError>],
+) {
+    let Some(last_acked) = results.iter().rposition(Result::is_ok) else { return };
+    for (output, result) in outputs.iter().zip(results).take(last_acked) {
+        if let (Output::Event(event), Err(crate::bus::BusError::Timeout(_))) = (output, result) {
+            let msg = event_msg(deps, event);
+            let msg_id = format!("{}-again", msg.msg_id);
+            publish_until_stored(deps.bus.as_ref(), &msg.subject, &msg_id, msg.payload).await;
+        }
+    }
 }
 
 /// How often an engine checks that MD holds its symbol's top of book.
