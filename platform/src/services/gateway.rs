@@ -275,6 +275,7 @@ async fn fan_out_md(state: Arc<State>, mut updates: Follower) {
                 .iter()
                 .map(|t| Trade { match_seq: t.match_seq, price_cents: t.price_ticks * tick, qty: t.qty })
                 .collect(),
+            input_seq: md.input_seq,
         };
         let symbol = md.symbol;
         send_to(&state.market_data, |f| matches!(f, Filter::Symbols(s) if s.is_empty() || s.contains(&symbol)), update);

@@ -319,6 +319,8 @@ impl Market for MarketSvc {
             ask_qty: get("ask_qty"),
             trades: u64::try_from(get("trades")).unwrap_or(0),
             volume: get("volume"),
+            match_seq: u64::try_from(get("match_seq")).unwrap_or(0),
+            book_seq: u64::try_from(get("book_seq")).unwrap_or(0),
         }))
     }
 
