@@ -23,12 +23,16 @@ fn chaos_scenario() -> (Scenario, String) {
 /// Whether `f` is how `bug` shows.
 fn shows(bug: PlantedBug, f: &Failure) -> bool {
     let check = |name: &str| f.kind == FailureKind::Correctness && f.failed.contains(name);
+    let only = |name: &str| f.kind == FailureKind::Correctness && f.failed.len() == 1 && f.failed.contains(name);
     match bug {
         PlantedBug::SettleTwice => check("settled_exactly_once"),
         PlantedBug::DuplicateFillsOnReplay => check("settled_exactly_once") || check("agents_told_the_truth"),
         PlantedBug::NoReleaseOnCancel => check("reservations_balance"),
         // ORDERS itself is lost: the engine never answers the accepted orders.
         PlantedBug::LoseOnBrokerRestart => f.kind == FailureKind::Liveness || check("every_order_accounted"),
+        // What agents received, seen by the check that looks at it and no other.
+        PlantedBug::ReportsToCounterparty => only("reports_isolated"),
+        PlantedBug::QuoteRecountedOnRestart => only("market_data_agrees"),
     }
 }
 
@@ -41,6 +45,8 @@ fn every_planted_bug_is_found_within_200_seeds() {
         PlantedBug::LoseOnBrokerRestart,
         PlantedBug::DuplicateFillsOnReplay,
         PlantedBug::NoReleaseOnCancel,
+        PlantedBug::ReportsToCounterparty,
+        PlantedBug::QuoteRecountedOnRestart,
     ] {
         let planted = Scenario { planted_bug: Some(bug), ..scn.clone() };
         let found = chaos::find(&planted, SEEDS, |f| shows(bug, f));

@@ -101,6 +101,9 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
             state.lock().await.symbols.entry(inst.symbol.clone()).or_default().top = Some(top_of(&md));
         }
     }
+    if deps.cfg.planted(crate::config::PlantedBug::QuoteRecountedOnRestart) {
+        warm_start_counters(&deps, &state).await;
+    }
     let mut tasks = TaskGroup::default();
     tasks.spawn(follow_trades(deps.clone(), state.clone(), shutdown.clone()));
     tasks.spawn(follow_md(deps.clone(), state, md));
@@ -111,6 +114,20 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         .add_service(MarketServer::new(MarketSvc { deps: Arc::new(deps) }))
         .serve_with_shutdown(addr, shutdown);
     tasks.serve_until_failure(addr, server).await
+}
+
+/// Plants [`crate::config::PlantedBug::QuoteRecountedOnRestart`]: each
+/// symbol's trade count and volume are taken from the quote Redis holds,
+/// though TRADES is then replayed from its start on top of them.
+async fn warm_start_counters(deps: &Deps, state: &Mutex<State>) {
+    for inst in &deps.cfg.instruments {
+        let key = deps.cfg.names().key(&format!("market:quote:{}", inst.symbol));
+        let Ok(q) = deps.kv.hgetall(&key).await else { continue };
+        let mut state = state.lock().await;
+        let s = state.symbols.entry(inst.symbol.clone()).or_default();
+        s.trades = field_i64(q.get("trades"));
+        s.volume = field_i64(q.get("volume"));
+    }
 }
 
 async fn follow_trades(deps: Deps, state: Arc<Mutex<State>>, shutdown: Shutdown) {
