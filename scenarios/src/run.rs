@@ -408,7 +408,7 @@ const MARKET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Each symbol's last fill (match sequence) in TRADES and last input (ORDERS
 /// sequence), 0 for none: how far the market must get.
-fn market_ends<'a>(input: &'a CheckInput) -> BTreeMap<&'a str, (u64, u64)> {
+fn market_ends(input: &CheckInput) -> BTreeMap<&str, (u64, u64)> {
     let mut ends: BTreeMap<&str, (u64, u64)> = input.instruments.iter().map(|i| (i.symbol.as_str(), (0, 0))).collect();
     for (_, e) in &input.trades_stream {
         if let (Some(engine_event::Kind::Fill(f)), Some(end)) = (&e.kind, ends.get_mut(e.symbol.as_str())) {
