@@ -110,9 +110,10 @@ pub struct PlatformConfig {
 }
 
 /// The bugs a canary test or a chaos sweep can plant. Each is a realistic
-/// mistake that stays silent in a fault-free run and bites only when a fault
-/// exercises the recovery path it breaks, so that a sweep over random faults
-/// must find it and a sweep with the switch off must stay clean.
+/// mistake that one check of the checker, and only it, must catch. The first
+/// four stay silent in a fault-free run and bite only when a fault exercises
+/// the recovery path they break, so that a sweep over random faults must find
+/// them and a sweep with the switch off must stay clean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
     /// Settlement not idempotent under redelivery: the portfolio's ledger skips
@@ -162,6 +163,18 @@ pub enum PlantedBug {
     /// engine then republishes it under the events' own ids), so the
     /// `reply_lost` fault finds it and the other faults do not.
     RepublishUnderFreshId,
+    /// Execution reports leak to the counterparty: the gateway addresses each
+    /// of a fill's two reports to both parties of the fill (every account the
+    /// fill names), so a trader is also told of the order on the other side of
+    /// each of their trades. Bites without faults; caught by the checker's
+    /// `reports_isolated`.
+    ReportsToCounterparty,
+    /// A restarted market counts fills twice: at start it takes each symbol's
+    /// trade count and volume from the quote Redis still holds (a warm start),
+    /// then replays TRADES from its start on top of them, so every fill made
+    /// before the restart is counted again in the quote. Bites when the market
+    /// restarts while Redis keeps its data; caught by `market_data_agrees`.
+    QuoteRecountedOnRestart,
 }
 
 impl PlatformConfig {

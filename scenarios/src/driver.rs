@@ -8,7 +8,7 @@
 //! The code uses only `tokio::time`, so it runs the same for real and in
 //! simulation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::agents::{Agent, Event, Intent, OpenOrder, OrderKind, Side, SymbolView, View};
-use crate::checker::ToldOrder;
+use crate::checker::{ReportKind, ToldOrder};
 use crate::client::{Client, OrderSpec};
 use crate::scenario::STAGES;
 
@@ -126,7 +126,50 @@ struct Tracked {
     /// When each fill's report arrived, until its settlement notice does.
     fill_reported_at: BTreeMap<u64, Instant>,
     /// Fills whose settlement notice overtook their fill report.
-    settled_first: std::collections::BTreeSet<u64>,
+    settled_first: BTreeSet<u64>,
+}
+
+/// What an agent received, kept for the checker: each distinct execution
+/// report, and a digest of its market data (each distinct top of book and
+/// trade once, however often it arrived), so that memory grows with what
+/// the platform did, not with how often it was sent.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    /// (order id, kind, cursor) of every execution report.
+    pub reports: BTreeSet<(u64, ReportKind, u64)>,
+    /// Per symbol: (input_seq, [bid cents, bid qty, ask cents, ask qty]) of every update.
+    pub tops: BTreeMap<String, BTreeSet<(u64, [i64; 4])>>,
+    /// Per symbol: (match_seq, input_seq, price cents, qty) of every trade in an update.
+    pub trades: BTreeMap<String, BTreeSet<(u64, u64, i64, i64)>>,
+}
+
+impl Received {
+    fn report(&mut self, report: &ExecutionReport) {
+        let kind = match &report.kind {
+            None => ReportKind::Opening,
+            Some(execution_report::Kind::Fill(f)) => ReportKind::Fill { match_seq: f.match_seq, maker: f.maker },
+            Some(execution_report::Kind::Closed(_)) => ReportKind::Closed,
+            Some(execution_report::Kind::Settled(st)) => ReportKind::Settled { match_seq: st.match_seq },
+        };
+        self.reports.insert((report.order_id, kind, report.cursor));
+    }
+
+    fn market_data(&mut self, u: &MarketDataUpdate) {
+        let top = (u.input_seq, [u.bid_cents, u.bid_qty, u.ask_cents, u.ask_qty]);
+        match self.tops.get_mut(&u.symbol) {
+            Some(tops) => {
+                tops.insert(top);
+            }
+            None => {
+                self.tops.insert(u.symbol.clone(), BTreeSet::from([top]));
+            }
+        }
+        if u.trades.is_empty() {
+            return;
+        }
+        let trades = self.trades.entry(u.symbol.clone()).or_default();
+        trades.extend(u.trades.iter().map(|t| (t.match_seq, u.input_seq, t.price_cents, t.qty)));
+    }
 }
 
 /// An agent's view of its own world, shared between its wake loop, its
@@ -143,6 +186,8 @@ pub struct AgentState {
     order_of_tag: BTreeMap<u64, u64>,
     /// What the agent was told, by order id.
     pub told: BTreeMap<u64, ToldOrder>,
+    /// Every execution report and market-data update it received, for the checker.
+    pub received: Received,
     /// The execution stream's cursor: a reconnect resumes after it (None
     /// before the first stream opened: a reconnect then starts from now).
     exec_cursor: Option<u64>,
@@ -196,6 +241,7 @@ impl AgentHandle {
             orders: BTreeMap::new(),
             order_of_tag: BTreeMap::new(),
             told: BTreeMap::new(),
+            received: Received::default(),
             exec_cursor: None,
             setup: (cash_cents, holdings.clone()),
             hostile: false,
@@ -249,6 +295,7 @@ async fn follow_executions(
             // Settled notices carry no cursor; every other report (the opening one too) moves it.
             s.exec_cursor = Some(s.exec_cursor.unwrap_or(0).max(report.cursor));
         }
+        s.received.report(&report);
         let mut r = rec.lock().expect("recorder");
         on_report(&mut s, &mut r, &report);
     }
@@ -355,6 +402,7 @@ pub async fn follow_market_data(
     while let Ok(Some(u)) = stream.message().await {
         let now_ms = clock.now_ms();
         let mut s = state.lock().expect("agent state");
+        s.received.market_data(&u);
         {
             let mut r = rec.lock().expect("recorder");
             r.counts.md_updates += 1;
@@ -444,7 +492,7 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                     first_fill_seen: false,
                     final_seen: false,
                     fill_reported_at: BTreeMap::new(),
-                    settled_first: Default::default(),
+                    settled_first: BTreeSet::new(),
                 };
                 s.orders.insert(order_id, tracked);
                 s.order_of_tag.insert(tag, order_id);

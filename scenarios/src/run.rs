@@ -8,14 +8,14 @@ use std::io::Write as _;
 use std::path::Path;
 
 use fafnir_platform::bus::{read_to_end, EventBus};
-use fafnir_platform::proto::events::{ledger_event, order_event, EngineEvent, LedgerEvent, OrderEvent};
+use fafnir_platform::proto::events::{engine_event, ledger_event, order_event, EngineEvent, LedgerEvent, OrderEvent};
 use hdrhistogram::serialization::Serializer as _;
 use hdrhistogram::Histogram;
 use prost::Message as _;
 use serde::Serialize;
 
-use crate::checker::{CheckInput, Verdict};
-use crate::driver::{retry, AgentHandle, Counts, Recorder};
+use crate::checker::{CheckInput, ReceivedReport, ReceivedTop, ReceivedTrade, Served, Verdict};
+use crate::driver::{retry, AgentHandle, Counts, Received, Recorder};
 use crate::scenario::{Scenario, Slo};
 use crate::timeline::Timeline;
 
@@ -337,13 +337,137 @@ pub async fn gather(
         for o in retry(|| a.client.orders()).await.map_err(|s| format!("{}: orders: {s}", a.name))? {
             input.orders.insert(o.order_id, o);
         }
+    }
+    if let Some(a) = agents.first() {
+        input.market = Some(served_market(a, &input).await?);
+    }
+    let mut tops = BTreeMap::new();
+    let mut trades = BTreeMap::new();
+    for a in agents {
         let s = a.state.lock().expect("agent state");
         input.told.extend(s.told.iter().map(|(k, v)| (*k, v.clone())));
         if s.hostile {
             input.hostile_accounts.insert(a.client.user_id, s.setup.clone());
         }
+        add_received(&mut input, s.user, &s.received, &mut tops, &mut trades);
     }
+    input.md_tops = tops
+        .into_iter()
+        .map(|((symbol, input_seq, t), account)| ReceivedTop {
+            account,
+            symbol,
+            input_seq,
+            bid_cents: t[0],
+            bid_qty: t[1],
+            ask_cents: t[2],
+            ask_qty: t[3],
+        })
+        .collect();
+    input.md_trades = trades
+        .into_iter()
+        .map(|((symbol, match_seq, input_seq, price_cents, qty), account)| ReceivedTrade {
+            account,
+            symbol,
+            input_seq,
+            match_seq,
+            price_cents,
+            qty,
+        })
+        .collect();
     Ok(input)
+}
+
+type TopKey = (String, u64, [i64; 4]);
+type TradeKey = (String, u64, u64, i64, i64);
+
+/// Adds what the agent of `account` received: its reports, and the tops of
+/// book and trades no agent before it received (each kept once, with the
+/// first account that received it, so the input grows with the market, not
+/// with the number of agents).
+fn add_received(
+    input: &mut CheckInput,
+    account: u64,
+    received: &Received,
+    tops: &mut BTreeMap<TopKey, u64>,
+    trades: &mut BTreeMap<TradeKey, u64>,
+) {
+    input.reports.extend(received.reports.iter().map(|&(order_id, kind, cursor)| ReceivedReport {
+        account,
+        order_id,
+        kind,
+        cursor,
+    }));
+    for (symbol, seen) in &received.tops {
+        for &(input_seq, top) in seen {
+            tops.entry((symbol.clone(), input_seq, top)).or_insert(account);
+        }
+    }
+    for (symbol, seen) in &received.trades {
+        for &(match_seq, input_seq, price, qty) in seen {
+            trades.entry((symbol.clone(), match_seq, input_seq, price, qty)).or_insert(account);
+        }
+    }
+}
+
+/// How long the market may take, after the liveness phase, to count every
+/// fill and show the top of book after every input.
+const MARKET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Each symbol's last fill (match sequence) in TRADES and last input (ORDERS
+/// sequence), 0 for none: how far the market must get.
+fn market_ends(input: &CheckInput) -> BTreeMap<&str, (u64, u64)> {
+    let mut ends: BTreeMap<&str, (u64, u64)> = input.instruments.iter().map(|i| (i.symbol.as_str(), (0, 0))).collect();
+    for (_, e) in &input.trades_stream {
+        if let (Some(engine_event::Kind::Fill(f)), Some(end)) = (&e.kind, ends.get_mut(e.symbol.as_str())) {
+            end.0 = end.0.max(f.match_seq);
+        }
+    }
+    for (seq, e) in &input.orders_stream {
+        let symbol = match &e.kind {
+            Some(order_event::Kind::Accepted(a)) => &a.symbol,
+            Some(order_event::Kind::Cancel(c)) => &c.symbol,
+            Some(order_event::Kind::Abandoned(a)) => &a.symbol,
+            None => continue,
+        };
+        if let Some(end) = ends.get_mut(symbol.as_str()) {
+            end.1 = end.1.max(*seq);
+        }
+    }
+    ends
+}
+
+/// Each symbol's quote and candles through the gateway, as `agent` sees
+/// them, once the market has caught up: every quote counts its symbol's last
+/// fill in TRADES and shows the top of book after its last input. (The
+/// market derives them from TRADES and MD by itself, so the liveness phase,
+/// which waits for the consumers of TRADES, does not wait for it.) A market
+/// that does not catch up within [`MARKET_WAIT`] fails the liveness phase.
+async fn served_market(agent: &AgentHandle, input: &CheckInput) -> Result<BTreeMap<String, Served>, String> {
+    let ends = market_ends(input);
+    let deadline = tokio::time::Instant::now() + MARKET_WAIT;
+    let quote = |symbol: &str| {
+        let symbol = symbol.to_string();
+        async move { retry(|| agent.client.quote(&symbol)).await.map_err(|s| format!("{}: quote: {s}", agent.name)) }
+    };
+    let mut served = BTreeMap::new();
+    for (&symbol, &(fill, input_seq)) in &ends {
+        let mut q = quote(symbol).await?;
+        while q.match_seq < fill || q.book_seq < input_seq {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "liveness: the market did not catch up within {MARKET_WAIT:?} of the platform quiescing: \
+                     {symbol}'s quote is at fill {} and input {}, TRADES and ORDERS at {fill} and {input_seq}",
+                    q.match_seq, q.book_seq
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            q = quote(symbol).await?;
+        }
+        let candles =
+            retry(|| agent.client.candles(symbol)).await.map_err(|s| format!("{}: candles: {s}", agent.name))?;
+        served.insert(symbol.to_string(), Served { quote: q, candles });
+    }
+    Ok(served)
 }
 
 /// The liveness phase: waits until the engine has answered the last accepted

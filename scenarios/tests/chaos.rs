@@ -25,6 +25,7 @@ fn chaos_scenario() -> (Scenario, String) {
 /// Whether `f` is how `bug` shows.
 fn shows(bug: PlantedBug, f: &Failure) -> bool {
     let check = |name: &str| f.kind == FailureKind::Correctness && f.failed.contains(name);
+    let only = |name: &str| f.kind == FailureKind::Correctness && f.failed.len() == 1 && f.failed.contains(name);
     match bug {
         PlantedBug::SettleTwice => check("settled_exactly_once"),
         PlantedBug::DuplicateFillsOnReplay | PlantedBug::RepublishUnderFreshId => {
@@ -39,6 +40,9 @@ fn shows(bug: PlantedBug, f: &Failure) -> bool {
         }
         // The hostile client's overflowing deposit is stored, then cannot be applied.
         PlantedBug::DepositsUnchecked => f.kind == FailureKind::Crash && f.detail.contains("cannot be applied"),
+        // What agents received, seen by the check that looks at it and no other.
+        PlantedBug::ReportsToCounterparty => only("reports_isolated"),
+        PlantedBug::QuoteRecountedOnRestart => only("market_data_agrees"),
     }
 }
 
@@ -54,6 +58,8 @@ fn every_planted_bug_is_found_within_200_seeds() {
         PlantedBug::ReplayLedgerFirst,
         PlantedBug::DepositsUnchecked,
         PlantedBug::RepublishUnderFreshId,
+        PlantedBug::ReportsToCounterparty,
+        PlantedBug::QuoteRecountedOnRestart,
     ] {
         let planted = Scenario { planted_bug: Some(bug), ..scn.clone() };
         let found = chaos::find(&planted, SEEDS, |f| shows(bug, f));

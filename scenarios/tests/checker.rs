@@ -10,11 +10,11 @@ use fafnir_platform::domain::{AccountId, Instrument};
 use fafnir_platform::proto::common::{Holding, Order, OrderStatus, OrderType, PortfolioView, Side};
 use fafnir_platform::proto::events::{
     engine_event, ledger_event, order_event, CancelRequested, CloseReason, Deposited, EngineEvent, LedgerEvent,
-    OrderAbandoned, OrderAccepted, OrderEvent, Released, Reserved,
+    MarketData, OrderAbandoned, OrderAccepted, OrderEvent, Released, Reserved,
 };
 use fafnir_platform::services::engine::Matcher;
 use fafnir_platform::services::portfolio::{Fold, Ledger};
-use fafnir_scenarios::checker::{check, CheckInput, ToldOrder, Verdict};
+use fafnir_scenarios::checker::{check, CheckInput, ReceivedTop, ReceivedTrade, ToldOrder, Verdict};
 
 /// SplitMix64: a seeded generator, enough for a workload.
 struct Rng(u64);
@@ -128,9 +128,11 @@ fn platform_run(seed: u64, inputs: usize) -> CheckInput {
             order_event::Kind::Abandoned(a) => a.symbol.clone(),
         };
         let event = OrderEvent { kind: Some(kind) };
-        for e in matchers.get_mut(&symbol).unwrap().apply(seq, &event).events {
+        let out = matchers.get_mut(&symbol).unwrap().apply(seq, &event);
+        for e in out.events {
             input.trades_stream.push((input.trades_stream.len() as u64 + 1, e));
         }
+        received(&mut input, &out.market_data);
         input.orders_stream.push((seq, event));
     }
     input.ledger_stream = ledger_events
@@ -140,6 +142,30 @@ fn platform_run(seed: u64, inputs: usize) -> CheckInput {
         .collect();
     settle(&mut input);
     input
+}
+
+/// An agent (account 1) received the engine's market data as the gateway sends it: prices in cents.
+fn received(input: &mut CheckInput, md: &MarketData) {
+    let tick = input.instruments.iter().find(|i| i.symbol == md.symbol).unwrap().tick_cents;
+    input.md_tops.push(ReceivedTop {
+        account: 1,
+        symbol: md.symbol.clone(),
+        input_seq: md.input_seq,
+        bid_cents: md.bid_ticks * tick,
+        bid_qty: md.bid_qty,
+        ask_cents: md.ask_ticks * tick,
+        ask_qty: md.ask_qty,
+    });
+    for t in &md.trades {
+        input.md_trades.push(ReceivedTrade {
+            account: 1,
+            symbol: md.symbol.clone(),
+            input_seq: md.input_seq,
+            match_seq: t.match_seq,
+            price_cents: t.price_ticks * tick,
+            qty: t.qty,
+        });
+    }
 }
 
 fn random_order(rng: &mut Rng, inst: &Instrument, seq: u64) -> OrderAccepted {
@@ -301,6 +327,14 @@ fn random_runs_of_the_real_engine_pass_and_fail_when_one_fill_is_off() {
         dup.trades_stream.push((u64::MAX, again));
         let v = check(&dup);
         assert_eq!(failed(&v), ["settled_exactly_once"], "seed {seed}, fill published twice: {v:#?}");
+
+        // The engine's own market data agrees with the reference book; one size off does not.
+        assert!(run.md_tops.iter().filter(|t| t.bid_qty > 0 && t.ask_qty > 0).count() > 1_000);
+        let mut top = run.clone();
+        let at = rng.below(top.md_tops.len() as u64) as usize;
+        top.md_tops[at].ask_qty += 1;
+        let v = check(&top);
+        assert_eq!(failed(&v), ["market_data_agrees"], "seed {seed}, ask size off: {v:#?}");
     }
 }
 

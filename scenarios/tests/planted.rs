@@ -1,9 +1,9 @@
-//! Planted bugs (canaries): each [`PlantedBug`] is a realistic mistake that a
-//! fault-free run never shows. For each, one short simulated run with the
-//! fault that exercises the broken recovery path must be flagged with the bug
-//! planted, and the very same run (seed, faults) must pass with it off, so a
-//! silent checker cannot pass for a healthy platform and a planted bug is not
-//! a bug that fires always.
+//! Planted bugs (canaries): each [`PlantedBug`] is a realistic mistake; most
+//! are ones a fault-free run never shows. For each, one short simulated run
+//! (with the fault that exercises the broken recovery path, where there is
+//! one) must be flagged with the bug planted, and the very same run (seed,
+//! faults) must pass with it off, so a silent checker cannot pass for a
+//! healthy platform and a recovery bug is not a bug that fires always.
 #![cfg(madsim)]
 
 use std::time::Duration;
@@ -46,6 +46,15 @@ fn assert_caught(scn: &Scenario, seed: u64, bug: PlantedBug, check: &str) {
     let r = run(scn, seed, Some(bug)).unwrap_or_else(|e| panic!("{bug:?}: the run did not complete: {e}"));
     assert_eq!(r.summary.outcome, Outcome::CorrectnessViolated, "{bug:?}: {:#?}", r.summary.checker);
     assert!(failed(&r).contains(&check), "{bug:?}: flagged {:?}, not {check}: {:#?}", failed(&r), r.summary.checker);
+}
+
+/// The run with `bug` planted is a correctness violation that `check`, and
+/// no other check, flags (the planted bugs of the checks that look at what
+/// agents received).
+fn assert_caught_only_by(scn: &Scenario, seed: u64, bug: PlantedBug, check: &str) {
+    let r = run(scn, seed, Some(bug)).unwrap_or_else(|e| panic!("{bug:?}: the run did not complete: {e}"));
+    assert_eq!(r.summary.outcome, Outcome::CorrectnessViolated, "{bug:?}: {:#?}", r.summary.checker);
+    assert_eq!(failed(&r), [check], "{bug:?}: {:#?}", r.summary.checker);
 }
 
 /// The portfolio is killed mid-run and back 500 ms later.
@@ -178,4 +187,25 @@ fn an_event_republished_under_a_fresh_id_needs_a_lost_answer() {
     let r = run(&partitioned, 1, bug).expect("the run completes");
     assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
     assert!(r.summary.counts.fills_reported > 0, "the run traded: {:?}", r.summary.counts);
+}
+
+#[test]
+fn execution_reports_sent_to_the_counterparty_are_caught_without_a_fault() {
+    // Every fill between two agents tells each of the other's order: the
+    // agents ignore what they never sent, so only isolation sees it.
+    let scn = scenario("baseline.toml", 3, vec![]);
+    assert_clean(&scn, 1);
+    assert_caught_only_by(&scn, 1, PlantedBug::ReportsToCounterparty, "reports_isolated");
+}
+
+#[test]
+fn a_quote_recounted_by_a_restarted_market_is_caught_after_a_market_restart() {
+    // The fills of the first two seconds are counted twice in the quotes.
+    let scn = scenario("baseline.toml", 4, vec![Fault::new(2_000, Action::Kill, Some("market")).lasting(500)]);
+    assert_clean(&scn, 1);
+    assert_caught_only_by(&scn, 1, PlantedBug::QuoteRecountedOnRestart, "market_data_agrees");
+    // Not a bug that fires always: without a restart the quotes are right.
+    let quiet = scenario("baseline.toml", 3, vec![]);
+    let r = run(&quiet, 1, Some(PlantedBug::QuoteRecountedOnRestart)).expect("the run completes");
+    assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
 }

@@ -228,10 +228,16 @@ fn execution_reports(state: &State, e: &EngineEvent, cursor: u64) -> Vec<(u64, E
                     maker,
                 })
             };
-            vec![
+            let reports = vec![
                 (f.maker_account, report(f.maker_order, fill(f.maker_remaining, true))),
                 (f.taker_account, report(f.taker_order, fill(f.taker_remaining, false))),
-            ]
+            ];
+            if !state.deps.cfg.planted(crate::config::PlantedBug::ReportsToCounterparty) {
+                return reports;
+            }
+            // Planted bug: each report is addressed to every account the fill names.
+            let parties: std::collections::BTreeSet<u64> = [f.maker_account, f.taker_account].into();
+            reports.into_iter().flat_map(|(_, r)| parties.iter().map(move |a| (*a, r.clone()))).collect()
         }
         Some(engine_event::Kind::Closed(c)) => {
             let reason = format!("{:?}", crate::services::close_reason_from_proto(c.reason)).to_lowercase();
@@ -275,6 +281,7 @@ async fn fan_out_md(state: Arc<State>, mut updates: Follower) {
                 .iter()
                 .map(|t| Trade { match_seq: t.match_seq, price_cents: t.price_ticks * tick, qty: t.qty })
                 .collect(),
+            input_seq: md.input_seq,
         };
         let symbol = md.symbol;
         send_to(&state.market_data, |f| matches!(f, Filter::Symbols(s) if s.is_empty() || s.contains(&symbol)), update);

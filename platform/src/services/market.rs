@@ -82,7 +82,26 @@ struct State {
     symbols: BTreeMap<String, SymbolState>,
     /// Redis held a complete copy at the last check of its marker key.
     redis_whole: bool,
+    /// A write to Redis failed, so one given up on may still land until
+    /// then (see [`LATE_WRITES_FOR`]): till then Redis is checked each round.
+    late_writes_until: Option<tokio::time::Instant>,
 }
+
+impl State {
+    /// A write failed: Redis may lack it, or get it late, over newer ones.
+    fn write_failed(&mut self) {
+        self.redis_whole = false;
+        self.late_writes_until = Some(tokio::time::Instant::now() + LATE_WRITES_FOR);
+    }
+}
+
+/// How long after a failed write the market checks that what Redis holds is
+/// what it wrote last. A write that timed out may still be on its way and be
+/// applied after newer ones (in the simulation it waits for the link to heal
+/// plus madsim's retry backoff, at most 10 s; for real, TCP retransmits what
+/// a closed connection had sent): without the check, a quote's top of book
+/// stayed at an update the market had given up on (chaos seeds 413 and 872).
+const LATE_WRITES_FOR: Duration = Duration::from_secs(30);
 
 /// What a read of TRADES changed: per symbol, whether the quote's trade
 /// fields did and which candles.
@@ -101,6 +120,9 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
             state.lock().await.symbols.entry(inst.symbol.clone()).or_default().top = Some(top_of(&md));
         }
     }
+    if deps.cfg.planted(crate::config::PlantedBug::QuoteRecountedOnRestart) {
+        warm_start_counters(&deps, &state).await;
+    }
     let mut tasks = TaskGroup::default();
     tasks.spawn(follow_trades(deps.clone(), state.clone(), shutdown.clone()));
     tasks.spawn(follow_md(deps.clone(), state, md));
@@ -111,6 +133,20 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         .add_service(MarketServer::new(MarketSvc { deps: Arc::new(deps) }))
         .serve_with_shutdown(addr, shutdown);
     tasks.serve_until_failure(addr, server).await
+}
+
+/// Plants [`crate::config::PlantedBug::QuoteRecountedOnRestart`]: each
+/// symbol's trade count and volume are taken from the quote Redis holds,
+/// though TRADES is then replayed from its start on top of them.
+async fn warm_start_counters(deps: &Deps, state: &Mutex<State>) {
+    for inst in &deps.cfg.instruments {
+        let key = deps.cfg.names().key(&format!("market:quote:{}", inst.symbol));
+        let Ok(q) = deps.kv.hgetall(&key).await else { continue };
+        let mut state = state.lock().await;
+        let s = state.symbols.entry(inst.symbol.clone()).or_default();
+        s.trades = field_i64(q.get("trades"));
+        s.volume = field_i64(q.get("volume"));
+    }
 }
 
 async fn follow_trades(deps: Deps, state: Arc<Mutex<State>>, shutdown: Shutdown) {
@@ -149,14 +185,18 @@ async fn follow_trades(deps: Deps, state: Arc<Mutex<State>>, shutdown: Shutdown)
         }
         // Unwritten changes stay for the next round; a failed check of the
         // marker counts as Redis not whole.
-        match store(&deps, &mut state, &changes).await {
-            Ok(()) => changes.clear(),
-            Err(e) => {
-                tracing::warn!(error = %e, "market update not stored; retrying");
-                state.redis_whole = false;
-                drop(state);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let stored = match store(&deps, &mut state, &changes).await {
+            Ok(()) => {
+                changes.clear();
+                check_late_writes(&deps, &mut state).await
             }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "market update not stored; retrying");
+            state.write_failed();
+            drop(state);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -185,10 +225,7 @@ async fn store(deps: &Deps, state: &mut State, changes: &Changes) -> Result<(), 
             .candles
             .iter()
             .filter(|(start, _)| !state.redis_whole || changed.is_some_and(|c| c.contains(start)))
-            .map(|(start, c)| {
-                let value = c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
-                (format!("{start:015}"), Bytes::from(value))
-            })
+            .map(|(start, c)| (candle_field(*start), candle_value(c)))
             .collect();
         if !candles.is_empty() {
             let fields: Vec<(&str, Bytes)> = candles.iter().map(|(f, v)| (f.as_str(), v.clone())).collect();
@@ -203,9 +240,57 @@ async fn store(deps: &Deps, state: &mut State, changes: &Changes) -> Result<(), 
     Ok(())
 }
 
+/// While a write given up on may still land (see [`LATE_WRITES_FOR`]),
+/// compares what Redis holds with what the market derived, and has
+/// everything written again when they differ.
+async fn check_late_writes(deps: &Deps, state: &mut State) -> Result<(), KvError> {
+    let Some(until) = state.late_writes_until else { return Ok(()) };
+    if tokio::time::Instant::now() >= until {
+        state.late_writes_until = None;
+        return Ok(());
+    }
+    let names = deps.cfg.names();
+    for (symbol, s) in &state.symbols {
+        let quote = deps.kv.hgetall(&names.key(&format!("market:quote:{symbol}"))).await?;
+        let candles = deps.kv.hgetall(&names.key(&format!("market:candles:{symbol}"))).await?;
+        let quote_agrees = quote_fields(s, true).iter().all(|(f, v)| quote.get(*f) == Some(v));
+        let candles_agree =
+            s.candles.iter().all(|(start, c)| candles.get(&candle_field(*start)) == Some(&candle_value(c)));
+        if !quote_agrees || !candles_agree {
+            tracing::warn!(
+                symbol,
+                "Redis holds an older market write (one given up on, applied late); writing everything again"
+            );
+            state.redis_whole = false;
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A candle's field in its symbol's hash: its start, zero-padded so fields sort by time.
+fn candle_field(start_ms: i64) -> String {
+    format!("{start_ms:015}")
+}
+
+/// A candle as stored: its six numbers, comma-separated.
+fn candle_value(c: &StoredCandle) -> Bytes {
+    Bytes::from(c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+}
+
 /// Writes a symbol's quote: the trade fields (when it traded), and the top
 /// of book too when `with_top`.
 async fn write_quote(kv: &dyn Kv, key: &str, s: &SymbolState, with_top: bool) -> Result<(), KvError> {
+    let fields = quote_fields(s, with_top);
+    if fields.is_empty() {
+        return Ok(());
+    }
+    kv.hset(key, &fields).await
+}
+
+/// A symbol's quote as stored: the trade fields (when it traded), and the
+/// top of book too (when there is one) if `with_top`.
+fn quote_fields(s: &SymbolState, with_top: bool) -> Vec<(&'static str, Bytes)> {
     let mut fields = Vec::new();
     if s.match_seq > 0 {
         fields.extend([
@@ -219,10 +304,7 @@ async fn write_quote(kv: &dyn Kv, key: &str, s: &SymbolState, with_top: bool) ->
     if let (true, Some(top)) = (with_top, s.top) {
         fields.extend(["book_seq", "bid_ticks", "bid_qty", "ask_ticks", "ask_qty"].into_iter().zip(top.map(num)));
     }
-    if fields.is_empty() {
-        return Ok(());
-    }
-    kv.hset(key, &fields).await
+    fields
 }
 
 fn field_i64(v: Option<&Bytes>) -> i64 {
@@ -255,7 +337,7 @@ async fn follow_md(deps: Deps, state: Arc<Mutex<State>>, mut updates: Follower) 
                 ["book_seq", "bid_ticks", "bid_qty", "ask_ticks", "ask_qty"].into_iter().zip(top.map(num)).collect();
             if let Err(e) = deps.kv.hset(&key, &fields).await {
                 tracing::warn!(error = %e, "top of book not stored");
-                state.redis_whole = false;
+                state.write_failed();
             }
         }
     }
@@ -319,6 +401,8 @@ impl Market for MarketSvc {
             ask_qty: get("ask_qty"),
             trades: u64::try_from(get("trades")).unwrap_or(0),
             volume: get("volume"),
+            match_seq: u64::try_from(get("match_seq")).unwrap_or(0),
+            book_seq: u64::try_from(get("book_seq")).unwrap_or(0),
         }))
     }
 

@@ -71,6 +71,8 @@ impl Stored<'_> {
 pub(crate) struct Fill<'a> {
     pub trades_seq: u64,
     pub input_seq: u64,
+    /// The event's timestamp (its input's): which candle the fill is in.
+    pub ts_ms: i64,
     pub symbol: &'a str,
     pub f: &'a FillEvent,
     pub taker_side: Side,
@@ -159,6 +161,8 @@ pub(crate) struct Facts<'a> {
     pub engine: BTreeMap<&'a str, Vec<Stored<'a>>>,
     /// Distinct well-formed fills, in TRADES order.
     pub fills: Vec<Fill<'a>>,
+    /// Where each of those is in `fills`, by fill id (symbol, match_seq).
+    pub fill_index: BTreeMap<(&'a str, u64), usize>,
     pub duplicate_fills: Vec<DuplicateFill>,
     pub activity: BTreeMap<u64, Activity>,
     pub deposits: Vec<Deposit<'a>>,
@@ -181,6 +185,7 @@ impl<'a> Facts<'a> {
             inputs: BTreeMap::new(),
             engine: BTreeMap::new(),
             fills: Vec::new(),
+            fill_index: BTreeMap::new(),
             duplicate_fills: Vec::new(),
             activity: BTreeMap::new(),
             deposits: Vec::new(),
@@ -311,6 +316,7 @@ impl<'a> Facts<'a> {
         let fill = Fill {
             trades_seq: stored.trades_seq,
             input_seq: e.input_seq,
+            ts_ms: e.ts_ms,
             symbol: &e.symbol,
             f,
             taker_side,
@@ -324,7 +330,13 @@ impl<'a> Facts<'a> {
             a.filled_qty = a.filled_qty.saturating_add(f.qty);
             a.filled_notional_cents = a.filled_notional_cents.saturating_add(notional);
         }
+        self.fill_index.insert((fill.symbol, f.match_seq), self.fills.len());
         self.fills.push(fill);
+    }
+
+    /// The fill with id (`symbol`, `match_seq`), if TRADES holds a well-formed one.
+    pub fn fill(&self, symbol: &str, match_seq: u64) -> Option<&Fill<'a>> {
+        self.fill_index.get(&(symbol, match_seq)).map(|&i| &self.fills[i])
     }
 
     fn add_ledger_event(&mut self, seq: u64, e: &'a events::LedgerEvent) {

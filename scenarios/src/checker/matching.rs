@@ -7,7 +7,7 @@ use fafnir_platform::domain::{OrderType, Side};
 use fafnir_platform::proto::events::{engine_event, EngineEvent};
 
 use super::facts::{close_reason_of, side_of, Accepted, Facts, Input, Stored};
-use super::reference::{Outcome, RefFill, ReferenceBook};
+use super::reference::{Outcome, RefFill, ReferenceBook, Top};
 use super::{CheckResult, Tally};
 
 /// One expected engine event: the ORDERS input it answers, its index among that
@@ -23,6 +23,8 @@ pub(crate) struct Expected {
 pub(crate) struct ReferenceRun<'a> {
     pub expected: BTreeMap<&'a str, Vec<Expected>>,
     pub books: BTreeMap<&'a str, ReferenceBook>,
+    /// Each symbol's top of book after each of its inputs, in input order: (input_seq, top).
+    pub tops: BTreeMap<&'a str, Vec<(u64, Top)>>,
 }
 
 impl ReferenceRun<'_> {
@@ -30,14 +32,32 @@ impl ReferenceRun<'_> {
     pub fn resting(&self, symbol: &str, id: u64) -> Option<(Side, i64, i64)> {
         self.books.get(symbol).and_then(|b| b.resting(id))
     }
+
+    /// The reference's top of book of `symbol` right after its input
+    /// `input_seq` (0: before any input, an empty book); None when
+    /// `input_seq` is not one of the symbol's inputs.
+    pub fn top_after(&self, symbol: &str, input_seq: u64) -> Option<Top> {
+        if input_seq == 0 {
+            return Some(Top::default());
+        }
+        let tops = self.tops.get(symbol)?;
+        let at = tops.binary_search_by_key(&input_seq, |(seq, _)| *seq).ok()?;
+        Some(tops[at].1)
+    }
+
+    /// The reference's final top of book of `symbol` (empty when it had no input).
+    pub fn final_top(&self, symbol: &str) -> Top {
+        self.books.get(symbol).map_or_else(Top::default, ReferenceBook::top)
+    }
 }
 
 /// Feeds each symbol's inputs, in ORDERS order, to a fresh reference book.
 pub(crate) fn run_reference<'a>(facts: &Facts<'a>) -> ReferenceRun<'a> {
-    let mut run = ReferenceRun { expected: BTreeMap::new(), books: BTreeMap::new() };
+    let mut run = ReferenceRun { expected: BTreeMap::new(), books: BTreeMap::new(), tops: BTreeMap::new() };
     for (&symbol, inputs) in &facts.inputs {
         let mut book = ReferenceBook::new();
         let mut expected = Vec::new();
+        let mut tops = Vec::with_capacity(inputs.len());
         for input in inputs {
             let (input_seq, outcomes) = match input {
                 Input::Accept(a) => (a.seq, book.submit(&a.order)),
@@ -47,9 +67,11 @@ pub(crate) fn run_reference<'a>(facts: &Facts<'a>) -> ReferenceRun<'a> {
             for (index, outcome) in (0u32..).zip(outcomes) {
                 expected.push(Expected { input_seq, index, outcome });
             }
+            tops.push((input_seq, book.top()));
         }
         run.expected.insert(symbol, expected);
         run.books.insert(symbol, book);
+        run.tops.insert(symbol, tops);
     }
     run
 }

@@ -2,7 +2,7 @@
 //! run has quiesced, whether every fill was right. Lives outside `platform/`
 //! and shares none of its matching or ledger code (see `reference.rs`).
 //!
-//! [`check`] runs nine checks over a [`CheckInput`] and returns a [`Verdict`]
+//! [`check`] runs eleven checks over a [`CheckInput`] and returns a [`Verdict`]
 //! with one [`CheckResult`] per check, under these stable names:
 //!
 //! | name | what must hold |
@@ -15,6 +15,8 @@
 //! | `no_negative_balance` | no negative cash, reservations or holdings; reserved never above owned |
 //! | `reservations_balance` | reserved cash and shares equal what the open orders still need |
 //! | `agents_told_the_truth` | what agents were told equals the platform's final records |
+//! | `market_data_agrees` | each trade and top of book agents received, and the final quotes and candles, agree with TRADES and the reference book |
+//! | `reports_isolated` | every execution report an agent received is of its own order |
 //! | `hostile_refused` | every hostile request was refused, and each hostile account ends as it was set up, with no order |
 //!
 //! Bad data never panics: a malformed event is itself a violation.
@@ -25,11 +27,15 @@
 //! - `matching`: checks 1 and 2 (the engine's fills).
 //! - `money`: checks 3, 5, 6 and 7 (cash, shares, reservations).
 //! - `lifecycle`: checks 4 and 8 (order records and what agents were told).
-//! - `hostile`: check 9 (hostile requests refused without effect).
+//! - `market`: check 9 (market data, quotes and candles).
+//! - `isolation`: check 10 (whose execution reports each agent received).
+//! - `hostile`: check 11 (hostile requests refused without effect).
 
 mod facts;
 mod hostile;
+mod isolation;
 mod lifecycle;
+mod market;
 mod matching;
 mod money;
 pub mod reference;
@@ -39,7 +45,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 use fafnir_platform::domain::Instrument;
-use fafnir_platform::proto::common::{Order, PortfolioView};
+use fafnir_platform::proto::common::{Candle, Order, PortfolioView, Quote};
 use fafnir_platform::proto::events::{EngineEvent, LedgerEvent, OrderEvent};
 use serde::Serialize;
 
@@ -73,11 +79,81 @@ pub struct CheckInput {
     pub orders: BTreeMap<u64, Order>,
     /// What the agents were told, by order id (orders an agent never heard of are absent).
     pub told: BTreeMap<u64, ToldOrder>,
+    /// Every execution report the agents received (a report received twice by one agent once).
+    pub reports: Vec<ReceivedReport>,
+    /// Every distinct top of book in the market data the agents received,
+    /// with the first account that received it.
+    pub md_tops: Vec<ReceivedTop>,
+    /// Every distinct trade in the market data the agents received, likewise.
+    pub md_trades: Vec<ReceivedTrade>,
+    /// Each symbol's quote and candles as the market serves them after the
+    /// liveness phase (through the gateway); None when not gathered.
+    pub market: Option<BTreeMap<String, Served>>,
     /// What the hostile agents' requests met.
     pub hostile: crate::hostile_calls::HostileLog,
     /// The hostile agents' accounts and what each deposited at set-up (cash,
     /// shares by symbol): all they may end with.
     pub hostile_accounts: BTreeMap<u64, (i64, BTreeMap<String, i64>)>,
+}
+
+/// An execution report an agent received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReceivedReport {
+    /// The receiving agent's account.
+    pub account: u64,
+    pub order_id: u64,
+    pub kind: ReportKind,
+    /// The report's place in the execution stream (a TRADES sequence; 0 for settled notices).
+    pub cursor: u64,
+}
+
+/// What an execution report said, as far as whose it is goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReportKind {
+    /// A stream's first report: no order, only the cursor it starts after.
+    Opening,
+    /// A fill of the order, on the maker's side or the taker's.
+    Fill {
+        match_seq: u64,
+        maker: bool,
+    },
+    Closed,
+    /// The portfolio settled this fill of the order.
+    Settled {
+        match_seq: u64,
+    },
+}
+
+/// A top of book in a market-data update an agent received: the engine input
+/// it reflects and the best bid and ask in cents with their sizes (0 and 0
+/// for an empty side).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReceivedTop {
+    pub account: u64,
+    pub symbol: String,
+    pub input_seq: u64,
+    pub bid_cents: i64,
+    pub bid_qty: i64,
+    pub ask_cents: i64,
+    pub ask_qty: i64,
+}
+
+/// A trade in a market-data update an agent received, with the input of that update.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReceivedTrade {
+    pub account: u64,
+    pub symbol: String,
+    pub input_seq: u64,
+    pub match_seq: u64,
+    pub price_cents: i64,
+    pub qty: i64,
+}
+
+/// What the market serves of one symbol: its quote and candles (GetQuote, GetCandles).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    pub quote: Quote,
+    pub candles: Vec<Candle>,
 }
 
 /// The outcome of one check.
@@ -114,6 +190,8 @@ pub fn check(input: &CheckInput) -> Verdict {
         money::no_negative_balance(&facts),
         money::reservations_balance(&facts),
         lifecycle::agents_told_the_truth(&facts),
+        market::market_data_agrees(&facts, &reference),
+        isolation::reports_isolated(&facts),
         hostile::hostile_refused(&facts),
     ];
     Verdict { passed: checks.iter().all(|c| c.passed), checks }

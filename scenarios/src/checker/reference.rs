@@ -91,6 +91,21 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The best bid and the best ask: (price in ticks, shares resting at that
+/// price in all), None for an empty side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Top {
+    pub bid: Option<(i64, i64)>,
+    pub ask: Option<(i64, i64)>,
+}
+
+impl fmt::Display for Top {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |s: Option<(i64, i64)>| s.map_or("none".to_string(), |(p, q)| format!("{q}@{p} ticks"));
+        write!(f, "bid {} / ask {}", side(self.bid), side(self.ask))
+    }
+}
+
 /// A resting order: its limit and what is left of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Resting {
@@ -201,6 +216,16 @@ impl ReferenceBook {
         find(&self.bids).map(|(p, q)| (Side::Buy, p, q)).or_else(|| find(&self.asks).map(|(p, q)| (Side::Sell, p, q)))
     }
 
+    /// The best bid and ask now, each with all the shares resting at its price.
+    pub fn top(&self) -> Top {
+        let best = |side: &[Resting], better: fn(i64, i64) -> bool| {
+            let price = side.iter().map(|r| r.limit_ticks).reduce(|a, b| if better(b, a) { b } else { a })?;
+            let qty = side.iter().filter(|r| r.limit_ticks == price).fold(0i64, |q, r| q.saturating_add(r.remaining));
+            Some((price, qty))
+        };
+        Top { bid: best(&self.bids, |a, b| a > b), ask: best(&self.asks, |a, b| a < b) }
+    }
+
     /// Number of resting orders.
     pub fn resting_count(&self) -> usize {
         self.bids.len() + self.asks.len()
@@ -274,11 +299,16 @@ mod tests {
         assert_eq!(fills(&out), vec![(1, 100, 5, 2), (2, 100, 5, 3), (3, 101, 2, 1)]);
         assert_eq!(b.resting(1), Some((Side::Sell, 101, 3)));
         assert_eq!(b.resting(4), None, "a filled taker does not rest");
+        assert_eq!(b.top(), Top { bid: None, ask: Some((101, 3)) });
         let out = b.submit(&order(5, Side::Sell, OrderType::Limit, 99, 4));
         assert_eq!(out, vec![Outcome::Rested { order: 5, remaining: 4 }], "no bids left");
         let out = b.submit(&order(6, Side::Buy, OrderType::Limit, 100, 6));
         assert_eq!(fills(&out), vec![(4, 99, 4, 5)]);
         assert_eq!(out[1], Outcome::Rested { order: 6, remaining: 2 });
+        b.submit(&order(7, Side::Buy, OrderType::Limit, 100, 3));
+        b.submit(&order(8, Side::Buy, OrderType::Limit, 98, 9));
+        assert_eq!(b.top(), Top { bid: Some((100, 5)), ask: Some((101, 3)) }, "a level's shares in all");
+        assert_eq!(ReferenceBook::new().top(), Top::default());
     }
 
     #[test]

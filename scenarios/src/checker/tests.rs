@@ -2,7 +2,7 @@
 //! for each check a copy of it broken in one way that the check must flag.
 
 use fafnir_platform::domain::Instrument;
-use fafnir_platform::proto::common::{Holding, Order, OrderStatus, OrderType, PortfolioView, Side};
+use fafnir_platform::proto::common::{Candle, Holding, Order, OrderStatus, OrderType, PortfolioView, Quote, Side};
 use fafnir_platform::proto::events::{
     engine_event, ledger_event, order_event, CancelRequested, CloseReason, ClosedEvent, Deposited, EngineEvent,
     FillEvent, IgnoredEvent, LedgerEvent, OrderAbandoned, OrderAccepted, OrderEvent, Released, Reserved, RestedEvent,
@@ -59,6 +59,10 @@ impl Run {
     fn order_event(&mut self, kind: order_event::Kind) -> u64 {
         let seq = self.input.orders_stream.len() as u64 + 1;
         self.input.orders_stream.push((seq, OrderEvent { kind: Some(kind) }));
+        // The market follows every input (its top of book is the test's business).
+        if let Some(market) = &mut self.input.market {
+            market.values_mut().for_each(|s| s.quote.book_seq = seq);
+        }
         seq
     }
 
@@ -133,6 +137,30 @@ impl Run {
         let account = accepted(&self.input, order_id).user_id;
         let told = ToldOrder { account, symbol: ACME.into(), filled_qty, filled_notional_cents, closed };
         self.input.told.insert(order_id, told);
+    }
+
+    /// `account` received an execution report of `order_id`.
+    fn report(&mut self, account: u64, order_id: u64, kind: ReportKind) {
+        let cursor = self.input.trades_stream.len() as u64;
+        self.input.reports.push(ReceivedReport { account, order_id, kind, cursor });
+    }
+
+    /// Account 1 received a market-data update of input `input_seq`: top
+    /// [bid cents, bid qty, ask cents, ask qty] and trades (match_seq, cents, qty).
+    fn md(&mut self, input_seq: u64, top: [i64; 4], trades: &[(u64, i64, i64)]) {
+        let [bid_cents, bid_qty, ask_cents, ask_qty] = top;
+        let symbol = ACME.to_string();
+        let received =
+            ReceivedTop { account: 1, symbol: symbol.clone(), input_seq, bid_cents, bid_qty, ask_cents, ask_qty };
+        self.input.md_tops.push(received);
+        for &(match_seq, price_cents, qty) in trades {
+            let t = ReceivedTrade { account: 1, symbol: symbol.clone(), input_seq, match_seq, price_cents, qty };
+            self.input.md_trades.push(t);
+        }
+    }
+
+    fn served(&mut self) -> &mut Served {
+        self.input.market.as_mut().expect("market gathered").get_mut(ACME).expect("ACME served")
     }
 }
 
@@ -258,10 +286,66 @@ fn clean() -> Run {
     r.input.hostile.refused = 5;
     r.input.hostile.sent.insert("submit".into(), 5);
     r.input.hostile_accounts.insert(4, (1_000, [(ACME.to_string(), 7)].into()));
+    received(&mut r);
     r
 }
 
-const ALL: [&str; 9] = [
+/// What the agents of the clean run received: execution reports of their own
+/// orders, and market data of every input (tops in cents, tick 5), and what
+/// the market serves at the end.
+fn received(r: &mut Run) {
+    let fill = |match_seq, maker| ReportKind::Fill { match_seq, maker };
+    r.report(1, 0, ReportKind::Opening);
+    for (account, order, kind) in [
+        (2, A, fill(1, true)),
+        (1, C, fill(1, false)),
+        (2, B, fill(2, true)),
+        (1, C, fill(2, false)),
+        (1, C, ReportKind::Settled { match_seq: 2 }),
+        (2, B, fill(3, true)),
+        (3, E, fill(3, false)),
+        (3, E, ReportKind::Closed),
+        (1, D, ReportKind::Closed),
+        (2, F, ReportKind::Closed),
+        (2, G, ReportKind::Closed),
+        (2, H, fill(4, true)),
+        (1, I, fill(4, false)),
+        (2, H, ReportKind::Settled { match_seq: 4 }),
+    ] {
+        r.report(account, order, kind);
+    }
+    // The engine's top at start, before any input.
+    r.md(0, [0, 0, 0, 0], &[]);
+    r.md(1, [0, 0, 500, 10], &[]);
+    r.md(2, [0, 0, 500, 20], &[]);
+    r.md(3, [0, 0, 500, 5], &[(1, 500, 10), (2, 500, 5)]);
+    r.md(4, [495, 5, 500, 5], &[]);
+    r.md(5, [495, 5, 0, 0], &[(3, 500, 5)]);
+    for input_seq in 6..=8 {
+        r.md(input_seq, [0, 0, 0, 0], &[]);
+    }
+    r.md(9, [0, 0, 510, 20], &[]);
+    r.md(10, [0, 0, 510, 15], &[(4, 510, 5)]);
+    r.md(11, [0, 0, 510, 15], &[]);
+    let quote = Quote {
+        symbol: ACME.into(),
+        last_price_cents: 510,
+        last_qty: 5,
+        bid_cents: 0,
+        bid_qty: 0,
+        ask_cents: 510,
+        ask_qty: 15,
+        trades: 4,
+        volume: 25,
+        match_seq: 4,
+        book_seq: 11,
+    };
+    let candle = Candle { start_ms: 0, open_cents: 500, high_cents: 510, low_cents: 500, close_cents: 510, volume: 25 };
+    let served = Served { quote, candles: vec![candle] };
+    r.input.market = Some([(ACME.to_string(), served)].into());
+}
+
+const ALL: [&str; 11] = [
     "fills_match_reference",
     "no_trade_through_or_overfill",
     "conservation",
@@ -270,6 +354,8 @@ const ALL: [&str; 9] = [
     "no_negative_balance",
     "reservations_balance",
     "agents_told_the_truth",
+    "market_data_agrees",
+    "reports_isolated",
     "hostile_refused",
 ];
 
@@ -337,6 +423,13 @@ fn fills_match_reference_catches_time_priority_ignored() {
     *fill_mut(&mut r.input, 1) = FillEvent { maker_order: B, maker_remaining: 0, ..*fill_mut(&mut r.input, 1) };
     *fill_mut(&mut r.input, 2) = FillEvent { maker_order: A, maker_remaining: 5, ..*fill_mut(&mut r.input, 2) };
     *fill_mut(&mut r.input, 3) = FillEvent { maker_order: A, ..*fill_mut(&mut r.input, 3) };
+    // The maker's reports as the gateway would send them of those fills.
+    let mut trades = r.input.clone();
+    for report in &mut r.input.reports {
+        if let (2, ReportKind::Fill { match_seq, maker: true }) = (report.account, report.kind) {
+            report.order_id = fill_mut(&mut trades, match_seq).maker_order;
+        }
+    }
     let v = check(&r.input);
     assert_flags(&v, "fills_match_reference", &[], &["ACME: first divergence", "match_seq=1", "maker=a1", "maker=b2"]);
     assert_eq!(lines(&v, "fills_match_reference").len(), 1, "one line per diverging symbol");
@@ -380,11 +473,12 @@ fn no_trade_through_catches_a_fill_through_the_limit() {
     r.record(I, OrderStatus::Filled, 5, 2_575);
     r.told(H, 5, 2_575, false);
     let v = check(&r.input);
-    // The reference does not fill I, so H is not partly filled there either.
+    // The reference does not fill I, so H is not partly filled there either
+    // (and the market data, of the fill at 102, is not the engine's).
     assert_flags(
         &v,
         "no_trade_through_or_overfill",
-        &["fills_match_reference", "every_order_accounted"],
+        &["fills_match_reference", "every_order_accounted", "market_data_agrees"],
         &["ACME match_seq 4", "trade-through: Buy 99 (account 1) limited at 102 ticks filled at 103"],
     );
 }
@@ -436,10 +530,11 @@ fn every_order_accounted_catches_a_lost_order() {
     r.record(0x1a, OrderStatus::Accepted, 0, 0);
     r.input.portfolios.get_mut(&1).unwrap().reserved_cents = 5 * 90 * TICK;
     let v = check(&r.input);
+    // The reference book rests J: the top of book the market shows does not.
     assert_flags(
         &v,
         "every_order_accounted",
-        &["fills_match_reference"],
+        &["fills_match_reference", "market_data_agrees"],
         &["ACME order 1a (account 1, ORDERS#12): lost"],
     );
 }
@@ -607,6 +702,115 @@ fn agents_told_the_truth_catches_a_wrong_fill_report() {
     r.told(E, 5, 2_500, false);
     let v = check(&r.input);
     assert_flags(&v, "agents_told_the_truth", &[], &["order e5", "told closed: false, record is CANCELED"]);
+}
+
+#[test]
+fn market_data_agrees_catches_a_trade_that_is_not_the_fill() {
+    let mut r = clean();
+    r.input.md_trades[3].price_cents = 505;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "market_data_agrees",
+        &[],
+        &["ACME trade match_seq 4 (5x505c, ORDERS#10) received by account 1", "the fill is 5x510c of ORDERS#10"],
+    );
+    // A trade no fill has, and a real fill said to come of another input.
+    let mut r = clean();
+    r.md(11, [0, 0, 510, 15], &[(5, 510, 1)]);
+    r.input.md_trades[0].input_seq = 4;
+    let v = check(&r.input);
+    let l = lines(&v, "market_data_agrees");
+    assert!(l.iter().any(|l| l.contains("match_seq 5") && l.contains("no such fill in TRADES")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("match_seq 1 (10x500c, ORDERS#4)") && l.contains("of ORDERS#3")), "{l:#?}");
+    assert_eq!(failed(&v), ["market_data_agrees"]);
+}
+
+#[test]
+fn market_data_agrees_catches_a_top_of_book_that_is_not_the_references() {
+    // The bid's size after D rested, one share off.
+    let mut r = clean();
+    r.input.md_tops[4].bid_qty = 6;
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "market_data_agrees",
+        &[],
+        &["ACME top of book after ORDERS#4: account 1 received bid 6x495c / ask 5x500c", "has bid 5x495c / ask 5x500c"],
+    );
+    // A stale top: the book before E took the ask, sent as the book after it.
+    let mut r = clean();
+    r.md(5, [495, 5, 500, 5], &[]);
+    let v = check(&r.input);
+    assert_flags(&v, "market_data_agrees", &[], &["after ORDERS#5", "received bid 5x495c / ask 5x500c"]);
+    // Bid and ask swapped, and a top said to follow an input that is not ACME's.
+    let mut r = clean();
+    r.md(9, [510, 20, 0, 0], &[]);
+    r.md(12, [0, 0, 510, 15], &[]);
+    let v = check(&r.input);
+    let l = lines(&v, "market_data_agrees");
+    assert!(l.iter().any(|l| l.contains("after ORDERS#9") && l.contains("has bid 0x0c / ask 20x510c")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("after ORDERS#12, not an input of ACME")), "{l:#?}");
+}
+
+#[test]
+fn market_data_agrees_catches_a_quote_or_candle_that_is_not_what_the_fills_make() {
+    // Fills #1 and #2 counted twice.
+    let mut r = clean();
+    let q = &mut r.served().quote;
+    (q.trades, q.volume) = (6, 40);
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "market_data_agrees",
+        &[],
+        &["ACME quote: 6 trades, volume 40, last 5x510c (match_seq 4); the fills in TRADES make 4 trades, volume 25"],
+    );
+    // The top before I's fill, and a candle missing a fill.
+    let mut r = clean();
+    r.served().quote.ask_qty = 20;
+    r.served().candles[0].volume = 20;
+    let v = check(&r.input);
+    let l = lines(&v, "market_data_agrees");
+    assert!(l.iter().any(|l| l.contains("quote: bid 0x0c / ask 20x510c after ORDERS#11; the reference book ends with bid 0x0c / ask 15x510c after ORDERS#11")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("candles: 1 served, the fills make 1") && l.contains("v20")), "{l:#?}");
+    assert_eq!(failed(&v), ["market_data_agrees"]);
+    // A symbol the market served nothing of.
+    let mut r = clean();
+    r.input.market.as_mut().unwrap().clear();
+    assert_flags(&check(&r.input), "market_data_agrees", &[], &["ACME: no quote or candles were gathered"]);
+    // Not gathered at all: only what agents received is checked.
+    let mut r = clean();
+    r.input.market = None;
+    assert!(check(&r.input).passed);
+}
+
+#[test]
+fn reports_isolated_catches_a_report_of_another_accounts_order() {
+    // Account 1 (C's owner) is also sent the maker's report of fill #1.
+    let mut r = clean();
+    r.report(1, A, ReportKind::Fill { match_seq: 1, maker: true });
+    let v = check(&r.input);
+    assert_flags(
+        &v,
+        "reports_isolated",
+        &[],
+        &["account 1 received a maker fill report (match_seq 1) of order a1", "account 2's order on ACME"],
+    );
+    assert_eq!(v.checks[9].violations, 1, "{v:#?}");
+    // Its own order, in a fill between two others; an order never accepted; a kindless report of an order.
+    let mut r = clean();
+    r.report(1, D, ReportKind::Fill { match_seq: 3, maker: false });
+    r.report(3, E, ReportKind::Settled { match_seq: 9 });
+    r.report(1, 0x77, ReportKind::Closed);
+    r.report(2, A, ReportKind::Opening);
+    let v = check(&r.input);
+    let l = lines(&v, "reports_isolated");
+    assert!(l.iter().any(|l| l.contains("of order d4") && l.contains("maker is b2, its taker e5")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("of order e5") && l.contains("TRADES has no fill ACME match_seq 9")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("close report of order 77") && l.contains("never accepted")), "{l:#?}");
+    assert!(l.iter().any(|l| l.contains("account 2 received a report of order a1 without a kind")), "{l:#?}");
+    assert_eq!(failed(&v), ["reports_isolated"]);
 }
 
 #[test]
