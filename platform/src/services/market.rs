@@ -112,7 +112,11 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
     let names = deps.cfg.names();
     let md = Follower::open(&deps, names.md_stream(), names.md_all(), shutdown.clone()).await?;
-    let state = Arc::new(Mutex::new(State::default()));
+    // A market that died with writes on their way (Redis cut off) may see
+    // them land after it started again, over what it writes now (chaos seed
+    // 872 with restart_all): Redis is watched from the start.
+    let watch = Some(tokio::time::Instant::now() + LATE_WRITES_FOR);
+    let state = Arc::new(Mutex::new(State { late_writes_until: watch, ..State::default() }));
     // Each symbol's last update so far (the tail gives only those from now on).
     for inst in &deps.cfg.instruments {
         let last = deps.bus.last_on_subject(&names.md_stream(), &names.md_of(&inst.symbol)).await?;
