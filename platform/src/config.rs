@@ -175,6 +175,13 @@ pub enum PlantedBug {
     /// before the restart is counted again in the quote. Bites when the market
     /// restarts while Redis keeps its data; caught by `market_data_agrees`.
     QuoteRecountedOnRestart,
+    /// A cancel is not checked against the order's owner: the orders
+    /// service looks the order up by its id alone, so anyone who knows (or
+    /// computes: user id and client order id make it) another user's order
+    /// id can cancel it. Bites only when a client cancels an order not its
+    /// own; caught by the checker's `hostile_refused` (the hostile client's
+    /// cancel of another user's order is accepted).
+    CancelWithoutOwnerCheck,
 }
 
 impl PlatformConfig {

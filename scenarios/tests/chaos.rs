@@ -43,6 +43,7 @@ fn shows(bug: PlantedBug, f: &Failure) -> bool {
         // What agents received, seen by the check that looks at it and no other.
         PlantedBug::ReportsToCounterparty => only("reports_isolated"),
         PlantedBug::QuoteRecountedOnRestart => only("market_data_agrees"),
+        PlantedBug::CancelWithoutOwnerCheck => only("hostile_refused"),
     }
 }
 
@@ -60,6 +61,7 @@ fn every_planted_bug_is_found_within_200_seeds() {
         PlantedBug::RepublishUnderFreshId,
         PlantedBug::ReportsToCounterparty,
         PlantedBug::QuoteRecountedOnRestart,
+        PlantedBug::CancelWithoutOwnerCheck,
     ] {
         let planted = Scenario { planted_bug: Some(bug), ..scn.clone() };
         let found = chaos::find(&planted, SEEDS, |f| shows(bug, f));

@@ -209,3 +209,23 @@ fn a_quote_recounted_by_a_restarted_market_is_caught_after_a_market_restart() {
     let r = run(&quiet, 1, Some(PlantedBug::QuoteRecountedOnRestart)).expect("the run completes");
     assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
 }
+
+/// The hostile client's cancels of other users' orders (their ids computed
+/// from user id and client order id) are accepted when the orders service
+/// does not check the owner: only `hostile_refused` sees it (the victims are
+/// told of their orders' close like any other).
+#[test]
+fn a_cancel_without_an_owner_check_is_caught_by_the_hostile_client() {
+    let mut scn = chaos_market(4, vec![]);
+    // A busier hostile client than chaos.toml's, so a short run meets a live order of another.
+    for p in &mut scn.populations {
+        if let fafnir_scenarios::agents::AgentParams::Hostile(h) = &mut p.config.params {
+            h.rate_per_s = 40.0;
+        }
+    }
+    assert_clean(&scn, 3);
+    let r = run(&scn, 3, Some(PlantedBug::CancelWithoutOwnerCheck)).expect("the run completes");
+    assert_eq!(failed(&r), ["hostile_refused"], "{:#?}", r.summary.checker);
+    let lines = &r.summary.checker.checks.iter().find(|c| c.name == "hostile_refused").unwrap().first;
+    assert!(lines.iter().any(|l| l.contains("cancel_theirs accepted")), "{lines:#?}");
+}

@@ -20,13 +20,13 @@ pub struct HostileParams {
     /// Mean hostile requests per second (Poisson arrivals). Default 2.0.
     pub rate_per_s: f64,
     /// Cancels and forged tokens aim at the users with these ids and below
-    /// (user ids are the registration order). Default 20.
+    /// (user ids are the registration order). Default 10.
     pub victims_max: u64,
 }
 
 impl Default for HostileParams {
     fn default() -> Self {
-        HostileParams { rate_per_s: 2.0, victims_max: 20 }
+        HostileParams { rate_per_s: 2.0, victims_max: 10 }
     }
 }
 
@@ -175,12 +175,21 @@ impl Hostile {
         }
     }
 
-    fn draw(&mut self) -> HostileRequest {
+    /// A tag another agent has likely used lately: agents number their
+    /// orders a few a second, and their live orders are the recent ones.
+    fn recent_tag(&mut self, now_ms: u64) -> u64 {
+        const TAGS_PER_S: u64 = 5;
+        let newest = 1 + now_ms * TAGS_PER_S / 1_000;
+        let oldest = (newest / 2).max(1);
+        oldest + self.rng.below(newest - oldest + 1)
+    }
+
+    fn draw(&mut self, now_ms: u64) -> HostileRequest {
         let victim = 1 + self.rng.below(self.p.victims_max);
         match self.rng.below(10) {
             0..=2 => self.bad_submit(),
             3 | 4 => self.bad_deposit(),
-            5 => HostileRequest::CancelTheirs { victim, tag: 1 + self.rng.below(50) },
+            5 => HostileRequest::CancelTheirs { victim, tag: self.recent_tag(now_ms) },
             6 => HostileRequest::ForgedToken { victim },
             7 => HostileRequest::Login {
                 username: ["noise-0-0", "market_maker-0-0", "nobody-here", "x"][self.rng.below(4) as usize].into(),
@@ -198,7 +207,7 @@ impl Agent for Hostile {
     }
 
     fn wake(&mut self, view: &View<'_>, out: &mut Vec<Intent>) -> Option<u64> {
-        out.push(Intent::Hostile(self.draw()));
+        out.push(Intent::Hostile(self.draw(view.now_ms)));
         self.arrivals.advance(&mut self.rng);
         Some(after(view.now_ms, self.arrivals.next_ms))
     }
@@ -220,8 +229,8 @@ mod tests {
         let symbols = testkit::symbols();
         let mut h = Hostile::new(HostileParams::default(), 7, &symbols);
         let mut kinds = std::collections::BTreeSet::new();
-        for _ in 0..2_000 {
-            let r = h.draw();
+        for i in 0..2_000 {
+            let r = h.draw(i * 10);
             kinds.insert(r.kind());
             if let HostileRequest::Submit { symbol, side, order_type, price_cents, qty, client_order_id } = &r {
                 let Some(s) = symbols.iter().find(|s| &s.symbol == symbol) else { continue };
