@@ -166,9 +166,19 @@ fn replies_lost() -> Fault {
 fn an_event_republished_under_a_fresh_id_is_caught_when_its_ack_is_lost() {
     // Engine batches come back with an event's ack lost and a later one's
     // there: the planted engine publishes the event again as a new message.
+    // Which batch loses which ack is up to the seed (about one seed in six
+    // has an event's ack lost before a later one's arrives), so the first
+    // seed of ten that shows it is taken, and must be clean without the bug.
     let scn = scenario("baseline.toml", 5, vec![replies_lost()]);
-    assert_clean(&scn, 1);
-    assert_caught(&scn, 1, PlantedBug::RepublishUnderFreshId, "settled_exactly_once");
+    let bug = PlantedBug::RepublishUnderFreshId;
+    let seed = (1..=10)
+        .find(|&seed| {
+            let r = run(&scn, seed, Some(bug)).unwrap_or_else(|e| panic!("seed {seed}: the run did not complete: {e}"));
+            failed(&r).contains(&"settled_exactly_once")
+        })
+        .expect("some seed of 1..=10 loses an event's ack before a later one's, and settled_exactly_once flags it");
+    assert_clean(&scn, seed);
+    assert_caught(&scn, seed, bug, "settled_exactly_once");
 }
 
 #[test]
