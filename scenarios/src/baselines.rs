@@ -206,6 +206,10 @@ pub fn check(baselines: &Baselines, measured: &[Summary]) -> Check {
     let slack_ns = baselines.slack_ms * 1_000_000;
     for (run, m) in baselines.runs.iter().zip(measured) {
         let label = run.label();
+        if let Some(why) = &m.stopped {
+            c.failures.push(format!("{label}: the run stopped ({:?}): {why}", m.outcome));
+            continue;
+        }
         if m.outcome == Outcome::CorrectnessViolated || !m.checker.passed {
             let failed: Vec<&str> = m.checker.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
             c.failures.push(format!("{label}: the fill checker failed ({})", failed.join(", ")));
@@ -266,12 +270,15 @@ mod tests {
             duration_ms: 1000,
             agents: 1,
             counts: Default::default(),
+            errors: Default::default(),
+            error_budget: Default::default(),
             stages: [("submit_to_ack".to_string(), stage)].into_iter().collect(),
             accepted_per_s: Vec::new(),
             slos: Vec::new(),
             checker: Verdict { passed, checks: Vec::new() },
             faults: Vec::new(),
             outcome: if passed { Outcome::Success } else { Outcome::CorrectnessViolated },
+            stopped: None,
             rerun: String::new(),
             effective_config: String::new(),
             nemesis: None,

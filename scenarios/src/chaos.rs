@@ -27,8 +27,20 @@ pub enum FailureKind {
     Liveness,
     /// The fill checker found a violation.
     Correctness,
+    /// More requests failed or timed out than the error budget allows.
+    ErrorBudget,
     /// An SLO was violated (every fill was right).
     Slo,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 5] = [
+        FailureKind::Crash,
+        FailureKind::Liveness,
+        FailureKind::Correctness,
+        FailureKind::ErrorBudget,
+        FailureKind::Slo,
+    ];
 }
 
 impl fmt::Display for FailureKind {
@@ -37,6 +49,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Crash => "crash",
             FailureKind::Liveness => "liveness",
             FailureKind::Correctness => "correctness",
+            FailureKind::ErrorBudget => "error_budget",
             FailureKind::Slo => "slo",
         })
     }
@@ -79,26 +92,13 @@ pub fn played_faults(scn: &Scenario, seed: u64) -> Vec<Fault> {
     faults
 }
 
-/// Runs one seed and classifies the outcome; a panic is a crash.
+/// Runs one seed and classifies the outcome (a panic in the world is a
+/// crash, with what the run measured until then).
 pub fn run_seed(scn: &Scenario, seed: u64, rerun: &str) -> SeedRun {
     let faults = played_faults(scn, seed);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::sim_run::run(scn, seed, "chaos".into(), rerun.to_string())
-    }));
-    let (result, failure) = match outcome {
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic".into());
-            (None, Some(Failure { kind: FailureKind::Crash, failed: BTreeSet::new(), detail: first_line(&msg) }))
-        }
-        Ok(Err(e)) => {
-            let kind = if e.starts_with("liveness") { FailureKind::Liveness } else { FailureKind::Crash };
-            (None, Some(Failure { kind, failed: BTreeSet::new(), detail: first_line(&e) }))
-        }
-        Ok(Ok(r)) => {
+    let (result, failure) = match crate::sim_run::run(scn, seed, "chaos".into(), rerun.to_string()) {
+        Err(e) => (None, Some(Failure { kind: FailureKind::Crash, failed: BTreeSet::new(), detail: first_line(&e) })),
+        Ok(r) => {
             let failure = classify(&r);
             (Some(r), failure)
         }
@@ -131,7 +131,16 @@ pub fn classify(r: &RunResult) -> Option<Failure> {
             let detail = format!("SLO: {}", failed.iter().cloned().collect::<Vec<_>>().join(", "));
             Some(Failure { kind: FailureKind::Slo, failed, detail })
         }
-        Outcome::Error => Some(Failure { kind: FailureKind::Crash, failed: BTreeSet::new(), detail: "error".into() }),
+        Outcome::ErrorBudgetExceeded => {
+            let failed: BTreeSet<String> = s.errors.keys().cloned().collect();
+            let detail = format!("errors: {}", s.error_budget.describe());
+            Some(Failure { kind: FailureKind::ErrorBudget, failed, detail })
+        }
+        Outcome::Liveness | Outcome::Crash | Outcome::Error => {
+            let kind = if s.outcome == Outcome::Liveness { FailureKind::Liveness } else { FailureKind::Crash };
+            let detail = first_line(s.stopped.as_deref().unwrap_or("stopped"));
+            Some(Failure { kind, failed: BTreeSet::new(), detail })
+        }
     }
 }
 

@@ -31,11 +31,17 @@ pub struct Counts {
     pub accepted: u64,
     /// Refused by the platform for a reason of the order (funds, price, ...).
     pub rejected: u64,
-    /// Failed for a reason of the platform (unavailable, internal, ...), after retries.
+    /// Failed for a reason of the platform (unavailable, internal, ...).
     pub failed: u64,
+    /// Not answered within the client's deadline.
     pub timed_out: u64,
     pub cancels: u64,
     pub cancels_acked: u64,
+    /// Cancels refused for a reason of the order (already closed, unknown).
+    pub cancels_rejected: u64,
+    /// Cancels that failed for a reason of the platform.
+    pub cancels_failed: u64,
+    pub cancels_timed_out: u64,
     pub fills_reported: u64,
     pub md_updates: u64,
 }
@@ -70,6 +76,9 @@ pub struct Recorder {
     pub t0_clock_ms: i64,
     /// What the hostile agents' requests met.
     pub hostile: crate::hostile_calls::HostileLog,
+    /// Requests that failed or timed out, by request and gRPC code
+    /// ("submit DeadlineExceeded": 3).
+    pub errors: BTreeMap<String, u64>,
     t0: Instant,
 }
 
@@ -87,6 +96,7 @@ impl Recorder {
             slots: BTreeMap::new(),
             t0_clock_ms: 0,
             hostile: Default::default(),
+            errors: BTreeMap::new(),
             t0,
         }
     }
@@ -106,6 +116,11 @@ impl Recorder {
         self.histograms.get_mut(stage).expect("known stage").saturating_record(ns);
         let t = self.elapsed_ms();
         self.samples.get_mut(stage).expect("known stage").push((t, ns));
+    }
+
+    /// Counts a request that failed or timed out under its code.
+    fn error(&mut self, request: &str, code: Code) {
+        *self.errors.entry(format!("{request} {code:?}")).or_default() += 1;
     }
 
     /// Counts one outcome in the current timeline slot.
@@ -269,6 +284,30 @@ where
         }
     }
     Err(last.expect("at least one attempt"))
+}
+
+/// What a refused request's code says: a reason of the request (refused),
+/// no answer in time, or a failure of the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Refused,
+    TimedOut,
+    Failed,
+}
+
+fn answer_kind(code: Code) -> Answer {
+    match code {
+        Code::DeadlineExceeded => Answer::TimedOut,
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied => Answer::Refused,
+        // Unavailable, Internal, Unknown, Unauthenticated (a valid session's
+        // token refused), ResourceExhausted (an agent is no flood), ...
+        _ => Answer::Failed,
+    }
 }
 
 fn transient(code: Code) -> bool {
@@ -532,16 +571,18 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                     r.slot().accepted += 1;
                 }
                 Err(status) => {
-                    match status.code() {
-                        Code::DeadlineExceeded => {
+                    match answer_kind(status.code()) {
+                        Answer::TimedOut => {
                             r.counts.timed_out += 1;
                             r.slot().timed_out += 1;
+                            r.error("submit", status.code());
                         }
-                        c if transient(c) => {
+                        Answer::Failed => {
                             r.counts.failed += 1;
                             r.slot().failed += 1;
+                            r.error("submit", status.code());
                         }
-                        _ => {
+                        Answer::Refused => {
                             r.counts.rejected += 1;
                             r.slot().rejected += 1;
                         }
@@ -566,9 +607,20 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
             rec.lock().expect("recorder").counts.cancels += 1;
             let result = handle.client.cancel(order_id).await;
             let mut r = rec.lock().expect("recorder");
-            if result.is_ok() {
-                r.counts.cancels_acked += 1;
-                r.record("cancel_to_ack", intended);
+            match result.map_err(|s| (answer_kind(s.code()), s.code())) {
+                Ok(_) => {
+                    r.counts.cancels_acked += 1;
+                    r.record("cancel_to_ack", intended);
+                }
+                Err((Answer::Refused, _)) => r.counts.cancels_rejected += 1,
+                Err((Answer::Failed, code)) => {
+                    r.counts.cancels_failed += 1;
+                    r.error("cancel", code);
+                }
+                Err((Answer::TimedOut, code)) => {
+                    r.counts.cancels_timed_out += 1;
+                    r.error("cancel", code);
+                }
             }
         }
     }

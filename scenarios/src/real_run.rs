@@ -56,6 +56,11 @@ fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformCon
 
 /// Runs `scn` against real servers, reporting progress to `progress` every
 /// [`PROGRESS_EVERY`] of wall time while the load and liveness phases last.
+///
+/// A run that starts ends in a result, also when it stops early: a platform
+/// that does not settle is a liveness outcome, a panic of the harness or an
+/// agent a crash, each with what was measured until then. Only a run that
+/// cannot start (servers unreachable, ports taken) is an error.
 pub async fn run(
     scn: &Scenario,
     seed: u64,
@@ -64,6 +69,7 @@ pub async fn run(
     rerun: String,
     progress: Option<ProgressFn>,
 ) -> Result<RealRun, String> {
+    use futures::FutureExt as _;
     if scn.nemesis.is_some() || scn.buggify || scn.buggify_network {
         return Err("the scenario has a [nemesis] or buggify: faults run in the simulation (cargo fafnir run …)".into());
     }
@@ -83,15 +89,64 @@ pub async fn run(
     } else {
         Default::default()
     };
-    let gateway = deps.cfg.addrs.gateway;
+    let meta = run::RunMeta {
+        mode: format!("real (namespace {})", deps.cfg.namespace),
+        seed,
+        config_hash,
+        trace_hash: "-".into(),
+        rerun,
+        agents: run::agent_plan(scn, seed).len() as u64,
+        nemesis: None,
+    };
     let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
+    let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress));
+    let result = match measured.catch_unwind().await {
+        Ok(Ok(result)) => result,
+        Ok(Err(stopped)) => run::stopped(scn, meta, snapshot(&rec), stopped),
+        Err(panic) => {
+            let why = run::Stopped::Crash(format!("panic: {}", run::panic_message(&*panic)));
+            run::stopped(scn, meta, snapshot(&rec), why)
+        }
+    };
+    if target.gateway.is_none() {
+        for (_, h) in services {
+            h.stop(Duration::from_secs(2)).await;
+        }
+        // The in-process platform is gone: drop its streams and keys (the run
+        // directory keeps what the run measured and the checker's verdict).
+        let prefix = deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
+        let _ = nats.delete_streams_with_prefix(&prefix).await;
+        let _ = fafnir_platform::kv::wipe_prefix(deps.kv.as_ref(), &deps.cfg.names().key_prefix()).await;
+    }
+    Ok(result)
+}
+
+/// What the recorder holds (a panic may have poisoned its lock; each update
+/// is made whole under it, so it is read all the same).
+fn snapshot(rec: &Mutex<Recorder>) -> Recorder {
+    rec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Set-up, load, liveness phase and checker of a real run, recording into `rec`.
+async fn measure(
+    scn: &Scenario,
+    seed: u64,
+    deps: &Deps,
+    rec: &Arc<Mutex<Recorder>>,
+    meta: run::RunMeta,
+    progress: Option<ProgressFn>,
+) -> Result<RealRun, run::Stopped> {
+    let gateway = deps.cfg.addrs.gateway;
     let plan = run::agent_plan(scn, seed);
     let mut agents = Vec::new();
     for (name, p, _, _) in &plan {
         let pop = &scn.populations[*p];
         // Unique per run, so a running platform can host many runs.
         let user = format!("{name}-{}", std::process::id());
-        let handle = Arc::new(AgentHandle::setup(gateway, &user, pop.cash_cents, &pop.holdings).await?);
+        let handle = AgentHandle::setup(gateway, &user, pop.cash_cents, &pop.holdings)
+            .await
+            .map_err(|e| run::Stopped::Liveness(format!("liveness: the set-up of {name} failed: {e}")))?;
+        let handle = Arc::new(handle);
         let (h, r) = (handle.clone(), rec.clone());
         tokio::spawn(driver::keep_following_executions(h, r));
         let (h, r, clock) = (handle.clone(), rec.clone(), deps.clock.clone());
@@ -110,35 +165,16 @@ pub async fn run(
         r.t0_clock_ms = deps.clock.now_ms();
     }
     let ticker = progress.map(|report| tokio::spawn(tick(rec.clone(), t0, scn.duration, report)));
-    let load = load_and_quiesce(scn, &deps, &agents, &plan, &rec, t0).await;
+    let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0).await;
     if let Some(ticker) = ticker {
         // Awaited, not only aborted: no bar is drawn once the run has returned.
         ticker.abort();
         let _ = ticker.await;
     }
     load?;
-    let mut input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await?;
-    let recorder = rec.lock().expect("recorder").clone();
+    let mut input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await.map_err(run::Stopped::from_error)?;
+    let recorder = snapshot(rec);
     input.hostile = recorder.hostile.clone();
-    if target.gateway.is_none() {
-        for (_, h) in services {
-            h.stop(Duration::from_secs(2)).await;
-        }
-        // The in-process platform is gone: drop its streams and keys (the run
-        // directory keeps what the run measured and the checker's verdict).
-        let prefix = deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
-        let _ = nats.delete_streams_with_prefix(&prefix).await;
-        let _ = fafnir_platform::kv::wipe_prefix(deps.kv.as_ref(), &deps.cfg.names().key_prefix()).await;
-    }
-    let meta = run::RunMeta {
-        mode: format!("real (namespace {})", deps.cfg.namespace),
-        seed,
-        config_hash,
-        trace_hash: "-".into(),
-        rerun,
-        agents: agents.len() as u64,
-        nemesis: None,
-    };
     Ok(run::finish(scn, meta, recorder, &input))
 }
 
@@ -151,17 +187,20 @@ async fn load_and_quiesce(
     plan: &[(String, usize, u32, u64)],
     rec: &Arc<Mutex<Recorder>>,
     t0: tokio::time::Instant,
-) -> Result<(), String> {
+) -> Result<(), run::Stopped> {
     let mut runs = Vec::new();
     for (handle, (_, p, i, agent_seed)) in agents.iter().zip(plan) {
         let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
         runs.push(tokio::spawn(driver::run_agent(agent, handle.clone(), rec.clone(), t0, scn.duration)));
     }
     for r in runs {
-        r.await.map_err(|e| format!("an agent crashed: {e}"))?;
+        r.await.map_err(|e| run::Stopped::Crash(format!("an agent crashed: {e}")))?;
     }
     if let Err(why) = run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
-        return Err(format!("liveness: the platform did not quiesce within {:?}: {why}", scn.quiesce));
+        return Err(run::Stopped::Liveness(format!(
+            "liveness: the platform did not quiesce within {:?}: {why}",
+            scn.quiesce
+        )));
     }
     Ok(())
 }

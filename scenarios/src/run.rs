@@ -23,24 +23,96 @@ use crate::timeline::Timeline;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// Every check passed and every SLO held (exit 0).
+    /// Every check passed, every SLO held, the errors within budget (exit 0).
     Success,
     /// The run could not be carried out (exit 1).
     Error,
-    /// An SLO was violated, every fill was right (exit 3).
+    /// An SLO was violated; every fill was right, the errors within budget (exit 3).
     SloViolated,
     /// The fill checker found a violation (exit 4).
     CorrectnessViolated,
+    /// More requests failed or timed out than the error budget allows;
+    /// every fill was right (exit 5).
+    ErrorBudgetExceeded,
+    /// The platform did not settle in the liveness phase (or did not come
+    /// up): the checker did not run (exit 6).
+    Liveness,
+    /// A panic in the platform or the harness stopped the run (exit 7).
+    Crash,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Success,
+        Outcome::Error,
+        Outcome::SloViolated,
+        Outcome::CorrectnessViolated,
+        Outcome::ErrorBudgetExceeded,
+        Outcome::Liveness,
+        Outcome::Crash,
+    ];
+
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Success => 0,
             Outcome::Error => 1,
             Outcome::SloViolated => 3,
             Outcome::CorrectnessViolated => 4,
+            Outcome::ErrorBudgetExceeded => 5,
+            Outcome::Liveness => 6,
+            Outcome::Crash => 7,
         }
+    }
+}
+
+/// `fafnir run`'s exit codes, as its `--help` and scenarios/SCENARIOS.md
+/// show them (a test holds the code, the help and the document to it).
+pub const EXIT_CODES: &str = "\
+Outcomes (summary.json's `outcome`) and exit codes:
+
+| exit | outcome               | when                                                                  |
+|------|-----------------------|-----------------------------------------------------------------------|
+| 0    | success               | every check passed, every SLO held, errors within the error budget    |
+| 1    | error                 | the run could not be carried out (servers unreachable, disk)          |
+| 2    | -                     | bad command line or scenario file: nothing ran                        |
+| 3    | slo_violated          | an SLO was violated (every fill right, errors within budget)          |
+| 4    | correctness_violated  | the fill checker found a violation                                    |
+| 5    | error_budget_exceeded | more submits and cancels failed or timed out than the budget allows   |
+| 6    | liveness              | the platform did not come up, or did not settle in the liveness phase |
+| 7    | crash                 | a panic in the platform or the harness stopped the run                |
+";
+
+/// The requests that failed or timed out, against the scenario's budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorBudget {
+    /// Submits and cancels sent.
+    pub requests: u64,
+    /// Of them, failed or timed out (refusals for a reason of the order are not errors).
+    pub errors: u64,
+    /// The most that may fail, in parts per million of `requests`.
+    pub budget_ppm: u32,
+    pub passed: bool,
+}
+
+impl ErrorBudget {
+    pub fn of(counts: &Counts, budget_ppm: u32) -> ErrorBudget {
+        let requests = counts.submitted + counts.cancels;
+        let errors = counts.failed + counts.timed_out + counts.cancels_failed + counts.cancels_timed_out;
+        // errors / requests <= budget, in integers.
+        let passed = u128::from(errors) * 1_000_000 <= u128::from(requests) * u128::from(budget_ppm);
+        ErrorBudget { requests, errors, budget_ppm, passed }
+    }
+
+    /// "12 of 345 requests (3.47%) failed or timed out; the budget is 1%".
+    pub fn describe(&self) -> String {
+        let share = (self.errors * 1_000_000).checked_div(self.requests).unwrap_or(0);
+        format!(
+            "{} of {} requests ({}) failed or timed out; the budget is {}",
+            self.errors,
+            self.requests,
+            crate::scenario::percent(share as u32),
+            crate::scenario::percent(self.budget_ppm)
+        )
     }
 }
 
@@ -74,12 +146,21 @@ pub struct Summary {
     pub duration_ms: u64,
     pub agents: u64,
     pub counts: Counts,
+    /// Requests that failed or timed out, by request and gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    pub error_budget: ErrorBudget,
     pub stages: BTreeMap<String, StageSummary>,
     pub accepted_per_s: Vec<u64>,
     pub slos: Vec<SloResult>,
+    /// The fill checker's verdict (no checks, not passed, when the run
+    /// stopped before it could run: see `stopped`).
     pub checker: Verdict,
     pub faults: Vec<fafnir_sim::faults::Fault>,
     pub outcome: Outcome,
+    /// Why a run that ended in liveness or crash stopped: what the liveness
+    /// phase was still waiting for, or the panic's message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     pub rerun: String,
     /// The effective configuration, one item a line (as printed before the run).
     pub effective_config: String,
@@ -140,6 +221,7 @@ pub struct RunResult {
 }
 
 /// What identifies a run, beside its scenario.
+#[derive(Clone)]
 pub struct RunMeta {
     pub mode: String,
     pub seed: u64,
@@ -153,9 +235,68 @@ pub struct RunMeta {
 /// Checks every fill, judges the SLOs and assembles the run's result.
 pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckInput) -> RunResult {
     let verdict = crate::checker::check(input);
-    let (stages, slos, outcome) = judge(&recorder, &scn.slos, &verdict);
+    let budget = ErrorBudget::of(&recorder.counts, scn.error_budget_ppm);
+    let (stages, slos, outcome) = judge(&recorder, &scn.slos, &verdict, &budget);
+    let timeline =
+        crate::timeline::build(&recorder, &input.trades_stream, &input.instruments, scn.duration.as_millis() as u64);
+    result(scn, meta, recorder, (stages, slos, outcome), verdict, None, timeline)
+}
+
+/// How a run stopped before its checker could run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The platform did not come up or settle; what it was waiting for.
+    Liveness(String),
+    /// A panic or a crashed task; its message.
+    Crash(String),
+}
+
+impl Stopped {
+    /// A run's error, classified: a liveness failure says so first.
+    pub fn from_error(e: String) -> Stopped {
+        if e.starts_with("liveness") {
+            Stopped::Liveness(e)
+        } else {
+            Stopped::Crash(e)
+        }
+    }
+}
+
+/// The result of a run that stopped: what it measured until then (counts,
+/// percentiles, the timeline), the outcome and why, and no checker verdict.
+pub fn stopped(scn: &Scenario, meta: RunMeta, recorder: Recorder, why: Stopped) -> RunResult {
+    let verdict = Verdict { passed: false, checks: Vec::new() };
+    let budget = ErrorBudget::of(&recorder.counts, scn.error_budget_ppm);
+    let (stages, slos, _) = judge(&recorder, &scn.slos, &verdict, &budget);
+    let (outcome, why) = match why {
+        Stopped::Liveness(w) => (Outcome::Liveness, w),
+        Stopped::Crash(w) => (Outcome::Crash, w),
+    };
+    let timeline = crate::timeline::build(&recorder, &[], &scn.instruments, scn.duration.as_millis() as u64);
+    result(scn, meta, recorder, (stages, slos, outcome), verdict, Some(why), timeline)
+}
+
+/// A panic's message (its payload is a `String` or a `&str` when it has one).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic with no message".into())
+}
+
+type Judged = (BTreeMap<String, StageSummary>, Vec<SloResult>, Outcome);
+
+fn result(
+    scn: &Scenario,
+    meta: RunMeta,
+    recorder: Recorder,
+    (stages, slos, outcome): Judged,
+    verdict: Verdict,
+    stopped: Option<String>,
+    timeline: Timeline,
+) -> RunResult {
     let duration_ms = scn.duration.as_millis() as u64;
-    let timeline = crate::timeline::build(&recorder, &input.trades_stream, &input.instruments, duration_ms);
     let summary = Summary {
         scenario: scn.name.clone(),
         mode: meta.mode,
@@ -165,6 +306,8 @@ pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckIn
         duration_ms,
         agents: meta.agents,
         counts: recorder.counts.clone(),
+        errors: recorder.errors.clone(),
+        error_budget: ErrorBudget::of(&recorder.counts, scn.error_budget_ppm),
         hostile: recorder.hostile.clone(),
         stages,
         accepted_per_s: accepted_per_s(&recorder, scn.duration),
@@ -172,6 +315,7 @@ pub fn finish(scn: &Scenario, meta: RunMeta, recorder: Recorder, input: &CheckIn
         checker: verdict,
         faults: scn.faults.clone(),
         outcome,
+        stopped,
         rerun: meta.rerun,
         effective_config: scn.effective(),
         nemesis: meta.nemesis,
@@ -213,11 +357,7 @@ fn quantile(h: &Histogram<u64>, ppm: u32) -> u64 {
 }
 
 /// Stage quantiles, SLO results and the outcome.
-pub fn judge(
-    rec: &Recorder,
-    slos: &[Slo],
-    verdict: &Verdict,
-) -> (BTreeMap<String, StageSummary>, Vec<SloResult>, Outcome) {
+pub fn judge(rec: &Recorder, slos: &[Slo], verdict: &Verdict, budget: &ErrorBudget) -> Judged {
     let stages: BTreeMap<String, StageSummary> = rec
         .histograms
         .iter()
@@ -243,6 +383,8 @@ pub fn judge(
         .collect();
     let outcome = if !verdict.passed {
         Outcome::CorrectnessViolated
+    } else if !budget.passed {
+        Outcome::ErrorBudgetExceeded
     } else if slo_results.iter().any(|s| !s.passed) {
         Outcome::SloViolated
     } else {
@@ -647,6 +789,29 @@ mod tests {
     }
 
     #[test]
+    fn the_error_budget_counts_failed_and_timed_out_requests_and_decides_before_the_slos() {
+        let counts =
+            Counts { submitted: 180, cancels: 20, failed: 1, timed_out: 1, cancels_timed_out: 0, ..Counts::default() };
+        // 2 of 200 is exactly 1 %: within; one more is not. Refusals are no errors.
+        assert!(ErrorBudget::of(&counts, 10_000).passed);
+        let over = Counts { cancels_failed: 1, rejected: 50, ..counts.clone() };
+        let b = ErrorBudget::of(&over, 10_000);
+        assert_eq!((b.requests, b.errors, b.passed), (200, 3, false));
+        assert_eq!(b.describe(), "3 of 200 requests (1.5%) failed or timed out; the budget is 1%");
+        assert!(!ErrorBudget::of(&Counts { timed_out: 1, submitted: 1, ..Counts::default() }, 0).passed);
+        assert!(ErrorBudget::of(&Counts::default(), 0).passed, "no requests, no errors");
+        let mut rec = Recorder::new(tokio::time::Instant::now());
+        rec.histograms.get_mut("submit_to_ack").unwrap().record(50_000_000).unwrap();
+        let slo = crate::scenario::parse_slo("submit_to_ack.p99 < 1ms").unwrap();
+        let ok = Verdict { passed: true, checks: Vec::new() };
+        let bad = Verdict { passed: false, checks: Vec::new() };
+        let slos = std::slice::from_ref(&slo);
+        assert_eq!(judge(&rec, slos, &ok, &b).2, Outcome::ErrorBudgetExceeded);
+        assert_eq!(judge(&rec, slos, &bad, &b).2, Outcome::CorrectnessViolated);
+        assert_eq!(judge(&rec, slos, &ok, &ErrorBudget::of(&counts, 10_000)).2, Outcome::SloViolated);
+    }
+
+    #[test]
     fn histograms_are_written_in_both_hdr_formats() {
         let mut rec = Recorder::new(tokio::time::Instant::now());
         for ns in [1_000_000u64, 2_000_000, 3_000_000, 50_000_000] {
@@ -657,7 +822,7 @@ mod tests {
         assert!(text.contains("#[Max     =       50.") && text.contains("Total count    =            4"), "{text}");
         let dir = std::env::temp_dir().join(format!("fafnir-run-test-{}", std::process::id()));
         let verdict = Verdict { passed: true, checks: Vec::new() };
-        let (stages, slos, outcome) = judge(&rec, &[], &verdict);
+        let (stages, slos, outcome) = judge(&rec, &[], &verdict, &ErrorBudget::of(&rec.counts, 10_000));
         let summary = Summary {
             scenario: "t".into(),
             mode: "test".into(),
@@ -667,12 +832,15 @@ mod tests {
             duration_ms: 1,
             agents: 0,
             counts: rec.counts.clone(),
+            errors: Default::default(),
+            error_budget: Default::default(),
             stages,
             accepted_per_s: Vec::new(),
             slos,
             checker: verdict,
             faults: Vec::new(),
             outcome,
+            stopped: None,
             rerun: String::new(),
             effective_config: String::new(),
             nemesis: None,

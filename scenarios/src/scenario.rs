@@ -45,6 +45,8 @@ struct RawScenario {
     buggify_network: bool,
     #[serde(default)]
     slos: Vec<String>,
+    #[serde(default)]
+    error_budget: Option<String>,
 }
 
 fn default_seed() -> u64 {
@@ -138,11 +140,17 @@ pub struct Scenario {
     /// messages delayed 1-5 s: nearly every request meets one).
     pub buggify_network: bool,
     pub slos: Vec<Slo>,
+    /// The share of requests (submits and cancels) that may fail or time out,
+    /// in parts per million (`error_budget = "1%"` in the file, the default).
+    pub error_budget_ppm: u32,
     /// Test-only canary (never read from the file): a bug to plant in the platform.
     pub planted_bug: Option<fafnir_platform::config::PlantedBug>,
 }
 
 const SERVICES: [&str; 6] = ["gateway", "auth", "market", "orders", "engine", "portfolio"];
+
+/// The error budget of a scenario that names none: 1 % of requests.
+pub const DEFAULT_ERROR_BUDGET_PPM: u32 = 10_000;
 
 /// The shortest liveness phase a scenario may ask for.
 pub const QUIESCE_MIN_MS: u64 = 2_000;
@@ -197,6 +205,10 @@ impl Scenario {
             .enumerate()
             .map(|(i, s)| parse_slo(s).map_err(|e| format!("slos[{i}] ({s:?}): {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let error_budget_ppm = match &raw.error_budget {
+            None => DEFAULT_ERROR_BUDGET_PPM,
+            Some(text) => parse_percent(text).map_err(|e| format!("error_budget ({text:?}): {e}"))?,
+        };
         let scn = Scenario {
             name: raw.name,
             description: raw.description,
@@ -214,6 +226,7 @@ impl Scenario {
             buggify: raw.buggify,
             buggify_network: raw.buggify_network,
             slos,
+            error_budget_ppm,
             planted_bug: None,
         };
         scn.check_faults()?;
@@ -304,6 +317,10 @@ impl Scenario {
         for s in &self.slos {
             out.push(format!("slo: {}", s.text));
         }
+        out.push(format!(
+            "error budget: at most {} of submits and cancels failed or timed out",
+            percent(self.error_budget_ppm)
+        ));
         out.join("\n")
     }
 
@@ -455,6 +472,31 @@ fn check_population(pop: &Population, symbols: &[SymbolSpec]) -> Result<(), Stri
 
 /// Parses `stage.pXX < 5ms` (also `<=`; quantiles p50, p90, p99, p999, p9999, max;
 /// units ns, us, ms, s).
+/// A percentage with up to four decimals ("1%", "0.5%", "100%") in parts
+/// per million.
+pub fn parse_percent(text: &str) -> Result<u32, String> {
+    let number = text.trim().strip_suffix('%').ok_or("expected a percentage, e.g. \"1%\" or \"0.5%\"")?.trim();
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !(frac.is_empty() || digits(frac)) || frac.len() > 4 {
+        return Err(format!("{number:?} is not a number with at most four decimals"));
+    }
+    let whole: u64 = whole.parse().map_err(|_| format!("{whole:?} is too large"))?;
+    let frac: u64 = format!("{frac:0<4}").parse().expect("four digits");
+    let ppm = whole.checked_mul(10_000).and_then(|w| w.checked_add(frac)).filter(|&p| p <= 1_000_000);
+    ppm.map(|p| p as u32).ok_or_else(|| "at most 100%".to_string())
+}
+
+/// A share in parts per million as a percentage ("1%", "0.25%").
+pub fn percent(ppm: u32) -> String {
+    let (whole, frac) = (ppm / 10_000, ppm % 10_000);
+    if frac == 0 {
+        format!("{whole}%")
+    } else {
+        format!("{whole}.{}%", format!("{frac:04}").trim_end_matches('0'))
+    }
+}
+
 pub fn parse_slo(text: &str) -> Result<Slo, String> {
     let (lhs, rhs) = text
         .split_once("<=")
@@ -490,6 +532,18 @@ pub fn parse_slo(text: &str) -> Result<Slo, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_budgets_parse_and_refuse() {
+        assert_eq!(parse_percent("1%"), Ok(10_000));
+        assert_eq!(parse_percent(" 0.5 %"), Ok(5_000));
+        assert_eq!(parse_percent("100%"), Ok(1_000_000));
+        assert_eq!(parse_percent("0.0001%"), Ok(1));
+        assert!(parse_percent("1").unwrap_err().contains("percentage"));
+        assert!(parse_percent("101%").unwrap_err().contains("at most 100%"));
+        assert!(parse_percent("-1%").is_err() && parse_percent("1.00001%").is_err() && parse_percent(".5%").is_err());
+        assert_eq!((percent(10_000), percent(2_500), percent(0)), ("1%".into(), "0.25%".into(), "0%".into()));
+    }
 
     #[test]
     fn slos_parse_and_refuse() {

@@ -60,6 +60,12 @@ pub fn run(scn: &Scenario, seed: u64, config_hash: String, rerun: String) -> Res
 
 /// [`run`], reporting progress to `progress`. The progress ticker runs
 /// whether or not anyone listens, so the trace is the same either way.
+///
+/// Every run that starts ends in a result: one that stops early (the
+/// platform does not settle, or a panic anywhere in the world) has the
+/// outcome liveness or crash, the reason in `stopped`, and what was measured
+/// until then. Only a run that cannot start (a fault naming no node) is an
+/// error.
 pub fn run_with_progress(
     scn: &Scenario,
     seed: u64,
@@ -80,21 +86,57 @@ pub fn run_with_progress(
         config_hash,
         trace_hash: String::new(),
         rerun,
-        agents: 0,
+        agents: plan_len(&scn),
         nemesis,
     };
-    rt.block_on(async move {
-        let world = Arc::new(World::build(world_spec(&scn, seed)));
-        let schedule = FaultSchedule { faults: scn.faults.clone() };
-        schedule.validate(&world.node_names()).map_err(|e| format!("fault: {e}"))?;
-        let driver_node = world.client_node("driver");
-        let w = world.clone();
-        let outcome = driver_node.spawn(async move { drive(w, scn, schedule, meta, progress).await }).await;
-        // Every task of the world dropped before the runtime is (a sweep runs world after world).
-        world.tear_down();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        outcome.map_err(|e| format!("driver crashed: {e}"))?
-    })
+    // What the run measured, reachable after a panic has unwound the runtime.
+    let measured: Measured = Arc::new(Mutex::new(None));
+    let (scn_, meta_, measured_) = (scn.clone(), meta.clone(), measured.clone());
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async move {
+            let world = Arc::new(World::build(world_spec(&scn_, seed)));
+            let schedule = FaultSchedule { faults: scn_.faults.clone() };
+            schedule.validate(&world.node_names()).map_err(|e| format!("fault: {e}"))?;
+            let driver_node = world.client_node("driver");
+            let w = world.clone();
+            let outcome =
+                driver_node.spawn(async move { drive(w, scn_, schedule, meta_, progress, measured_).await }).await;
+            let trace_hash = format!("{:016x}", world.trace.hash());
+            // Every task of the world dropped before the runtime is (a sweep runs world after world).
+            world.tear_down();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let outcome = outcome.map_err(|e| run::Stopped::Crash(format!("the driver crashed: {e}")));
+            Ok((outcome.and_then(|r| r), trace_hash))
+        })
+    }));
+    let mut meta = meta;
+    let stopped = match ran {
+        Ok(Err(cannot_start)) => return Err(cannot_start),
+        Ok(Ok((Ok(result), _))) => return Ok(result),
+        Ok(Ok((Err(stopped), trace_hash))) => {
+            meta.trace_hash = trace_hash;
+            stopped
+        }
+        // The world's trace is lost with it; the seed replays the panic.
+        Err(panic) => run::Stopped::Crash(format!("panic: {}", run::panic_message(&*panic))),
+    };
+    let slot = measured.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(rec) = slot else {
+        // The world did not get as far as the driver: nothing was measured.
+        return Err(match stopped {
+            run::Stopped::Liveness(why) | run::Stopped::Crash(why) => format!("the simulated world crashed: {why}"),
+        });
+    };
+    // A panic may have poisoned the recorder's lock: what it holds is whole
+    // (each update is made under it), so it is read all the same.
+    let rec = rec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(run::stopped(&scn, meta, rec, stopped))
+}
+
+type Measured = Arc<Mutex<Option<Arc<Mutex<Recorder>>>>>;
+
+fn plan_len(scn: &Scenario) -> u64 {
+    scn.populations.iter().map(|p| u64::from(p.count)).sum()
 }
 
 async fn drive(
@@ -103,15 +145,19 @@ async fn drive(
     schedule: FaultSchedule,
     mut meta: run::RunMeta,
     progress: Option<ProgressFn>,
-) -> Result<SimRun, String> {
+    measured: Measured,
+) -> Result<SimRun, run::Stopped> {
     let seed = meta.seed;
-    world.wait_serving(Duration::from_secs(30)).await;
+    let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
+    *measured.lock().expect("measured") = Some(rec.clone());
+    if let Err(e) = world.try_wait_serving(Duration::from_secs(30)).await {
+        return Err(run::Stopped::Liveness(format!("liveness: the platform did not come up: {e}")));
+    }
     let gateway = world.cfg.addrs.gateway;
     // Set-up: every agent registers, deposits and subscribes, on its own node.
     let mut agents = Vec::new();
     let mut nodes = Vec::new();
     let plan = run::agent_plan(&scn, seed);
-    let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
     for (name, p, _, _) in &plan {
         let node = world.client_node(name);
         let pop = &scn.populations[*p];
@@ -119,7 +165,8 @@ async fn drive(
         let handle = node
             .spawn(async move { AgentHandle::setup(gateway, &n, cash, &holdings).await })
             .await
-            .map_err(|e| format!("set-up of {name} crashed: {e}"))??;
+            .map_err(|e| run::Stopped::Crash(format!("the set-up of {name} crashed: {e}")))?
+            .map_err(run::Stopped::from_error)?;
         let handle = Arc::new(handle);
         let (h, r) = (handle.clone(), rec.clone());
         node.spawn(driver::keep_following_executions(h, r));
@@ -150,19 +197,19 @@ async fn drive(
         runs.push(node.spawn(driver::run_agent(agent, handle.clone(), rec.clone(), t0, scn.duration)));
     }
     for r in runs {
-        r.await.map_err(|e| format!("an agent crashed: {e}"))?;
+        r.await.map_err(|e| run::Stopped::Crash(format!("an agent crashed: {e}")))?;
     }
-    player.await.map_err(|e| format!("fault player crashed: {e}"))?;
+    player.await.map_err(|e| run::Stopped::Crash(format!("the fault player crashed: {e}")))?;
     // Liveness phase: faults are over; the platform must catch up and settle.
     if let Err(why) = run::quiesce(&world.bus(), &world.cfg, scn.quiesce, Duration::from_secs(2)).await {
-        return Err(format!(
+        return Err(run::Stopped::Liveness(format!(
             "liveness: the platform did not quiesce within {:?} after the faults ended: {why}",
             scn.quiesce
-        ));
+        )));
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ticker.await;
-    let mut input = run::gather(&world.bus(), &world.cfg, &agents).await?;
+    let mut input = run::gather(&world.bus(), &world.cfg, &agents).await.map_err(run::Stopped::from_error)?;
     // The stream listeners still hold the recorder: take a snapshot.
     let recorder = rec.lock().expect("recorder").clone();
     input.hostile = recorder.hostile.clone();

@@ -85,12 +85,15 @@ fn settlement_without_a_fault_is_once_even_with_the_dedupe_skipped() {
 fn orders_in_a_memory_stream_are_lost_when_the_broker_restarts() {
     let scn = scenario("broker-restart.toml", 4, vec![Fault::new(2_000, Action::Kill, Some("broker")).lasting(1_000)]);
     assert_clean(&scn, 1);
-    match run(&scn, 1, Some(PlantedBug::LoseOnBrokerRestart)) {
+    let r = run(&scn, 1, Some(PlantedBug::LoseOnBrokerRestart)).expect("the run ends in a result");
+    match r.summary.outcome {
         // The stream of record is gone (and made again empty, its numbering
         // from 1): what the engine was owed is never answered, and the orders
         // accepted into the new stream lie behind the engine's position.
-        Err(e) => assert!(e.contains("liveness"), "{e}"),
-        Ok(r) => {
+        Outcome::Liveness => {
+            assert!(r.summary.stopped.as_ref().is_some_and(|w| w.contains("liveness")), "{:?}", r.summary)
+        }
+        _ => {
             assert_eq!(r.summary.outcome, Outcome::CorrectnessViolated, "{:#?}", r.summary.checker);
             assert!(failed(&r).contains(&"every_order_accounted"), "flagged {:?}", failed(&r));
         }
@@ -118,19 +121,13 @@ fn chaos_market(seconds: u64, faults: Vec<Fault>) -> Scenario {
     Scenario { nemesis: None, buggify: false, ..scenario("chaos.toml", seconds, faults) }
 }
 
-/// How a run with a bug the platform cannot recover from ends: an error
-/// (the service cannot start again: the run never quiesces) or a panic.
+/// How a run with a bug the platform cannot recover from ends: in liveness
+/// (the service cannot start again: the run never quiesces) or in a crash
+/// (a panic in the world), with the reason in the summary.
 fn fails_to_recover(scn: &Scenario, seed: u64, bug: PlantedBug) -> String {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(scn, seed, Some(bug))));
-    match outcome {
-        Err(panic) => panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or(panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default(),
-        Ok(Err(e)) => e,
-        Ok(Ok(r)) => panic!("{bug:?}: the run completed: {:?} {:#?}", r.summary.outcome, r.summary.checker),
-    }
+    let r = run(scn, seed, Some(bug)).unwrap_or_else(|e| panic!("{bug:?}: the run did not start: {e}"));
+    assert!(matches!(r.summary.outcome, Outcome::Liveness | Outcome::Crash), "{bug:?}: {:?}", r.summary.outcome);
+    r.summary.stopped.clone().expect("a stopped run says why")
 }
 
 /// Issue 13's first finding, in simulation: a portfolio restart after the

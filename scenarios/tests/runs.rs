@@ -174,6 +174,35 @@ mod real {
         assert!(r.summary.counts.accepted > 20, "the agents traded: {:?}", r.summary.counts);
         assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
         assert!(r.summary.stages["submit_to_ack"].count > 0);
+        let budget = &r.summary.error_budget;
+        assert!(budget.passed && budget.requests > 20, "{budget:?} {:?}", r.summary.errors);
+        assert_eq!(budget.errors, r.summary.errors.values().sum::<u64>(), "{:?}", r.summary.errors);
+    }
+
+    #[tokio::test]
+    async fn a_real_run_whose_platform_never_answers_ends_in_liveness_with_why() {
+        let text = library().into_iter().find(|(p, _)| p.ends_with("baseline.toml")).unwrap().1;
+        let mut scn = Scenario::parse(&text).unwrap();
+        scn.duration = std::time::Duration::from_secs(1);
+        // A gateway address nothing listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let target = fafnir_scenarios::real_run::Target {
+            gateway: Some(closed),
+            nats: "127.0.0.1:4222".into(),
+            redis: "127.0.0.1:6379".into(),
+            namespace: Some(format!("absent-{}", std::process::id())),
+        };
+        let r = fafnir_scenarios::real_run::run(&scn, 1, target, "t".into(), "t".into(), None)
+            .await
+            .unwrap_or_else(|e| panic!("real servers needed: {e}"));
+        assert_eq!(r.summary.outcome, fafnir_scenarios::run::Outcome::Liveness, "{:?}", r.summary.stopped);
+        let why = r.summary.stopped.as_deref().unwrap_or_default();
+        assert!(why.starts_with("liveness: the set-up of") && why.contains("register"), "{why}");
+        assert!(!r.summary.checker.passed && r.summary.checker.checks.is_empty(), "the checker did not run");
+        let dir = std::env::temp_dir().join(format!("fafnir-real-liveness-{}", std::process::id()));
+        fafnir_scenarios::run::write_run_dir(&dir, &r).unwrap();
+        assert!(dir.join("summary.json").is_file());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -459,10 +459,15 @@ impl World {
 
     /// Waits until every service accepts connections (call from a client node).
     pub async fn wait_serving(&self, timeout: Duration) {
+        self.try_wait_serving(timeout).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`World::wait_serving`], saying which service did not come up in time.
+    pub async fn try_wait_serving(&self, timeout: Duration) -> Result<(), String> {
         let entropy = Arc::new(SeededEntropy::new(derive_seed(self.root_seed, "entropy.client")));
         let deps =
             Deps::new(self.cfg.clone(), Arc::new(self.bus()), Arc::new(self.kv()), Arc::new(self.clock), entropy);
-        launch::wait_until_serving(&deps, timeout).await.unwrap_or_else(|e| panic!("{e}"));
+        launch::wait_until_serving(&deps, timeout).await
     }
 }
 

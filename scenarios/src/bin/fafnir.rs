@@ -23,12 +23,14 @@ struct Cli {
 enum Command {
     /// Run a scenario: drive the platform with its market agents, measure the
     /// latency of every stage, check every fill, write the run directory.
+    ///
     /// In the simulated build (the default `cargo fafnir`) the whole platform
-    /// is a deterministic madsim world. Exit codes: 0 success, 1 error or
-    /// crash, 2 bad command line or scenario file, 3 an SLO violated,
-    /// 4 the fill checker found a violation. With RUST_LOG set (for example
-    /// RUST_LOG=info) the services' own logs go to stderr, stamped with
-    /// simulated time in simulation.
+    /// is a deterministic madsim world. Every run that starts leaves its run
+    /// directory (summary.json, histograms, replay.toml in simulation, the
+    /// report) and prints its replay command, whatever its outcome. With
+    /// RUST_LOG set (for example RUST_LOG=info) the services' own logs go to
+    /// stderr, stamped with simulated time in simulation.
+    #[command(after_long_help = fafnir_scenarios::run::EXIT_CODES)]
     Run {
         /// The scenario file (TOML; see scenarios/SCENARIOS.md).
         file: std::path::PathBuf,
@@ -435,10 +437,15 @@ fn run_scenario(
         Ok(r) => r,
         Err(e) => return Err(RunError::Failed(format!("{e}\n  replay: {rerun}"))),
     };
-    fafnir_scenarios::run::write_run_dir(&out, &r).map_err(RunError::Failed)?;
-    write_replay(file, &out, scn.seed, &r.summary.faults);
-    render(&out);
+    // The run directory is written whatever the outcome; failing to write it
+    // is an error of its own, said after the run's result.
+    let written = fafnir_scenarios::run::write_run_dir(&out, &r);
+    if written.is_ok() {
+        write_replay(file, &out, scn.seed, &r.summary.faults);
+        render(&out);
+    }
     report(&r.summary, &out);
+    written.map_err(|e| RunError::Failed(format!("the run directory {} was not written: {e}", out.display())))?;
     Ok(r.summary.outcome.exit_code())
 }
 
@@ -473,9 +480,12 @@ fn run_scenario(
         eprintln!();
     }
     let r = result.map_err(|e| RunError::Failed(format!("{e}\n  replay: {rerun}")))?;
-    fafnir_scenarios::run::write_run_dir(&out, &r).map_err(RunError::Failed)?;
-    render(&out);
+    let written = fafnir_scenarios::run::write_run_dir(&out, &r);
+    if written.is_ok() {
+        render(&out);
+    }
     report(&r.summary, &out);
+    written.map_err(|e| RunError::Failed(format!("the run directory {} was not written: {e}", out.display())))?;
     Ok(r.summary.outcome.exit_code())
 }
 
@@ -527,9 +537,18 @@ fn print_config(scn: &fafnir_scenarios::scenario::Scenario, config_hash: &str) {
 fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
     let c = &s.counts;
     println!(
-        "  orders: {} submitted, {} accepted, {} rejected, {} failed, {} timed out; {} cancels; {} fills reported",
-        c.submitted, c.accepted, c.rejected, c.failed, c.timed_out, c.cancels, c.fills_reported
+        "  orders: {} submitted, {} accepted, {} rejected, {} failed, {} timed out; {} fills reported",
+        c.submitted, c.accepted, c.rejected, c.failed, c.timed_out, c.fills_reported
     );
+    println!(
+        "  cancels: {} sent, {} acknowledged, {} refused, {} failed, {} timed out",
+        c.cancels, c.cancels_acked, c.cancels_rejected, c.cancels_failed, c.cancels_timed_out
+    );
+    let mark = if s.error_budget.passed { "ok  " } else { "FAIL" };
+    println!("  errors {mark} {} (submits and cancels)", s.error_budget.describe());
+    for (what, n) in &s.errors {
+        println!("      {what}: {n}");
+    }
     let h = &s.hostile;
     if !h.is_empty() {
         println!(
@@ -553,7 +572,12 @@ fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
         );
     }
     for slo in &s.slos {
-        let mark = if slo.passed { "ok  " } else { "FAIL" };
+        let mark = match (&s.stopped, slo.passed) {
+            // Judged on what was measured before the run stopped: not a verdict.
+            (Some(_), _) => "--  ",
+            (None, true) => "ok  ",
+            (None, false) => "FAIL",
+        };
         println!("  SLO {mark} {} (measured {:.3} ms)", slo.slo.text, slo.value_ns as f64 / 1e6);
     }
     for check in &s.checker.checks {
@@ -565,6 +589,9 @@ fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
     }
     if !s.faults.is_empty() {
         println!("  faults covered: {}", s.coverage.describe());
+    }
+    if let Some(why) = &s.stopped {
+        println!("  the run stopped before the checker ran: {why}");
     }
     println!("  trace hash {}; run directory {}", s.trace_hash, out.display());
     println!("  outcome: {:?} (exit {})", s.outcome, s.outcome.exit_code());
@@ -821,7 +848,7 @@ fn chaos_command(
     }
     let failures: u64 = by_kind.values().sum();
     println!("\n{:<22} {:>6}", "runs", runs.len());
-    for kind in [FailureKind::Crash, FailureKind::Liveness, FailureKind::Correctness, FailureKind::Slo] {
+    for kind in FailureKind::ALL {
         println!("{:<22} {:>6}", format!("{kind} failures"), by_kind.get(&kind).copied().unwrap_or(0));
     }
     println!("\nfaults fired over the sweep (and submitted orders in flight when they did):");
