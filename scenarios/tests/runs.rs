@@ -144,8 +144,14 @@ mod simulated {
             Fault::new(2_000, Action::RestartAll, None).lasting(1_000),
             Fault { rate_ppm: Some(100_000), ..Fault::new(4_000, Action::ReplyLost, None).lasting(1_500) },
         ];
+        // The requests sent while the platform is down, and those whose
+        // answers are lost, fail (16 % here): a budget of a quarter, not the
+        // default 1 %.
+        scn.error_budget_ppm = 250_000;
         let r = run(&scn, 2);
         assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+        let budget = &r.summary.error_budget;
+        assert!(budget.errors > 0 && budget.passed, "{budget:?}: {:?}", r.summary.errors);
         assert!(matches!(r.summary.outcome, Outcome::Success | Outcome::SloViolated), "{:?}", r.summary.outcome);
         assert!(r.summary.counts.fills_reported > 0, "the agents traded: {:?}", r.summary.counts);
         let fired = &r.summary.coverage.fired;
