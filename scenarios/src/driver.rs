@@ -46,6 +46,21 @@ pub struct Counts {
     pub md_updates: u64,
 }
 
+/// The requests that failed or timed out with one request kind and code.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ErrorKind {
+    pub count: u64,
+    /// The first distinct messages (the reasons), up to [`ErrorKind::EXAMPLES`].
+    pub first: Vec<String>,
+}
+
+impl ErrorKind {
+    /// How many distinct messages are kept.
+    pub const EXAMPLES: usize = 3;
+    /// How much of each message is kept.
+    const MESSAGE_CHARS: usize = 200;
+}
+
 /// Outcome counts of one slot of the run's timeline.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SlotCounts {
@@ -77,8 +92,8 @@ pub struct Recorder {
     /// What the hostile agents' requests met.
     pub hostile: crate::hostile_calls::HostileLog,
     /// Requests that failed or timed out, by request and gRPC code
-    /// ("submit DeadlineExceeded": 3).
-    pub errors: BTreeMap<String, u64>,
+    /// ("submit DeadlineExceeded"), with the first distinct messages.
+    pub errors: BTreeMap<String, ErrorKind>,
     t0: Instant,
 }
 
@@ -119,8 +134,13 @@ impl Recorder {
     }
 
     /// Counts a request that failed or timed out under its code.
-    fn error(&mut self, request: &str, code: Code) {
-        *self.errors.entry(format!("{request} {code:?}")).or_default() += 1;
+    fn error(&mut self, request: &str, status: &tonic::Status) {
+        let kind = self.errors.entry(format!("{request} {:?}", status.code())).or_default();
+        kind.count += 1;
+        let message: String = status.message().chars().take(ErrorKind::MESSAGE_CHARS).collect();
+        if kind.first.len() < ErrorKind::EXAMPLES && !kind.first.contains(&message) {
+            kind.first.push(message);
+        }
     }
 
     /// Counts one outcome in the current timeline slot.
@@ -575,12 +595,12 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                         Answer::TimedOut => {
                             r.counts.timed_out += 1;
                             r.slot().timed_out += 1;
-                            r.error("submit", status.code());
+                            r.error("submit", &status);
                         }
                         Answer::Failed => {
                             r.counts.failed += 1;
                             r.slot().failed += 1;
-                            r.error("submit", status.code());
+                            r.error("submit", &status);
                         }
                         Answer::Refused => {
                             r.counts.rejected += 1;
@@ -607,19 +627,19 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
             rec.lock().expect("recorder").counts.cancels += 1;
             let result = handle.client.cancel(order_id).await;
             let mut r = rec.lock().expect("recorder");
-            match result.map_err(|s| (answer_kind(s.code()), s.code())) {
+            match result.map_err(|s| (answer_kind(s.code()), s)) {
                 Ok(_) => {
                     r.counts.cancels_acked += 1;
                     r.record("cancel_to_ack", intended);
                 }
                 Err((Answer::Refused, _)) => r.counts.cancels_rejected += 1,
-                Err((Answer::Failed, code)) => {
+                Err((Answer::Failed, status)) => {
                     r.counts.cancels_failed += 1;
-                    r.error("cancel", code);
+                    r.error("cancel", &status);
                 }
-                Err((Answer::TimedOut, code)) => {
+                Err((Answer::TimedOut, status)) => {
                     r.counts.cancels_timed_out += 1;
-                    r.error("cancel", code);
+                    r.error("cancel", &status);
                 }
             }
         }

@@ -44,6 +44,9 @@ pub struct Progress {
     pub duration_ms: u64,
     pub submitted: u64,
     pub accepted: u64,
+    /// Submits and cancels sent, and of them failed or timed out.
+    pub requests: u64,
+    pub errors: u64,
     /// submit_to_ack p99 so far.
     pub p99_ack_ns: u64,
 }
@@ -61,6 +64,8 @@ impl Progress {
             duration_ms,
             submitted: rec.counts.submitted,
             accepted: rec.counts.accepted,
+            requests: rec.counts.submitted + rec.counts.cancels,
+            errors: rec.counts.failed + rec.counts.timed_out + rec.counts.cancels_failed + rec.counts.cancels_timed_out,
             p99_ack_ns: if ack.is_empty() { 0 } else { ack.value_at_quantile(0.99) },
         }
     }
@@ -75,13 +80,15 @@ pub fn bar_line(p: &Progress) -> String {
     let done = (p.elapsed_ms.min(p.duration_ms) * BAR_WIDTH / p.duration_ms.max(1)) as usize;
     let bar = format!("{}{}", "#".repeat(done), "-".repeat(BAR_WIDTH as usize - done));
     format!(
-        "[{bar}] {:>6.1}/{:.1} s {} ({}) | {} orders, {} accepted | p99 submit->ack {:.1} ms",
+        "[{bar}] {:>6.1}/{:.1} s {} ({}) | {} orders, {} accepted | {} errors ({}) | p99 submit->ack {:.1} ms",
         p.elapsed_ms as f64 / 1e3,
         p.duration_ms as f64 / 1e3,
         p.clock.label(),
         p.phase,
         p.submitted,
         p.accepted,
+        p.errors,
+        crate::scenario::percent((p.errors * 1_000_000).checked_div(p.requests).unwrap_or(0) as u32),
         p.p99_ack_ns as f64 / 1e6
     )
 }
@@ -98,6 +105,8 @@ mod tests {
             duration_ms: 10_000,
             submitted: 1234,
             accepted: 1200,
+            requests: 1600,
+            errors: 4,
             p99_ack_ns: 2_345_000,
         }
     }
@@ -107,7 +116,7 @@ mod tests {
         assert_eq!(
             bar_line(&at(RunClock::Simulated, 2_500, "load")),
             "[#######-----------------------]    2.5/10.0 s simulated (load) \
-             | 1234 orders, 1200 accepted | p99 submit->ack 2.3 ms"
+             | 1234 orders, 1200 accepted | 4 errors (0.25%) | p99 submit->ack 2.3 ms"
         );
         let wall = bar_line(&at(RunClock::Wall, 5_000, "load"));
         assert!(wall.starts_with(&format!("[{}{}]", "#".repeat(15), "-".repeat(15))), "{wall}");

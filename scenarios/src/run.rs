@@ -146,8 +146,9 @@ pub struct Summary {
     pub duration_ms: u64,
     pub agents: u64,
     pub counts: Counts,
-    /// Requests that failed or timed out, by request and gRPC code.
-    pub errors: BTreeMap<String, u64>,
+    /// Requests that failed or timed out, by request and gRPC code: how
+    /// many, and the first distinct messages.
+    pub errors: BTreeMap<String, crate::driver::ErrorKind>,
     pub error_budget: ErrorBudget,
     pub stages: BTreeMap<String, StageSummary>,
     pub accepted_per_s: Vec<u64>,

@@ -186,7 +186,8 @@ fn exit_5_error_budget_exceeded_says_which_requests_failed() {
     let budget = &summary["error_budget"];
     assert_eq!((budget["budget_ppm"].as_u64(), budget["passed"].as_bool()), (Some(5_000), Some(false)), "{summary:#}");
     let errors = summary["errors"].as_object().expect("errors by request and code");
-    let counted: u64 = errors.values().map(|n| n.as_u64().unwrap()).sum();
+    let counted: u64 = errors.values().map(|k| k["count"].as_u64().unwrap()).sum();
+    assert!(errors.values().all(|k| k["first"][0].as_str().is_some_and(|m| !m.is_empty())), "{summary:#}");
     assert_eq!(budget["errors"].as_u64(), Some(counted), "{summary:#}");
     assert!(errors.keys().any(|k| k.starts_with("submit ")), "{summary:#}");
     assert!(stdout.contains("errors FAIL") && stdout.contains("      submit Unavailable: "), "{stdout}");

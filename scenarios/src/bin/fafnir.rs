@@ -546,8 +546,8 @@ fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
     );
     let mark = if s.error_budget.passed { "ok  " } else { "FAIL" };
     println!("  errors {mark} {} (submits and cancels)", s.error_budget.describe());
-    for (what, n) in &s.errors {
-        println!("      {what}: {n}");
+    for (what, kind) in &s.errors {
+        println!("      {what}: {} (first: {:?})", kind.count, kind.first.join("; "));
     }
     let h = &s.hostile;
     if !h.is_empty() {
