@@ -12,6 +12,7 @@
 //! scenario = "scenarios/baseline.toml"
 //! seed = 1
 //! duration_ms = 5000   # optional: shorten the scenario's load
+//! rate_per_s = 2000    # optional: a capacity step (the noise traders scaled to this rate)
 //! [run.percentiles]    # written by `fafnir ci bless`, in ns
 //! "submit_to_ack.p99" = 79167487
 //! ```
@@ -49,6 +50,12 @@ pub struct BaselineRun {
     pub seed: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// A capacity step: the scenario's noise traders scaled to this many
+    /// orders per second (as `fafnir capacity` does), so that a change that
+    /// serialises the platform again shows at a rate the baseline's calm
+    /// market never reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_s: Option<u64>,
     /// Per-run override of the file's tolerance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance_pct: Option<u32>,
@@ -61,7 +68,10 @@ impl BaselineRun {
     /// "baseline.toml seed 1".
     pub fn label(&self) -> String {
         let file = self.scenario.rsplit('/').next().unwrap_or(&self.scenario);
-        format!("{file} seed {}", self.seed)
+        match self.rate_per_s {
+            Some(rate) => format!("{file} seed {} at {rate}/s", self.seed),
+            None => format!("{file} seed {}", self.seed),
+        }
     }
 }
 
@@ -117,7 +127,11 @@ pub fn run_all(
     let mut out = Vec::new();
     for run in &baselines.runs {
         let duration = run.duration_ms.map(std::time::Duration::from_millis);
-        let (scn, hash, rerun) = crate::run::load(&root.join(&run.scenario), Some(run.seed), duration)?;
+        let (mut scn, hash, rerun) = crate::run::load(&root.join(&run.scenario), Some(run.seed), duration)?;
+        if let Some(rate) = run.rate_per_s {
+            crate::capacity::check(&scn).map_err(|e| format!("{}: {e}", run.label()))?;
+            scn = crate::capacity::scaled(&scn, rate, scn.duration).map_err(|e| format!("{}: {e}", run.label()))?;
+        }
         let r = crate::sim_run::run(&scn, run.seed, hash, rerun).map_err(|e| format!("{}: {e}", run.label()))?;
         each(run, &r.summary);
         out.push(r.summary);
@@ -272,6 +286,7 @@ mod tests {
             counts: Default::default(),
             errors: Default::default(),
             error_budget: Default::default(),
+            load_generator: Default::default(),
             stages: [("submit_to_ack".to_string(), stage)].into_iter().collect(),
             accepted_per_s: Vec::new(),
             slos: Vec::new(),

@@ -94,6 +94,9 @@ pub struct Recorder {
     /// Requests that failed or timed out, by request and gRPC code
     /// ("submit DeadlineExceeded"), with the first distinct messages.
     pub errors: BTreeMap<String, ErrorKind>,
+    /// How late the driver woke each agent, against its intended time (ns):
+    /// the load generator's own lag.
+    pub send_lag: Histogram<u64>,
     t0: Instant,
 }
 
@@ -112,6 +115,7 @@ impl Recorder {
             t0_clock_ms: 0,
             hostile: Default::default(),
             errors: BTreeMap::new(),
+            send_lag: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds"),
             t0,
         }
     }
@@ -454,28 +458,33 @@ fn on_report(s: &mut AgentState, r: &mut Recorder, report: &ExecutionReport) {
 /// Listens to market data until the stream ends.
 pub async fn follow_market_data(
     mut stream: tonic::Streaming<MarketDataUpdate>,
-    state: Arc<Mutex<AgentState>>,
+    states: Vec<Arc<Mutex<AgentState>>>,
     rec: Arc<Mutex<Recorder>>,
     clock: Arc<dyn fafnir_platform::clock::Clock>,
 ) {
     while let Ok(Some(u)) = stream.message().await {
         let now_ms = clock.now_ms();
-        let mut s = state.lock().expect("agent state");
-        s.received.market_data(&u);
         {
             let mut r = rec.lock().expect("recorder");
             r.counts.md_updates += 1;
             // From the engine publishing the update (its timestamp, ms) to this receipt.
             r.record_ns("md_fanout", (now_ms - u.ts_ms).max(0) as u64 * 1_000_000);
         }
-        let view = s.market.entry(u.symbol.clone()).or_default();
-        view.bid = (u.bid_qty > 0).then_some((u.bid_cents, u.bid_qty));
-        view.ask = (u.ask_qty > 0).then_some((u.ask_cents, u.ask_qty));
-        if let Some(t) = u.trades.last() {
-            view.last = Some(t.price_cents);
-        }
-        for t in &u.trades {
-            s.inbox.push(OwnedEvent::Trade { symbol: u.symbol.clone(), price_cents: t.price_cents, qty: t.qty });
+        for (i, state) in states.iter().enumerate() {
+            let mut s = state.lock().expect("agent state");
+            if i == 0 {
+                // What was received is kept once, with the subscriber's account.
+                s.received.market_data(&u);
+            }
+            let view = s.market.entry(u.symbol.clone()).or_default();
+            view.bid = (u.bid_qty > 0).then_some((u.bid_cents, u.bid_qty));
+            view.ask = (u.ask_qty > 0).then_some((u.ask_cents, u.ask_qty));
+            if let Some(t) = u.trades.last() {
+                view.last = Some(t.price_cents);
+            }
+            for t in &u.trades {
+                s.inbox.push(OwnedEvent::Trade { symbol: u.symbol.clone(), price_cents: t.price_cents, qty: t.qty });
+            }
         }
     }
 }
@@ -496,6 +505,8 @@ pub async fn run_agent(
     while next < end_ms {
         let intended = t0 + Duration::from_millis(next);
         tokio::time::sleep_until(intended).await;
+        let lag = Instant::now().saturating_duration_since(intended).as_nanos().max(1) as u64;
+        rec.lock().expect("recorder").send_lag.saturating_record(lag);
         intents.clear();
         let wake = {
             let mut s = handle.state.lock().expect("agent state");

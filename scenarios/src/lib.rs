@@ -17,6 +17,7 @@
 //! - [`progress`]: where a run is, and the progress bar's line.
 //! - [`timeline`]: timeline.json, what happened when (buckets, trades, fault windows).
 //! - [`driver`]: the open-loop driver and its latency recorder.
+//! - [`capacity`]: `fafnir capacity`'s steps, figures and knee.
 //! - [`hostile_calls`]: sending a hostile agent's requests and judging the answers.
 //! - [`client`]: a logged-in user of the public gateway API.
 //! - [`real`]: connect a deployment to real NATS and Redis; pick local ports.
@@ -26,6 +27,7 @@
 
 pub mod agents;
 pub mod baselines;
+pub mod capacity;
 #[cfg(madsim)]
 pub mod chaos;
 pub mod checker;

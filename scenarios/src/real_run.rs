@@ -24,6 +24,9 @@ pub struct Target {
     pub namespace: Option<String>,
 }
 
+/// Runs started by this process.
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What a real run produced.
 pub type RealRun = run::RunResult;
 
@@ -79,7 +82,9 @@ pub async fn run(
             scn.faults.len()
         ));
     }
-    let run_id = format!("{}-{seed}-{}", scn.name, std::process::id());
+    // Unique per run of this process too: a capacity measurement runs one a step.
+    let nth = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run_id = format!("{}-{seed}-{}-{nth}", scn.name, std::process::id());
     let cfg = platform_config(scn, &target, &run_id);
     let (deps, nats) = crate::real::connect(cfg).await?;
     let services = if target.gateway.is_none() {
@@ -99,7 +104,7 @@ pub async fn run(
         nemesis: None,
     };
     let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
-    let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress));
+    let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth));
     let result = match measured.catch_unwind().await {
         Ok(Ok(result)) => result,
         Ok(Err(stopped)) => run::stopped(scn, meta, snapshot(&rec), stopped),
@@ -135,27 +140,41 @@ async fn measure(
     rec: &Arc<Mutex<Recorder>>,
     meta: run::RunMeta,
     progress: Option<ProgressFn>,
+    nth: u64,
 ) -> Result<RealRun, run::Stopped> {
     let gateway = deps.cfg.addrs.gateway;
     let plan = run::agent_plan(scn, seed);
     let mut agents = Vec::new();
     for (name, p, _, _) in &plan {
         let pop = &scn.populations[*p];
-        // Unique per run, so a running platform can host many runs.
-        let user = format!("{name}-{}", std::process::id());
+        // Unique per run, so a running platform can host many runs (and
+        // within the 32 bytes of a username: "market-maker-0-12-4242r3").
+        let user = format!("{name}-{}r{nth}", std::process::id());
         let handle = AgentHandle::setup(gateway, &user, pop.cash_cents, &pop.holdings)
             .await
             .map_err(|e| run::Stopped::Liveness(format!("liveness: the set-up of {name} failed: {e}")))?;
         let handle = Arc::new(handle);
         let (h, r) = (handle.clone(), rec.clone());
         tokio::spawn(driver::keep_following_executions(h, r));
-        let (h, r, clock) = (handle.clone(), rec.clone(), deps.clock.clone());
+        if !scn.shared_market_data {
+            let (h, r, clock) = (handle.clone(), rec.clone(), deps.clock.clone());
+            tokio::spawn(async move {
+                if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
+                    driver::follow_market_data(s, vec![h.state.clone()], r, clock).await;
+                }
+            });
+        }
+        agents.push(handle);
+    }
+    if let (true, Some(first)) = (scn.shared_market_data, agents.first()) {
+        // One subscription for the whole load generator.
+        let (h, r, clock) = (first.clone(), rec.clone(), deps.clock.clone());
+        let states = agents.iter().map(|a| a.state.clone()).collect();
         tokio::spawn(async move {
             if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
-                driver::follow_market_data(s, h.state.clone(), r, clock).await;
+                driver::follow_market_data(s, states, r, clock).await;
             }
         });
-        agents.push(handle);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = tokio::time::Instant::now();

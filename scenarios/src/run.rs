@@ -150,6 +150,7 @@ pub struct Summary {
     /// many, and the first distinct messages.
     pub errors: BTreeMap<String, crate::driver::ErrorKind>,
     pub error_budget: ErrorBudget,
+    pub load_generator: LoadGenerator,
     pub stages: BTreeMap<String, StageSummary>,
     pub accepted_per_s: Vec<u64>,
     pub slos: Vec<SloResult>,
@@ -172,6 +173,25 @@ pub struct Summary {
     /// What the hostile agents' requests met (absent when there were none).
     #[serde(skip_serializing_if = "crate::hostile_calls::HostileLog::is_empty")]
     pub hostile: crate::hostile_calls::HostileLog,
+}
+
+/// How the load generator kept up: how late it sent against the intended
+/// times (a lag of milliseconds means it, not the platform, set the pace).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LoadGenerator {
+    pub send_lag_p50_ns: u64,
+    pub send_lag_p99_ns: u64,
+    pub send_lag_max_ns: u64,
+}
+
+impl LoadGenerator {
+    fn of(rec: &Recorder) -> LoadGenerator {
+        LoadGenerator {
+            send_lag_p50_ns: quantile(&rec.send_lag, 500_000),
+            send_lag_p99_ns: quantile(&rec.send_lag, 990_000),
+            send_lag_max_ns: quantile(&rec.send_lag, 1_000_000),
+        }
+    }
 }
 
 /// What a run's faults covered: how many of each kind fired, and how many
@@ -309,6 +329,7 @@ fn result(
         counts: recorder.counts.clone(),
         errors: recorder.errors.clone(),
         error_budget: ErrorBudget::of(&recorder.counts, scn.error_budget_ppm),
+        load_generator: LoadGenerator::of(&recorder),
         hostile: recorder.hostile.clone(),
         stages,
         accepted_per_s: accepted_per_s(&recorder, scn.duration),
@@ -835,6 +856,7 @@ mod tests {
             counts: rec.counts.clone(),
             errors: Default::default(),
             error_budget: Default::default(),
+            load_generator: Default::default(),
             stages,
             accepted_per_s: Vec::new(),
             slos,

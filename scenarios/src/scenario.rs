@@ -47,6 +47,8 @@ struct RawScenario {
     slos: Vec<String>,
     #[serde(default)]
     error_budget: Option<String>,
+    #[serde(default)]
+    shared_market_data: bool,
 }
 
 fn default_seed() -> u64 {
@@ -143,6 +145,9 @@ pub struct Scenario {
     /// The share of requests (submits and cancels) that may fail or time out,
     /// in parts per million (`error_budget = "1%"` in the file, the default).
     pub error_budget_ppm: u32,
+    /// The agents share one market-data subscription (the load generator's)
+    /// instead of each opening its own; `fafnir capacity` always does.
+    pub shared_market_data: bool,
     /// Test-only canary (never read from the file): a bug to plant in the platform.
     pub planted_bug: Option<fafnir_platform::config::PlantedBug>,
 }
@@ -227,6 +232,7 @@ impl Scenario {
             buggify_network: raw.buggify_network,
             slos,
             error_budget_ppm,
+            shared_market_data: raw.shared_market_data,
             planted_bug: None,
         };
         scn.check_faults()?;
@@ -316,6 +322,9 @@ impl Scenario {
         }
         for s in &self.slos {
             out.push(format!("slo: {}", s.text));
+        }
+        if self.shared_market_data {
+            out.push("market data: one subscription shared by every agent".into());
         }
         out.push(format!(
             "error budget: at most {} of submits and cancels failed or timed out",

@@ -170,14 +170,26 @@ async fn drive(
         let handle = Arc::new(handle);
         let (h, r) = (handle.clone(), rec.clone());
         node.spawn(driver::keep_following_executions(h, r));
-        let (h, r, clock) = (handle.clone(), rec.clone(), world.clock);
-        node.spawn(async move {
-            if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
-                driver::follow_market_data(s, h.state.clone(), r, Arc::new(clock)).await;
-            }
-        });
+        if !scn.shared_market_data {
+            let (h, r, clock) = (handle.clone(), rec.clone(), world.clock);
+            node.spawn(async move {
+                if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
+                    driver::follow_market_data(s, vec![h.state.clone()], r, Arc::new(clock)).await;
+                }
+            });
+        }
         agents.push(handle);
         nodes.push(node);
+    }
+    if let (true, Some(first)) = (scn.shared_market_data, agents.first()) {
+        // One subscription for the whole load generator, on the first agent's node.
+        let (h, r, clock) = (first.clone(), rec.clone(), world.clock);
+        let states = agents.iter().map(|a| a.state.clone()).collect();
+        nodes[0].spawn(async move {
+            if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
+                driver::follow_market_data(s, states, r, Arc::new(clock)).await;
+            }
+        });
     }
     // Let the subscriptions reach the gateway before the first order.
     tokio::time::sleep(Duration::from_millis(200)).await;

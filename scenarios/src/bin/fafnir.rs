@@ -57,6 +57,52 @@ enum Command {
         #[arg(long, env = "FAFNIR_NAMESPACE")]
         namespace: Option<String>,
     },
+    /// Measure capacity: drive the platform open loop at each offered order
+    /// rate in turn (each step its own run: a fresh world in simulation, a
+    /// fresh in-process platform or the one at --gateway for real), and name
+    /// the knee, the highest rate whose p99 submit->ack is within the
+    /// scenario's submit_to_ack.p99 SLO with under 0.1 % of requests failed
+    /// or timed out and every check passing.
+    ///
+    /// The scenario's noise traders carry the rate (their count is scaled so
+    /// that count x rate_per_s is the step's rate); its other populations stay
+    /// as the file has them. Per step it prints offered and achieved orders/s,
+    /// submit->ack percentiles, the share of errors, how late the load
+    /// generator sent, and the verdict; it writes each step's run directory
+    /// (step-<rate>/), capacity.json (the knee as knee_orders_per_s) and
+    /// index.html with the latency-against-throughput plot. Exit 0 when every
+    /// step ran (missing the SLO at high rates is what it measures), 4, 6 or 7
+    /// when a step's fills were wrong, it did not settle, or it crashed (the
+    /// worst); 1 when a step could not run; 2 for a bad command line or file.
+    Capacity {
+        /// The scenario file (scenarios/capacity.toml is made for it).
+        file: std::path::PathBuf,
+        /// Offered order rates, orders per second, ascending.
+        #[arg(long, default_value = fafnir_scenarios::capacity::DEFAULT_RATES, value_parser = parse_rates)]
+        rates: Rates,
+        /// How long each step's load lasts (then its liveness phase and check).
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        step: std::time::Duration,
+        /// Root seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The capacity directory (default: runs/capacity-<scenario>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Real build only: drive a running platform at this gateway instead
+        /// of starting one in this process for each step.
+        #[arg(long, value_parser = parse_gateway)]
+        gateway: Option<std::net::SocketAddr>,
+        /// Real build only: NATS of the platform.
+        #[arg(long, env = "FAFNIR_NATS", default_value = "127.0.0.1:4222")]
+        nats: String,
+        /// Real build only: Redis of the platform.
+        #[arg(long, env = "FAFNIR_REDIS", default_value = "127.0.0.1:6379")]
+        redis: String,
+        /// Real build only, with --gateway: the running platform's namespace.
+        #[arg(long, env = "FAFNIR_NAMESPACE")]
+        namespace: Option<String>,
+    },
     /// Start every service (gateway, auth, market, orders, engine shards,
     /// portfolio) in this process, each on its own port, against real NATS and Redis.
     Up(Common),
@@ -236,6 +282,14 @@ fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
     Ok(a..end)
 }
 
+/// `--rates`: ascending orders per second.
+#[derive(Clone, Debug)]
+struct Rates(Vec<u64>);
+
+fn parse_rates(text: &str) -> Result<Rates, String> {
+    fafnir_scenarios::capacity::parse_rates(text).map(Rates)
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or("a duration needs a unit: ms or s (e.g. 30s)")?;
     let (n, unit) = text.split_at(split);
@@ -399,6 +453,10 @@ fn main() -> ExitCode {
         Command::Ci { command } => return ci_command(command),
         Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
+        Command::Capacity { file, rates, step, seed, out, gateway, nats, redis, namespace } => {
+            let real = RealTarget { gateway, nats, redis, namespace };
+            return capacity_command(&file, &rates.0, step, seed, out, real);
+        }
         command => Cli { command },
     };
     match run(cli) {
@@ -616,6 +674,7 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Report { .. }
         | Command::Ci { .. }
         | Command::Chaos { .. }
+        | Command::Capacity { .. }
         | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { .. } => {
             Err("bench-sim runs the simulation: cargo sim run --release -p fafnir-scenarios --bin fafnir -- bench-sim"
@@ -635,6 +694,7 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Report { .. }
         | Command::Ci { .. }
         | Command::Chaos { .. }
+        | Command::Capacity { .. }
         | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { orders, clients, seed, no_service_time } => {
             println!("bench-sim: seed {seed}, {orders} orders from {clients} client nodes");
@@ -655,6 +715,173 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+    }
+}
+
+/// `fafnir capacity`: one run a rate, then the table, capacity.json and the page.
+fn capacity_command(
+    file: &std::path::Path,
+    rates: &[u64],
+    step: std::time::Duration,
+    seed: Option<u64>,
+    out: Option<std::path::PathBuf>,
+    real: RealTarget,
+) -> ExitCode {
+    use fafnir_scenarios::capacity::{self, Capacity, Step};
+    let loaded = load(file, seed, None).map_err(|e| match e {
+        RunError::Usage(e) | RunError::Failed(e) => e,
+    });
+    let (scn, config_hash) = match loaded.and_then(|(scn, hash, _)| capacity::check(&scn).map(|()| (scn, hash))) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fafnir: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let slo = capacity::knee_slo(&scn).expect("checked").clone();
+    let suffix = if cfg!(madsim) { "" } else { "-real" };
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/capacity-{}{suffix}", scn.name)));
+    let step_runner = match StepRunner::new(real) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "fafnir capacity: scenario {:?}, seed {}, {}; rates {rates:?} orders/s, {} ms a step; knee at {}",
+        scn.name,
+        scn.seed,
+        step_runner.mode(),
+        step.as_millis(),
+        slo.text
+    );
+    let mut steps = Vec::new();
+    for &rate in rates {
+        let scaled = match capacity::scaled(&scn, rate, step) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("fafnir: {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        let rerun = format!(
+            "cargo {} capacity {} --rates {rate} --step {}ms --seed {}",
+            if cfg!(madsim) { "fafnir" } else { "fafnir-real" },
+            file.display(),
+            step.as_millis(),
+            scn.seed
+        );
+        let r = match step_runner.run(&scaled, config_hash.clone(), rerun.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("fafnir: the step at {rate} orders/s could not run: {e}\n  replay: {rerun}");
+                return ExitCode::from(1);
+            }
+        };
+        let name = format!("step-{rate}");
+        let dir = out.join(&name);
+        if let Err(e) = fafnir_scenarios::run::write_run_dir(&dir, &r) {
+            eprintln!("fafnir: {}: {e}", dir.display());
+            return ExitCode::from(1);
+        }
+        render(&dir);
+        let s = Step::of(rate, &r, &slo, name);
+        let ack = s.stages.get("submit_to_ack").cloned().unwrap_or_default();
+        println!(
+            "  {rate:>6}/s: {} agents, offered {}/s, achieved {}/s, submit->ack p50 {:.3} ms p99 {:.3} ms, \
+             errors {}, {:?}{}",
+            s.agents,
+            s.offered_per_s,
+            s.achieved_per_s,
+            ack.p50_ns as f64 / 1e6,
+            ack.p99_ns as f64 / 1e6,
+            fafnir_scenarios::scenario::percent(s.error_ppm),
+            s.outcome,
+            s.why_not.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+        );
+        steps.push(s);
+    }
+    let cap = Capacity::new(&scn, step_runner.mode(), step, steps);
+    println!();
+    print!("{}", cap.table());
+    let json = serde_json::to_string_pretty(&cap).expect("capacity serializes");
+    if let Err(e) = std::fs::write(out.join("capacity.json"), json + "\n") {
+        eprintln!("fafnir: {}: {e}", out.join("capacity.json").display());
+        return ExitCode::from(1);
+    }
+    match fafnir_reports::render_capacity(&out) {
+        Ok(r) => println!("capacity directory {}; report {}", out.display(), r.index.display()),
+        Err(e) => eprintln!("fafnir: the capacity report could not be drawn: {e}"),
+    }
+    ExitCode::from(cap.exit_code())
+}
+
+/// Runs capacity steps: in the simulation, each a fresh world.
+#[cfg(madsim)]
+struct StepRunner;
+
+#[cfg(madsim)]
+impl StepRunner {
+    fn new(real: RealTarget) -> Result<StepRunner, String> {
+        if real.gateway.is_some() || real.namespace.is_some() {
+            return Err(
+                "--gateway and --namespace drive a real platform: use the real build, `cargo fafnir-real capacity`"
+                    .into(),
+            );
+        }
+        Ok(StepRunner)
+    }
+
+    fn mode(&self) -> String {
+        "simulation".into()
+    }
+
+    fn run(
+        &self,
+        scn: &fafnir_scenarios::scenario::Scenario,
+        config_hash: String,
+        rerun: String,
+    ) -> Result<fafnir_scenarios::run::RunResult, String> {
+        fafnir_scenarios::sim_run::run(scn, scn.seed, config_hash, rerun)
+    }
+}
+
+/// Runs capacity steps against real NATS and Redis: a fresh in-process
+/// platform each step, or the running one at the gateway.
+#[cfg(not(madsim))]
+struct StepRunner {
+    real: RealTarget,
+    rt: tokio::runtime::Runtime,
+}
+
+#[cfg(not(madsim))]
+impl StepRunner {
+    fn new(real: RealTarget) -> Result<StepRunner, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+        Ok(StepRunner { real, rt })
+    }
+
+    fn mode(&self) -> String {
+        match self.real.gateway {
+            Some(g) => format!("real, the platform at {g}"),
+            None => "real, an in-process platform".into(),
+        }
+    }
+
+    fn run(
+        &self,
+        scn: &fafnir_scenarios::scenario::Scenario,
+        config_hash: String,
+        rerun: String,
+    ) -> Result<fafnir_scenarios::run::RunResult, String> {
+        let target = fafnir_scenarios::real_run::Target {
+            gateway: self.real.gateway,
+            nats: self.real.nats.clone(),
+            redis: self.real.redis.clone(),
+            namespace: self.real.namespace.clone(),
+        };
+        self.rt.block_on(fafnir_scenarios::real_run::run(scn, scn.seed, target, config_hash, rerun, None))
     }
 }
 
