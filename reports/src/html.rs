@@ -50,6 +50,7 @@ figure { margin: 1em 0; }
 .pass { color: #1a7f37; font-weight: bold; }
 .fail { color: #c62828; font-weight: bold; }
 .note { color: #8a6d00; }
+tr.knee td { background: #eaf5ec; }
 ";
 
 /// The whole page.
