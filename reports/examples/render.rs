@@ -1,5 +1,6 @@
-//! Renders a run directory, or compares two:
-//! `cargo run -p fafnir-reports --example render -- runs/x` writes `runs/x/index.html`;
+//! Renders a run directory or a capacity search, or compares two runs:
+//! `cargo run -p fafnir-reports --example render -- runs/x` writes `runs/x/index.html`
+//! (with `render_capacity` when `runs/x/capacity.json` is there);
 //! `cargo run -p fafnir-reports --example render -- runs/a runs/b out` prints the comparison.
 
 use std::path::PathBuf;
@@ -8,7 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
     match args.as_slice() {
         [dir] => {
-            let rendered = fafnir_reports::render_run(dir)?;
+            let rendered = if dir.join("capacity.json").exists() {
+                fafnir_reports::render_capacity(dir)?
+            } else {
+                fafnir_reports::render_run(dir)?
+            };
             println!("{}", rendered.index.display());
             for note in &rendered.notes {
                 println!("  note: {note}");

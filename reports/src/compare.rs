@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::input::{ordered, ordered_counts, Run, StageSummary};
+use crate::input::{ordered, ordered_counts, Quantile, Run, StageSummary};
 use crate::plot::spectrum::{Series, Spectrum};
 use crate::plot::{save, stage_colour};
 use crate::ReportError;
@@ -19,9 +19,6 @@ pub fn change(a: f64, b: f64) -> String {
         format!("{:+.1}%", (b - a) / a * 100.0)
     }
 }
-
-/// Reads one quantile of a stage, in ns.
-type Quantile = fn(&StageSummary) -> u64;
 
 /// The quantile rows of the table: label, and how to read it from a stage.
 const QUANTILES: [(&str, Quantile); 5] = [

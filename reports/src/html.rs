@@ -50,16 +50,13 @@ figure { margin: 1em 0; }
 .pass { color: #1a7f37; font-weight: bold; }
 .fail { color: #c62828; font-weight: bold; }
 .note { color: #8a6d00; }
+tr.knee td { background: #eaf5ec; }
 ";
 
 /// The whole page.
 pub fn page(run: &Run, plots: &[PlotEntry], notes: &[String]) -> String {
     let s = &run.summary;
-    let mut h = String::new();
-    let title = format!("fafnir run: {}", s.scenario);
-    h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-    let _ = writeln!(h, "<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>", escape(&title));
-    let _ = writeln!(h, "<h1>{}</h1>", escape(&title));
+    let mut h = head(&format!("fafnir run: {}", s.scenario));
     let verdict_class = if s.outcome == "success" { "pass" } else { "fail" };
     let _ = writeln!(h, "<p>Outcome: <span class=\"{verdict_class}\">{}</span></p>", escape(&s.outcome));
     facts(&mut h, run);
@@ -78,6 +75,15 @@ pub fn page(run: &Run, plots: &[PlotEntry], notes: &[String]) -> String {
     faults(&mut h, run);
     extras(&mut h, run);
     h.push_str("</body>\n</html>\n");
+    h
+}
+
+/// A page's start, up to and including its `<h1>`; the caller closes `body` and `html`.
+pub fn head(title: &str) -> String {
+    let mut h = String::new();
+    h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    let _ = writeln!(h, "<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>", escape(title));
+    let _ = writeln!(h, "<h1>{}</h1>", escape(title));
     h
 }
 
@@ -101,7 +107,7 @@ fn facts(h: &mut String, run: &Run) {
     let _ = writeln!(h, "<pre>{}</pre>", escape(rerun));
 }
 
-fn plots_section(h: &mut String, plots: &[PlotEntry]) {
+pub fn plots_section(h: &mut String, plots: &[PlotEntry]) {
     h.push_str("<h2>Plots</h2>\n");
     for p in plots {
         if p.drawn {

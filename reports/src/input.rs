@@ -77,6 +77,9 @@ pub struct StageSummary {
     pub max_ns: u64,
 }
 
+/// Reads one quantile of a stage, in ns.
+pub type Quantile = fn(&StageSummary) -> u64;
+
 /// One SLO and whether it held.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
@@ -296,7 +299,7 @@ pub fn stage_rank(name: &str) -> usize {
     STAGE_ORDER.iter().position(|s| *s == name).unwrap_or(STAGE_ORDER.len())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
     let text = std::fs::read_to_string(path).map_err(|e| ReportError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| ReportError::malformed(path, e.to_string()))
 }

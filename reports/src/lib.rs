@@ -1,27 +1,36 @@
-//! fafnir-reports: turns a run directory into plots and an HTML page, and
-//! compares two runs.
+//! fafnir-reports: turns a run directory into plots and an HTML page,
+//! compares two runs, and turns a capacity search into one page over its steps.
 //!
 //! It reads only files (it depends on no other fafnir crate, they depend on
 //! it): `summary.json` (required), `timeline.json` and one `<stage>.hdr` per
 //! stage (optional: what is missing is noted on the page and in
-//! [`Rendered::notes`], and the rest is drawn). Output is deterministic: the
-//! same run directory gives the same bytes.
+//! [`Rendered::notes`], and the rest is drawn); for a capacity search,
+//! `capacity.json`. Output is deterministic: the same directory gives the
+//! same bytes.
 //!
 //! # Layout
-//! - [`render_run`] / [`compare`]: the two entry points, here.
+//! - [`render_run`] / [`compare`] / [`render_capacity`]: the three entry
+//!   points, here.
 //! - `input.rs`: the run directory's files, read leniently (unknown fields
 //!   ignored, later fields optional), and the order stages are shown in.
+//! - `capacity.rs`: `capacity.json` (written by `fafnir capacity` beside one
+//!   run directory per step, `step-<target_per_s>/`), read the same way, and
+//!   the search's `index.html`: the knee, a row per step linking to the
+//!   step's own page, the notes.
 //! - `plot/`: one file per kind of plot, each a `Figure` drawn once as PNG and
 //!   once as SVG (`plot/mod.rs`: saving, fonts, colours, fault shading;
-//!   `plot/axis.rs`: the readable log axis).
-//! - `html.rs`: `index.html`.
+//!   `plot/axis.rs`: the readable log axis; `plot/capacity.rs`: latency
+//!   against achieved throughput over a capacity search's steps).
+//! - `html.rs`: a run's `index.html`, and what every page shares.
 //! - `compare.rs`: the side-by-side table and the two-run spectrum.
 //! - `error.rs`: [`ReportError`], whose message always starts with the file.
 //! - `tests/reports/fixture.rs`: a realistic made-up run directory (kill and
 //!   partition faults, two symbols, an empty stage), used by the tests and by
-//!   `examples/fixture_report.rs`; `examples/render.rs` renders or compares
-//!   real run directories.
+//!   `examples/fixture_report.rs`; `tests/reports/capacity.rs`: a made-up
+//!   capacity search of four steps; `examples/render.rs` renders (a run or a
+//!   capacity search) or compares real run directories.
 
+mod capacity;
 mod compare;
 mod error;
 mod html;
@@ -33,14 +42,16 @@ use std::path::{Path, PathBuf};
 pub use error::ReportError;
 pub use input::{Bucket, BucketStage, Timeline, Trade};
 
+use capacity::Capacity;
 use html::PlotEntry;
 use input::Run;
+use plot::capacity::CapacityLatency;
 use plot::prices::Prices;
 use plot::spectrum::{self, Series, Spectrum};
 use plot::timeline::{LatencyOverTime, Throughput};
 use plot::{save, stage_colour};
 
-/// What [`render_run`] wrote.
+/// What [`render_run`] or [`render_capacity`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered {
     /// `<dir>/index.html`.
@@ -88,6 +99,41 @@ pub fn render_run(dir: &Path) -> Result<Rendered, ReportError> {
 
     let index = dir.join("index.html");
     std::fs::write(&index, html::page(&run, &plots, &notes)).map_err(|e| ReportError::io(&index, e))?;
+    files.push(index.clone());
+    Ok(Rendered { index, files, notes })
+}
+
+/// Reads the capacity search in `dir` (`capacity.json`, written by `fafnir
+/// capacity`, with each step's run directory beside it) and writes into it
+/// `capacity_latency.png` and `.svg` (latency against achieved throughput per
+/// step, the SLO limit and the knee) and `index.html` (the knee, the plot, a
+/// row per step linking to the step's own page, the notes). With no
+/// submit-to-ack sample in any step the plot is not drawn and is noted; a
+/// step whose page is not there yet is noted too. The notes returned are the
+/// report's own; capacity.json's notes are on the page.
+pub fn render_capacity(dir: &Path) -> Result<Rendered, ReportError> {
+    let c = Capacity::load(dir)?;
+    let mut notes = Vec::new();
+    let mut files = Vec::new();
+    let drawn = if c.has_ack_samples() {
+        files.extend(save(dir, "capacity_latency", &CapacityLatency::new(&c))?);
+        true
+    } else {
+        notes.push(format!("No step has {} samples: no latency against throughput plot.", capacity::ACK));
+        false
+    };
+    if let (Some(knee), None) = (c.knee_orders_per_s, c.knee()) {
+        notes.push(format!("capacity.json names the knee {knee} orders/s, but no step has that target."));
+    }
+    for step in &c.steps {
+        let page = format!("{}/index.html", step.run_dir());
+        if !dir.join(&page).exists() {
+            notes.push(format!("{page} is not there: the step's link leads nowhere."));
+        }
+    }
+    let plot = PlotEntry { name: "capacity_latency", caption: "Latency against throughput, per step", drawn };
+    let index = dir.join("index.html");
+    std::fs::write(&index, capacity::page(&c, &plot, &notes)).map_err(|e| ReportError::io(&index, e))?;
     files.push(index.clone());
     Ok(Rendered { index, files, notes })
 }

@@ -3,6 +3,7 @@
 //! system font or font library is needed.
 
 pub mod axis;
+pub mod capacity;
 pub mod prices;
 pub mod spectrum;
 pub mod timeline;

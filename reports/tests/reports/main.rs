@@ -1,6 +1,8 @@
 //! Integration tests of fafnir-reports, one binary: render a made-up run
-//! directory ([`fixture`]), compare two, and read malformed ones.
+//! directory ([`fixture`]), compare two, read malformed ones, and render a
+//! capacity search ([`capacity`]).
 
+mod capacity;
 mod compare;
 mod errors;
 mod fixture;
