@@ -12,7 +12,8 @@
 //! scenario = "scenarios/baseline.toml"
 //! seed = 1
 //! duration_ms = 5000   # optional: shorten the scenario's load
-//! rate_per_s = 2000    # optional: a capacity step (the noise traders scaled to this rate)
+//! noise_rate_per_s = 500   # optional: a capacity step (the noise traders scaled to
+//!                          # this many decisions a second, about 340 orders a second here)
 //! [run.percentiles]    # written by `fafnir ci bless`, in ns
 //! "submit_to_ack.p99" = 79167487
 //! ```
@@ -51,11 +52,11 @@ pub struct BaselineRun {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     /// A capacity step: the scenario's noise traders scaled to this many
-    /// orders per second (as `fafnir capacity` does), so that a change that
-    /// serialises the platform again shows at a rate the baseline's calm
-    /// market never reaches.
+    /// decisions a second (as `fafnir capacity` scales them, without its
+    /// calibration to an order rate), so that a change that serialises the
+    /// platform again shows at a rate the baseline's calm market never reaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_per_s: Option<u64>,
+    pub noise_rate_per_s: Option<u64>,
     /// Per-run override of the file's tolerance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance_pct: Option<u32>,
@@ -68,8 +69,8 @@ impl BaselineRun {
     /// "baseline.toml seed 1".
     pub fn label(&self) -> String {
         let file = self.scenario.rsplit('/').next().unwrap_or(&self.scenario);
-        match self.rate_per_s {
-            Some(rate) => format!("{file} seed {} at {rate}/s", self.seed),
+        match self.noise_rate_per_s {
+            Some(rate) => format!("{file} seed {} at {rate} noise decisions/s", self.seed),
             None => format!("{file} seed {}", self.seed),
         }
     }
@@ -128,7 +129,7 @@ pub fn run_all(
     for run in &baselines.runs {
         let duration = run.duration_ms.map(std::time::Duration::from_millis);
         let (mut scn, hash, rerun) = crate::run::load(&root.join(&run.scenario), Some(run.seed), duration)?;
-        if let Some(rate) = run.rate_per_s {
+        if let Some(rate) = run.noise_rate_per_s {
             crate::capacity::check(&scn).map_err(|e| format!("{}: {e}", run.label()))?;
             scn = crate::capacity::scaled(&scn, rate, scn.duration).map_err(|e| format!("{}: {e}", run.label()))?;
         }

@@ -5,10 +5,12 @@
 //! requests failed or timed out and every check passing.
 //!
 //! The noise traders carry the rate: each step scales their count so that
-//! count × `rate_per_s` is the step's rate (several noise populations keep
-//! their shares); the other populations (market makers, momentum and value
-//! traders) stay as the file has them and add their own, smaller flow. The
-//! offered rate a step reports is what was sent, measured. The agents share
+//! their decisions a second (count × `rate_per_s`), times the orders a
+//! decision sent in the steps so far ([`Calibration`]), give the step's rate
+//! (several noise populations keep their shares); the other populations
+//! (market makers, momentum and value traders) stay as the file has them and
+//! add their own, smaller flow. The offered rate a step reports is what was
+//! sent, measured. The agents share
 //! one market-data subscription, as one load-generator process would.
 
 use std::collections::BTreeMap;
@@ -83,6 +85,38 @@ pub fn scaled(scn: &Scenario, rate: u64, step: Duration) -> Result<Scenario, Str
         }
     }
     Ok(s)
+}
+
+/// How many orders a noise trader's decision sends, learnt from the steps
+/// run so far (a decision may cancel instead, or do nothing): each step asks
+/// for as many decisions a second as its rate needs orders.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibration {
+    orders_per_decision: f64,
+}
+
+impl Default for Calibration {
+    fn default() -> Calibration {
+        Calibration { orders_per_decision: 1.0 }
+    }
+}
+
+impl Calibration {
+    /// Noise decisions a second for `rate` orders a second.
+    pub fn decisions_for(&self, rate: u64) -> u64 {
+        (rate as f64 / self.orders_per_decision).round().max(1.0) as u64
+    }
+
+    /// Learns from a step of `scaled` that offered `offered_per_s`; returns
+    /// whether it missed `target` by more than a tenth (the step is worth
+    /// running again with what was learnt).
+    pub fn learn(&mut self, scaled: &Scenario, offered_per_s: u64, target: u64) -> bool {
+        let decisions = noise_rate(scaled);
+        if offered_per_s > 0 && decisions > 0.0 {
+            self.orders_per_decision = offered_per_s as f64 / decisions;
+        }
+        offered_per_s.abs_diff(target) * 10 > target
+    }
 }
 
 /// Parses `--rates`: ascending, distinct, positive orders per second.
@@ -296,6 +330,19 @@ mod tests {
         let tiny = scaled(&scn, 1, Duration::from_secs(1)).unwrap();
         assert!(tiny.populations.iter().all(|p| p.count >= 1));
         assert!(scaled(&scn, 100_000_000, Duration::from_secs(1)).unwrap_err().contains("more than 10000"));
+    }
+
+    #[test]
+    fn calibration_learns_orders_per_decision() {
+        let scn = capacity_file();
+        let mut c = Calibration::default();
+        assert_eq!(c.decisions_for(1_000), 1_000);
+        let step = scaled(&scn, c.decisions_for(1_000), Duration::from_secs(1)).unwrap();
+        // 600 orders a second from 1,000 decisions: off by more than a tenth.
+        assert!(c.learn(&step, 600, 1_000));
+        assert_eq!(c.decisions_for(1_000), 1_667);
+        let again = scaled(&scn, c.decisions_for(1_000), Duration::from_secs(1)).unwrap();
+        assert!(!c.learn(&again, 980, 1_000), "within a tenth");
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod sim {
                 scenario: "scenarios/baseline.toml".into(),
                 seed: 4,
                 duration_ms: Some(3_000),
+                noise_rate_per_s: None,
                 tolerance_pct: None,
                 percentiles: Default::default(),
             }],

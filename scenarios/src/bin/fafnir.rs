@@ -757,14 +757,8 @@ fn capacity_command(
         slo.text
     );
     let mut steps = Vec::new();
+    let mut calibration = capacity::Calibration::default();
     for &rate in rates {
-        let scaled = match capacity::scaled(&scn, rate, step) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("fafnir: {}: {e}", file.display());
-                return ExitCode::from(2);
-            }
-        };
         let rerun = format!(
             "cargo {} capacity {} --rates {rate} --step {}ms --seed {}",
             if cfg!(madsim) { "fafnir" } else { "fafnir-real" },
@@ -772,12 +766,29 @@ fn capacity_command(
             step.as_millis(),
             scn.seed
         );
-        let r = match step_runner.run(&scaled, config_hash.clone(), rerun.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("fafnir: the step at {rate} orders/s could not run: {e}\n  replay: {rerun}");
-                return ExitCode::from(1);
+        let mut first_try = true;
+        let r = loop {
+            let scaled = match capacity::scaled(&scn, calibration.decisions_for(rate), step) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("fafnir: {}: {e}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let r = match step_runner.run(&scaled, config_hash.clone(), rerun.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("fafnir: the step at {rate} orders/s could not run: {e}\n  replay: {rerun}");
+                    return ExitCode::from(1);
+                }
+            };
+            let offered = r.summary.counts.submitted * 1_000 / step.as_millis().max(1) as u64;
+            if calibration.learn(&scaled, offered, rate) && first_try {
+                println!("  {rate:>6}/s: offered {offered}/s; the noise traders scaled by what that taught, once more");
+                first_try = false;
+                continue;
             }
+            break r;
         };
         let name = format!("step-{rate}");
         let dir = out.join(&name);

@@ -1,0 +1,97 @@
+//! `fafnir capacity` end to end, in both builds: two short steps of
+//! scenarios/capacity.toml (in simulation, a world a step; for real, an
+//! in-process platform a step on the system NATS and Redis), then the
+//! capacity directory: capacity.json with every step's figures and the knee,
+//! each step's run directory, the page and its plot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fafnir-capacity-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs `fafnir capacity` on the library's capacity scenario at `rates` for
+/// one-second steps into `out`; returns its exit code and output.
+fn capacity(rates: &str, out: &Path) -> (i32, String, String) {
+    let file = format!("{}/capacity.toml", env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["capacity", &file, "--rates", rates, "--step", "1s", "--out", out.to_str().unwrap()])
+        .env("CI", "1")
+        .output()
+        .expect("fafnir runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (o.status.code().expect("an exit code"), text(&o.stdout), text(&o.stderr))
+}
+
+/// What every capacity directory holds, whatever the build.
+fn assert_capacity_dir(out: &Path, rates: &[u64]) -> serde_json::Value {
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("capacity.json")).unwrap()).unwrap();
+    let steps = c["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), rates.len(), "{c:#}");
+    for (step, &rate) in steps.iter().zip(rates) {
+        assert_eq!(step["target_per_s"], rate, "{step:#}");
+        // Calibrated to the rate: within a fifth of it (a step is short).
+        let offered = step["offered_per_s"].as_u64().unwrap();
+        assert!(offered.abs_diff(rate) * 5 <= rate, "offered {offered}/s for {rate}/s: {step:#}");
+        assert!(step["achieved_per_s"].as_u64().unwrap() > 0, "{step:#}");
+        assert!(step["stages"]["submit_to_ack"]["count"].as_u64().unwrap() > 0, "{step:#}");
+        assert_eq!(step["checker_passed"], true, "every fill right at a modest rate: {step:#}");
+        let within = step["within"].as_bool().unwrap();
+        assert_eq!(within, step["why_not"].is_null(), "{step:#}");
+        let dir = out.join(step["run_dir"].as_str().unwrap());
+        assert!(dir.join("summary.json").is_file() && dir.join("index.html").is_file(), "{}", dir.display());
+    }
+    // The knee is the highest step within, or none.
+    let within: Vec<u64> =
+        steps.iter().filter(|s| s["within"] == true).map(|s| s["target_per_s"].as_u64().unwrap()).collect();
+    assert_eq!(c["knee_orders_per_s"].as_u64(), within.iter().max().copied(), "{c:#}");
+    assert!(c["slo"].as_str().unwrap().starts_with("submit_to_ack.p99"), "{c:#}");
+    assert!(out.join("index.html").is_file() && out.join("capacity_latency.png").is_file());
+    c
+}
+
+#[test]
+fn a_capacity_measurement_steps_through_its_rates_and_names_the_knee() {
+    let out = scratch("steps");
+    let rates = [60, 120];
+    let (code, stdout, stderr) = capacity("60,120", &out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let c = assert_capacity_dir(&out, &rates);
+    assert!(stdout.contains("knee: "), "{stdout}");
+    if cfg!(madsim) {
+        assert_eq!(c["mode"], "simulation");
+    } else {
+        assert_eq!(c["mode"], "real, an in-process platform");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn capacity_refuses_a_scenario_with_faults_once() {
+    let out = scratch("faults");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("faulty.toml");
+    let text = std::fs::read_to_string(format!("{}/capacity.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    std::fs::write(
+        &file,
+        text + "\n[[fault]]\naction = \"kill\"\ntarget = \"orders\"\nat_ms = 100\nduration_ms = 100\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["capacity", file.to_str().unwrap(), "--rates", "100"])
+        .output()
+        .expect("fafnir runs");
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("calm platform"), "{stderr}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["capacity", file.to_str().unwrap(), "--rates", "500,100"])
+        .output()
+        .expect("fafnir runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ascending"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
