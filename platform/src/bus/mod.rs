@@ -164,6 +164,8 @@ pub trait EventBus: Send + Sync + 'static {
     async fn term(&self, token: &AckToken) -> Result<(), BusError>;
     /// Up to `max` stored messages matching `filter` with sequence >= `from_seq`,
     /// in stream order, waiting at most `wait` for the first when there are none.
+    /// A read that waits is a follower's: an implementation may keep its
+    /// reader open for the next read that starts where this one ended.
     async fn read(
         &self,
         stream: &str,

@@ -27,6 +27,11 @@ pub struct NatsBus {
     /// Long-lived pull streams of durable consumers, keyed by (stream,
     /// durable), with the connection generation they were made on.
     durables: Mutex<BTreeMap<(String, String), (u64, MessageStream)>>,
+    /// Open readers of the followers (reads that wait), keyed by (stream,
+    /// filter): one ordered consumer each, kept between reads while the
+    /// follower goes on where it left off, instead of one made and deleted
+    /// per read (which cost nats-server most of its CPU under load).
+    readers: std::sync::Mutex<BTreeMap<(String, String), Reader>>,
     /// Counts the times the connection was re-established after it was lost
     /// (a nats-server restart). Tails and pull streams made before are
     /// remade: async-nats's own recovery of them waits for missed heartbeats,
@@ -67,7 +72,14 @@ impl NatsBus {
             .await
             .map_err(|e| BusError::Unreachable { addr: addr.to_string(), reason: e.to_string() })?;
         let js = jetstream::new(client.clone());
-        Ok(NatsBus { addr: addr.to_string(), client, js, durables: Mutex::new(BTreeMap::new()), reconnects })
+        Ok(NatsBus {
+            addr: addr.to_string(),
+            client,
+            js,
+            durables: Mutex::new(BTreeMap::new()),
+            readers: std::sync::Mutex::new(BTreeMap::new()),
+            reconnects,
+        })
     }
 
     fn generation(&self) -> u64 {
@@ -150,6 +162,14 @@ impl NatsBus {
         let addr = self.addr.clone();
         Ok(Box::pin(messages.map(move |m| m.map_err(|e| BusError::Other(format!("pull at {addr}: {e}"))))))
     }
+}
+
+/// A follower's open reader: an ordered consumer's messages, the sequence
+/// the next read must start at, and the connection generation it was made on.
+struct Reader {
+    messages: MessageStream,
+    next_seq: u64,
+    generation: u64,
 }
 
 fn stored(msg: &jetstream::Message) -> Result<(StoredMsg, u64, u64), BusError> {
@@ -310,6 +330,70 @@ impl NatsBus {
         self.settle(token, AckKind::Term).await
     }
 
+    /// A read that waits: the follower's reader for (stream, filter) if it
+    /// is where this read starts, else a new one from `from_seq`. The reader
+    /// is kept for the next read unless it broke.
+    async fn read_following(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredMsg>, BusError> {
+        let key = (stream.to_string(), filter.to_string());
+        let generation = self.generation();
+        // Taken out while in use: two reads of the same key at once each get their own.
+        let kept = self.readers.lock().expect("readers lock").remove(&key);
+        let mut reader = match kept.filter(|r| r.next_seq == from_seq.max(1) && r.generation == generation) {
+            Some(r) => r,
+            None => self.open_reader(stream, filter, from_seq.max(1), generation).await?,
+        };
+        let mut out = Vec::new();
+        // Nothing within `wait`: no message, and the reader is kept.
+        let mut next = tokio::time::timeout(wait, reader.messages.next()).await.ok();
+        let mut broken = None;
+        while let Some(item) = next.take() {
+            match item {
+                Some(Ok(msg)) => out.push(stored(&msg)?.0),
+                Some(Err(e)) => broken = Some(e),
+                None => broken = Some(self.err("read", "the reader ended")),
+            }
+            if broken.is_some() || out.len() >= max {
+                break;
+            }
+            next = reader.messages.next().now_or_never();
+        }
+        if let Some(e) = broken {
+            // Not kept: the next read opens a new reader where it starts.
+            return if out.is_empty() { Err(e) } else { Ok(out) };
+        }
+        reader.next_seq = out.last().map_or(reader.next_seq, |m| m.seq + 1);
+        self.readers.lock().expect("readers lock").insert(key, reader);
+        Ok(out)
+    }
+
+    async fn open_reader(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+        generation: u64,
+    ) -> Result<Reader, BusError> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from_seq },
+            ..Default::default()
+        };
+        let consumer =
+            self.stream(stream).await?.create_consumer(config).await.map_err(|e| self.err("create reader", e))?;
+        let messages = consumer.messages().await.map_err(|e| self.err("read", e))?;
+        let addr = self.addr.clone();
+        let messages: MessageStream =
+            Box::pin(messages.map(move |m| m.map_err(|e| BusError::Other(format!("read at {addr}: {e}")))));
+        Ok(Reader { messages, next_seq: from_seq, generation })
+    }
+
     async fn read_now(
         &self,
         stream: &str,
@@ -318,6 +402,9 @@ impl NatsBus {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<StoredMsg>, BusError> {
+        if !wait.is_zero() {
+            return self.read_following(stream, filter, from_seq, max, wait).await;
+        }
         let handle = self.stream(stream).await?;
         let config = consumer::pull::Config {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from_seq.max(1) },

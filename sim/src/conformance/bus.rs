@@ -651,6 +651,38 @@ pub async fn read_from_seq_with_filter(bus: &dyn EventBus, ns: &str) {
     assert!(start.elapsed() < Duration::from_secs(10), "a read returns when a message arrives: {:?}", start.elapsed());
 }
 
+/// Reads that wait (a follower's) go on where the last ended, also when a
+/// broker keeps a reader open between them: a read that starts elsewhere
+/// (back, ahead, another filter) reads from there, and one that stopped at
+/// `max` leaves the rest for the next.
+pub async fn following_reads_go_on_and_rewind(bus: &dyn EventBus, ns: &str) {
+    let s = stream(ns, "follow", &["follow.*"], Storage::File);
+    ensure_stream(bus, &s).await;
+    let (a, b) = (format!("{ns}.follow.a"), format!("{ns}.follow.b"));
+    for (i, subject) in [&a, &b, &a, &b, &a].into_iter().enumerate() {
+        publish(bus, subject, &format!("f{i}"), &i.to_string()).await;
+    }
+    let wait = Duration::from_millis(500);
+    let name = s.name.as_str();
+    let read = |filter: String, from: u64, max: usize| async move {
+        msg_seqs(&bus.read(name, &filter, from, max, wait).await.expect("read"))
+    };
+    assert_eq!(read(a.clone(), 1, 1).await, [1]);
+    assert_eq!(read(a.clone(), 2, 1).await, [3], "on where the last ended");
+    assert_eq!(read(a.clone(), 4, 10).await, [5]);
+    let start = now();
+    assert_eq!(read(a.clone(), 6, 10).await, Vec::<u64>::new());
+    assert!(start.elapsed() >= wait - Duration::from_millis(50), "an empty read waits: {:?}", start.elapsed());
+    publish(bus, &b, "f5", "5").await;
+    publish(bus, &a, "f6", "6").await;
+    assert_eq!(read(a.clone(), 6, 10).await, [7], "what arrived since, matching the filter");
+    assert_eq!(read(a.clone(), 1, 10).await, [1, 3, 5, 7], "back to the start");
+    assert_eq!(read(a.clone(), 5, 1).await, [5], "ahead");
+    assert_eq!(read(a.clone(), 6, 10).await, [7]);
+    assert_eq!(read(String::new(), 3, 2).await, [3, 4], "another filter, the same stream");
+    assert_eq!(read(b.clone(), 0, 10).await, [2, 4, 6]);
+}
+
 async fn next_seq(tail: &mut Box<dyn Tail>) -> u64 {
     match timeout(PROMPT, tail.next()).await {
         Ok(Ok(m)) => m.seq,

@@ -125,6 +125,7 @@ mod sim {
         max_deliver_gives_up,
         max_ack_pending_limits_outstanding,
         read_from_seq_with_filter,
+        following_reads_go_on_and_rewind,
         last_on_subject,
         tail_sees_new_messages,
     );
@@ -496,6 +497,7 @@ mod real {
         max_deliver_gives_up,
         max_ack_pending_limits_outstanding,
         read_from_seq_with_filter,
+        following_reads_go_on_and_rewind,
         last_on_subject,
         tail_sees_new_messages,
     );
