@@ -74,6 +74,7 @@ enum Command {
     /// step ran (missing the SLO at high rates is what it measures), 4, 6 or 7
     /// when a step's fills were wrong, it did not settle, or it crashed (the
     /// worst); 1 when a step could not run; 2 for a bad command line or file.
+    /// With RUST_LOG set the services' own logs go to stderr.
     Capacity {
         /// The scenario file (scenarios/capacity.toml is made for it).
         file: std::path::PathBuf,
@@ -454,6 +455,10 @@ fn main() -> ExitCode {
         Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
         Command::Capacity { file, rates, step, seed, out, gateway, nats, redis, namespace } => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                // The services' own logs, on stderr, as for `run`.
+                init_logs(LogFormat::Text);
+            }
             let real = RealTarget { gateway, nats, redis, namespace };
             return capacity_command(&file, &rates.0, step, seed, out, real);
         }
