@@ -219,13 +219,8 @@ pub struct Capacity {
 pub const LAG_LIMIT_NS: u64 = 1_000_000;
 
 impl Capacity {
-    pub fn new(scn: &Scenario, mode: String, step: Duration, steps: Vec<Step>) -> Capacity {
-        let slo = knee_slo(scn).cloned().unwrap_or_else(|_| Slo {
-            text: String::new(),
-            stage: "submit_to_ack".into(),
-            quantile_ppm: 990_000,
-            limit_ns: 0,
-        });
+    /// The measurement of `scn` (whose knee SLO is `slo`) from its `steps`.
+    pub fn new(scn: &Scenario, slo: &Slo, mode: String, step: Duration, steps: Vec<Step>) -> Capacity {
         let knee = steps.iter().filter(|s| s.within).map(|s| s.target_per_s).max();
         let notes = steps
             .iter()

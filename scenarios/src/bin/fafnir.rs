@@ -43,19 +43,8 @@ enum Command {
         /// The run directory (default: runs/<scenario>-<seed>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        /// Real build only: drive a running platform at this gateway
-        /// (http://host:port or host:port) instead of starting one in this process.
-        #[arg(long, value_parser = parse_gateway)]
-        gateway: Option<std::net::SocketAddr>,
-        /// Real build only: NATS of the platform (the checker reads its streams).
-        #[arg(long, env = "FAFNIR_NATS", default_value = "127.0.0.1:4222")]
-        nats: String,
-        /// Real build only: Redis of the platform.
-        #[arg(long, env = "FAFNIR_REDIS", default_value = "127.0.0.1:6379")]
-        redis: String,
-        /// Real build only, with --gateway: the running platform's namespace.
-        #[arg(long, env = "FAFNIR_NAMESPACE")]
-        namespace: Option<String>,
+        #[command(flatten)]
+        real: RealTarget,
     },
     /// Measure capacity: drive the platform open loop at each offered order
     /// rate in turn (each step its own run: a fresh world in simulation, a
@@ -90,19 +79,8 @@ enum Command {
         /// The capacity directory (default: runs/capacity-<scenario>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        /// Real build only: drive a running platform at this gateway instead
-        /// of starting one in this process for each step.
-        #[arg(long, value_parser = parse_gateway)]
-        gateway: Option<std::net::SocketAddr>,
-        /// Real build only: NATS of the platform.
-        #[arg(long, env = "FAFNIR_NATS", default_value = "127.0.0.1:4222")]
-        nats: String,
-        /// Real build only: Redis of the platform.
-        #[arg(long, env = "FAFNIR_REDIS", default_value = "127.0.0.1:6379")]
-        redis: String,
-        /// Real build only, with --gateway: the running platform's namespace.
-        #[arg(long, env = "FAFNIR_NAMESPACE")]
-        namespace: Option<String>,
+        #[command(flatten)]
+        real: RealTarget,
     },
     /// Start every service (gateway, auth, market, orders, engine shards,
     /// portfolio) in this process, each on its own port, against real NATS and Redis.
@@ -312,12 +290,23 @@ fn load(
     fafnir_scenarios::run::load(file, seed, duration).map_err(RunError::Usage)
 }
 
-/// Where a real run's platform is (ignored by the simulated build).
+/// Where a real run's platform is (`run` and `capacity`; ignored by the
+/// simulated build).
+#[derive(Args)]
 #[cfg_attr(madsim, allow(dead_code))]
 struct RealTarget {
+    /// Real build only: drive a running platform at this gateway
+    /// (http://host:port or host:port) instead of starting one in this process.
+    #[arg(long, value_parser = parse_gateway)]
     gateway: Option<std::net::SocketAddr>,
+    /// Real build only: NATS of the platform (the checker reads its streams).
+    #[arg(long, env = "FAFNIR_NATS", default_value = "127.0.0.1:4222")]
     nats: String,
+    /// Real build only: Redis of the platform.
+    #[arg(long, env = "FAFNIR_REDIS", default_value = "127.0.0.1:6379")]
     redis: String,
+    /// Real build only, with --gateway: the running platform's namespace.
+    #[arg(long, env = "FAFNIR_NAMESPACE")]
     namespace: Option<String>,
 }
 
@@ -431,12 +420,11 @@ mod real_main {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Run { file, seed, duration, out, gateway, nats, redis, namespace } = cli.command {
+    if let Command::Run { file, seed, duration, out, real } = cli.command {
         if std::env::var_os("RUST_LOG").is_some() {
             // The services' own logs, on stderr (simulated time in simulation).
             init_logs(LogFormat::Text);
         }
-        let real = RealTarget { gateway, nats, redis, namespace };
         return match run_scenario(&file, seed, duration, out, real) {
             Ok(code) => ExitCode::from(code),
             Err(RunError::Usage(e)) => {
@@ -454,12 +442,11 @@ fn main() -> ExitCode {
         Command::Ci { command } => return ci_command(command),
         Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
-        Command::Capacity { file, rates, step, seed, out, gateway, nats, redis, namespace } => {
+        Command::Capacity { file, rates, step, seed, out, real } => {
             if std::env::var_os("RUST_LOG").is_some() {
                 // The services' own logs, on stderr, as for `run`.
                 init_logs(LogFormat::Text);
             }
-            let real = RealTarget { gateway, nats, redis, namespace };
             return capacity_command(&file, &rates.0, step, seed, out, real);
         }
         command => Cli { command },
@@ -818,7 +805,7 @@ fn capacity_command(
         );
         steps.push(s);
     }
-    let cap = Capacity::new(&scn, step_runner.mode(), step, steps);
+    let cap = Capacity::new(&scn, &slo, step_runner.mode(), step, steps);
     println!();
     print!("{}", cap.table());
     let json = serde_json::to_string_pretty(&cap).expect("capacity serializes");
