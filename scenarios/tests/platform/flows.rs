@@ -570,6 +570,52 @@ pub async fn a_whole_platform_restart_replays_what_the_portfolio_did(p: &dyn Pla
     assert_eq!(o.filled_qty, 0);
 }
 
+/// The portfolio records reservations in groups (one LEDGER publish round
+/// for all that arrive together): ten buys of one account sent at once, of
+/// which only five fit its cash, beside three other accounts' buys that all
+/// fit. Exactly five of the ten are accepted (writes of one account are never
+/// checked in the same group, each against the ledger without the others),
+/// every other account's are, and a restart of the whole platform replays
+/// the same balances.
+pub async fn writes_sent_together_are_checked_one_account_at_a_time(p: &dyn Platform) {
+    let alice = user(p, "alice").await;
+    let others = [user(p, "bob").await, user(p, "carol").await, user(p, "dave").await];
+    alice.deposit_cash(100_000, "a-1").await.unwrap();
+    for (i, c) in others.iter().enumerate() {
+        c.deposit_cash(100_000, &format!("o-{i}")).await.unwrap();
+    }
+    let mut sends: Vec<(&Client, OrderSpec)> =
+        (0..10).map(|i| (&alice, OrderSpec::limit(&format!("a{i}"), "ACME", Side::Buy, 20_000, 1))).collect();
+    for c in &others {
+        sends.extend((0..3).map(|i| (c, OrderSpec::limit(&format!("o{i}"), "ACME", Side::Buy, 30_000, 1))));
+    }
+    let answers =
+        futures::future::join_all(sends.iter().map(|(c, spec)| async move { (c.user_id, c.submit(spec).await) })).await;
+    let mut accepted: BTreeMap<u64, usize> = BTreeMap::new();
+    for (user_id, answer) in &answers {
+        match answer {
+            Ok(_) => *accepted.entry(*user_id).or_default() += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::FailedPrecondition, "user {user_id}: {s:?}");
+                assert!(s.message().contains("cash"), "user {user_id}: {s:?}");
+            }
+        }
+    }
+    assert_eq!(accepted.get(&alice.user_id), Some(&5), "5 of alice's 10 buys fit her cash: {accepted:?}");
+    for c in &others {
+        assert_eq!(accepted.get(&c.user_id), Some(&3), "all of user {}'s buys fit: {accepted:?}", c.user_id);
+    }
+    portfolio_is(&alice, 100_000, 100_000, &[]).await;
+    for c in &others {
+        portfolio_is(c, 100_000, 90_000, &[]).await;
+    }
+    p.restart_all().await;
+    portfolio_is(&alice, 100_000, 100_000, &[]).await;
+    for c in &others {
+        portfolio_is(c, 100_000, 90_000, &[]).await;
+    }
+}
+
 async fn cancel_retrying(c: &Client, order_id: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

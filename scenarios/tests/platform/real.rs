@@ -201,6 +201,7 @@ real_flows!(
     bad_input_changes_nothing_and_says_why,
     market_data_streams_candles_and_roles,
     a_whole_platform_restart_replays_what_the_portfolio_did,
+    writes_sent_together_are_checked_one_account_at_a_time,
     hostile_requests_are_refused_without_effect,
     passwords_are_salted_per_user_and_survive_an_auth_restart,
     a_resumed_stream_gets_what_it_missed_across_a_gateway_restart,

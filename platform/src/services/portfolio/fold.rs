@@ -2,9 +2,10 @@
 //! service applied them.
 //!
 //! The live portfolio changes its ledger in two ways, one at a time under one
-//! lock: it records a LEDGER event (a deposit, reservation or release asked
-//! for over gRPC) and applies it, or it applies the next TRADES event (a fill
-//! or a close), in stream order. Every LEDGER event it records carries
+//! lock: it records a group of LEDGER events (deposits, reservations and
+//! releases asked for over gRPC, each of a different account and order) and
+//! applies them, or it applies the next TRADES event (a fill or a close), in
+//! stream order. Every LEDGER event it records carries
 //! `trades_applied`, how far into TRADES it was, so [`replay`] interleaves
 //! the two streams exactly as they happened: replay equals live.
 //!

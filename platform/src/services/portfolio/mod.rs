@@ -10,15 +10,16 @@
 pub mod fold;
 pub mod ledger;
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tonic::{Request, Response, Status};
 
-use crate::bus::BusError;
+use crate::bus::{BusError, Publish};
 use crate::config::PlantedBug;
 use crate::domain::{AccountId, Cents, OrderId, PriceTicks, Shares};
 use crate::proto::common::{Holding as HoldingView, PortfolioView};
@@ -42,18 +43,25 @@ struct State {
     fold: Mutex<Fold>,
 }
 
+/// The most LEDGER writes one group commit records.
+const MAX_GROUP: usize = 256;
+/// Writes waiting for the committer; a handler waits to hand one over when it is full.
+const WRITE_QUEUE: usize = 4096;
+
 /// Runs the portfolio service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     ensure_streams(&deps).await?;
     crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
     let fold = rebuild(&deps).await?;
     let state = Arc::new(State { deps: deps.clone(), fold: Mutex::new(fold) });
+    let (writes, queued) = mpsc::channel(WRITE_QUEUE);
     let mut tasks = TaskGroup::default();
     tasks.spawn_fallible(consume(state.clone(), shutdown.clone()));
+    tasks.spawn(commit(state.clone(), queued, shutdown.clone()));
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[DURABLE], shutdown.clone()));
     let addr = deps.cfg.addrs.portfolio;
     tracing::info!(%addr, "portfolio serving");
-    let service = PortfolioServer::new(PortfolioSvc { state });
+    let service = PortfolioServer::new(PortfolioSvc { state, writes });
     let server =
         crate::services::grpc_server().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
     tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
@@ -209,39 +217,172 @@ fn view(ledger: &Ledger, account: AccountId) -> PortfolioView {
 
 struct PortfolioSvc {
     state: Arc<State>,
+    writes: mpsc::Sender<Write>,
+}
+
+/// What a checked write records in LEDGER.
+struct Entry {
+    kind: &'static str,
+    msg_id: String,
+    event: ledger_event::Kind,
+}
+
+/// Checks a write against the ledger as it is: the entry to record, `None`
+/// when it is recorded already (a retried request), or the refusal.
+type Check = Box<dyn FnOnce(&Ledger) -> Result<Option<Entry>, Status> + Send>;
+
+/// One LEDGER write asked for over gRPC, waiting for the committer.
+struct Write {
+    /// The account it changes (a release: none when the order has no reservation).
+    account: Option<AccountId>,
+    order: Option<OrderId>,
+    check: Check,
+    /// The account as it is once the write is applied.
+    reply: oneshot::Sender<Result<PortfolioView, Status>>,
+}
+
+impl Write {
+    /// What the write touches. Writes that share none commute: each checked
+    /// against the ledger without the others comes out as if checked after
+    /// them, and their LEDGER order does not matter to a replay.
+    fn keys(&self, ledger: &Ledger) -> [Option<(u8, u64)>; 2] {
+        let account = self.account.or_else(|| self.order.and_then(|o| ledger.reservation(o)).map(|r| r.account));
+        [account.map(|a| (0, a.0)), self.order.map(|o| (1, o.0))]
+    }
+}
+
+/// Records the writes the handlers hand over, a group at a time (a group
+/// commit). The ledger is held across one group's LEDGER publishes, which
+/// are pipelined, instead of across every single write's: the writes that
+/// arrive while a group is in flight form the next group, and the TRADES
+/// consumer gets the ledger between groups.
+///
+/// A group holds writes that touch distinct accounts and orders (a write
+/// that shares one with an earlier write waits for a later group, in order),
+/// so each is checked against the ledger alone, and whichever of them the
+/// broker stores, in whatever order, a replay applies exactly what was
+/// applied here. Every write is applied only once the broker has stored it,
+/// and the group is retried until the broker answers, so the ledger is never
+/// behind LEDGER when it is let go (see [`PortfolioSvc::record_group`]).
+async fn commit(state: Arc<State>, mut queued: mpsc::Receiver<Write>, shutdown: Shutdown) {
+    let mut waiting: VecDeque<Write> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.clone() => return,
+                w = queued.recv() => w,
+            };
+            let Some(w) = next else { return };
+            waiting.push_back(w);
+        }
+        let mut fold = state.fold.lock().await;
+        let mut touched = BTreeSet::new();
+        let (mut group, mut later) = (Vec::new(), VecDeque::new());
+        let mut looked_at = 0;
+        while group.len() < MAX_GROUP && looked_at < 4 * MAX_GROUP {
+            let Some(w) = waiting.pop_front().or_else(|| queued.try_recv().ok()) else { break };
+            looked_at += 1;
+            let keys = w.keys(fold.ledger());
+            let clash = keys.iter().flatten().any(|k| touched.contains(k));
+            touched.extend(keys.into_iter().flatten());
+            if clash {
+                later.push_back(w);
+            } else {
+                group.push(w);
+            }
+        }
+        later.extend(waiting.drain(..));
+        waiting = later;
+        record_group(&state, &mut fold, group).await;
+    }
+}
+
+/// Checks, records and applies one group, then answers each write.
+async fn record_group(state: &State, fold: &mut Fold, group: Vec<Write>) {
+    let mut checked = Vec::with_capacity(group.len());
+    for w in group {
+        let account = w.account.or_else(|| w.order.and_then(|o| fold.ledger().reservation(o)).map(|r| r.account));
+        match (w.check)(fold.ledger()) {
+            Err(refused) => {
+                let _ = w.reply.send(Err(refused));
+            }
+            Ok(entry) => checked.push((entry, account, w.reply)),
+        }
+    }
+    let entries: Vec<(usize, LedgerEvent, Publish)> = checked
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (entry, _, _))| {
+            let entry = entry.as_ref()?;
+            let event = fold.stamp(entry.event.clone());
+            let publish = Publish {
+                subject: state.deps.cfg.names().ledger(entry.kind),
+                msg_id: entry.msg_id.clone(),
+                payload: Bytes::from(event.encode_to_vec()),
+            };
+            Some((i, event, publish))
+        })
+        .collect();
+    let results = state.deps.bus.publish_batch(entries.iter().map(|(_, _, p)| p.clone()).collect()).await;
+    let mut outcomes: Vec<Result<(), Status>> = vec![Ok(()); checked.len()];
+    for ((i, event, publish), result) in entries.iter().zip(results) {
+        let stored = match result {
+            Ok(_) => Ok(()),
+            Err(e) => publish_until_answered(state, publish, e).await,
+        };
+        match stored {
+            // Checked before recording: failing now is a broken invariant.
+            Ok(()) => fold
+                .apply_ledger(event)
+                .unwrap_or_else(|e| panic!("portfolio: recorded {} cannot be applied: {e}", publish.msg_id)),
+            Err(e) => outcomes[*i] = Err(e),
+        }
+    }
+    for ((_, account, reply), outcome) in checked.into_iter().zip(outcomes) {
+        let answer = outcome.map(|()| view(fold.ledger(), account.unwrap_or(AccountId(0))));
+        let _ = reply.send(answer);
+    }
+}
+
+/// Publishes a LEDGER write whose first publish failed with `first`.
+///
+/// A failure that leaves the outcome unknown (a timeout, a connection lost
+/// with the publish in flight, a broker restarting) is no answer: the event
+/// may be stored, and the ledger must never be behind LEDGER (a reservation
+/// stored but not applied let later reservations overdraw the account, which
+/// a replay then found), so the same publish, under the same message id, is
+/// retried until the broker answers. Only a stream that does not exist
+/// (nothing can have been stored) is an error.
+async fn publish_until_answered(state: &State, p: &Publish, first: BusError) -> Result<(), Status> {
+    let mut error = first;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        if let e @ BusError::NotFound(_) = error {
+            return Err(bus_status(e));
+        }
+        tracing::warn!(msg_id = p.msg_id, error = %error, "ledger write unanswered; publishing it again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+        match state.deps.bus.publish(&p.subject, &p.msg_id, p.payload.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => error = e,
+        }
+    }
 }
 
 impl PortfolioSvc {
-    /// Records `event` in LEDGER, stamped with how far into TRADES the ledger
-    /// is, and applies it. The caller holds the ledger (`fold`) throughout,
-    /// so the stamp is exact and no TRADES event is applied in between.
-    ///
-    /// A failure that leaves the outcome unknown (a timeout, a connection
-    /// lost with the publish in flight, a broker restarting) is no answer:
-    /// the event may be stored, and the ledger must never be behind LEDGER
-    /// (a reservation stored but not applied let later reservations overdraw
-    /// the account, which a replay then found), so the same publish, under
-    /// the same message id, is retried until the broker answers. Only a
-    /// stream that does not exist (nothing can have been stored) is an error.
-    async fn record(&self, fold: &mut Fold, kind: &str, msg_id: &str, event: ledger_event::Kind) -> Result<(), Status> {
-        let event = fold.stamp(event);
-        let subject = self.state.deps.cfg.names().ledger(kind);
-        let payload = Bytes::from(event.encode_to_vec());
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match self.state.deps.bus.publish(&subject, msg_id, payload.clone()).await {
-                Ok(_) => break,
-                Err(e @ BusError::NotFound(_)) => return Err(bus_status(e)),
-                Err(e) => {
-                    tracing::warn!(msg_id, error = %e, "ledger write unanswered; publishing it again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-        // Checked before recording: failing now is a broken invariant.
-        fold.apply_ledger(&event).unwrap_or_else(|e| panic!("portfolio: recorded {msg_id} cannot be applied: {e}"));
-        Ok(())
+    /// Hands a write to the committer and waits for its answer.
+    async fn write(
+        &self,
+        account: Option<AccountId>,
+        order: Option<OrderId>,
+        check: Check,
+    ) -> Result<PortfolioView, Status> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || Status::unavailable("the portfolio is shutting down");
+        self.writes.send(Write { account, order, check, reply }).await.map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())?
     }
 }
 
@@ -276,29 +417,34 @@ impl Portfolio for PortfolioSvc {
             }
         }
         let account = AccountId(req.account_id);
-        let mut fold = self.state.fold.lock().await;
         let request_id = format!("{}/{}", account.0, req.request_id);
         // Planted bug DepositsUnchecked: recorded before the limit is checked.
         let checked = !self.state.deps.cfg.planted(PlantedBug::DepositsUnchecked);
-        if !fold.ledger().has_deposit(&request_id) {
+        let check: Check = Box::new(move |ledger: &Ledger| {
+            if ledger.has_deposit(&request_id) {
+                return Ok(None);
+            }
             let within_limits = if !checked {
                 Ok(())
             } else if req.symbol.is_empty() {
-                fold.ledger().check_deposit(account, Cents(req.cents))
+                ledger.check_deposit(account, Cents(req.cents))
             } else {
-                fold.ledger().check_deposit_shares(account, &req.symbol, Shares(req.qty))
+                ledger.check_deposit_shares(account, &req.symbol, Shares(req.qty))
             };
             within_limits.map_err(deposit_refusal)?;
-            let kind = ledger_event::Kind::Deposited(events::Deposited {
-                account: account.0,
-                cents: req.cents,
-                request_id: request_id.clone(),
-                symbol: req.symbol.clone(),
-                qty: req.qty,
-            });
-            self.record(&mut fold, "deposit", &format!("dep-{request_id}"), kind).await?;
-        }
-        Ok(Response::new(view(fold.ledger(), account)))
+            Ok(Some(Entry {
+                kind: "deposit",
+                msg_id: format!("dep-{request_id}"),
+                event: ledger_event::Kind::Deposited(events::Deposited {
+                    account: account.0,
+                    cents: req.cents,
+                    request_id,
+                    symbol: req.symbol,
+                    qty: req.qty,
+                }),
+            }))
+        });
+        Ok(Response::new(self.write(Some(account), None, check).await?))
     }
 
     async fn reserve(&self, req: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
@@ -316,35 +462,43 @@ impl Portfolio for PortfolioSvc {
             qty: Shares(req.qty),
             price: PriceTicks(req.price_ticks),
         };
-        let mut fold = self.state.fold.lock().await;
-        let exists = fold.ledger().check_reserve(order, &reservation).map_err(|e| match e {
-            ReserveError::UnknownSymbol(_) => {
-                Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol)))
-            }
-            ReserveError::Limit(_) => Status::invalid_argument(e.to_string()),
-            ReserveError::AlreadyReleased(_) => Status::aborted(e.to_string()),
-            _ => Status::failed_precondition(e.to_string()),
-        })?;
-        if !exists {
-            let kind = ledger_event::Kind::Reserved(events::Reserved {
-                order_id: order.0,
-                account: req.account_id,
-                symbol: req.symbol,
-                side: side_to_proto(side) as i32,
-                qty: req.qty,
-                price_ticks: req.price_ticks,
-            });
-            self.record(&mut fold, "reserve", &format!("res-{order}"), kind).await?;
-        }
+        let check: Check = Box::new(move |ledger: &Ledger| {
+            let exists = ledger.check_reserve(order, &reservation).map_err(|e| match e {
+                ReserveError::UnknownSymbol(_) => {
+                    Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol)))
+                }
+                ReserveError::Limit(_) => Status::invalid_argument(e.to_string()),
+                ReserveError::AlreadyReleased(_) => Status::aborted(e.to_string()),
+                _ => Status::failed_precondition(e.to_string()),
+            })?;
+            Ok((!exists).then(|| Entry {
+                kind: "reserve",
+                msg_id: format!("res-{order}"),
+                event: ledger_event::Kind::Reserved(events::Reserved {
+                    order_id: order.0,
+                    account: req.account_id,
+                    symbol: req.symbol,
+                    side: side_to_proto(side) as i32,
+                    qty: req.qty,
+                    price_ticks: req.price_ticks,
+                }),
+            }))
+        });
+        self.write(Some(AccountId(req.account_id)), Some(order), check).await?;
         Ok(Response::new(ReserveReply {}))
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
         self.state.deps.work("portfolio.release").await;
         let order = OrderId(req.into_inner().order_id);
-        let mut fold = self.state.fold.lock().await;
-        let kind = ledger_event::Kind::Released(events::Released { order_id: order.0 });
-        self.record(&mut fold, "release", &format!("rel-{order}"), kind).await?;
+        let check: Check = Box::new(move |_: &Ledger| {
+            Ok(Some(Entry {
+                kind: "release",
+                msg_id: format!("rel-{order}"),
+                event: ledger_event::Kind::Released(events::Released { order_id: order.0 }),
+            }))
+        });
+        self.write(None, Some(order), check).await?;
         Ok(Response::new(ReleaseReply {}))
     }
 
