@@ -99,6 +99,11 @@ pub struct PlatformConfig {
     /// than the window is refused with OUT_OF_RANGE. At start the gateway
     /// reads back at most this many TRADES messages to fill it.
     pub execution_window: usize,
+    /// Orders the gateway has taken and not yet answered, at most: a submit
+    /// beyond it is refused at once with RESOURCE_EXHAUSTED ("overloaded"),
+    /// so that an overload is refused rather than queued and what is taken
+    /// is answered in time (the queue behind it holds at most this many).
+    pub max_orders_in_flight: usize,
     /// How long a service waits for another before giving up on a call.
     pub call_timeout: Duration,
     /// JetStream's duplicate window on the streams this deployment creates.
@@ -206,6 +211,7 @@ impl PlatformConfig {
             rate_limit: RateLimit { per_second: 1000, burst: 2000 },
             peer_rate_limit: RateLimit { per_second: 20, burst: 40 },
             execution_window: 100_000,
+            max_orders_in_flight: 64,
             call_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
             planted_bug: None,
@@ -241,6 +247,9 @@ impl PlatformConfig {
         }
         if self.execution_window == 0 {
             return Err("execution_window: at least 1".into());
+        }
+        if self.max_orders_in_flight == 0 {
+            return Err("max_orders_in_flight: at least 1".into());
         }
         if self.instruments.is_empty() {
             return Err("instruments: at least one is needed".into());

@@ -197,6 +197,70 @@ impl Step {
     }
 }
 
+/// What the accepted orders' p99 submit→ack may be when the platform is
+/// offered twice its knee: an overload is refused, not queued.
+pub const OVERLOAD_P99_NS: u64 = 50_000_000;
+
+/// The step at twice the knee (`capacity.json`'s `overload`): the platform
+/// must stay live and refuse the excess at once, at the gateway, with
+/// RESOURCE_EXHAUSTED, rather than queue it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Overload {
+    pub step: Step,
+    /// Submits refused as overloaded (RESOURCE_EXHAUSTED).
+    pub refused: u64,
+    /// Whether it held: every check passed, the accepted orders' p99
+    /// submit→ack is within [`OVERLOAD_P99_NS`], and every failed request
+    /// was a refusal.
+    pub held: bool,
+    /// Why it did not, in a sentence.
+    pub why_not: Option<String>,
+}
+
+impl Overload {
+    pub fn of(step: Step) -> Overload {
+        let refused = step.errors.get("submit ResourceExhausted").map_or(0, |k| k.count);
+        let other: Vec<&String> = step.errors.keys().filter(|k| *k != "submit ResourceExhausted").collect();
+        let p99 = step.stages.get("submit_to_ack").map_or(0, |q| q.p99_ns);
+        let broken =
+            matches!(step.outcome, Outcome::Error | Outcome::CorrectnessViolated | Outcome::Liveness | Outcome::Crash);
+        let why_not = if broken || !step.checker_passed {
+            Some(format!("the step ended {:?}", step.outcome))
+        } else if p99 > OVERLOAD_P99_NS {
+            Some(format!("p99 submit→ack {:.3} ms, over {} ms", p99 as f64 / 1e6, OVERLOAD_P99_NS / 1_000_000))
+        } else if !other.is_empty() {
+            Some(format!("requests failed other than by refusal: {other:?}"))
+        } else {
+            None
+        };
+        Overload { step, refused, held: why_not.is_none(), why_not }
+    }
+
+    /// The line the command prints.
+    pub fn line(&self) -> String {
+        let s = &self.step;
+        let p99 = s.stages.get("submit_to_ack").map_or(0, |q| q.p99_ns);
+        format!(
+            "overload at {}/s (twice the knee): offered {}/s, accepted {}/s, {} refused (RESOURCE_EXHAUSTED), \
+             accepted p99 submit→ack {:.3} ms: {}",
+            s.target_per_s,
+            s.offered_per_s,
+            s.achieved_per_s,
+            self.refused,
+            p99 as f64 / 1e6,
+            match &self.why_not {
+                None => "held".to_string(),
+                Some(why) => format!("did not hold ({why})"),
+            }
+        )
+    }
+}
+
+/// The highest step rate that is within, if any.
+pub fn knee(steps: &[Step]) -> Option<u64> {
+    steps.iter().filter(|s| s.within).map(|s| s.target_per_s).max()
+}
+
 /// `capacity.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Capacity {
@@ -210,6 +274,8 @@ pub struct Capacity {
     /// The highest step rate that is within (None: none is).
     pub knee_orders_per_s: Option<u64>,
     pub steps: Vec<Step>,
+    /// The step at twice the knee, when there is a knee and it was run.
+    pub overload: Option<Overload>,
     /// What a reader should know: where the load generator lagged.
     pub notes: Vec<String>,
 }
@@ -221,7 +287,7 @@ pub const LAG_LIMIT_NS: u64 = 1_000_000;
 impl Capacity {
     /// The measurement of `scn` (whose knee SLO is `slo`) from its `steps`.
     pub fn new(scn: &Scenario, slo: &Slo, mode: String, step: Duration, steps: Vec<Step>) -> Capacity {
-        let knee = steps.iter().filter(|s| s.within).map(|s| s.target_per_s).max();
+        let knee = knee(&steps);
         let notes = steps
             .iter()
             .filter(|s| s.send_lag_p99_ns > LAG_LIMIT_NS)
@@ -244,6 +310,7 @@ impl Capacity {
             max_error_ppm: MAX_ERROR_PPM,
             knee_orders_per_s: knee,
             steps,
+            overload: None,
             notes,
         }
     }
@@ -253,7 +320,15 @@ impl Capacity {
     /// rate is what a capacity measurement finds, not a failure), else 0.
     pub fn exit_code(&self) -> u8 {
         let worst = |o: Outcome| matches!(o, Outcome::CorrectnessViolated | Outcome::Liveness | Outcome::Crash);
-        self.steps.iter().map(|s| s.outcome).filter(|o| worst(*o)).map(Outcome::exit_code).max().unwrap_or(0)
+        let overload = self.overload.iter().map(|o| o.step.outcome);
+        self.steps
+            .iter()
+            .map(|s| s.outcome)
+            .chain(overload)
+            .filter(|o| worst(*o))
+            .map(Outcome::exit_code)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The table the command prints.
@@ -294,6 +369,9 @@ impl Capacity {
         match self.knee_orders_per_s {
             Some(k) => out.push_str(&format!("knee: {k} orders/s ({} with under 0.1 % errors)\n", self.slo)),
             None => out.push_str(&format!("knee: none (no step met {} with under 0.1 % errors)\n", self.slo)),
+        }
+        if let Some(o) = &self.overload {
+            out.push_str(&format!("{}\n", o.line()));
         }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));

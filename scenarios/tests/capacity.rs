@@ -49,6 +49,19 @@ fn assert_capacity_dir(out: &Path, rates: &[u64]) -> serde_json::Value {
         steps.iter().filter(|s| s["within"] == true).map(|s| s["target_per_s"].as_u64().unwrap()).collect();
     assert_eq!(c["knee_orders_per_s"].as_u64(), within.iter().max().copied(), "{c:#}");
     assert!(c["slo"].as_str().unwrap().starts_with("submit_to_ack.p99"), "{c:#}");
+    // With a knee, one more step offers twice it: the overload step.
+    match c["knee_orders_per_s"].as_u64() {
+        Some(knee) => {
+            let o = &c["overload"];
+            assert_eq!(o["step"]["target_per_s"].as_u64(), Some(2 * knee), "{c:#}");
+            assert_eq!(o["held"].as_bool().unwrap(), o["why_not"].is_null(), "{o:#}");
+            let refused = o["refused"].as_u64().unwrap();
+            let errors = &o["step"]["errors"]["submit ResourceExhausted"]["count"];
+            assert_eq!(refused, errors.as_u64().unwrap_or(0), "{o:#}");
+            assert!(out.join(format!("overload-{}", 2 * knee)).join("summary.json").is_file());
+        }
+        None => assert!(c["overload"].is_null(), "no knee, no overload step: {c:#}"),
+    }
     assert!(out.join("index.html").is_file() && out.join("capacity_latency.png").is_file());
     c
 }

@@ -104,6 +104,9 @@ struct State {
     window: Mutex<ExecutionWindow>,
     market_data: Subscribers<MarketDataUpdate>,
     next_sub: Mutex<u64>,
+    /// One permit per order taken and not yet answered (see
+    /// [`crate::config::PlatformConfig::max_orders_in_flight`]).
+    orders_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the gateway until `shutdown`.
@@ -125,6 +128,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         window: Mutex::new(ExecutionWindow::new(0, cfg.execution_window)),
         market_data: Arc::default(),
         next_sub: Mutex::new(0),
+        orders_in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.max_orders_in_flight)),
         deps: deps.clone(),
     });
     let follow = |stream: String, filter: String| Follower::open(&deps, stream, filter, shutdown.clone());
@@ -414,6 +418,14 @@ impl Gateway for GatewaySvc {
         let r = req.into_inner();
         bounded("client_order_id", &r.client_order_id, CLIENT_ID_BYTES_MAX)?;
         bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
+        // Held until the order is answered; none left: the platform is
+        // answering as many orders as it may, and this one is not taken.
+        let _taken = self.state.orders_in_flight.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "overloaded: {} orders in flight at the gateway; this order was not taken (send it again later)",
+                self.state.deps.cfg.max_orders_in_flight
+            ))
+        })?;
         let call = orders::SubmitRequest {
             user_id: user.0,
             client_order_id: r.client_order_id,

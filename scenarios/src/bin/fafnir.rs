@@ -79,6 +79,12 @@ enum Command {
         /// The capacity directory (default: runs/capacity-<scenario>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Skip the overload step: by default, when there is a knee, one more
+        /// step offers twice it (overload-<rate>/), which holds when every
+        /// check passes, the accepted orders' p99 submit->ack is within 50 ms
+        /// and the excess is refused at the gateway with RESOURCE_EXHAUSTED.
+        #[arg(long)]
+        no_overload: bool,
         #[command(flatten)]
         real: RealTarget,
     },
@@ -442,12 +448,12 @@ fn main() -> ExitCode {
         Command::Ci { command } => return ci_command(command),
         Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
-        Command::Capacity { file, rates, step, seed, out, real } => {
+        Command::Capacity { file, rates, step, seed, out, no_overload, real } => {
             if std::env::var_os("RUST_LOG").is_some() {
                 // The services' own logs, on stderr, as for `run`.
                 init_logs(LogFormat::Text);
             }
-            return capacity_command(&file, &rates.0, step, seed, out, real);
+            return capacity_command(&file, &rates.0, step, seed, out, !no_overload, real);
         }
         command => Cli { command },
     };
@@ -717,6 +723,7 @@ fn capacity_command(
     step: std::time::Duration,
     seed: Option<u64>,
     out: Option<std::path::PathBuf>,
+    overload: bool,
     real: RealTarget,
 ) -> ExitCode {
     use fafnir_scenarios::capacity::{self, Capacity, Step};
@@ -748,9 +755,10 @@ fn capacity_command(
         step.as_millis(),
         slo.text
     );
-    let mut steps = Vec::new();
     let mut calibration = capacity::Calibration::default();
-    for &rate in rates {
+    // One step: run at `rate` (calibrated, rerun once when far off), write
+    // its run directory `name`, print its line.
+    let mut measure = |rate: u64, name: String| -> Result<Step, ExitCode> {
         let rerun = format!(
             "cargo {} capacity {} --rates {rate} --step {}ms --seed {}",
             if cfg!(madsim) { "fafnir" } else { "fafnir-real" },
@@ -764,14 +772,14 @@ fn capacity_command(
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("fafnir: {}: {e}", file.display());
-                    return ExitCode::from(2);
+                    return Err(ExitCode::from(2));
                 }
             };
             let r = match step_runner.run(&scaled, config_hash.clone(), rerun.clone()) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("fafnir: the step at {rate} orders/s could not run: {e}\n  replay: {rerun}");
-                    return ExitCode::from(1);
+                    return Err(ExitCode::from(1));
                 }
             };
             let offered = r.summary.counts.submitted * 1_000 / step.as_millis().max(1) as u64;
@@ -782,11 +790,10 @@ fn capacity_command(
             }
             break r;
         };
-        let name = format!("step-{rate}");
         let dir = out.join(&name);
         if let Err(e) = fafnir_scenarios::run::write_run_dir(&dir, &r) {
             eprintln!("fafnir: {}: {e}", dir.display());
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
         render(&dir);
         let s = Step::of(rate, &r, &slo, name);
@@ -803,9 +810,24 @@ fn capacity_command(
             s.outcome,
             s.why_not.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
         );
-        steps.push(s);
+        Ok(s)
+    };
+    let mut steps = Vec::new();
+    for &rate in rates {
+        match measure(rate, format!("step-{rate}")) {
+            Ok(s) => steps.push(s),
+            Err(code) => return code,
+        }
     }
-    let cap = Capacity::new(&scn, &slo, step_runner.mode(), step, steps);
+    let overload = match capacity::knee(&steps).filter(|_| overload) {
+        Some(knee) => match measure(2 * knee, format!("overload-{}", 2 * knee)) {
+            Ok(s) => Some(capacity::Overload::of(s)),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let mut cap = Capacity::new(&scn, &slo, step_runner.mode(), step, steps);
+    cap.overload = overload;
     println!();
     print!("{}", cap.table());
     let json = serde_json::to_string_pretty(&cap).expect("capacity serializes");

@@ -570,6 +570,51 @@ pub async fn a_whole_platform_restart_replays_what_the_portfolio_did(p: &dyn Pla
     assert_eq!(o.filled_qty, 0);
 }
 
+/// Needs a platform that takes at most 4 orders in flight. 100 buys sent at
+/// once by 10 users: the gateway takes what it may and refuses the rest at
+/// once with RESOURCE_EXHAUSTED ("overloaded"), and a refused order is not
+/// booked anywhere: each user's orders are exactly the ones answered, and
+/// their reserved cash exactly theirs. The platform takes the next order.
+pub async fn an_overload_is_refused_not_queued(p: &dyn Platform) {
+    assert_eq!(p.cfg().max_orders_in_flight, 4);
+    let mut users = Vec::new();
+    for i in 0..10 {
+        let c = user(p, &format!("trader{i}")).await;
+        c.deposit_cash(1_000_000, "d").await.unwrap();
+        users.push(c);
+    }
+    let sends: Vec<(&Client, OrderSpec)> = users
+        .iter()
+        .flat_map(|c| (0..10).map(move |i| (c, OrderSpec::limit(&format!("b{i}"), "ACME", Side::Buy, 10_000, 1))))
+        .collect();
+    let answers =
+        futures::future::join_all(sends.iter().map(|(c, spec)| async move { (c.user_id, c.submit(spec).await) })).await;
+    let mut taken: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    let mut refused = 0;
+    for (user_id, answer) in answers {
+        match answer {
+            Ok(o) => taken.entry(user_id).or_default().push(o.order_id),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "user {user_id}: {s:?}");
+                assert!(s.message().contains("overloaded"), "user {user_id}: {s:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "100 orders at once with 4 in flight: some are refused");
+    assert!(refused < 100, "some of the 100 orders are taken");
+    for c in &users {
+        let mut want = taken.get(&c.user_id).cloned().unwrap_or_default();
+        want.sort_unstable();
+        let mut booked: Vec<u64> = c.orders().await.unwrap().iter().map(|o| o.order_id).collect();
+        booked.sort_unstable();
+        assert_eq!(booked, want, "user {}: the orders booked are the ones taken", c.user_id);
+        portfolio_is(c, 1_000_000, 10_000 * want.len() as i64, &[]).await;
+    }
+    let o = submit_retrying(&users[0], &OrderSpec::limit("after", "ACME", Side::Buy, 10_000, 1)).await;
+    assert_eq!(o.status, OrderStatus::Accepted as i32);
+}
+
 /// The portfolio records reservations in groups (one LEDGER publish round
 /// for all that arrive together): ten buys of one account sent at once, of
 /// which only five fit its cash, beside three other accounts' buys that all

@@ -233,6 +233,15 @@ async fn the_rate_limit_is_per_user() {
     p.cleanup().await;
 }
 
+#[tokio::test]
+async fn an_overload_is_refused_not_queued() {
+    let mut cfg = test_config("overload");
+    cfg.max_orders_in_flight = 4;
+    let p = RealPlatform::start_with(cfg).await;
+    flows::an_overload_is_refused_not_queued(&p).await;
+    p.cleanup().await;
+}
+
 #[test]
 fn fafnir_up_names_the_unreachable_server() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))

@@ -190,6 +190,15 @@ async fn the_rate_limit_is_per_user() {
 }
 
 #[madsim::test]
+async fn an_overload_is_refused_not_queued() {
+    let spec = |mut s: WorldSpec| {
+        s.cfg.max_orders_in_flight = 4;
+        s
+    };
+    run(spec, |p| async move { flows::an_overload_is_refused_not_queued(p.as_ref()).await }).await;
+}
+
+#[madsim::test]
 async fn a_cursor_older_than_the_window_is_refused() {
     let spec = |mut s: WorldSpec| {
         s.cfg.execution_window = 4;
