@@ -107,11 +107,34 @@ pub fn check_can_listen(addrs: &[(String, std::net::SocketAddr)]) -> Result<(), 
     Ok(())
 }
 
-/// `n` ports on 127.0.0.1 that were free a moment ago.
+/// The ports [`free_ports`] hands out: below the kernel's usual ephemeral
+/// range (32768 and up), where no outgoing connection takes one.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// `n` ports on 127.0.0.1 that were free a moment ago, none of them handed
+/// out before by this process. (Ephemeral ports, bound and released, raced:
+/// between the release and a service's bind, another test's bind or an
+/// outgoing connection could take one, and a client met another test's
+/// server, Unimplemented.) Each process starts at its own place in
+/// [`TEST_PORTS`] and goes on from there, skipping ports that do not bind.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let start = (std::process::id() % 100) * (span / 100);
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        if ports.len() == n {
+            break;
+        }
+        let port = (TEST_PORTS.start + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), n, "{n} free ports in {TEST_PORTS:?}");
+    ports
 }
 
 #[cfg(test)]

@@ -87,6 +87,9 @@ pub async fn run(
     let run_id = format!("{}-{seed}-{}-{nth}", scn.name, std::process::id());
     let cfg = platform_config(scn, &target, &run_id);
     let (deps, nats) = crate::real::connect(cfg).await?;
+    if target.gateway.is_some() {
+        fresh_platform(&deps).await?;
+    }
     let services = if target.gateway.is_none() {
         let mut s = launch::spawn_all(&deps);
         launch::wait_until_serving_or_stopped(&deps, &mut s, Duration::from_secs(30)).await?;
@@ -124,6 +127,28 @@ pub async fn run(
         let _ = fafnir_platform::kv::wipe_prefix(deps.kv.as_ref(), &deps.cfg.names().key_prefix()).await;
     }
     Ok(result)
+}
+
+/// Refuses a platform at --gateway that has been traded on before: the
+/// checker verifies every account and order in the streams, and it holds the
+/// tokens of this run's agents only (another run's accounts would read as
+/// reporting no portfolio, their orders as never finished: a violation the
+/// platform did not commit).
+async fn fresh_platform(deps: &fafnir_platform::services::Deps) -> Result<(), String> {
+    let names = deps.cfg.names();
+    let orders = names.orders_stream();
+    // No stream (an error): nothing was traded under this namespace; the
+    // run's own set-up says what is wrong with the platform if anything is.
+    let held = deps.bus.last_seq(&orders).await.unwrap_or(0);
+    if held > 0 {
+        return Err(format!(
+            "the platform at --gateway (namespace {}) has been traded on before ({orders} holds {held} events): \
+             the checker can verify only a platform this run is the first to trade on; start it afresh \
+             or under a new namespace (fafnir up --namespace <new>) and pass that --namespace",
+            deps.cfg.namespace
+        ));
+    }
+    Ok(())
 }
 
 /// What the recorder holds (a panic may have poisoned its lock; each update

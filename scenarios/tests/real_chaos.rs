@@ -15,7 +15,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -43,13 +43,9 @@ const PLATFORM_FLOWS_AGAIN_WITHIN: Duration = Duration::from_secs(5);
 /// Six consecutive free ports (gateway, auth, market, orders, portfolio, engine-0).
 fn free_port_block() -> u16 {
     for _ in 0..100 {
-        let base = fafnir_scenarios::real::free_ports(1)[0];
-        if base > 65_000 {
-            continue;
-        }
-        let held: Vec<_> = (0..6).filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
-        if held.len() == 6 {
-            return base;
+        let ports = fafnir_scenarios::real::free_ports(6);
+        if ports.windows(2).all(|w| w[1] == w[0] + 1) {
+            return ports[0];
         }
     }
     panic!("no six consecutive free ports");

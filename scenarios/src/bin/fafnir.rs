@@ -747,6 +747,15 @@ fn capacity_command(
             return ExitCode::from(2);
         }
     };
+    let one_platform = step_runner.one_platform();
+    if one_platform && rates.len() > 1 {
+        eprintln!(
+            "fafnir: with --gateway every step would trade on the same platform, and the checker verifies only a \
+             platform a run is the first to trade on: give one rate (--rates N) a fresh platform, or leave out \
+             --gateway for a fresh in-process platform a step"
+        );
+        return ExitCode::from(2);
+    }
     println!(
         "fafnir capacity: scenario {:?}, seed {}, {}; rates {rates:?} orders/s, {} ms a step; knee at {}",
         scn.name,
@@ -783,7 +792,8 @@ fn capacity_command(
                 }
             };
             let offered = r.summary.counts.submitted * 1_000 / step.as_millis().max(1) as u64;
-            if calibration.learn(&scaled, offered, rate) && first_try {
+            // One platform (--gateway): no second run on it, the step stands as run.
+            if calibration.learn(&scaled, offered, rate) && first_try && !one_platform {
                 println!("  {rate:>6}/s: offered {offered}/s; the noise traders scaled by what that taught, once more");
                 first_try = false;
                 continue;
@@ -819,7 +829,7 @@ fn capacity_command(
             Err(code) => return code,
         }
     }
-    let overload = match capacity::knee(&steps).filter(|_| overload) {
+    let overload = match capacity::knee(&steps).filter(|_| overload && !one_platform) {
         Some(knee) => match measure(2 * knee, format!("overload-{}", 2 * knee)) {
             Ok(s) => Some(capacity::Overload::of(s)),
             Err(code) => return code,
@@ -858,6 +868,10 @@ impl StepRunner {
         Ok(StepRunner)
     }
 
+    fn one_platform(&self) -> bool {
+        false
+    }
+
     fn mode(&self) -> String {
         "simulation".into()
     }
@@ -885,6 +899,12 @@ impl StepRunner {
     fn new(real: RealTarget) -> Result<StepRunner, String> {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
         Ok(StepRunner { real, rt })
+    }
+
+    /// Whether every step would trade on one platform (--gateway): the
+    /// checker verifies only a platform a run is the first to trade on.
+    fn one_platform(&self) -> bool {
+        self.real.gateway.is_some()
     }
 
     fn mode(&self) -> String {
