@@ -236,6 +236,11 @@ struct Common {
     /// A file holding the JWT secret (a trailing newline is ignored).
     #[arg(long, env = "FAFNIR_JWT_SECRET_FILE")]
     jwt_secret_file: Option<std::path::PathBuf>,
+    /// Orders the gateway takes and has not answered yet, at most: beyond
+    /// it a submit is refused at once with RESOURCE_EXHAUSTED (overloaded),
+    /// rather than queued (default: 64).
+    #[arg(long, env = "FAFNIR_MAX_ORDERS_IN_FLIGHT")]
+    max_orders_in_flight: Option<usize>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -348,6 +353,9 @@ mod real_main {
         cfg.namespace = c.namespace.clone();
         cfg.addrs = ServiceAddrs::local(c.host, c.base_port, cfg.engine_shards.len());
         cfg.jwt_secret = fafnir_scenarios::real::jwt_secret(c.jwt_secret.clone(), c.jwt_secret_file.as_deref())?;
+        if let Some(n) = c.max_orders_in_flight {
+            cfg.max_orders_in_flight = n;
+        }
         Ok(cfg)
     }
 
