@@ -211,6 +211,38 @@ mod real {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A platform another run has traded on cannot be checked by this one
+    /// (it holds no token of those accounts): `--gateway` refuses it before
+    /// the run starts, saying why and what to do, instead of a verdict of
+    /// "correctness violated" the platform did not earn.
+    #[tokio::test]
+    async fn a_real_run_refuses_a_platform_another_run_traded_on() {
+        let text = library().into_iter().find(|(p, _)| p.ends_with("baseline.toml")).unwrap().1;
+        let mut scn = Scenario::parse(&text).unwrap();
+        scn.duration = std::time::Duration::from_secs(1);
+        let namespace = format!("traded-{}", std::process::id());
+        let mut cfg = fafnir_platform::config::PlatformConfig::local_default();
+        cfg.namespace = namespace.clone();
+        cfg.jwt_secret = "a-test-secret-of-at-least-32-bytes".into();
+        let (deps, nats) = fafnir_scenarios::real::connect(cfg).await.expect("real servers needed");
+        fafnir_platform::services::ensure_streams(&deps).await.unwrap();
+        let subject = deps.cfg.names().orders_of("ACME");
+        deps.bus.publish(&subject, "an-earlier-run", bytes::Bytes::from_static(b"")).await.unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let target = fafnir_scenarios::real_run::Target {
+            gateway: Some(closed),
+            nats: "127.0.0.1:4222".into(),
+            redis: "127.0.0.1:6379".into(),
+            namespace: Some(namespace.clone()),
+        };
+        let refused = fafnir_scenarios::real_run::run(&scn, 1, target, "t".into(), "t".into(), None).await;
+        let prefix = deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
+        nats.delete_streams_with_prefix(&prefix).await.unwrap();
+        let why = refused.err().expect("refused");
+        assert!(why.contains("traded on before") && why.contains("holds 1 events"), "{why}");
+        assert!(why.contains("--namespace"), "says what to do: {why}");
+    }
+
     #[tokio::test]
     async fn a_real_run_refuses_a_fault_schedule() {
         let text = library().into_iter().find(|(p, _)| p.ends_with("broker-restart.toml")).unwrap().1;
