@@ -155,6 +155,9 @@ pub struct Step {
     pub why_not: Option<String>,
     /// How late the load generator sent (p99), against the intended times.
     pub send_lag_p99_ns: u64,
+    /// Real steps: the share of the machine's CPU the load generator (and
+    /// the in-process platform) used over the load phase, in percent.
+    pub cpu: Option<crate::driver::CpuShare>,
     /// This step's run directory, relative to the capacity directory.
     pub run_dir: String,
 }
@@ -192,6 +195,7 @@ impl Step {
             within: why_not.is_none(),
             why_not,
             send_lag_p99_ns: s.load_generator.send_lag_p99_ns,
+            cpu: s.load_generator.cpu,
             run_dir,
         }
     }
@@ -284,11 +288,15 @@ pub struct Capacity {
 /// is said to limit a step.
 pub const LAG_LIMIT_NS: u64 = 1_000_000;
 
+/// The share of the machine's CPU above which the load generator is said to
+/// compete with the platform it measures.
+pub const LOAD_GENERATOR_CPU_LIMIT_PCT: u32 = 25;
+
 impl Capacity {
     /// The measurement of `scn` (whose knee SLO is `slo`) from its `steps`.
     pub fn new(scn: &Scenario, slo: &Slo, mode: String, step: Duration, steps: Vec<Step>) -> Capacity {
         let knee = knee(&steps);
-        let notes = steps
+        let mut notes: Vec<String> = steps
             .iter()
             .filter(|s| s.send_lag_p99_ns > LAG_LIMIT_NS)
             .map(|s| {
@@ -300,6 +308,16 @@ impl Capacity {
                 )
             })
             .collect();
+        for s in &steps {
+            if let Some(c) = s.cpu.filter(|c| c.load_generator_pct >= LOAD_GENERATOR_CPU_LIMIT_PCT) {
+                let platform = c.platform_pct.map(|p| format!(", the in-process platform {p} %")).unwrap_or_default();
+                notes.push(format!(
+                    "at {} orders/s the load generator used {} % of the machine's CPU{platform}: on one machine \
+                     it takes CPU the platform would use; run it on another (--gateway) to measure the platform alone",
+                    s.target_per_s, c.load_generator_pct
+                ));
+            }
+        }
         Capacity {
             scenario: scn.name.clone(),
             mode,
@@ -335,7 +353,7 @@ impl Capacity {
     pub fn table(&self) -> String {
         let ms = |ns: u64| ns as f64 / 1e6;
         let mut out = format!(
-            "{:>8} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
+            "{:>8} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}  {}\n",
             "target/s",
             "agents",
             "offered",
@@ -345,6 +363,7 @@ impl Capacity {
             "ack p999",
             "errors",
             "lag p99",
+            "cpu lg/pf",
             "verdict"
         );
         for s in &self.steps {
@@ -354,7 +373,7 @@ impl Capacity {
                 Some(why) => why.clone(),
             };
             out.push_str(&format!(
-                "{:>8} {:>6} {:>8} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>8.3}  {verdict}\n",
+                "{:>8} {:>6} {:>8} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>8.3} {:>9}  {verdict}\n",
                 s.target_per_s,
                 s.agents,
                 s.offered_per_s,
@@ -363,7 +382,15 @@ impl Capacity {
                 ms(q.p99_ns),
                 ms(q.p999_ns),
                 crate::scenario::percent(s.error_ppm),
-                ms(s.send_lag_p99_ns)
+                ms(s.send_lag_p99_ns),
+                match s.cpu {
+                    Some(c) => format!(
+                        "{}/{}",
+                        c.load_generator_pct,
+                        c.platform_pct.map_or("-".to_string(), |p| p.to_string())
+                    ),
+                    None => "-".to_string(),
+                }
             ));
         }
         match self.knee_orders_per_s {

@@ -97,7 +97,19 @@ pub struct Recorder {
     /// How late the driver woke each agent, against its intended time (ns):
     /// the load generator's own lag.
     pub send_lag: Histogram<u64>,
+    /// Real runs: the share of the machine's CPU the load generator (and the
+    /// in-process platform) used over the load phase, in percent.
+    pub cpu: Option<CpuShare>,
     t0: Instant,
+}
+
+/// The share of the machine's CPU (all its cores) a real run's processes
+/// used over the load phase, in percent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CpuShare {
+    pub load_generator_pct: u32,
+    /// The in-process platform's (None: the platform runs elsewhere, --gateway).
+    pub platform_pct: Option<u32>,
 }
 
 impl Recorder {
@@ -116,6 +128,7 @@ impl Recorder {
             hostile: Default::default(),
             errors: BTreeMap::new(),
             send_lag: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds"),
+            cpu: None,
             t0,
         }
     }

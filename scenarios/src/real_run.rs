@@ -86,16 +86,31 @@ pub async fn run(
     let nth = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let run_id = format!("{}-{seed}-{}-{nth}", scn.name, std::process::id());
     let cfg = platform_config(scn, &target, &run_id);
-    let (deps, nats) = crate::real::connect(cfg).await?;
+    // The in-process platform runs on threads of its own, so that the CPU
+    // it uses and the load generator's can be told apart.
+    let platform_rt = match target.gateway {
+        Some(_) => None,
+        None => Some(PlatformRuntime::new()?),
+    };
+    let (deps, nats) = match &platform_rt {
+        Some(rt) => {
+            rt.0.as_ref().expect("running").spawn(crate::real::connect(cfg)).await.map_err(|e| e.to_string())??
+        }
+        None => crate::real::connect(cfg).await?,
+    };
     if target.gateway.is_some() {
         fresh_platform(&deps).await?;
     }
-    let services = if target.gateway.is_none() {
-        let mut s = launch::spawn_all(&deps);
-        launch::wait_until_serving_or_stopped(&deps, &mut s, Duration::from_secs(30)).await?;
-        s
-    } else {
-        Default::default()
+    let services = match &platform_rt {
+        Some(rt) => {
+            let mut s = {
+                let _on_platform_threads = rt.0.as_ref().expect("running").enter();
+                launch::spawn_all(&deps)
+            };
+            launch::wait_until_serving_or_stopped(&deps, &mut s, Duration::from_secs(30)).await?;
+            s
+        }
+        None => Default::default(),
     };
     let meta = run::RunMeta {
         mode: format!("real (namespace {})", deps.cfg.namespace),
@@ -107,7 +122,9 @@ pub async fn run(
         nemesis: None,
     };
     let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
-    let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth));
+    let in_process = platform_rt.is_some();
+    let measured =
+        std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth, in_process));
     let result = match measured.catch_unwind().await {
         Ok(Ok(result)) => result,
         Ok(Err(stopped)) => run::stopped(scn, meta, snapshot(&rec), stopped),
@@ -127,6 +144,68 @@ pub async fn run(
         let _ = fafnir_platform::kv::wipe_prefix(deps.kv.as_ref(), &deps.cfg.names().key_prefix()).await;
     }
     Ok(result)
+}
+
+/// The name of the in-process platform's threads (the OS keeps 15 bytes).
+const PLATFORM_THREADS: &str = "fafnir-platform";
+
+/// The in-process platform's own runtime, shut down (without waiting for
+/// its tasks) when dropped, also on an early return of the run.
+struct PlatformRuntime(Option<tokio::runtime::Runtime>);
+
+impl PlatformRuntime {
+    fn new() -> Result<PlatformRuntime, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(PLATFORM_THREADS)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("the platform's runtime: {e}"))?;
+        Ok(PlatformRuntime(Some(rt)))
+    }
+}
+
+impl Drop for PlatformRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// CPU time (user and system, in the kernel's 1/100 s ticks) of this
+/// process's threads so far: the in-process platform's, and the rest's (the
+/// load generator). Threads that have exited are not counted.
+fn thread_ticks() -> (u64, u64) {
+    let (mut platform, mut rest) = (0, 0);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return (0, 0) };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // "tid (name) state ppid ...": the name may hold spaces, so split after its ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are the stat file's fields 14 and 15; `fields` starts at field 3.
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = field(11) + field(12);
+        if &stat[open + 1..close] == PLATFORM_THREADS {
+            platform += ticks;
+        } else {
+            rest += ticks;
+        }
+    }
+    (platform, rest)
+}
+
+/// The share of the machine's CPU used since `from` (ticks and instant).
+fn cpu_share(from: ((u64, u64), std::time::Instant), in_process: bool) -> crate::driver::CpuShare {
+    let ((platform0, rest0), t0) = from;
+    let (platform, rest) = thread_ticks();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let wall_ms = (t0.elapsed().as_millis() as u64).max(1);
+    let pct = |ticks: u64| (ticks * 10 * 100 / (wall_ms * cores)) as u32;
+    crate::driver::CpuShare {
+        load_generator_pct: pct(rest.saturating_sub(rest0)),
+        platform_pct: in_process.then(|| pct(platform.saturating_sub(platform0))),
+    }
 }
 
 /// Refuses a platform at --gateway that has been traded on before: the
@@ -166,6 +245,7 @@ async fn measure(
     meta: run::RunMeta,
     progress: Option<ProgressFn>,
     nth: u64,
+    in_process: bool,
 ) -> Result<RealRun, run::Stopped> {
     let gateway = deps.cfg.addrs.gateway;
     let plan = run::agent_plan(scn, seed);
@@ -209,7 +289,8 @@ async fn measure(
         r.t0_clock_ms = deps.clock.now_ms();
     }
     let ticker = progress.map(|report| tokio::spawn(tick(rec.clone(), t0, scn.duration, report)));
-    let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0).await;
+    let cpu0 = (thread_ticks(), std::time::Instant::now());
+    let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0, (cpu0, in_process)).await;
     if let Some(ticker) = ticker {
         // Awaited, not only aborted: no bar is drawn once the run has returned.
         ticker.abort();
@@ -231,6 +312,7 @@ async fn load_and_quiesce(
     plan: &[(String, usize, u32, u64)],
     rec: &Arc<Mutex<Recorder>>,
     t0: tokio::time::Instant,
+    (cpu0, in_process): (((u64, u64), std::time::Instant), bool),
 ) -> Result<(), run::Stopped> {
     let mut runs = Vec::new();
     for (handle, (_, p, i, agent_seed)) in agents.iter().zip(plan) {
@@ -240,6 +322,8 @@ async fn load_and_quiesce(
     for r in runs {
         r.await.map_err(|e| run::Stopped::Crash(format!("an agent crashed: {e}")))?;
     }
+    let cpu = cpu_share(cpu0, in_process);
+    rec.lock().expect("recorder").cpu = Some(cpu);
     if let Err(why) = run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
         return Err(run::Stopped::Liveness(format!(
             "liveness: the platform did not quiesce within {:?}: {why}",

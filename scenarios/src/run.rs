@@ -182,6 +182,8 @@ pub struct LoadGenerator {
     pub send_lag_p50_ns: u64,
     pub send_lag_p99_ns: u64,
     pub send_lag_max_ns: u64,
+    /// Real runs: the share of the machine's CPU used over the load phase.
+    pub cpu: Option<crate::driver::CpuShare>,
 }
 
 impl LoadGenerator {
@@ -190,6 +192,7 @@ impl LoadGenerator {
             send_lag_p50_ns: quantile(&rec.send_lag, 500_000),
             send_lag_p99_ns: quantile(&rec.send_lag, 990_000),
             send_lag_max_ns: quantile(&rec.send_lag, 1_000_000),
+            cpu: rec.cpu,
         }
     }
 }

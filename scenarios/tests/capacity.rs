@@ -47,6 +47,15 @@ fn assert_capacity_dir(out: &Path, rates: &[u64]) -> serde_json::Value {
         assert_eq!(step["checker_passed"], true, "every fill right at a modest rate: {step:#}");
         let within = step["within"].as_bool().unwrap();
         assert_eq!(within, step["why_not"].is_null(), "{step:#}");
+        // The CPU shares: a real step's load generator and in-process platform, none in simulation.
+        if cfg!(madsim) {
+            assert!(step["cpu"].is_null(), "{step:#}");
+        } else {
+            for share in ["load_generator_pct", "platform_pct"] {
+                let pct = step["cpu"][share].as_u64().unwrap_or_else(|| panic!("{share}: {step:#}"));
+                assert!(pct <= 100, "{share}: {step:#}");
+            }
+        }
         let dir = out.join(step["run_dir"].as_str().unwrap());
         assert!(dir.join("summary.json").is_file() && dir.join("index.html").is_file(), "{}", dir.display());
     }

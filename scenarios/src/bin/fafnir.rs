@@ -608,6 +608,21 @@ fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
         "  cancels: {} sent, {} acknowledged, {} refused, {} failed, {} timed out",
         c.cancels, c.cancels_acked, c.cancels_rejected, c.cancels_failed, c.cancels_timed_out
     );
+    let lg = &s.load_generator;
+    let cpu = match lg.cpu {
+        Some(c) => match c.platform_pct {
+            Some(p) => {
+                format!("; it used {} % of the machine's CPU, the in-process platform {p} %", c.load_generator_pct)
+            }
+            None => format!("; it used {} % of the machine's CPU", c.load_generator_pct),
+        },
+        None => String::new(),
+    };
+    println!(
+        "  load generator: sent p50 {:.3} ms, p99 {:.3} ms behind the intended times{cpu}",
+        lg.send_lag_p50_ns as f64 / 1e6,
+        lg.send_lag_p99_ns as f64 / 1e6
+    );
     let mark = if s.error_budget.passed { "ok  " } else { "FAIL" };
     println!("  errors {mark} {} (submits and cancels)", s.error_budget.describe());
     for (what, kind) in &s.errors {
