@@ -123,8 +123,15 @@ pub async fn run(
     };
     let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
     let in_process = platform_rt.is_some();
-    let measured =
-        std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth, in_process));
+    let measured = std::panic::AssertUnwindSafe(measure(
+        scn,
+        seed,
+        &deps,
+        &rec,
+        meta.clone(),
+        progress,
+        Which { nth, in_process },
+    ));
     let result = match measured.catch_unwind().await {
         Ok(Ok(result)) => result,
         Ok(Err(stopped)) => run::stopped(scn, meta, snapshot(&rec), stopped),
@@ -236,6 +243,13 @@ fn snapshot(rec: &Mutex<Recorder>) -> Recorder {
     rec.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// Which run of this process a run is (its users' names tell runs apart),
+/// and whether its platform is in-process (its CPU share is measured).
+struct Which {
+    nth: u64,
+    in_process: bool,
+}
+
 /// Set-up, load, liveness phase and checker of a real run, recording into `rec`.
 async fn measure(
     scn: &Scenario,
@@ -244,8 +258,7 @@ async fn measure(
     rec: &Arc<Mutex<Recorder>>,
     meta: run::RunMeta,
     progress: Option<ProgressFn>,
-    nth: u64,
-    in_process: bool,
+    Which { nth, in_process }: Which,
 ) -> Result<RealRun, run::Stopped> {
     let gateway = deps.cfg.addrs.gateway;
     let plan = run::agent_plan(scn, seed);
