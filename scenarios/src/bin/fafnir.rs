@@ -48,7 +48,8 @@ enum Command {
     },
     /// Measure capacity: drive the platform open loop at each offered order
     /// rate in turn (each step its own run: a fresh world in simulation, a
-    /// fresh in-process platform or the one at --gateway for real), and name
+    /// fresh in-process platform for real; with --gateway, one rate on a
+    /// platform no run has traded on, which is all the checker can verify), and name
     /// the knee, the highest rate whose p99 submit->ack is within the
     /// scenario's submit_to_ack.p99 SLO with under 0.1 % of requests failed
     /// or timed out and every check passing.
@@ -57,9 +58,12 @@ enum Command {
     /// that count x rate_per_s is the step's rate); its other populations stay
     /// as the file has them. Per step it prints offered and achieved orders/s,
     /// submit->ack percentiles, the share of errors, how late the load
-    /// generator sent, and the verdict; it writes each step's run directory
-    /// (step-<rate>/), capacity.json (the knee as knee_orders_per_s) and
-    /// index.html with the latency-against-throughput plot. Exit 0 when every
+    /// generator sent, the share of the machine's CPU it and the in-process
+    /// platform used (real), and the verdict; with a knee, one more step at
+    /// twice it checks that the overload is refused rather than queued. It
+    /// writes each step's run directory (step-<rate>/, overload-<rate>/),
+    /// capacity.json (the knee as knee_orders_per_s) and index.html with the
+    /// latency-against-throughput plot. Exit 0 when every
     /// step ran (missing the SLO at high rates is what it measures), 4, 6 or 7
     /// when a step's fills were wrong, it did not settle, or it crashed (the
     /// worst); 1 when a step could not run; 2 for a bad command line or file.
