@@ -2,6 +2,7 @@
 //! either started in this process under a fresh namespace or already running
 //! (`--gateway`). Fault schedules need the simulation and are refused here.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,16 +123,7 @@ pub async fn run(
         nemesis: None,
     };
     let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
-    let in_process = platform_rt.is_some();
-    let measured = std::panic::AssertUnwindSafe(measure(
-        scn,
-        seed,
-        &deps,
-        &rec,
-        meta.clone(),
-        progress,
-        Which { nth, in_process },
-    ));
+    let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth));
     let result = match measured.catch_unwind().await {
         Ok(Ok(result)) => result,
         Ok(Err(stopped)) => run::stopped(scn, meta, snapshot(&rec), stopped),
@@ -179,39 +171,53 @@ impl Drop for PlatformRuntime {
     }
 }
 
-/// CPU time (user and system, in the kernel's 1/100 s ticks) of this
-/// process's threads so far: the in-process platform's, and the rest's (the
-/// load generator). Threads that have exited are not counted.
-fn thread_ticks() -> (u64, u64) {
-    let (mut platform, mut rest) = (0, 0);
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return (0, 0) };
+/// Each thread of this process now: its id, whether it is the in-process
+/// platform's, and its CPU time so far (user and system, in the kernel's
+/// 1/100 s ticks).
+fn threads() -> BTreeMap<u64, (bool, u64)> {
+    let mut threads = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return threads };
     for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         // "tid (name) state ppid ...": the name may hold spaces, so split after its ')'.
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // utime and stime are the stat file's fields 14 and 15; `fields` starts at field 3.
         let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        let ticks = field(11) + field(12);
-        if &stat[open + 1..close] == PLATFORM_THREADS {
-            platform += ticks;
-        } else {
-            rest += ticks;
-        }
+        threads.insert(tid, (&stat[open + 1..close] == PLATFORM_THREADS, field(11) + field(12)));
     }
-    (platform, rest)
+    threads
 }
 
-/// The share of the machine's CPU used since `from` (ticks and instant).
-fn cpu_share(from: ((u64, u64), std::time::Instant), in_process: bool) -> crate::driver::CpuShare {
-    let ((platform0, rest0), t0) = from;
-    let (platform, rest) = thread_ticks();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let wall_ms = (t0.elapsed().as_millis() as u64).max(1);
-    let pct = |ticks: u64| (ticks * 10 * 100 / (wall_ms * cores)) as u32;
-    crate::driver::CpuShare {
-        load_generator_pct: pct(rest.saturating_sub(rest0)),
-        platform_pct: in_process.then(|| pct(platform.saturating_sub(platform0))),
+/// The CPU this process uses from the moment it is made.
+struct CpuMeter {
+    start: BTreeMap<u64, (bool, u64)>,
+    at: std::time::Instant,
+}
+
+impl CpuMeter {
+    fn start() -> CpuMeter {
+        CpuMeter { start: threads(), at: std::time::Instant::now() }
+    }
+
+    /// The share of the machine's CPU used since the start, each thread's
+    /// own (threads that have exited meanwhile are not counted): the
+    /// platform's threads', when it runs in this process, and the rest's.
+    fn share(&self) -> crate::driver::CpuShare {
+        let (mut platform, mut rest) = (None, 0);
+        for (tid, (is_platform, ticks)) in threads() {
+            let used = ticks.saturating_sub(self.start.get(&tid).map_or(0, |s| s.1));
+            if is_platform {
+                *platform.get_or_insert(0) += used;
+            } else {
+                rest += used;
+            }
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let wall_ms = (self.at.elapsed().as_millis() as u64).max(1);
+        let pct = |ticks: u64| (ticks * 10 * 100 / (wall_ms * cores)) as u32;
+        crate::driver::CpuShare { load_generator_pct: pct(rest), platform_pct: platform.map(pct) }
     }
 }
 
@@ -243,13 +249,6 @@ fn snapshot(rec: &Mutex<Recorder>) -> Recorder {
     rec.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Which run of this process a run is (its users' names tell runs apart),
-/// and whether its platform is in-process (its CPU share is measured).
-struct Which {
-    nth: u64,
-    in_process: bool,
-}
-
 /// Set-up, load, liveness phase and checker of a real run, recording into `rec`.
 async fn measure(
     scn: &Scenario,
@@ -258,7 +257,7 @@ async fn measure(
     rec: &Arc<Mutex<Recorder>>,
     meta: run::RunMeta,
     progress: Option<ProgressFn>,
-    Which { nth, in_process }: Which,
+    nth: u64,
 ) -> Result<RealRun, run::Stopped> {
     let gateway = deps.cfg.addrs.gateway;
     let plan = run::agent_plan(scn, seed);
@@ -302,8 +301,7 @@ async fn measure(
         r.t0_clock_ms = deps.clock.now_ms();
     }
     let ticker = progress.map(|report| tokio::spawn(tick(rec.clone(), t0, scn.duration, report)));
-    let cpu0 = (thread_ticks(), std::time::Instant::now());
-    let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0, (cpu0, in_process)).await;
+    let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0).await;
     if let Some(ticker) = ticker {
         // Awaited, not only aborted: no bar is drawn once the run has returned.
         ticker.abort();
@@ -325,8 +323,8 @@ async fn load_and_quiesce(
     plan: &[(String, usize, u32, u64)],
     rec: &Arc<Mutex<Recorder>>,
     t0: tokio::time::Instant,
-    (cpu0, in_process): (((u64, u64), std::time::Instant), bool),
 ) -> Result<(), run::Stopped> {
+    let cpu = CpuMeter::start();
     let mut runs = Vec::new();
     for (handle, (_, p, i, agent_seed)) in agents.iter().zip(plan) {
         let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
@@ -335,8 +333,7 @@ async fn load_and_quiesce(
     for r in runs {
         r.await.map_err(|e| run::Stopped::Crash(format!("an agent crashed: {e}")))?;
     }
-    let cpu = cpu_share(cpu0, in_process);
-    rec.lock().expect("recorder").cpu = Some(cpu);
+    rec.lock().expect("recorder").cpu = Some(cpu.share());
     if let Err(why) = run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
         return Err(run::Stopped::Liveness(format!(
             "liveness: the platform did not quiesce within {:?}: {why}",

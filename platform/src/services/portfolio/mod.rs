@@ -237,8 +237,8 @@ struct Write {
     account: Option<AccountId>,
     order: Option<OrderId>,
     check: Check,
-    /// The account as it is once the write is applied.
-    reply: oneshot::Sender<Result<PortfolioView, Status>>,
+    /// Answered once the write is applied (or refused).
+    reply: oneshot::Sender<Result<(), Status>>,
 }
 
 impl Write {
@@ -249,6 +249,12 @@ impl Write {
         let account = self.account.or_else(|| self.order.and_then(|o| ledger.reservation(o)).map(|r| r.account));
         [account.map(|a| (0, a.0)), self.order.map(|o| (1, o.0))]
     }
+}
+
+/// A checked write's LEDGER event, stamped, and its publish.
+struct Stamped {
+    event: LedgerEvent,
+    publish: Publish,
 }
 
 /// Records the writes the handlers hand over, a group at a time (a group
@@ -302,45 +308,34 @@ async fn commit(state: Arc<State>, mut queued: mpsc::Receiver<Write>, shutdown: 
 async fn record_group(state: &State, fold: &mut Fold, group: Vec<Write>) {
     let mut checked = Vec::with_capacity(group.len());
     for w in group {
-        let account = w.account.or_else(|| w.order.and_then(|o| fold.ledger().reservation(o)).map(|r| r.account));
-        match (w.check)(fold.ledger()) {
-            Err(refused) => {
-                let _ = w.reply.send(Err(refused));
+        let stamped = (w.check)(fold.ledger()).map(|entry| {
+            entry.map(|Entry { kind, msg_id, event }| {
+                let event = fold.stamp(event);
+                let subject = state.deps.cfg.names().ledger(kind);
+                let publish = Publish { subject, msg_id, payload: Bytes::from(event.encode_to_vec()) };
+                Stamped { event, publish }
+            })
+        });
+        checked.push((w.reply, stamped));
+    }
+    let publishes = checked.iter().filter_map(|(_, c)| Some(c.as_ref().ok()?.as_ref()?.publish.clone())).collect();
+    let mut results = state.deps.bus.publish_batch(publishes).await.into_iter();
+    for (reply, stamped) in checked {
+        let answer = match stamped {
+            Err(refused) => Err(refused),
+            Ok(None) => Ok(()),
+            Ok(Some(Stamped { event, publish })) => {
+                let stored = match results.next().expect("one result per publish") {
+                    Ok(_) => Ok(()),
+                    Err(e) => publish_until_answered(state, &publish, e).await,
+                };
+                // Checked before recording: failing now is a broken invariant.
+                stored.map(|()| {
+                    fold.apply_ledger(&event)
+                        .unwrap_or_else(|e| panic!("portfolio: recorded {} cannot be applied: {e}", publish.msg_id))
+                })
             }
-            Ok(entry) => checked.push((entry, account, w.reply)),
-        }
-    }
-    let entries: Vec<(usize, LedgerEvent, Publish)> = checked
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (entry, _, _))| {
-            let entry = entry.as_ref()?;
-            let event = fold.stamp(entry.event.clone());
-            let publish = Publish {
-                subject: state.deps.cfg.names().ledger(entry.kind),
-                msg_id: entry.msg_id.clone(),
-                payload: Bytes::from(event.encode_to_vec()),
-            };
-            Some((i, event, publish))
-        })
-        .collect();
-    let results = state.deps.bus.publish_batch(entries.iter().map(|(_, _, p)| p.clone()).collect()).await;
-    let mut outcomes: Vec<Result<(), Status>> = vec![Ok(()); checked.len()];
-    for ((i, event, publish), result) in entries.iter().zip(results) {
-        let stored = match result {
-            Ok(_) => Ok(()),
-            Err(e) => publish_until_answered(state, publish, e).await,
         };
-        match stored {
-            // Checked before recording: failing now is a broken invariant.
-            Ok(()) => fold
-                .apply_ledger(event)
-                .unwrap_or_else(|e| panic!("portfolio: recorded {} cannot be applied: {e}", publish.msg_id)),
-            Err(e) => outcomes[*i] = Err(e),
-        }
-    }
-    for ((_, account, reply), outcome) in checked.into_iter().zip(outcomes) {
-        let answer = outcome.map(|()| view(fold.ledger(), account.unwrap_or(AccountId(0))));
         let _ = reply.send(answer);
     }
 }
@@ -373,12 +368,7 @@ async fn publish_until_answered(state: &State, p: &Publish, first: BusError) -> 
 
 impl PortfolioSvc {
     /// Hands a write to the committer and waits for its answer.
-    async fn write(
-        &self,
-        account: Option<AccountId>,
-        order: Option<OrderId>,
-        check: Check,
-    ) -> Result<PortfolioView, Status> {
+    async fn write(&self, account: Option<AccountId>, order: Option<OrderId>, check: Check) -> Result<(), Status> {
         let (reply, answer) = oneshot::channel();
         let unavailable = || Status::unavailable("the portfolio is shutting down");
         self.writes.send(Write { account, order, check, reply }).await.map_err(|_| unavailable())?;
@@ -444,7 +434,8 @@ impl Portfolio for PortfolioSvc {
                 }),
             }))
         });
-        Ok(Response::new(self.write(Some(account), None, check).await?))
+        self.write(Some(account), None, check).await?;
+        Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
     }
 
     async fn reserve(&self, req: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
