@@ -16,6 +16,7 @@
 //! - [`rpc`]: the unary calls on an order's path (multiplexed in simulation).
 //! - `calls` (simulation only): the calls in flight on one simulated connection, with deadlines.
 //! - [`config`]: one deployment's configuration; [`clock`]: the one wall-clock read.
+//! - [`telemetry`]: the metrics every service records (names, the gRPC call wrapper, timed bus and kv).
 //!
 //! JetStream is the system of record; Redis holds derived state only. Every
 //! stateful service rebuilds itself from its streams on start.
@@ -32,3 +33,4 @@ pub mod proto;
 pub mod rng;
 pub mod rpc;
 pub mod services;
+pub mod telemetry;

@@ -22,6 +22,7 @@ use tonic::Code;
 use crate::agents::{Agent, Event, Intent, OpenOrder, OrderKind, Side, SymbolView, View};
 use crate::checker::{ReportKind, ToldOrder};
 use crate::client::{Client, OrderSpec};
+use crate::observe::loadgen;
 use crate::scenario::STAGES;
 
 /// Outcome counts of a run's requests.
@@ -100,6 +101,9 @@ pub struct Recorder {
     /// Real runs: the share of the machine's CPU the load generator (and the
     /// in-process platform) used over the load phase, in percent.
     pub cpu: Option<CpuShare>,
+    /// Every metric of the platform and the load generator, sampled each
+    /// second of the run (metrics.jsonl).
+    pub metrics: crate::observe::MetricsLog,
     t0: Instant,
 }
 
@@ -129,6 +133,7 @@ impl Recorder {
             errors: BTreeMap::new(),
             send_lag: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds"),
             cpu: None,
+            metrics: Default::default(),
             t0,
         }
     }
@@ -145,13 +150,16 @@ impl Recorder {
 
     fn record_ns(&mut self, stage: &'static str, ns: u64) {
         let ns = ns.max(1);
+        metrics::histogram!(loadgen::STAGE_SECONDS, "stage" => stage).record(ns as f64 / 1e9);
         self.histograms.get_mut(stage).expect("known stage").saturating_record(ns);
         let t = self.elapsed_ms();
         self.samples.get_mut(stage).expect("known stage").push((t, ns));
     }
 
     /// Counts a request that failed or timed out under its code.
-    fn error(&mut self, request: &str, status: &tonic::Status) {
+    fn error(&mut self, request: &'static str, status: &tonic::Status) {
+        let code = fafnir_platform::telemetry::code_name(status.code());
+        metrics::counter!(loadgen::ERRORS, "op" => request, "code" => code).increment(1);
         let kind = self.errors.entry(format!("{request} {:?}", status.code())).or_default();
         kind.count += 1;
         let message: String = status.message().chars().take(ErrorKind::MESSAGE_CHARS).collect();
@@ -332,6 +340,17 @@ enum Answer {
     Failed,
 }
 
+impl Answer {
+    /// As the `outcome` label of [`loadgen::REQUESTS`] names it.
+    fn label(self) -> &'static str {
+        match self {
+            Answer::Refused => "rejected",
+            Answer::TimedOut => "timed_out",
+            Answer::Failed => "failed",
+        }
+    }
+}
+
 fn answer_kind(code: Code) -> Answer {
     match code {
         Code::DeadlineExceeded => Answer::TimedOut,
@@ -402,6 +421,7 @@ fn on_report(s: &mut AgentState, r: &mut Recorder, report: &ExecutionReport) {
     match &report.kind {
         Some(execution_report::Kind::Fill(f)) => {
             r.counts.fills_reported += 1;
+            metrics::counter!(loadgen::FILLS_REPORTED).increment(1);
             r.slot().fills += 1;
             if tracked.settled_first.remove(&f.match_seq) {
                 // Settled before the owner heard of the fill: no lag to speak of.
@@ -559,6 +579,23 @@ fn borrow(e: &OwnedEvent) -> Event<'_> {
     }
 }
 
+/// A request of the load generator sent and not yet answered, counted in
+/// [`loadgen::IN_FLIGHT`] while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        metrics::gauge!(loadgen::IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(loadgen::IN_FLIGHT).decrement(1.0);
+    }
+}
+
 async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Recorder>>, intended: Instant) {
     match intent {
         Intent::Submit { tag, symbol, side, kind, price_cents, qty } => {
@@ -587,6 +624,8 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                 r.counts.submitted += 1;
                 r.slot().submitted += 1;
             }
+            metrics::counter!(loadgen::ORDERS_OFFERED).increment(1);
+            let in_flight = InFlight::new();
             let spec = OrderSpec {
                 client_order_id: coid,
                 symbol,
@@ -604,6 +643,12 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                 qty,
             };
             let result = handle.client.submit(&spec).await;
+            drop(in_flight);
+            let outcome = match &result {
+                Ok(_) => "accepted",
+                Err(status) => answer_kind(status.code()).label(),
+            };
+            metrics::counter!(loadgen::REQUESTS, "op" => "submit", "outcome" => outcome).increment(1);
             let mut r = rec.lock().expect("recorder");
             let sent = intended.saturating_duration_since(r.t0).as_millis() as u64;
             let answered = r.elapsed_ms();
@@ -649,7 +694,14 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
             let order_id = handle.state.lock().expect("agent state").order_of_tag.get(&tag).copied();
             let Some(order_id) = order_id else { return };
             rec.lock().expect("recorder").counts.cancels += 1;
+            let in_flight = InFlight::new();
             let result = handle.client.cancel(order_id).await;
+            drop(in_flight);
+            let outcome = match &result {
+                Ok(_) => "accepted",
+                Err(status) => answer_kind(status.code()).label(),
+            };
+            metrics::counter!(loadgen::REQUESTS, "op" => "cancel", "outcome" => outcome).increment(1);
             let mut r = rec.lock().expect("recorder");
             match result.map_err(|s| (answer_kind(s.code()), s)) {
                 Ok(_) => {

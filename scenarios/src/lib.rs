@@ -15,6 +15,7 @@
 //! - [`run`]: one run's outcome, summary.json and .hgrm files; `sim_run` runs it in simulation,
 //!   `real_run` against real servers.
 //! - [`progress`]: where a run is, and the progress bar's line.
+//! - [`observe`]: the metrics recorder, `/metrics`, and metrics.jsonl (a sample of every metric each second).
 //! - [`timeline`]: timeline.json, what happened when (buckets, trades, fault windows).
 //! - [`driver`]: the open-loop driver and its latency recorder.
 //! - [`capacity`]: `fafnir capacity`'s steps, figures and knee.
@@ -34,6 +35,7 @@ pub mod checker;
 pub mod client;
 pub mod driver;
 pub mod hostile_calls;
+pub mod observe;
 pub mod progress;
 #[cfg(not(madsim))]
 pub mod real;

@@ -122,6 +122,7 @@ pub async fn run(
         agents: run::agent_plan(scn, seed).len() as u64,
         nemesis: None,
     };
+    crate::observe::install_global();
     let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
     let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth));
     let result = match measured.catch_unwind().await {
@@ -301,7 +302,11 @@ async fn measure(
         r.t0_clock_ms = deps.clock.now_ms();
     }
     let ticker = progress.map(|report| tokio::spawn(tick(rec.clone(), t0, scn.duration, report)));
+    let refresh = crate::observe::Refresh::of(deps.bus.clone(), &deps.cfg.names());
+    let sampler = tokio::spawn(sample_metrics(rec.clone(), t0, refresh));
     let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0).await;
+    sampler.abort();
+    let _ = sampler.await;
     if let Some(ticker) = ticker {
         // Awaited, not only aborted: no bar is drawn once the run has returned.
         ticker.abort();
@@ -341,6 +346,20 @@ async fn load_and_quiesce(
         )));
     }
     Ok(())
+}
+
+/// Samples the process's metrics (the load generator's, and the platform's
+/// when it runs in this process) with the consumers' lag, each second since
+/// `t0`, until aborted.
+async fn sample_metrics(rec: Arc<Mutex<Recorder>>, t0: tokio::time::Instant, refresh: crate::observe::Refresh) {
+    let handle = crate::observe::install_global();
+    let mut every = tokio::time::interval_at(t0, Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let lags = refresh.consumer_lags().await;
+        rec.lock().expect("recorder").metrics.sample_if_due(&handle, t0.elapsed(), &lags);
+    }
 }
 
 /// Reports progress every [`PROGRESS_EVERY`] of wall time since `t0`, until aborted.

@@ -428,6 +428,10 @@ pub fn write_run_dir(dir: &Path, run: &RunResult) -> Result<(), String> {
     std::fs::write(dir.join("summary.json"), json + "\n").map_err(|e| format!("write summary.json: {e}"))?;
     let json = serde_json::to_string(&run.timeline).expect("timeline serializes");
     std::fs::write(dir.join("timeline.json"), json + "\n").map_err(|e| format!("write timeline.json: {e}"))?;
+    if !rec.metrics.samples.is_empty() {
+        std::fs::write(dir.join("metrics.jsonl"), rec.metrics.jsonl())
+            .map_err(|e| format!("write metrics.jsonl: {e}"))?;
+    }
     for (stage, h) in &rec.histograms {
         let path = dir.join(format!("{stage}.hgrm"));
         std::fs::write(&path, hgrm(h)).map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -650,9 +654,8 @@ async fn served_market(agent: &AgentHandle, input: &CheckInput) -> Result<BTreeM
 /// partition comes back only after the ack wait: until then, an order's
 /// record may lack the fill or close its events hold.)
 async fn consumers_behind(bus: &dyn EventBus, names: &fafnir_platform::config::Names) -> Option<String> {
-    use fafnir_platform::services::{orders, portfolio};
     let stream = names.trades_stream();
-    for durable in [portfolio::DURABLE, orders::DURABLE] {
+    for durable in fafnir_platform::services::DURABLES {
         match bus.consumer_lag(&stream, durable).await {
             Ok(lag) if lag.caught_up() => {}
             Ok(lag) => {

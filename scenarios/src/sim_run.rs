@@ -1,6 +1,7 @@
 //! `fafnir run` in the simulation: the scenario's platform as a madsim world,
 //! each agent on its own client node, the fault schedule playing from t0.
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +80,12 @@ pub fn run_with_progress(
         scn.faults.sort_by_key(|f| f.at_ms);
         options
     });
+    // This world's metrics, recorded on this thread only. Made outside the
+    // world: the recorder calibrates its clock against the machine's time.
+    let recorder = crate::observe::recorder();
+    let metrics_handle = recorder.handle();
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    crate::observe::describe();
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     let meta = run::RunMeta {
         mode: "simulation".into(),
@@ -99,8 +106,9 @@ pub fn run_with_progress(
             schedule.validate(&world.node_names()).map_err(|e| format!("fault: {e}"))?;
             let driver_node = world.client_node("driver");
             let w = world.clone();
-            let outcome =
-                driver_node.spawn(async move { drive(w, scn_, schedule, meta_, progress, measured_).await }).await;
+            let outcome = driver_node
+                .spawn(async move { drive(w, scn_, schedule, meta_, (progress, metrics_handle), measured_).await })
+                .await;
             let trace_hash = format!("{:016x}", world.trace.hash());
             // Every task of the world dropped before the runtime is (a sweep runs world after world).
             world.tear_down();
@@ -144,7 +152,7 @@ async fn drive(
     scn: Scenario,
     schedule: FaultSchedule,
     mut meta: run::RunMeta,
-    progress: Option<ProgressFn>,
+    (progress, metrics): (Option<ProgressFn>, PrometheusHandle),
     measured: Measured,
 ) -> Result<SimRun, run::Stopped> {
     let seed = meta.seed;
@@ -202,7 +210,7 @@ async fn drive(
     let w = world.clone();
     let player = tokio::spawn(async move { w.play(&schedule).await });
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ticker = tokio::spawn(tick(rec.clone(), t0, scn.duration, done.clone(), progress));
+    let ticker = tokio::spawn(tick(rec.clone(), (t0, scn.duration), done.clone(), progress, (world.clone(), metrics)));
     let mut runs = Vec::new();
     for ((handle, node), (_, p, i, agent_seed)) in agents.iter().zip(&nodes).zip(&plan) {
         let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
@@ -231,15 +239,21 @@ async fn drive(
 }
 
 /// Reports progress every [`PROGRESS_EVERY`] of simulated time until `done`.
+/// Samples the world's metrics each simulated second on the same tick
+/// (reading the recorder and the broker's state directly: no message
+/// travels, so the trace is the same whether or not anyone reads them).
 async fn tick(
     rec: Arc<Mutex<Recorder>>,
-    t0: tokio::time::Instant,
-    duration: Duration,
+    (t0, duration): (tokio::time::Instant, Duration),
     done: Arc<std::sync::atomic::AtomicBool>,
     progress: Option<ProgressFn>,
+    (world, metrics): (Arc<World>, PrometheusHandle),
 ) {
+    let consumers = crate::observe::durable_consumers(&world.cfg.names());
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::time::sleep(PROGRESS_EVERY).await;
+        let lags = world.consumer_lags(&consumers);
+        rec.lock().expect("recorder").metrics.sample_if_due(&metrics, t0.elapsed(), &lags);
         let Some(report) = &progress else { continue };
         let p = Progress::read(&rec.lock().expect("recorder"), RunClock::Simulated, t0.elapsed(), duration);
         report(&p);

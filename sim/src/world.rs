@@ -141,6 +141,8 @@ pub struct World {
     root_seed: u64,
     /// The `reply_lost` fault's switch (the broker's replies, the order path's gRPC answers).
     reply_loss: ReplyLoss,
+    /// The broker's state, for observers that must not send messages.
+    broker_disk: BrokerDisk,
 }
 
 impl World {
@@ -172,6 +174,7 @@ impl World {
             lost
         })));
         let disk = BrokerDisk::default();
+        let broker_disk = disk.clone();
         let (broker_trace, broker_loss) = (trace.clone(), reply_loss.clone());
         let node = handle
             .create_node()
@@ -227,7 +230,23 @@ impl World {
             buggify_seed,
             root_seed,
             reply_loss,
+            broker_disk,
         }
+    }
+
+    /// The lag of each durable consumer of `consumers` (stream, durable), read
+    /// off the broker's state directly: no message travels, so reading it
+    /// does not change the run. A consumer the broker does not hold is left out.
+    pub fn consumer_lags(
+        &self,
+        consumers: &[(String, String)],
+    ) -> Vec<(String, String, fafnir_platform::bus::ConsumerLag)> {
+        consumers
+            .iter()
+            .filter_map(|(stream, durable)| {
+                Some((stream.clone(), durable.clone(), self.broker_disk.consumer_lag(stream, durable)?))
+            })
+            .collect()
     }
 
     fn node(&self, name: &str) -> NodeId {

@@ -27,6 +27,7 @@ use crate::proto::auth::{LoginReply, LoginRequest, RegisterReply, RegisterReques
 use crate::proto::common::Role;
 use crate::proto::events::UserRegistered;
 use crate::services::{bus_status, decode, ensure_streams, jwt, shown, Deps, ServiceError, Shutdown};
+use crate::telemetry::{grpc_call, Rpc, RpcKind};
 
 #[derive(Clone, Debug)]
 struct User {
@@ -210,74 +211,86 @@ struct AuthSvc {
 #[tonic::async_trait]
 impl Auth for AuthSvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
-        self.state.deps.work("auth.register").await;
-        let req = req.into_inner();
-        check_lengths(&req.username, &req.password)?;
-        check_username(&req.username)?;
-        if req.password.len() < PASSWORD_BYTES_MIN {
-            return Err(Status::invalid_argument(format!(
-                "password: {PASSWORD_BYTES_MIN} to {PASSWORD_BYTES_MAX} bytes (got {})",
-                req.password.len()
-            )));
-        }
-        let role = match Role::try_from(req.role) {
-            Ok(Role::Unspecified) | Ok(Role::Trader) => Role::Trader,
-            Ok(Role::MarketMaker) => Role::MarketMaker,
-            Ok(Role::Admin) => return Err(Status::permission_denied("role: admins are not self-registered")),
-            Err(_) => return Err(Status::invalid_argument(format!("role: unknown role {}", req.role))),
-        };
-        let taken = || Status::already_exists(format!("username {} is taken", shown(&req.username)));
-        if self.state.users.lock().await.contains_key(&req.username) {
-            return Err(taken());
-        }
-        // Hashed without holding the users lock: registrations hash in parallel.
-        let cfg = &self.state.deps.cfg;
-        let (params, salt, password) = (cfg.password_hashing, new_salt(&self.state.deps), req.password.clone());
-        let hash = self.state.hashing.run(move || hash_password(params, &salt, &password)).await?;
-        let mut users = self.state.users.lock().await;
-        if users.contains_key(&req.username) {
-            return Err(taken());
-        }
-        let event = UserRegistered { username: req.username.clone(), password_hash: hash.clone(), role: role as i32 };
-        let ack = self
-            .state
-            .deps
-            .bus
-            .publish(&cfg.names().users(), &format!("user-{}", req.username), Bytes::from(event.encode_to_vec()))
-            .await
-            .map_err(bus_status)?;
-        if ack.duplicate {
-            return Err(taken());
-        }
-        users.insert(req.username, User { id: ack.seq, hash, role });
-        Ok(Response::new(RegisterReply { user_id: ack.seq }))
+        let rpc =
+            Rpc { handler: "auth.register", service: "fafnir.auth.Auth", method: "Register", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            let req = req.into_inner();
+            check_lengths(&req.username, &req.password)?;
+            check_username(&req.username)?;
+            if req.password.len() < PASSWORD_BYTES_MIN {
+                return Err(Status::invalid_argument(format!(
+                    "password: {PASSWORD_BYTES_MIN} to {PASSWORD_BYTES_MAX} bytes (got {})",
+                    req.password.len()
+                )));
+            }
+            let role = match Role::try_from(req.role) {
+                Ok(Role::Unspecified) | Ok(Role::Trader) => Role::Trader,
+                Ok(Role::MarketMaker) => Role::MarketMaker,
+                Ok(Role::Admin) => return Err(Status::permission_denied("role: admins are not self-registered")),
+                Err(_) => return Err(Status::invalid_argument(format!("role: unknown role {}", req.role))),
+            };
+            let taken = || Status::already_exists(format!("username {} is taken", shown(&req.username)));
+            if self.state.users.lock().await.contains_key(&req.username) {
+                return Err(taken());
+            }
+            // Hashed without holding the users lock: registrations hash in parallel.
+            let cfg = &self.state.deps.cfg;
+            let (params, salt, password) = (cfg.password_hashing, new_salt(&self.state.deps), req.password.clone());
+            let hash = self.state.hashing.run(move || hash_password(params, &salt, &password)).await?;
+            let mut users = self.state.users.lock().await;
+            if users.contains_key(&req.username) {
+                return Err(taken());
+            }
+            let event =
+                UserRegistered { username: req.username.clone(), password_hash: hash.clone(), role: role as i32 };
+            let ack = self
+                .state
+                .deps
+                .bus
+                .publish(&cfg.names().users(), &format!("user-{}", req.username), Bytes::from(event.encode_to_vec()))
+                .await
+                .map_err(bus_status)?;
+            if ack.duplicate {
+                return Err(taken());
+            }
+            users.insert(req.username, User { id: ack.seq, hash, role });
+            Ok(Response::new(RegisterReply { user_id: ack.seq }))
+        })
+        .await
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        self.state.deps.work("auth.login").await;
-        let req = req.into_inner();
-        check_lengths(&req.username, &req.password)?;
-        let cfg = &self.state.deps.cfg;
-        let user = self.state.users.lock().await.get(&req.username).cloned();
-        // One verification either way, so an unknown user costs what a wrong password does.
-        let hash = user.as_ref().map_or_else(|| self.state.no_user_hash.clone(), |u| u.hash.clone());
-        let (params, password) = (cfg.password_hashing, req.password);
-        let verified = self.state.hashing.run(move || verify_password(params, &hash, &password)).await?;
-        let user = match user {
-            Some(u) if verified => u,
-            _ => return Err(Status::unauthenticated("invalid username or password")),
-        };
-        let exp = self.state.deps.clock.now_ms() / 1000 + i64::try_from(cfg.jwt_ttl.as_secs()).unwrap_or(i64::MAX / 2);
-        let token = jwt::issue(&cfg.jwt_secret, &jwt::Claims { sub: user.id, role: user.role as i32, exp });
-        Ok(Response::new(LoginReply { token, user_id: user.id, role: user.role as i32 }))
+        let rpc = Rpc { handler: "auth.login", service: "fafnir.auth.Auth", method: "Login", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            let req = req.into_inner();
+            check_lengths(&req.username, &req.password)?;
+            let cfg = &self.state.deps.cfg;
+            let user = self.state.users.lock().await.get(&req.username).cloned();
+            // One verification either way, so an unknown user costs what a wrong password does.
+            let hash = user.as_ref().map_or_else(|| self.state.no_user_hash.clone(), |u| u.hash.clone());
+            let (params, password) = (cfg.password_hashing, req.password);
+            let verified = self.state.hashing.run(move || verify_password(params, &hash, &password)).await?;
+            let user = match user {
+                Some(u) if verified => u,
+                _ => return Err(Status::unauthenticated("invalid username or password")),
+            };
+            let exp =
+                self.state.deps.clock.now_ms() / 1000 + i64::try_from(cfg.jwt_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+            let token = jwt::issue(&cfg.jwt_secret, &jwt::Claims { sub: user.id, role: user.role as i32, exp });
+            Ok(Response::new(LoginReply { token, user_id: user.id, role: user.role as i32 }))
+        })
+        .await
     }
 
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
-        self.state.deps.work("auth.verify").await;
-        let cfg = &self.state.deps.cfg;
-        let claims = jwt::verify(&cfg.jwt_secret, &req.into_inner().token, self.state.deps.clock.now_ms() / 1000)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        Ok(Response::new(VerifyReply { user_id: claims.sub, role: claims.role }))
+        let rpc = Rpc { handler: "auth.verify", service: "fafnir.auth.Auth", method: "Verify", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            let cfg = &self.state.deps.cfg;
+            let claims = jwt::verify(&cfg.jwt_secret, &req.into_inner().token, self.state.deps.clock.now_ms() / 1000)
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            Ok(Response::new(VerifyReply { user_id: claims.sub, role: claims.role }))
+        })
+        .await
     }
 }
 

@@ -31,6 +31,7 @@ use crate::proto::orders::orders_client::OrdersClient;
 use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::{auth, market, orders, portfolio};
 use crate::services::{auth as auth_svc, channel, jwt, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
+use crate::telemetry::{self, grpc_call, Rpc, RpcKind};
 
 mod buckets;
 mod window;
@@ -331,6 +332,7 @@ impl GatewaySvc {
         if self.state.buckets.lock().expect("buckets lock").take(user, Instant::now()) {
             return Ok(());
         }
+        metrics::counter!(telemetry::GATEWAY_REFUSALS, "reason" => "rate_limit").increment(1);
         let limit = self.state.deps.cfg.rate_limit;
         Err(Status::resource_exhausted(format!("rate limit: {} requests per second", limit.per_second)))
     }
@@ -342,6 +344,7 @@ impl GatewaySvc {
         // Without an address (never over TCP) every such caller shares one bucket.
         let peer = req.remote_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         if !self.state.peers.lock().expect("peers lock").take(peer, Instant::now()) {
+            metrics::counter!(telemetry::GATEWAY_REFUSALS, "reason" => "rate_limit").increment(1);
             let limit = self.state.deps.cfg.peer_rate_limit;
             return Err(Status::resource_exhausted(format!(
                 "rate limit: {} Register or Login calls per second from one address",
@@ -366,137 +369,247 @@ impl GatewaySvc {
     }
 }
 
+/// One order taken by the gateway and not yet answered: counted in
+/// [`telemetry::GATEWAY_ORDERS_IN_FLIGHT`] while it is held.
+struct InFlight(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl InFlight {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> InFlight {
+        metrics::gauge!(telemetry::GATEWAY_ORDERS_IN_FLIGHT).increment(1.0);
+        InFlight(permit)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::GATEWAY_ORDERS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
 #[tonic::async_trait]
 impl Gateway for GatewaySvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
-        self.state.deps.work("gateway.register").await;
-        self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
-        let r = req.into_inner();
-        let reply = self
-            .state
-            .auth
-            .clone()
-            .register(auth::RegisterRequest { username: r.username, password: r.password, role: r.role })
-            .await?
-            .into_inner();
-        Ok(Response::new(RegisterReply { user_id: reply.user_id }))
+        let rpc = Rpc {
+            handler: "gateway.register",
+            service: "fafnir.gateway.Gateway",
+            method: "Register",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
+            let r = req.into_inner();
+            let reply = self
+                .state
+                .auth
+                .clone()
+                .register(auth::RegisterRequest { username: r.username, password: r.password, role: r.role })
+                .await?
+                .into_inner();
+            Ok(Response::new(RegisterReply { user_id: reply.user_id }))
+        })
+        .await
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        self.state.deps.work("gateway.login").await;
-        self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
-        let r = req.into_inner();
-        let reply = self
-            .state
-            .auth
-            .clone()
-            .login(auth::LoginRequest { username: r.username, password: r.password })
-            .await?
-            .into_inner();
-        Ok(Response::new(LoginReply { token: reply.token, user_id: reply.user_id }))
+        let rpc =
+            Rpc { handler: "gateway.login", service: "fafnir.gateway.Gateway", method: "Login", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
+            let r = req.into_inner();
+            let reply = self
+                .state
+                .auth
+                .clone()
+                .login(auth::LoginRequest { username: r.username, password: r.password })
+                .await?
+                .into_inner();
+            Ok(Response::new(LoginReply { token: reply.token, user_id: reply.user_id }))
+        })
+        .await
     }
 
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
-        self.state.deps.work("gateway.deposit").await;
-        let user = self.caller(&req)?;
-        let r = req.into_inner();
-        bounded("request_id", &r.request_id, CLIENT_ID_BYTES_MAX)?;
-        bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
-        let call = portfolio::DepositRequest {
-            account_id: user.0,
-            cents: r.cents,
-            request_id: r.request_id,
-            symbol: r.symbol,
-            qty: r.qty,
+        let rpc = Rpc {
+            handler: "gateway.deposit",
+            service: "fafnir.gateway.Gateway",
+            method: "Deposit",
+            kind: RpcKind::Unary,
         };
-        self.state.portfolio.clone().deposit(call).await
+        grpc_call(&self.state.deps, rpc, async move {
+            let user = self.caller(&req)?;
+            let r = req.into_inner();
+            bounded("request_id", &r.request_id, CLIENT_ID_BYTES_MAX)?;
+            bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
+            let call = portfolio::DepositRequest {
+                account_id: user.0,
+                cents: r.cents,
+                request_id: r.request_id,
+                symbol: r.symbol,
+                qty: r.qty,
+            };
+            self.state.portfolio.clone().deposit(call).await
+        })
+        .await
     }
 
     async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<Order>, Status> {
-        self.state.deps.work("gateway.submit_order").await;
-        let user = self.caller(&req)?;
-        let r = req.into_inner();
-        bounded("client_order_id", &r.client_order_id, CLIENT_ID_BYTES_MAX)?;
-        bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
-        // Held until the order is answered; none left: the platform is
-        // answering as many orders as it may, and this one is not taken.
-        let _taken = self.state.orders_in_flight.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "overloaded: {} orders in flight at the gateway; this order was not taken (send it again later)",
-                self.state.deps.cfg.max_orders_in_flight
-            ))
-        })?;
-        let call = orders::SubmitRequest {
-            user_id: user.0,
-            client_order_id: r.client_order_id,
-            symbol: r.symbol,
-            side: r.side,
-            order_type: r.order_type,
-            price_cents: r.price_cents,
-            qty: r.qty,
+        let rpc = Rpc {
+            handler: "gateway.submit_order",
+            service: "fafnir.gateway.Gateway",
+            method: "SubmitOrder",
+            kind: RpcKind::Unary,
         };
-        crate::unary!(self.state.orders_mux, self.state.orders, submit, "/fafnir.orders.Orders/Submit", call)
+        let answered = grpc_call(&self.state.deps, rpc, async move {
+            let user = self.caller(&req)?;
+            let r = req.into_inner();
+            bounded("client_order_id", &r.client_order_id, CLIENT_ID_BYTES_MAX)?;
+            bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
+            // Held until the order is answered; none left: the platform is
+            // answering as many orders as it may, and this one is not taken.
+            let _taken = self.state.orders_in_flight.clone().try_acquire_owned().map(InFlight::new).map_err(|_| {
+                metrics::counter!(telemetry::GATEWAY_REFUSALS, "reason" => "overload").increment(1);
+                Status::resource_exhausted(format!(
+                    "overloaded: {} orders in flight at the gateway; this order was not taken (send it again later)",
+                    self.state.deps.cfg.max_orders_in_flight
+                ))
+            })?;
+            let call = orders::SubmitRequest {
+                user_id: user.0,
+                client_order_id: r.client_order_id,
+                symbol: r.symbol,
+                side: r.side,
+                order_type: r.order_type,
+                price_cents: r.price_cents,
+                qty: r.qty,
+            };
+            crate::unary!(self.state.orders_mux, self.state.orders, submit, "/fafnir.orders.Orders/Submit", call)
+        })
+        .await;
+        if let Err(refused) = &answered {
+            metrics::counter!(telemetry::ORDERS_REJECTED, "reason" => telemetry::reject_reason(refused)).increment(1);
+        }
+        answered
     }
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<Order>, Status> {
-        self.state.deps.work("gateway.cancel_order").await;
-        let user = self.caller(&req)?;
-        let order_id = req.into_inner().order_id;
-        let call = orders::CancelRequest { user_id: user.0, order_id };
-        crate::unary!(self.state.orders_mux, self.state.orders, cancel, "/fafnir.orders.Orders/Cancel", call)
+        let rpc = Rpc {
+            handler: "gateway.cancel_order",
+            service: "fafnir.gateway.Gateway",
+            method: "CancelOrder",
+            kind: RpcKind::Unary,
+        };
+        let answered = grpc_call(&self.state.deps, rpc, async move {
+            let user = self.caller(&req)?;
+            let order_id = req.into_inner().order_id;
+            let call = orders::CancelRequest { user_id: user.0, order_id };
+            crate::unary!(self.state.orders_mux, self.state.orders, cancel, "/fafnir.orders.Orders/Cancel", call)
+        })
+        .await;
+        let outcome = if answered.is_ok() { "accepted" } else { "refused" };
+        metrics::counter!(telemetry::CANCELS, "outcome" => outcome).increment(1);
+        answered
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
-        self.state.deps.work("gateway.get_order").await;
-        let user = self.caller(&req)?;
-        let order_id = req.into_inner().order_id;
-        self.state.orders.clone().get(orders::GetRequest { user_id: user.0, order_id }).await
+        let rpc = Rpc {
+            handler: "gateway.get_order",
+            service: "fafnir.gateway.Gateway",
+            method: "GetOrder",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            let user = self.caller(&req)?;
+            let order_id = req.into_inner().order_id;
+            self.state.orders.clone().get(orders::GetRequest { user_id: user.0, order_id }).await
+        })
+        .await
     }
 
     async fn list_orders(&self, req: Request<ListOrdersRequest>) -> Result<Response<ListOrdersReply>, Status> {
-        self.state.deps.work("gateway.list_orders").await;
-        let user = self.caller(&req)?;
-        let reply = self.state.orders.clone().list(orders::ListRequest { user_id: user.0 }).await?.into_inner();
-        Ok(Response::new(ListOrdersReply { orders: reply.orders }))
+        let rpc = Rpc {
+            handler: "gateway.list_orders",
+            service: "fafnir.gateway.Gateway",
+            method: "ListOrders",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            let user = self.caller(&req)?;
+            let reply = self.state.orders.clone().list(orders::ListRequest { user_id: user.0 }).await?.into_inner();
+            Ok(Response::new(ListOrdersReply { orders: reply.orders }))
+        })
+        .await
     }
 
     async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
-        self.state.deps.work("gateway.get_portfolio").await;
-        let user = self.caller(&req)?;
-        self.state.portfolio.clone().get_portfolio(portfolio::GetPortfolioRequest { account_id: user.0 }).await
+        let rpc = Rpc {
+            handler: "gateway.get_portfolio",
+            service: "fafnir.gateway.Gateway",
+            method: "GetPortfolio",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            let user = self.caller(&req)?;
+            self.state.portfolio.clone().get_portfolio(portfolio::GetPortfolioRequest { account_id: user.0 }).await
+        })
+        .await
     }
 
     async fn list_instruments(
         &self,
         req: Request<ListInstrumentsRequest>,
     ) -> Result<Response<ListInstrumentsReply>, Status> {
-        self.state.deps.work("gateway.list_instruments").await;
-        self.caller(&req)?;
-        let reply = self.state.market.clone().list_instruments(market::ListInstrumentsRequest {}).await?.into_inner();
-        Ok(Response::new(ListInstrumentsReply { instruments: reply.instruments }))
+        let rpc = Rpc {
+            handler: "gateway.list_instruments",
+            service: "fafnir.gateway.Gateway",
+            method: "ListInstruments",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            self.caller(&req)?;
+            let reply =
+                self.state.market.clone().list_instruments(market::ListInstrumentsRequest {}).await?.into_inner();
+            Ok(Response::new(ListInstrumentsReply { instruments: reply.instruments }))
+        })
+        .await
     }
 
     async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
-        self.state.deps.work("gateway.get_quote").await;
-        self.caller(&req)?;
-        let symbol = req.into_inner().symbol;
-        bounded("symbol", &symbol, SYMBOL_BYTES_MAX)?;
-        self.state.market.clone().get_quote(market::GetQuoteRequest { symbol }).await
+        let rpc = Rpc {
+            handler: "gateway.get_quote",
+            service: "fafnir.gateway.Gateway",
+            method: "GetQuote",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            self.caller(&req)?;
+            let symbol = req.into_inner().symbol;
+            bounded("symbol", &symbol, SYMBOL_BYTES_MAX)?;
+            self.state.market.clone().get_quote(market::GetQuoteRequest { symbol }).await
+        })
+        .await
     }
 
     async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
-        self.state.deps.work("gateway.get_candles").await;
-        self.caller(&req)?;
-        let r = req.into_inner();
-        bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
-        let reply = self
-            .state
-            .market
-            .clone()
-            .get_candles(market::GetCandlesRequest { symbol: r.symbol, limit: r.limit })
-            .await?
-            .into_inner();
-        Ok(Response::new(GetCandlesReply { candles: reply.candles }))
+        let rpc = Rpc {
+            handler: "gateway.get_candles",
+            service: "fafnir.gateway.Gateway",
+            method: "GetCandles",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            self.caller(&req)?;
+            let r = req.into_inner();
+            bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
+            let reply = self
+                .state
+                .market
+                .clone()
+                .get_candles(market::GetCandlesRequest { symbol: r.symbol, limit: r.limit })
+                .await?
+                .into_inner();
+            Ok(Response::new(GetCandlesReply { candles: reply.candles }))
+        })
+        .await
     }
 
     type StreamExecutionsStream = BoxStream<ExecutionReport>;
@@ -505,26 +618,36 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<StreamExecutionsRequest>,
     ) -> Result<Response<Self::StreamExecutionsStream>, Status> {
-        self.state.deps.work("gateway.stream_executions").await;
-        let user = self.caller(&req)?;
-        let after = req.into_inner().after_cursor;
-        // Subscribed, the cursor read and the missed reports taken together:
-        // live reports are exactly those after the cursor.
-        let (rx, cursor, missed) = {
-            let mut subs = self.state.executions.lock().expect("subscribers lock");
-            let window = self.state.window.lock().expect("window lock");
-            let cursor = window.cursor();
-            let missed = match after {
-                Some(after) if after < cursor => window.after(user.0, after)?,
-                _ => Vec::new(),
-            };
-            let (tx, rx) = mpsc::channel(4096);
-            subs.insert(self.next_subscriber(), (Filter::Account(user.0), tx));
-            (rx, cursor, missed)
+        let rpc = Rpc {
+            handler: "gateway.stream_executions",
+            service: "fafnir.gateway.Gateway",
+            method: "StreamExecutions",
+            kind: RpcKind::ServerStream,
         };
-        let opening = ExecutionReport { cursor: after.unwrap_or(0).max(cursor), ..ExecutionReport::default() };
-        let first = std::iter::once(opening).chain(missed).map(Ok).collect::<Vec<_>>();
-        Ok(Response::new(Box::pin(futures::stream::iter(first).chain(receiver_stream(rx)))))
+        grpc_call(&self.state.deps, rpc, async move {
+            let user = self.caller(&req)?;
+            let after = req.into_inner().after_cursor;
+            // Subscribed, the cursor read and the missed reports taken together:
+            // live reports are exactly those after the cursor.
+            let (rx, cursor, missed) = {
+                let mut subs = self.state.executions.lock().expect("subscribers lock");
+                let window = self.state.window.lock().expect("window lock");
+                let cursor = window.cursor();
+                let missed = match after {
+                    Some(after) if after < cursor => window.after(user.0, after)?,
+                    _ => Vec::new(),
+                };
+                let (tx, rx) = mpsc::channel(4096);
+                subs.insert(self.next_subscriber(), (Filter::Account(user.0), tx));
+                (rx, cursor, missed)
+            };
+            let opening = ExecutionReport { cursor: after.unwrap_or(0).max(cursor), ..ExecutionReport::default() };
+            let first = std::iter::once(opening).chain(missed).map(Ok).collect::<Vec<_>>();
+            let stream: Self::StreamExecutionsStream =
+                Box::pin(futures::stream::iter(first).chain(receiver_stream(rx)));
+            Ok(Response::new(stream))
+        })
+        .await
     }
 
     type StreamMarketDataStream = BoxStream<MarketDataUpdate>;
@@ -533,20 +656,28 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<StreamMarketDataRequest>,
     ) -> Result<Response<Self::StreamMarketDataStream>, Status> {
-        self.state.deps.work("gateway.stream_market_data").await;
-        self.caller(&req)?;
-        let symbols = req.into_inner().symbols;
-        // Every symbol once at most (a repeat changes nothing): as many as there are instruments.
-        let most = self.state.deps.cfg.instruments.len();
-        if symbols.len() > most {
-            return Err(Status::invalid_argument(format!("symbols: at most {most} (got {})", symbols.len())));
-        }
-        for s in &symbols {
-            if self.state.deps.cfg.instrument(s).is_none() {
-                return Err(Status::invalid_argument(format!("symbols: unknown symbol {}", shown(s))));
+        let rpc = Rpc {
+            handler: "gateway.stream_market_data",
+            service: "fafnir.gateway.Gateway",
+            method: "StreamMarketData",
+            kind: RpcKind::ServerStream,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            self.caller(&req)?;
+            let symbols = req.into_inner().symbols;
+            // Every symbol once at most (a repeat changes nothing): as many as there are instruments.
+            let most = self.state.deps.cfg.instruments.len();
+            if symbols.len() > most {
+                return Err(Status::invalid_argument(format!("symbols: at most {most} (got {})", symbols.len())));
             }
-        }
-        let rx = self.subscribe(&self.state.market_data, Filter::Symbols(symbols));
-        Ok(Response::new(receiver_stream(rx)))
+            for s in &symbols {
+                if self.state.deps.cfg.instrument(s).is_none() {
+                    return Err(Status::invalid_argument(format!("symbols: unknown symbol {}", shown(s))));
+                }
+            }
+            let rx = self.subscribe(&self.state.market_data, Filter::Symbols(symbols));
+            Ok(Response::new(receiver_stream(rx)))
+        })
+        .await
     }
 }

@@ -28,6 +28,7 @@ use crate::proto::market::{
     GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest,
 };
 use crate::services::{decode, ensure_streams, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
+use crate::telemetry::{grpc_call, Rpc, RpcKind};
 
 const CANDLE_MS: i64 = 60_000;
 
@@ -370,69 +371,93 @@ impl Market for MarketSvc {
         &self,
         _: Request<ListInstrumentsRequest>,
     ) -> Result<Response<ListInstrumentsReply>, Status> {
-        self.deps.work("market.list_instruments").await;
-        let instruments = self
-            .deps
-            .cfg
-            .instruments
-            .iter()
-            .map(|i| common::Instrument {
-                symbol: i.symbol.clone(),
-                tick_cents: i.tick_cents,
-                lot_shares: i.lot_shares,
-                min_price_cents: i.min_price_ticks * i.tick_cents,
-                max_price_cents: i.max_price_ticks * i.tick_cents,
-            })
-            .collect();
-        Ok(Response::new(ListInstrumentsReply { instruments }))
+        let rpc = Rpc {
+            handler: "market.list_instruments",
+            service: "fafnir.market.Market",
+            method: "ListInstruments",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.deps, rpc, async move {
+            let instruments = self
+                .deps
+                .cfg
+                .instruments
+                .iter()
+                .map(|i| common::Instrument {
+                    symbol: i.symbol.clone(),
+                    tick_cents: i.tick_cents,
+                    lot_shares: i.lot_shares,
+                    min_price_cents: i.min_price_ticks * i.tick_cents,
+                    max_price_cents: i.max_price_ticks * i.tick_cents,
+                })
+                .collect();
+            Ok(Response::new(ListInstrumentsReply { instruments }))
+        })
+        .await
     }
 
     async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
-        self.deps.work("market.get_quote").await;
-        let symbol = req.into_inner().symbol;
-        let tick = self.instrument(&symbol)?.tick_cents;
-        // Redis holds what this service wrote; read defensively all the same.
-        let key = self.deps.cfg.names().key(&format!("market:quote:{symbol}"));
-        let q = self.deps.kv.hgetall(&key).await.map_err(kv_status)?;
-        let get = |f: &str| field_i64(q.get(f));
-        Ok(Response::new(Quote {
-            symbol,
-            last_price_cents: get("last_ticks").saturating_mul(tick),
-            last_qty: get("last_qty"),
-            bid_cents: get("bid_ticks").saturating_mul(tick),
-            bid_qty: get("bid_qty"),
-            ask_cents: get("ask_ticks").saturating_mul(tick),
-            ask_qty: get("ask_qty"),
-            trades: u64::try_from(get("trades")).unwrap_or(0),
-            volume: get("volume"),
-            match_seq: u64::try_from(get("match_seq")).unwrap_or(0),
-            book_seq: u64::try_from(get("book_seq")).unwrap_or(0),
-        }))
+        let rpc = Rpc {
+            handler: "market.get_quote",
+            service: "fafnir.market.Market",
+            method: "GetQuote",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.deps, rpc, async move {
+            let symbol = req.into_inner().symbol;
+            let tick = self.instrument(&symbol)?.tick_cents;
+            // Redis holds what this service wrote; read defensively all the same.
+            let key = self.deps.cfg.names().key(&format!("market:quote:{symbol}"));
+            let q = self.deps.kv.hgetall(&key).await.map_err(kv_status)?;
+            let get = |f: &str| field_i64(q.get(f));
+            Ok(Response::new(Quote {
+                symbol,
+                last_price_cents: get("last_ticks").saturating_mul(tick),
+                last_qty: get("last_qty"),
+                bid_cents: get("bid_ticks").saturating_mul(tick),
+                bid_qty: get("bid_qty"),
+                ask_cents: get("ask_ticks").saturating_mul(tick),
+                ask_qty: get("ask_qty"),
+                trades: u64::try_from(get("trades")).unwrap_or(0),
+                volume: get("volume"),
+                match_seq: u64::try_from(get("match_seq")).unwrap_or(0),
+                book_seq: u64::try_from(get("book_seq")).unwrap_or(0),
+            }))
+        })
+        .await
     }
 
     async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
-        self.deps.work("market.get_candles").await;
-        let req = req.into_inner();
-        let tick = self.instrument(&req.symbol)?.tick_cents;
-        let key = self.deps.cfg.names().key(&format!("market:candles:{}", req.symbol));
-        let all = self.deps.kv.hgetall(&key).await.map_err(kv_status)?;
-        let mut candles: Vec<Candle> = all
-            .iter()
-            .filter_map(|(start, v)| {
-                let c: Vec<i64> = std::str::from_utf8(v).ok()?.split(',').filter_map(|x| x.parse().ok()).collect();
-                (c.len() == 6).then(|| Candle {
-                    start_ms: start.parse().unwrap_or(0),
-                    open_cents: c[0].saturating_mul(tick),
-                    high_cents: c[1].saturating_mul(tick),
-                    low_cents: c[2].saturating_mul(tick),
-                    close_cents: c[3].saturating_mul(tick),
-                    volume: c[4],
+        let rpc = Rpc {
+            handler: "market.get_candles",
+            service: "fafnir.market.Market",
+            method: "GetCandles",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.deps, rpc, async move {
+            let req = req.into_inner();
+            let tick = self.instrument(&req.symbol)?.tick_cents;
+            let key = self.deps.cfg.names().key(&format!("market:candles:{}", req.symbol));
+            let all = self.deps.kv.hgetall(&key).await.map_err(kv_status)?;
+            let mut candles: Vec<Candle> = all
+                .iter()
+                .filter_map(|(start, v)| {
+                    let c: Vec<i64> = std::str::from_utf8(v).ok()?.split(',').filter_map(|x| x.parse().ok()).collect();
+                    (c.len() == 6).then(|| Candle {
+                        start_ms: start.parse().unwrap_or(0),
+                        open_cents: c[0].saturating_mul(tick),
+                        high_cents: c[1].saturating_mul(tick),
+                        low_cents: c[2].saturating_mul(tick),
+                        close_cents: c[3].saturating_mul(tick),
+                        volume: c[4],
+                    })
                 })
-            })
-            .collect();
-        if req.limit > 0 && candles.len() > req.limit as usize {
-            candles.drain(..candles.len() - req.limit as usize);
-        }
-        Ok(Response::new(GetCandlesReply { candles }))
+                .collect();
+            if req.limit > 0 && candles.len() > req.limit as usize {
+                candles.drain(..candles.len() - req.limit as usize);
+            }
+            Ok(Response::new(GetCandlesReply { candles }))
+        })
+        .await
     }
 }

@@ -25,6 +25,9 @@ pub mod market;
 pub mod orders;
 pub mod portfolio;
 
+/// The durable consumers of the TRADES stream (orders', portfolio's).
+pub const DURABLES: [&str; 2] = [portfolio::DURABLE, orders::DURABLE];
+
 /// What every service is handed: its configuration, its I/O, and (in
 /// simulation) the model of its processing time.
 #[derive(Clone)]
@@ -58,6 +61,9 @@ impl Deps {
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
     ) -> Deps {
+        // Every publish and Redis command is timed (see `telemetry`).
+        let bus: Arc<dyn EventBus> = Arc::new(crate::telemetry::TimedBus(bus));
+        let kv: Arc<dyn Kv> = Arc::new(crate::telemetry::TimedKv(kv));
         Deps { cfg, bus, kv, clock, entropy, service_time: None }
     }
 

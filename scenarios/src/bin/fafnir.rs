@@ -245,6 +245,11 @@ struct Common {
     /// rather than queued (default: 64).
     #[arg(long, env = "FAFNIR_MAX_ORDERS_IN_FLIGHT")]
     max_orders_in_flight: Option<usize>,
+    /// Where to serve Prometheus metrics (GET /metrics): HOST:PORT, or
+    /// "off". Default: the service's port + 1000 (`fafnir up`: --base-port
+    /// + 1000, all services on one endpoint), on --host.
+    #[arg(long, env = "FAFNIR_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -323,6 +328,11 @@ struct RealTarget {
     /// Real build only, with --gateway: the running platform's namespace.
     #[arg(long, env = "FAFNIR_NAMESPACE")]
     namespace: Option<String>,
+    /// Real build only: serve the load generator's metrics (and the
+    /// in-process platform's) on HOST:PORT (GET /metrics) while it runs.
+    /// In simulation every run writes them to metrics.jsonl instead.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why `fafnir` failed, and so its exit code.
@@ -377,7 +387,35 @@ mod real_main {
         all
     }
 
+    /// Where --metrics-addr says to serve metrics (None: off); `port` by default.
+    fn metrics_addr(c: &Common, port: u16) -> Result<Option<std::net::SocketAddr>, String> {
+        match c.metrics_addr.as_deref() {
+            Some("off") => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("--metrics-addr {text:?}: expected HOST:PORT with an IP address host, or off")),
+            None => Ok(Some(std::net::SocketAddr::new(c.host, port.checked_add(1000).ok_or("--base-port too high")?))),
+        }
+    }
+
+    /// Serves the process's metrics at `addr`, the lag of `durables` read at each scrape.
+    async fn serve_metrics(
+        addr: Option<std::net::SocketAddr>,
+        deps: &fafnir_platform::services::Deps,
+        durables: &[&str],
+    ) -> Result<(), String> {
+        let handle = fafnir_scenarios::observe::install_global();
+        let Some(addr) = addr else { return Ok(()) };
+        let mut refresh = fafnir_scenarios::observe::Refresh::of(deps.bus.clone(), &deps.cfg.names());
+        refresh.consumers.retain(|(_, d)| durables.contains(&d.as_str()));
+        fafnir_scenarios::observe::serve(addr, handle, Some(refresh)).await?;
+        println!("  metrics   http://{addr}/metrics");
+        Ok(())
+    }
+
     pub async fn up(c: Common) -> Result<(), String> {
+        let metrics = metrics_addr(&c, c.base_port)?;
         let (deps, _) = fafnir_scenarios::real::connect(config(&c)?).await?;
         fafnir_scenarios::real::check_can_listen(&listen_addrs(&deps.cfg))?;
         let mut services = launch::spawn_all(&deps);
@@ -392,6 +430,7 @@ mod real_main {
         for (i, e) in a.engines.iter().enumerate() {
             println!("  engine-{i}  {e}  symbols {:?}", deps.cfg.engine_shards[i]);
         }
+        serve_metrics(metrics, &deps, &fafnir_platform::services::DURABLES).await?;
         println!("Ctrl-C stops it.");
         loop {
             tokio::select! {
@@ -427,8 +466,15 @@ mod real_main {
         let Some(addr) = listen_addrs(&cfg).into_iter().find(|(n, _)| *n == name) else {
             return Err(format!("engine shard {shard} does not exist: there are {}", cfg.engine_shards.len()));
         };
+        let metrics = metrics_addr(&c, addr.1.port())?;
         let (deps, _) = fafnir_scenarios::real::connect(cfg).await?;
         fafnir_scenarios::real::check_can_listen(&[addr])?;
+        let durables: &[&str] = match kind {
+            ServiceKind::Orders => &[fafnir_platform::services::orders::DURABLE],
+            ServiceKind::Portfolio => &[fafnir_platform::services::portfolio::DURABLE],
+            _ => &[],
+        };
+        serve_metrics(metrics, &deps, durables).await?;
         let shutdown = shutdown_on(async {
             let _ = tokio::signal::ctrl_c().await;
         });
@@ -541,6 +587,11 @@ fn run_scenario(
         .enable_all()
         .build()
         .map_err(|e| RunError::Failed(e.to_string()))?;
+    if let Some(addr) = real.metrics_addr {
+        let handle = fafnir_scenarios::observe::install_global();
+        rt.block_on(fafnir_scenarios::observe::serve(addr, handle, None)).map_err(RunError::Failed)?;
+        println!("metrics: http://{addr}/metrics");
+    }
     let bar = progress_bar();
     let result =
         rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone(), bar.clone()));
@@ -811,6 +862,7 @@ fn capacity_command(
                     return Err(ExitCode::from(2));
                 }
             };
+            metrics::gauge!(fafnir_scenarios::observe::loadgen::TARGET_RATE).set(rate as f64);
             let r = match step_runner.run(&scaled, config_hash.clone(), rerun.clone()) {
                 Ok(r) => r,
                 Err(e) => {
@@ -925,6 +977,11 @@ struct StepRunner {
 impl StepRunner {
     fn new(real: RealTarget) -> Result<StepRunner, String> {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+        if let Some(addr) = real.metrics_addr {
+            let handle = fafnir_scenarios::observe::install_global();
+            rt.block_on(fafnir_scenarios::observe::serve(addr, handle, None))?;
+            println!("metrics: http://{addr}/metrics");
+        }
         Ok(StepRunner { real, rt })
     }
 

@@ -85,6 +85,13 @@ impl BrokerDisk {
     pub fn save_all(&self) {
         self.store.lock().expect("broker disk lock").save_all();
     }
+
+    /// A durable consumer's lag as the broker holds it now, read directly
+    /// (no message travels: an observer outside the world, such as the
+    /// metrics sampler, reads it without changing the run).
+    pub fn consumer_lag(&self, stream: &str, durable: &str) -> Option<fafnir_platform::bus::ConsumerLag> {
+        self.store.lock().expect("broker disk lock").consumer_lag(stream, durable).ok()
+    }
 }
 
 /// Now, on the simulated clock.

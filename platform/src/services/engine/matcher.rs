@@ -36,6 +36,11 @@ impl Matcher {
         }
     }
 
+    /// Orders resting in the book.
+    pub fn resting_count(&self) -> usize {
+        self.book.resting_count()
+    }
+
     /// Applies the ORDERS message at `seq`. Inputs must come in stream order.
     pub fn apply(&mut self, seq: u64, input: &OrderEvent) -> Outputs {
         assert!(seq > self.last_input_seq, "{}: input {seq} after {}", self.symbol, self.last_input_seq);

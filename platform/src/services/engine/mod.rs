@@ -25,8 +25,9 @@ use tonic::{Request, Response, Status};
 use crate::bus::{read_to_end, Publish};
 use crate::proto::engine::engine_server::{Engine, EngineServer};
 use crate::proto::engine::{BookView, GetBookRequest, Level};
-use crate::proto::events::{EngineEvent, MarketData, OrderEvent};
+use crate::proto::events::{engine_event, EngineEvent, MarketData, OrderEvent};
 use crate::services::{decode, ensure_streams, publish_until_stored, Deps, ServiceError, Shutdown, TaskGroup};
+use crate::telemetry::{self, grpc_call, Rpc, RpcKind};
 
 pub use matcher::Matcher;
 
@@ -252,6 +253,7 @@ async fn run_symbol(
             }
         };
         let Some(last_seq) = msgs.last().map(|m| m.seq) else { continue };
+        metrics::counter!(telemetry::ENGINE_INPUTS, "symbol" => symbol.clone()).increment(msgs.len() as u64);
         let mut outputs = Vec::new();
         for m in msgs {
             let input: OrderEvent = decode(&orders, m.seq, &m.payload)
@@ -261,11 +263,27 @@ async fn run_symbol(
                 let mut books = books.lock().expect("books lock");
                 books.get_mut(&symbol).expect("own symbol").apply(m.seq, &input)
             };
+            record_fills(&deps, &symbol, &out.events);
             outputs.extend(out.events.into_iter().map(Output::Event));
             outputs.push(Output::MarketData(out.market_data));
         }
+        let resting = books.lock().expect("books lock").get(&symbol).expect("own symbol").resting_count();
+        metrics::gauge!(telemetry::BOOK_DEPTH_ORDERS, "symbol" => symbol.clone()).set(resting as f64);
         md_behind |= !publish_outputs(&deps, outputs).await;
         next_seq = last_seq + 1;
+    }
+}
+
+/// Counts the fills among one input's events, and their notional in cents.
+fn record_fills(deps: &Deps, symbol: &str, events: &[EngineEvent]) {
+    let tick_cents = deps.cfg.instrument(symbol).map_or(0, |i| i.tick_cents);
+    for e in events {
+        if let Some(engine_event::Kind::Fill(f)) = &e.kind {
+            metrics::counter!(telemetry::FILLS, "symbol" => symbol.to_string()).increment(1);
+            // Saturating: a metric, never a balance; the ledger checks the real sums.
+            let cents = f.price_ticks.saturating_mul(tick_cents).saturating_mul(f.qty).max(0);
+            metrics::counter!(telemetry::FILL_NOTIONAL_CENTS, "symbol" => symbol.to_string()).increment(cents as u64);
+        }
     }
 }
 
@@ -277,25 +295,33 @@ struct EngineSvc {
 #[tonic::async_trait]
 impl Engine for EngineSvc {
     async fn get_book(&self, req: Request<GetBookRequest>) -> Result<Response<BookView>, Status> {
-        self.deps.work("engine.get_book").await;
-        let req = req.into_inner();
-        let books = self.books.lock().expect("books lock");
-        let m = books
-            .get(&req.symbol)
-            .ok_or_else(|| Status::not_found(format!("symbol {} is not on this engine shard", req.symbol)))?;
-        let depth = if req.depth == 0 { 10 } else { req.depth as usize };
-        let (bids, asks) = m.book.depth(depth);
-        let level = |(p, q, n): (crate::domain::PriceTicks, crate::domain::Shares, u32)| Level {
-            price_ticks: p.0,
-            qty: q.0,
-            orders: n,
+        let rpc = Rpc {
+            handler: "engine.get_book",
+            service: "fafnir.engine.Engine",
+            method: "GetBook",
+            kind: RpcKind::Unary,
         };
-        Ok(Response::new(BookView {
-            symbol: req.symbol,
-            bids: bids.into_iter().map(level).collect(),
-            asks: asks.into_iter().map(level).collect(),
-            last_match_seq: m.book.last_match_seq(),
-            last_input_seq: m.last_input_seq,
-        }))
+        grpc_call(&self.deps, rpc, async move {
+            let req = req.into_inner();
+            let books = self.books.lock().expect("books lock");
+            let m = books
+                .get(&req.symbol)
+                .ok_or_else(|| Status::not_found(format!("symbol {} is not on this engine shard", req.symbol)))?;
+            let depth = if req.depth == 0 { 10 } else { req.depth as usize };
+            let (bids, asks) = m.book.depth(depth);
+            let level = |(p, q, n): (crate::domain::PriceTicks, crate::domain::Shares, u32)| Level {
+                price_ticks: p.0,
+                qty: q.0,
+                orders: n,
+            };
+            Ok(Response::new(BookView {
+                symbol: req.symbol,
+                bids: bids.into_iter().map(level).collect(),
+                asks: asks.into_iter().map(level).collect(),
+                last_match_seq: m.book.last_match_seq(),
+                last_input_seq: m.last_input_seq,
+            }))
+        })
+        .await
     }
 }

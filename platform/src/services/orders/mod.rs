@@ -38,6 +38,7 @@ use crate::services::{
     bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
     shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
 };
+use crate::telemetry::{grpc_call, Rpc, RpcKind};
 
 /// The durable consumer of the TRADES stream.
 pub const DURABLE: &str = "orders";
@@ -551,6 +552,7 @@ impl OrdersSvc {
             state.records.lock().expect("records lock").remove(id);
             return Err(abandoned(&req.client_order_id));
         }
+        metrics::counter!(crate::telemetry::ORDERS_ACCEPTED, "symbol" => req.symbol.clone()).increment(1);
         let mut records = state.records.lock().expect("records lock");
         records.apply_accepted(&accepted, v.inst.tick_cents);
         Ok(records.by_id[&id].view())
@@ -631,95 +633,114 @@ fn same_order(a: &Order, req: &SubmitRequest) -> bool {
 #[tonic::async_trait]
 impl Orders for OrdersSvc {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<Order>, Status> {
-        self.state.deps.work("orders.submit").await;
-        let req = req.into_inner();
-        let valid = validate(&self.state.deps, &req)?;
-        let id = order_id_for(UserId(req.user_id), &req.client_order_id);
-        {
-            let mut records = self.state.records.lock().expect("records lock");
-            if let Some(r) = records.by_id.get(&id) {
-                if !same_order(&r.order, &req) {
-                    return Err(Status::already_exists(format!(
-                        "client_order_id {:?} was used for a different order",
-                        req.client_order_id
-                    )));
+        let rpc =
+            Rpc { handler: "orders.submit", service: "fafnir.orders.Orders", method: "Submit", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            let req = req.into_inner();
+            let valid = validate(&self.state.deps, &req)?;
+            let id = order_id_for(UserId(req.user_id), &req.client_order_id);
+            {
+                let mut records = self.state.records.lock().expect("records lock");
+                if let Some(r) = records.by_id.get(&id) {
+                    if !same_order(&r.order, &req) {
+                        return Err(Status::already_exists(format!(
+                            "client_order_id {:?} was used for a different order",
+                            req.client_order_id
+                        )));
+                    }
+                    if r.confirmed {
+                        return Ok(Response::new(r.view()));
+                    }
                 }
-                if r.confirmed {
-                    return Ok(Response::new(r.view()));
+                if !records.inflight.insert(id) {
+                    return Err(Status::aborted("a submit with this client_order_id is in progress; retry"));
                 }
             }
-            if !records.inflight.insert(id) {
-                return Err(Status::aborted("a submit with this client_order_id is in progress; retry"));
-            }
-        }
-        let (result, interrupted) = {
-            let _guard = InflightGuard { state: &self.state, id };
-            let result = self.accept(&req, &valid, id).await;
-            let interrupted = result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable);
+            let (result, interrupted) = {
+                let _guard = InflightGuard { state: &self.state, id };
+                let result = self.accept(&req, &valid, id).await;
+                let interrupted = result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable);
+                if interrupted {
+                    // Claimed before the in-flight mark goes, so the reconciler never sees it unowned.
+                    self.state.records.lock().expect("records lock").retrying.insert(id);
+                }
+                (result, interrupted)
+            };
             if interrupted {
-                // Claimed before the in-flight mark goes, so the reconciler never sees it unowned.
-                self.state.records.lock().expect("records lock").retrying.insert(id);
+                // The saga stopped halfway (reserved, perhaps not published) and
+                // the client may never retry: finish it here, so that no
+                // reservation is left behind for an order that never trades.
+                let svc = OrdersSvc { state: self.state.clone() };
+                tokio::spawn(async move { svc.finish_abandoned(req, valid, id).await });
             }
-            (result, interrupted)
-        };
-        if interrupted {
-            // The saga stopped halfway (reserved, perhaps not published) and
-            // the client may never retry: finish it here, so that no
-            // reservation is left behind for an order that never trades.
-            let svc = OrdersSvc { state: self.state.clone() };
-            tokio::spawn(async move { svc.finish_abandoned(req, valid, id).await });
-        }
-        result.map(Response::new)
+            result.map(Response::new)
+        })
+        .await
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Order>, Status> {
-        self.state.deps.work("orders.cancel").await;
-        let req = req.into_inner();
-        let record = if self.state.deps.cfg.planted(crate::config::PlantedBug::CancelWithoutOwnerCheck) {
-            // Planted bug: whoever names the order id may cancel it.
-            let records = self.state.records.lock().expect("records lock");
-            let found = records.by_id.get(&OrderId(req.order_id)).cloned();
-            found.ok_or_else(|| Status::not_found(format!("order {:x}: no such order", req.order_id)))?
-        } else {
-            self.owned(req.user_id, req.order_id)?
-        };
-        if record.status().is_final() {
-            return Err(Status::failed_precondition(format!(
-                "order {:x} is already {:?}",
-                req.order_id,
-                record.status()
-            )));
-        }
-        let input = OrderEvent {
-            kind: Some(order_event::Kind::Cancel(events::CancelRequested {
-                order_id: req.order_id,
-                user_id: req.user_id,
-                symbol: record.order.symbol.clone(),
-                requested_ms: self.state.deps.clock.now_ms(),
-            })),
-        };
-        let subject = self.state.deps.cfg.names().order_cancel(&record.order.symbol);
-        let msg_id = format!("cxl-{}", OrderId(req.order_id));
-        self.state.deps.bus.publish(&subject, &msg_id, Bytes::from(input.encode_to_vec())).await.map_err(bus_status)?;
-        let owner = record.order.user_id;
-        Ok(Response::new(self.owned(owner, req.order_id)?.view()))
+        let rpc =
+            Rpc { handler: "orders.cancel", service: "fafnir.orders.Orders", method: "Cancel", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            let req = req.into_inner();
+            let record = if self.state.deps.cfg.planted(crate::config::PlantedBug::CancelWithoutOwnerCheck) {
+                // Planted bug: whoever names the order id may cancel it.
+                let records = self.state.records.lock().expect("records lock");
+                let found = records.by_id.get(&OrderId(req.order_id)).cloned();
+                found.ok_or_else(|| Status::not_found(format!("order {:x}: no such order", req.order_id)))?
+            } else {
+                self.owned(req.user_id, req.order_id)?
+            };
+            if record.status().is_final() {
+                return Err(Status::failed_precondition(format!(
+                    "order {:x} is already {:?}",
+                    req.order_id,
+                    record.status()
+                )));
+            }
+            let input = OrderEvent {
+                kind: Some(order_event::Kind::Cancel(events::CancelRequested {
+                    order_id: req.order_id,
+                    user_id: req.user_id,
+                    symbol: record.order.symbol.clone(),
+                    requested_ms: self.state.deps.clock.now_ms(),
+                })),
+            };
+            let subject = self.state.deps.cfg.names().order_cancel(&record.order.symbol);
+            let msg_id = format!("cxl-{}", OrderId(req.order_id));
+            self.state
+                .deps
+                .bus
+                .publish(&subject, &msg_id, Bytes::from(input.encode_to_vec()))
+                .await
+                .map_err(bus_status)?;
+            let owner = record.order.user_id;
+            Ok(Response::new(self.owned(owner, req.order_id)?.view()))
+        })
+        .await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<Order>, Status> {
-        self.state.deps.work("orders.get").await;
-        let req = req.into_inner();
-        Ok(Response::new(self.owned(req.user_id, req.order_id)?.view()))
+        let rpc = Rpc { handler: "orders.get", service: "fafnir.orders.Orders", method: "Get", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            let req = req.into_inner();
+            Ok(Response::new(self.owned(req.user_id, req.order_id)?.view()))
+        })
+        .await
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        self.state.deps.work("orders.list").await;
-        let user = UserId(req.into_inner().user_id);
-        let records = self.state.records.lock().expect("records lock");
-        let orders = records
-            .by_user
-            .get(&user)
-            .map(|ids| ids.iter().map(|id| records.by_id[id].view()).collect())
-            .unwrap_or_default();
-        Ok(Response::new(ListReply { orders }))
+        let rpc = Rpc { handler: "orders.list", service: "fafnir.orders.Orders", method: "List", kind: RpcKind::Unary };
+        grpc_call(&self.state.deps, rpc, async move {
+            let user = UserId(req.into_inner().user_id);
+            let records = self.state.records.lock().expect("records lock");
+            let orders = records
+                .by_user
+                .get(&user)
+                .map(|ids| ids.iter().map(|id| records.by_id[id].view()).collect())
+                .unwrap_or_default();
+            Ok(Response::new(ListReply { orders }))
+        })
+        .await
     }
 }

@@ -31,6 +31,7 @@ use crate::proto::portfolio::{
 use crate::services::{
     bus_status, decode, ensure_streams, shown, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
 };
+use crate::telemetry::{self, grpc_call, Rpc, RpcKind};
 
 pub use fold::{replay, Fold, ReplayOptions};
 pub use ledger::{Ledger, LedgerError, Reservation, ReserveError};
@@ -121,6 +122,7 @@ async fn announce_settled(deps: &Deps, s: &ledger::FillSettlement) {
 async fn consume(state: Arc<State>, shutdown: Shutdown) -> Result<(), ServiceError> {
     let stream = state.deps.cfg.names().trades_stream();
     let in_order = !state.deps.cfg.planted(PlantedBug::SettleTwice);
+    let mut gauges = ReservationGauges::default();
     loop {
         let fetched = tokio::select! {
             biased;
@@ -145,6 +147,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) -> Result<(), ServiceErr
                 fill_gap(&state, &mut fold, d.msg.seq).await?;
             }
             apply_stored(&state, &mut fold, &d.msg)?;
+            gauges.update(fold.ledger());
             drop(fold);
             if crate::services::buggify(0.02) {
                 // No ack: the broker redelivers after the ack wait; settlement must stay once.
@@ -168,6 +171,11 @@ fn apply_stored(state: &State, fold: &mut Fold, m: &crate::bus::StoredMsg) -> Re
         .inspect_err(|e| tracing::error!(error = %e, "portfolio stops at an undecodable trade event"))?;
     let settled = fold.apply_trade(m.seq, &event).unwrap_or_else(|e| panic!("portfolio: {stream}#{}: {e}", m.seq));
     if let Some(s) = settled {
+        metrics::counter!(telemetry::FILLS_SETTLED).increment(1);
+        // From the acceptance of the order whose arrival made the fill (the
+        // event's time) to now: engine queueing, matching, TRADES, settlement.
+        let lag_ms = state.deps.clock.now_ms().saturating_sub(event.ts_ms).max(0);
+        metrics::histogram!(telemetry::SETTLEMENT_LAG_SECONDS).record(lag_ms as f64 / 1000.0);
         // Off the settlement path: the notice is informational.
         let deps = state.deps.clone();
         tokio::spawn(async move { announce_settled(&deps, &s).await });
@@ -272,6 +280,7 @@ struct Stamped {
 /// behind LEDGER when it is let go (see [`PortfolioSvc::record_group`]).
 async fn commit(state: Arc<State>, mut queued: mpsc::Receiver<Write>, shutdown: Shutdown) {
     let mut waiting: VecDeque<Write> = VecDeque::new();
+    let mut gauges = ReservationGauges::default();
     loop {
         if waiting.is_empty() {
             let next = tokio::select! {
@@ -301,6 +310,38 @@ async fn commit(state: Arc<State>, mut queued: mpsc::Receiver<Write>, shutdown: 
         later.extend(waiting.drain(..));
         waiting = later;
         record_group(&state, &mut fold, group).await;
+        gauges.update(fold.ledger());
+    }
+}
+
+/// Sets the outstanding-reservation gauges from the ledger, at most every
+/// [`ReservationGauges::EVERY`] (the sum walks every account).
+#[derive(Default)]
+struct ReservationGauges {
+    set: Option<tokio::time::Instant>,
+}
+
+impl ReservationGauges {
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn update(&mut self, ledger: &Ledger) {
+        if self.set.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.set = Some(tokio::time::Instant::now());
+        let mut cents: i64 = 0;
+        let mut shares: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for account in ledger.accounts().values() {
+            cents = cents.saturating_add(account.reserved_cash.0);
+            for (symbol, h) in &account.holdings {
+                *shares.entry(symbol.as_str()).or_default() += h.reserved.0;
+            }
+        }
+        metrics::gauge!(telemetry::RESERVED_CENTS).set(cents as f64);
+        for (symbol, qty) in shares {
+            metrics::gauge!(telemetry::RESERVED_SHARES, "symbol" => symbol.to_string()).set(qty as f64);
+        }
+        metrics::gauge!(telemetry::RESERVATIONS_OPEN).set(ledger.open_reservations() as f64);
     }
 }
 
@@ -383,119 +424,151 @@ fn deposit_refusal(e: ledger::DepositError) -> Status {
 #[tonic::async_trait]
 impl Portfolio for PortfolioSvc {
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
-        self.state.deps.work("portfolio.deposit").await;
-        let req = req.into_inner();
-        if req.request_id.is_empty() || req.request_id.len() > 128 {
-            return Err(Status::invalid_argument("request_id: 1 to 128 bytes, unique per deposit"));
-        }
-        if req.symbol.is_empty() {
-            if req.cents <= 0 || req.qty != 0 {
-                return Err(Status::invalid_argument(format!(
-                    "cents: {} is not a positive amount (a cash deposit takes qty 0)",
-                    req.cents
-                )));
+        let rpc = Rpc {
+            handler: "portfolio.deposit",
+            service: "fafnir.portfolio.Portfolio",
+            method: "Deposit",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            let req = req.into_inner();
+            if req.request_id.is_empty() || req.request_id.len() > 128 {
+                return Err(Status::invalid_argument("request_id: 1 to 128 bytes, unique per deposit"));
             }
-        } else {
-            let Some(inst) = self.state.deps.cfg.instrument(&req.symbol) else {
-                return Err(Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol))));
-            };
-            if req.qty <= 0 || req.qty % inst.lot_shares != 0 || req.cents != 0 {
-                return Err(Status::invalid_argument(format!(
-                    "qty: a share deposit needs a positive multiple of the lot ({}) and cents 0",
-                    inst.lot_shares
-                )));
-            }
-        }
-        let account = AccountId(req.account_id);
-        let request_id = format!("{}/{}", account.0, req.request_id);
-        // Planted bug DepositsUnchecked: recorded before the limit is checked.
-        let checked = !self.state.deps.cfg.planted(PlantedBug::DepositsUnchecked);
-        let check: Check = Box::new(move |ledger: &Ledger| {
-            if ledger.has_deposit(&request_id) {
-                return Ok(None);
-            }
-            let within_limits = if !checked {
-                Ok(())
-            } else if req.symbol.is_empty() {
-                ledger.check_deposit(account, Cents(req.cents))
+            if req.symbol.is_empty() {
+                if req.cents <= 0 || req.qty != 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "cents: {} is not a positive amount (a cash deposit takes qty 0)",
+                        req.cents
+                    )));
+                }
             } else {
-                ledger.check_deposit_shares(account, &req.symbol, Shares(req.qty))
-            };
-            within_limits.map_err(deposit_refusal)?;
-            Ok(Some(Entry {
-                kind: "deposit",
-                msg_id: format!("dep-{request_id}"),
-                event: ledger_event::Kind::Deposited(events::Deposited {
-                    account: account.0,
-                    cents: req.cents,
-                    request_id,
-                    symbol: req.symbol,
-                    qty: req.qty,
-                }),
-            }))
-        });
-        self.write(Some(account), None, check).await?;
-        Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
+                let Some(inst) = self.state.deps.cfg.instrument(&req.symbol) else {
+                    return Err(Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol))));
+                };
+                if req.qty <= 0 || req.qty % inst.lot_shares != 0 || req.cents != 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "qty: a share deposit needs a positive multiple of the lot ({}) and cents 0",
+                        inst.lot_shares
+                    )));
+                }
+            }
+            let account = AccountId(req.account_id);
+            let request_id = format!("{}/{}", account.0, req.request_id);
+            // Planted bug DepositsUnchecked: recorded before the limit is checked.
+            let checked = !self.state.deps.cfg.planted(PlantedBug::DepositsUnchecked);
+            let check: Check = Box::new(move |ledger: &Ledger| {
+                if ledger.has_deposit(&request_id) {
+                    return Ok(None);
+                }
+                let within_limits = if !checked {
+                    Ok(())
+                } else if req.symbol.is_empty() {
+                    ledger.check_deposit(account, Cents(req.cents))
+                } else {
+                    ledger.check_deposit_shares(account, &req.symbol, Shares(req.qty))
+                };
+                within_limits.map_err(deposit_refusal)?;
+                Ok(Some(Entry {
+                    kind: "deposit",
+                    msg_id: format!("dep-{request_id}"),
+                    event: ledger_event::Kind::Deposited(events::Deposited {
+                        account: account.0,
+                        cents: req.cents,
+                        request_id,
+                        symbol: req.symbol,
+                        qty: req.qty,
+                    }),
+                }))
+            });
+            self.write(Some(account), None, check).await?;
+            Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
+        })
+        .await
     }
 
     async fn reserve(&self, req: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
-        self.state.deps.work("portfolio.reserve").await;
-        let req = req.into_inner();
-        let side = side_from_proto(req.side)?;
-        if req.qty <= 0 || req.price_ticks <= 0 {
-            return Err(Status::invalid_argument("qty and price_ticks must be positive"));
-        }
-        let order = OrderId(req.order_id);
-        let reservation = Reservation {
-            account: AccountId(req.account_id),
-            symbol: req.symbol.clone(),
-            side,
-            qty: Shares(req.qty),
-            price: PriceTicks(req.price_ticks),
+        let rpc = Rpc {
+            handler: "portfolio.reserve",
+            service: "fafnir.portfolio.Portfolio",
+            method: "Reserve",
+            kind: RpcKind::Unary,
         };
-        let check: Check = Box::new(move |ledger: &Ledger| {
-            let exists = ledger.check_reserve(order, &reservation).map_err(|e| match e {
-                ReserveError::UnknownSymbol(_) => {
-                    Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol)))
-                }
-                ReserveError::Limit(_) => Status::invalid_argument(e.to_string()),
-                ReserveError::AlreadyReleased(_) => Status::aborted(e.to_string()),
-                _ => Status::failed_precondition(e.to_string()),
-            })?;
-            Ok((!exists).then(|| Entry {
-                kind: "reserve",
-                msg_id: format!("res-{order}"),
-                event: ledger_event::Kind::Reserved(events::Reserved {
-                    order_id: order.0,
-                    account: req.account_id,
-                    symbol: req.symbol,
-                    side: side_to_proto(side) as i32,
-                    qty: req.qty,
-                    price_ticks: req.price_ticks,
-                }),
-            }))
-        });
-        self.write(Some(AccountId(req.account_id)), Some(order), check).await?;
-        Ok(Response::new(ReserveReply {}))
+        grpc_call(&self.state.deps, rpc, async move {
+            let req = req.into_inner();
+            let side = side_from_proto(req.side)?;
+            if req.qty <= 0 || req.price_ticks <= 0 {
+                return Err(Status::invalid_argument("qty and price_ticks must be positive"));
+            }
+            let order = OrderId(req.order_id);
+            let reservation = Reservation {
+                account: AccountId(req.account_id),
+                symbol: req.symbol.clone(),
+                side,
+                qty: Shares(req.qty),
+                price: PriceTicks(req.price_ticks),
+            };
+            let check: Check = Box::new(move |ledger: &Ledger| {
+                let exists = ledger.check_reserve(order, &reservation).map_err(|e| match e {
+                    ReserveError::UnknownSymbol(_) => {
+                        Status::invalid_argument(format!("symbol: unknown symbol {}", shown(&req.symbol)))
+                    }
+                    ReserveError::Limit(_) => Status::invalid_argument(e.to_string()),
+                    ReserveError::AlreadyReleased(_) => Status::aborted(e.to_string()),
+                    _ => Status::failed_precondition(e.to_string()),
+                })?;
+                Ok((!exists).then(|| Entry {
+                    kind: "reserve",
+                    msg_id: format!("res-{order}"),
+                    event: ledger_event::Kind::Reserved(events::Reserved {
+                        order_id: order.0,
+                        account: req.account_id,
+                        symbol: req.symbol,
+                        side: side_to_proto(side) as i32,
+                        qty: req.qty,
+                        price_ticks: req.price_ticks,
+                    }),
+                }))
+            });
+            self.write(Some(AccountId(req.account_id)), Some(order), check).await?;
+            Ok(Response::new(ReserveReply {}))
+        })
+        .await
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
-        self.state.deps.work("portfolio.release").await;
-        let order = OrderId(req.into_inner().order_id);
-        let check: Check = Box::new(move |_: &Ledger| {
-            Ok(Some(Entry {
-                kind: "release",
-                msg_id: format!("rel-{order}"),
-                event: ledger_event::Kind::Released(events::Released { order_id: order.0 }),
-            }))
-        });
-        self.write(None, Some(order), check).await?;
-        Ok(Response::new(ReleaseReply {}))
+        let rpc = Rpc {
+            handler: "portfolio.release",
+            service: "fafnir.portfolio.Portfolio",
+            method: "Release",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            let order = OrderId(req.into_inner().order_id);
+            let check: Check = Box::new(move |_: &Ledger| {
+                Ok(Some(Entry {
+                    kind: "release",
+                    msg_id: format!("rel-{order}"),
+                    event: ledger_event::Kind::Released(events::Released { order_id: order.0 }),
+                }))
+            });
+            self.write(None, Some(order), check).await?;
+            Ok(Response::new(ReleaseReply {}))
+        })
+        .await
     }
 
     async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
-        self.state.deps.work("portfolio.get_portfolio").await;
-        let account = AccountId(req.into_inner().account_id);
-        Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
+        let rpc = Rpc {
+            handler: "portfolio.get_portfolio",
+            service: "fafnir.portfolio.Portfolio",
+            method: "GetPortfolio",
+            kind: RpcKind::Unary,
+        };
+        grpc_call(&self.state.deps, rpc, async move {
+            let account = AccountId(req.into_inner().account_id);
+            Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
+        })
+        .await
     }
 }

@@ -1,0 +1,326 @@
+//! What the platform tells about itself while it runs: metrics, through the
+//! [`metrics`] facade.
+//!
+//! The services only record; whoever runs them installs the recorder and
+//! decides where the numbers go: for real, `fafnir up` / `fafnir serve` serve
+//! them as Prometheus text on `/metrics`; in simulation, each world records
+//! into a recorder of its own thread and the run directory gets a sample of
+//! them every simulated second (`metrics.jsonl`). No recorder installed: the
+//! calls cost next to nothing and go nowhere.
+//!
+//! Recording never reads a clock other than `tokio::time` (simulated under
+//! madsim), never draws randomness, and nothing in the platform reads a
+//! metric back, so recording and reading them cannot change a simulated run.
+//!
+//! Every name is a constant here, with its unit last, so that the dashboards
+//! in `deploy/grafana/` and the tests name the same series; the README's
+//! "Watching a run" lists them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use metrics::{counter, gauge, histogram};
+use tonic::{Code, Response, Status};
+
+use crate::bus::{
+    AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, EventBus, PubAck, Publish, StoredMsg, StreamSpec, Tail,
+};
+use crate::kv::{Kv, KvError};
+use crate::services::Deps;
+
+/// RPCs started, by `grpc_type`, `grpc_service`, `grpc_method`.
+pub const GRPC_STARTED: &str = "grpc_server_started_total";
+/// RPCs answered, with `grpc_code` besides.
+pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
+/// Time from the RPC reaching its handler to its answer (a stream: to its opening).
+pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+
+/// Orders the orders service accepted (durable in ORDERS), by `symbol`.
+pub const ORDERS_ACCEPTED: &str = "fafnir_orders_accepted_total";
+/// Orders refused, by `reason` (invalid, funds, overload, rate_limit, unauthenticated, unavailable, other).
+pub const ORDERS_REJECTED: &str = "fafnir_orders_rejected_total";
+/// Cancels the orders service took, by `outcome` (accepted, refused).
+pub const CANCELS: &str = "fafnir_cancels_total";
+/// Orders (and cancels) the engine took from ORDERS, by `symbol`: its input rate.
+pub const ENGINE_INPUTS: &str = "fafnir_engine_inputs_total";
+/// Fills the engine made, by `symbol`.
+pub const FILLS: &str = "fafnir_fills_total";
+/// Price times quantity of the engine's fills, in cents, by `symbol`.
+pub const FILL_NOTIONAL_CENTS: &str = "fafnir_fill_notional_cents_total";
+/// Resting orders in the book, by `symbol` and `side`.
+pub const BOOK_DEPTH_ORDERS: &str = "fafnir_book_depth_orders";
+/// Resting quantity in the book, by `symbol` and `side`.
+pub const BOOK_DEPTH_SHARES: &str = "fafnir_book_depth_shares";
+/// Fills the portfolio settled.
+pub const FILLS_SETTLED: &str = "fafnir_fills_settled_total";
+/// Time from the engine's fill to its settlement by the portfolio (platform clock, ms resolution).
+pub const SETTLEMENT_LAG_SECONDS: &str = "fafnir_settlement_lag_seconds";
+/// Cash reserved by open orders and not yet used or released.
+pub const RESERVED_CENTS: &str = "fafnir_reservations_outstanding_cents";
+/// Shares reserved by open sell orders, by `symbol`.
+pub const RESERVED_SHARES: &str = "fafnir_reservations_outstanding_shares";
+/// Open reservations (orders holding cash or shares).
+pub const RESERVATIONS_OPEN: &str = "fafnir_reservations_outstanding_orders";
+/// Messages a durable consumer has not yet acked: stored after its ack
+/// floor, delivered or not (JetStream's num_pending + num_ack_pending), by `stream`, `consumer`.
+pub const CONSUMER_LAG: &str = "fafnir_consumer_lag_messages";
+/// Time a publish took to be stored (the broker's ack), by `op` (publish, publish_batch) and `subject` (its first token).
+pub const BUS_PUBLISH_SECONDS: &str = "fafnir_bus_publish_seconds";
+/// Time a Redis command took, by `op`.
+pub const REDIS_CALL_SECONDS: &str = "fafnir_redis_call_seconds";
+/// Redis commands that failed, by `op`.
+pub const REDIS_ERRORS: &str = "fafnir_redis_errors_total";
+/// Requests the gateway refused to protect the platform, by `reason` (rate_limit, overload).
+pub const GATEWAY_REFUSALS: &str = "fafnir_gateway_refusals_total";
+/// Orders in flight at the gateway (taken, not yet answered).
+pub const GATEWAY_ORDERS_IN_FLIGHT: &str = "fafnir_gateway_orders_in_flight";
+
+/// Histogram bucket bounds, in seconds: 10 µs to 10 s, for every `_seconds` histogram.
+pub const SECONDS_BUCKETS: [f64; 20] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Says what each metric is (`# HELP`) to the installed recorder. Called
+/// once a recorder is installed; the services record without it.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(GRPC_STARTED, "RPCs started on the server.");
+    describe_counter!(GRPC_HANDLED, "RPCs completed on the server, by status code.");
+    describe_histogram!(GRPC_HANDLING_SECONDS, Unit::Seconds, "Time the server took to answer an RPC.");
+    describe_counter!(ORDERS_ACCEPTED, "Orders accepted (durable in the ORDERS stream).");
+    describe_counter!(ORDERS_REJECTED, "Orders refused, by reason.");
+    describe_counter!(CANCELS, "Cancels taken by the orders service, by outcome.");
+    describe_counter!(ENGINE_INPUTS, "Orders and cancels the engine took from ORDERS.");
+    describe_counter!(FILLS, "Fills made by the engine.");
+    describe_counter!(FILL_NOTIONAL_CENTS, "Price times quantity of the engine's fills, in cents.");
+    describe_gauge!(BOOK_DEPTH_ORDERS, "Resting orders in the book.");
+    describe_gauge!(BOOK_DEPTH_SHARES, "Resting quantity in the book, in shares.");
+    describe_counter!(FILLS_SETTLED, "Fills settled by the portfolio.");
+    describe_histogram!(SETTLEMENT_LAG_SECONDS, Unit::Seconds, "Time from a fill to its settlement.");
+    describe_gauge!(RESERVED_CENTS, "Cash reserved by open orders, in cents.");
+    describe_gauge!(RESERVED_SHARES, "Shares reserved by open sell orders.");
+    describe_gauge!(RESERVATIONS_OPEN, "Orders holding a reservation.");
+    describe_gauge!(CONSUMER_LAG, "Messages a durable consumer has not yet acknowledged.");
+    describe_histogram!(BUS_PUBLISH_SECONDS, Unit::Seconds, "Time a JetStream publish took to be stored.");
+    describe_histogram!(REDIS_CALL_SECONDS, Unit::Seconds, "Time a Redis command took.");
+    describe_counter!(REDIS_ERRORS, "Redis commands that failed.");
+    describe_counter!(GATEWAY_REFUSALS, "Requests refused by the gateway to protect the platform.");
+    describe_gauge!(GATEWAY_ORDERS_IN_FLIGHT, "Orders taken by the gateway and not yet answered.");
+}
+
+/// The kind of an RPC, as `grpc_type` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RpcKind {
+    Unary,
+    ServerStream,
+}
+
+impl RpcKind {
+    fn label(self) -> &'static str {
+        match self {
+            RpcKind::Unary => "unary",
+            RpcKind::ServerStream => "server_stream",
+        }
+    }
+}
+
+/// One RPC handler: its service-time name and its gRPC names.
+#[derive(Clone, Copy, Debug)]
+pub struct Rpc {
+    /// The name its modelled service time goes by (`"gateway.submit_order"`).
+    pub handler: &'static str,
+    /// The full gRPC service name (`"fafnir.gateway.Gateway"`).
+    pub service: &'static str,
+    /// The gRPC method (`"SubmitOrder"`).
+    pub method: &'static str,
+    pub kind: RpcKind,
+}
+
+/// Serves one RPC: takes its modelled service time, runs `call`, and counts
+/// it in the `grpc_server_*` metrics. Every handler of every service goes
+/// through here, in both worlds.
+pub async fn grpc_call<T>(
+    deps: &Deps,
+    rpc: Rpc,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let (kind, service, method) = (rpc.kind.label(), rpc.service, rpc.method);
+    counter!(GRPC_STARTED, "grpc_type" => kind, "grpc_service" => service, "grpc_method" => method).increment(1);
+    let started = tokio::time::Instant::now();
+    deps.work(rpc.handler).await;
+    let result = call.await;
+    let code = code_name(match &result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    });
+    counter!(GRPC_HANDLED, "grpc_type" => kind, "grpc_service" => service, "grpc_method" => method, "grpc_code" => code)
+        .increment(1);
+    histogram!(GRPC_HANDLING_SECONDS, "grpc_type" => kind, "grpc_service" => service, "grpc_method" => method)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// A gRPC code as the conventional `grpc_code` label spells it (Go's `codes.Code.String()`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Why an order was refused, as the `reason` label of [`ORDERS_REJECTED`].
+pub fn reject_reason(status: &Status) -> &'static str {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::NotFound => "invalid",
+        Code::FailedPrecondition => "funds",
+        Code::Unauthenticated | Code::PermissionDenied => "unauthenticated",
+        Code::Unavailable | Code::DeadlineExceeded => "unavailable",
+        Code::ResourceExhausted => "overload",
+        _ => "other",
+    }
+}
+
+/// Sets the lag gauge of one durable consumer.
+pub fn record_consumer_lag(stream: &str, consumer: &str, lag: ConsumerLag) {
+    gauge!(CONSUMER_LAG, "stream" => stream.to_string(), "consumer" => consumer.to_string())
+        .set((lag.pending + lag.ack_pending) as f64);
+}
+
+/// The first token of a subject (`"trades"` of `"trades.ACME"`): a label with few values.
+fn subject_head(subject: &str) -> String {
+    subject.split('.').next().unwrap_or_default().to_string()
+}
+
+/// An [`EventBus`] that times every publish ([`BUS_PUBLISH_SECONDS`]) and
+/// passes every call on. [`Deps::new`] wraps the bus it is given in one.
+pub struct TimedBus(pub std::sync::Arc<dyn EventBus>);
+
+#[async_trait]
+impl EventBus for TimedBus {
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), BusError> {
+        self.0.ensure_stream(spec).await
+    }
+    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
+        self.0.ensure_consumer(spec).await
+    }
+    async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
+        let started = tokio::time::Instant::now();
+        let acked = self.0.publish(subject, msg_id, payload).await;
+        histogram!(BUS_PUBLISH_SECONDS, "op" => "publish", "subject" => subject_head(subject))
+            .record(started.elapsed().as_secs_f64());
+        acked
+    }
+    async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
+        let head = msgs.first().map(|m| subject_head(&m.subject)).unwrap_or_default();
+        let started = tokio::time::Instant::now();
+        let acked = self.0.publish_batch(msgs).await;
+        histogram!(BUS_PUBLISH_SECONDS, "op" => "publish_batch", "subject" => head)
+            .record(started.elapsed().as_secs_f64());
+        acked
+    }
+    async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        self.0.fetch(stream, durable, max, wait).await
+    }
+    async fn ack(&self, token: &AckToken) -> Result<(), BusError> {
+        self.0.ack(token).await
+    }
+    async fn ack_many(&self, tokens: &[AckToken]) -> Result<(), BusError> {
+        self.0.ack_many(tokens).await
+    }
+    async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
+        self.0.nak(token, delay).await
+    }
+    async fn term(&self, token: &AckToken) -> Result<(), BusError> {
+        self.0.term(token).await
+    }
+    async fn read(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredMsg>, BusError> {
+        self.0.read(stream, filter, from_seq, max, wait).await
+    }
+    async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
+        self.0.last_on_subject(stream, subject).await
+    }
+    async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
+        self.0.consumer_lag(stream, durable).await
+    }
+    async fn last_seq(&self, stream: &str) -> Result<u64, BusError> {
+        self.0.last_seq(stream).await
+    }
+    async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError> {
+        self.0.tail(stream, filter).await
+    }
+}
+
+/// A [`Kv`] that times every command ([`REDIS_CALL_SECONDS`], failures in
+/// [`REDIS_ERRORS`]). [`Deps::new`] wraps the kv it is given in one.
+pub struct TimedKv(pub std::sync::Arc<dyn Kv>);
+
+impl TimedKv {
+    async fn timed<T>(&self, op: &'static str, call: impl Future<Output = Result<T, KvError>>) -> Result<T, KvError> {
+        let started = tokio::time::Instant::now();
+        let result = call.await;
+        histogram!(REDIS_CALL_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            counter!(REDIS_ERRORS, "op" => op).increment(1);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Kv for TimedKv {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, KvError> {
+        self.timed("get", self.0.get(key)).await
+    }
+    async fn set(&self, key: &str, value: Bytes) -> Result<(), KvError> {
+        self.timed("set", self.0.set(key, value)).await
+    }
+    async fn set_nx(&self, key: &str, value: Bytes) -> Result<bool, KvError> {
+        self.timed("set_nx", self.0.set_nx(key, value)).await
+    }
+    async fn del(&self, key: &str) -> Result<bool, KvError> {
+        self.timed("del", self.0.del(key)).await
+    }
+    async fn incr_by(&self, key: &str, by: i64) -> Result<i64, KvError> {
+        self.timed("incr_by", self.0.incr_by(key, by)).await
+    }
+    async fn hset(&self, key: &str, fields: &[(&str, Bytes)]) -> Result<(), KvError> {
+        self.timed("hset", self.0.hset(key, fields)).await
+    }
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<Bytes>, KvError> {
+        self.timed("hget", self.0.hget(key, field)).await
+    }
+    async fn hgetall(&self, key: &str) -> Result<std::collections::BTreeMap<String, Bytes>, KvError> {
+        self.timed("hgetall", self.0.hgetall(key)).await
+    }
+    async fn hincr_by(&self, key: &str, field: &str, by: i64) -> Result<i64, KvError> {
+        self.timed("hincr_by", self.0.hincr_by(key, field, by)).await
+    }
+    async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+        self.timed("keys_with_prefix", self.0.keys_with_prefix(prefix)).await
+    }
+}
