@@ -216,6 +216,26 @@ pub struct FaultWindow {
     pub end_ms: Option<u64>,
 }
 
+/// One sample of one metric series (a line of `metrics.jsonl`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    /// Seconds since the load started.
+    pub t_s: u64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Reads `metrics.jsonl`: one [`MetricSample`] per line.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricSample>, ReportError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| ReportError::malformed(path, format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
 /// Everything read from one run directory.
 pub struct Run {
     pub dir: PathBuf,
@@ -225,6 +245,8 @@ pub struct Run {
     pub histograms: BTreeMap<String, Histogram<u64>>,
     /// What was missing or skipped, one sentence each, for the page.
     pub notes: Vec<String>,
+    /// `metrics.jsonl`, when the run wrote it.
+    pub metrics: Vec<MetricSample>,
 }
 
 impl Run {
@@ -255,7 +277,9 @@ impl Run {
                     .push(format!("{stage}.hdr is missing: its spectrum is drawn from the quantiles in summary.json."));
             }
         }
-        Ok(Run { dir: dir.to_path_buf(), summary, timeline, histograms, notes })
+        let metrics_path = dir.join("metrics.jsonl");
+        let metrics = if metrics_path.exists() { read_metrics(&metrics_path)? } else { Vec::new() };
+        Ok(Run { dir: dir.to_path_buf(), summary, timeline, histograms, notes, metrics })
     }
 
     /// Every stage named in the summary or with a histogram, in [`STAGE_ORDER`].

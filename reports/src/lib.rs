@@ -46,6 +46,7 @@ use capacity::Capacity;
 use html::PlotEntry;
 use input::Run;
 use plot::capacity::CapacityLatency;
+use plot::metrics::MetricsOverTime;
 use plot::prices::Prices;
 use plot::spectrum::{self, Series, Spectrum};
 use plot::timeline::{LatencyOverTime, Throughput};
@@ -96,6 +97,15 @@ pub fn render_run(dir: &Path) -> Result<Rendered, ReportError> {
     add("latency_over_time", "Latency over time (p50, p99, max per bucket)", latency);
     add("throughput", "Throughput over time", throughput);
     add("prices", "Trade prices and volume per symbol", prices);
+
+    let drawn = match MetricsOverTime::new(&run.metrics, run.fault_windows()) {
+        Some(m) => Some(save(dir, "metrics_over_time", &m)?),
+        None => {
+            notes.push("metrics.jsonl is missing or holds no lag or in-flight series: no metrics over time.".into());
+            None
+        }
+    };
+    add("metrics_over_time", "Consumer lag, settlement lag and requests in flight over time (metrics.jsonl)", drawn);
 
     let index = dir.join("index.html");
     std::fs::write(&index, html::page(&run, &plots, &notes)).map_err(|e| ReportError::io(&index, e))?;

@@ -159,6 +159,19 @@ impl MetricsLog {
         self.samples.extend(samples(&handle.render(), t_s));
     }
 
+    /// Samples `handle` now, in the second after the last sample at the
+    /// latest (the run's last sample, when it ends between two seconds).
+    pub fn sample_last(
+        &mut self,
+        handle: &PrometheusHandle,
+        elapsed: Duration,
+        lags: &[(String, String, ConsumerLag)],
+    ) {
+        let t_s = elapsed.as_secs().max(self.next_s);
+        self.next_s = t_s;
+        self.sample_if_due(handle, Duration::from_secs(t_s), lags);
+    }
+
     /// One JSON object per line.
     pub fn jsonl(&self) -> String {
         let mut out = String::new();

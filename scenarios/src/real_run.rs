@@ -307,6 +307,8 @@ async fn measure(
     let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0).await;
     sampler.abort();
     let _ = sampler.await;
+    let lags = crate::observe::Refresh::of(deps.bus.clone(), &deps.cfg.names()).consumer_lags().await;
+    rec.lock().expect("recorder").metrics.sample_last(&crate::observe::install_global(), t0.elapsed(), &lags);
     if let Some(ticker) = ticker {
         // Awaited, not only aborted: no bar is drawn once the run has returned.
         ticker.abort();

@@ -74,6 +74,22 @@ pub fn run_with_progress(
     rerun: String,
     progress: Option<ProgressFn>,
 ) -> Result<SimRun, String> {
+    run_observed(scn, seed, (config_hash, rerun), progress, true)
+}
+
+/// [`run`] without ever reading the world's metrics (no metrics.jsonl): a
+/// run whose trace is compared against an observed one's.
+pub fn run_unobserved(scn: &Scenario, seed: u64, config_hash: String, rerun: String) -> Result<SimRun, String> {
+    run_observed(scn, seed, (config_hash, rerun), None, false)
+}
+
+fn run_observed(
+    scn: &Scenario,
+    seed: u64,
+    (config_hash, rerun): (String, String),
+    progress: Option<ProgressFn>,
+    sample_metrics: bool,
+) -> Result<SimRun, String> {
     let mut scn = scn.clone();
     let nemesis = nemesis_draw(&scn, seed).map(|(options, drawn)| {
         scn.faults.extend(drawn.faults);
@@ -83,7 +99,7 @@ pub fn run_with_progress(
     // This world's metrics, recorded on this thread only. Made outside the
     // world: the recorder calibrates its clock against the machine's time.
     let recorder = crate::observe::recorder();
-    let metrics_handle = recorder.handle();
+    let metrics_handle = sample_metrics.then(|| recorder.handle());
     let _recording = metrics::set_default_local_recorder(&recorder);
     crate::observe::describe();
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
@@ -152,7 +168,7 @@ async fn drive(
     scn: Scenario,
     schedule: FaultSchedule,
     mut meta: run::RunMeta,
-    (progress, metrics): (Option<ProgressFn>, PrometheusHandle),
+    (progress, metrics): (Option<ProgressFn>, Option<PrometheusHandle>),
     measured: Measured,
 ) -> Result<SimRun, run::Stopped> {
     let seed = meta.seed;
@@ -247,15 +263,21 @@ async fn tick(
     (t0, duration): (tokio::time::Instant, Duration),
     done: Arc<std::sync::atomic::AtomicBool>,
     progress: Option<ProgressFn>,
-    (world, metrics): (Arc<World>, PrometheusHandle),
+    (world, metrics): (Arc<World>, Option<PrometheusHandle>),
 ) {
     let consumers = crate::observe::durable_consumers(&world.cfg.names());
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::time::sleep(PROGRESS_EVERY).await;
-        let lags = world.consumer_lags(&consumers);
-        rec.lock().expect("recorder").metrics.sample_if_due(&metrics, t0.elapsed(), &lags);
+        if let Some(metrics) = &metrics {
+            let lags = world.consumer_lags(&consumers);
+            rec.lock().expect("recorder").metrics.sample_if_due(metrics, t0.elapsed(), &lags);
+        }
         let Some(report) = &progress else { continue };
         let p = Progress::read(&rec.lock().expect("recorder"), RunClock::Simulated, t0.elapsed(), duration);
         report(&p);
+    }
+    if let Some(metrics) = &metrics {
+        let lags = world.consumer_lags(&consumers);
+        rec.lock().expect("recorder").metrics.sample_last(metrics, t0.elapsed(), &lags);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod axis;
 pub mod capacity;
+pub mod metrics;
 pub mod prices;
 pub mod spectrum;
 pub mod timeline;

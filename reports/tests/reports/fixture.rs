@@ -18,11 +18,13 @@ pub struct Options {
     pub latency_factor: f64,
     pub with_timeline: bool,
     pub with_hdr: bool,
+    /// Write metrics.jsonl (consumer lag and in flight rising while the engine is killed).
+    pub with_metrics: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { seed: 42, latency_factor: 1.0, with_timeline: true, with_hdr: true }
+        Options { seed: 42, latency_factor: 1.0, with_timeline: true, with_hdr: true, with_metrics: true }
     }
 }
 
@@ -129,6 +131,9 @@ pub fn write_run(dir: &Path, o: &Options) {
             std::fs::write(dir.join(format!("{name}.hdr")), raw).expect("write hdr");
         }
     }
+    if o.with_metrics {
+        write_metrics(dir);
+    }
     if o.with_timeline {
         let timeline = json!({
             "bucket_ms": BUCKET_MS,
@@ -205,4 +210,32 @@ fn summary(o: &Options, whole: &BTreeMap<&str, Histogram<u64>>, totals: [u64; 6]
 
 fn write_json(path: &Path, v: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(v).expect("json") + "\n").expect("write json");
+}
+
+/// metrics.jsonl: each second, the TRADES consumers' lag, the settlement-lag
+/// histogram's cumulative buckets and the requests in flight, all rising
+/// while the engine is killed and draining after.
+fn write_metrics(dir: &Path) {
+    let mut lines = String::new();
+    let mut line = |t_s: u64, name: &str, labels: Value, value: f64| {
+        let sample = json!({"t_s": t_s, "name": name, "labels": labels, "value": value});
+        lines.push_str(&format!("{sample}\n"));
+    };
+    let (mut fast, mut slow) = (0.0, 0.0);
+    for t_s in 0..=DURATION_MS / 1000 {
+        let behind = (KILL.0..KILL.1 + 1000).contains(&(t_s * 1000));
+        let lag = if behind { 400.0 } else { 2.0 };
+        for consumer in ["orders", "portfolio"] {
+            line(t_s, "fafnir_consumer_lag_messages", json!({"consumer": consumer, "stream": "FAFNIR_TRADES"}), lag);
+        }
+        fast += if behind { 5.0 } else { 80.0 };
+        slow += if behind { 60.0 } else { 1.0 };
+        let b = "fafnir_settlement_lag_seconds_bucket";
+        line(t_s, b, json!({"le": "0.005"}), fast);
+        line(t_s, b, json!({"le": "1"}), fast + slow);
+        line(t_s, b, json!({"le": "+Inf"}), fast + slow);
+        line(t_s, "fafnir_gateway_orders_in_flight", json!({}), if behind { 64.0 } else { 3.0 });
+        line(t_s, "fafnir_loadgen_requests_in_flight", json!({}), if behind { 150.0 } else { 4.0 });
+    }
+    std::fs::write(dir.join("metrics.jsonl"), lines).expect("write metrics.jsonl");
 }

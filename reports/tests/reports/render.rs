@@ -3,7 +3,7 @@ use fafnir_reports::render_run;
 use crate::fixture::Options;
 use crate::fixture_run;
 
-const PLOTS: [&str; 4] = ["spectrum", "latency_over_time", "throughput", "prices"];
+const PLOTS: [&str; 5] = ["spectrum", "latency_over_time", "throughput", "prices", "metrics_over_time"];
 
 #[test]
 fn renders_every_plot_and_the_page() {
@@ -72,8 +72,10 @@ fn rendering_is_deterministic() {
 
 #[test]
 fn without_timeline_or_histograms_draws_what_is_there() {
-    let (_tmp, dir) = fixture_run(&Options { with_timeline: false, with_hdr: false, ..Options::default() });
-    let rendered = render_run(&dir).expect("renders without timeline.json and .hdr files");
+    let options = Options { with_timeline: false, with_hdr: false, with_metrics: false, ..Options::default() };
+    let (_tmp, dir) = fixture_run(&options);
+    let rendered = render_run(&dir).expect("renders without timeline.json, .hdr files and metrics.jsonl");
+    assert!(!dir.join("metrics_over_time.png").exists());
     assert!(dir.join("spectrum.png").exists(), "spectrum from the summary's quantiles");
     assert!(dir.join("throughput.png").exists(), "throughput from accepted_per_s");
     assert!(!dir.join("latency_over_time.png").exists());
@@ -81,6 +83,7 @@ fn without_timeline_or_histograms_draws_what_is_there() {
     let notes = rendered.notes.join("\n");
     assert!(notes.contains("timeline.json is missing"), "{notes}");
     assert!(notes.contains("submit_to_ack.hdr is missing"), "{notes}");
+    assert!(notes.contains("metrics.jsonl is missing"), "{notes}");
     let html = std::fs::read_to_string(&rendered.index).unwrap();
     assert!(html.contains("Trade prices and volume per symbol: not drawn"), "page says what is missing");
     assert!(html.contains("timeline.json is missing"));
