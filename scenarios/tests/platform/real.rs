@@ -242,6 +242,51 @@ async fn an_overload_is_refused_not_queued() {
     p.cleanup().await;
 }
 
+/// The process's metrics are served on /metrics: the gRPC series of the
+/// order path, the business counters and the lag of this platform's
+/// TRADES consumers, after one order. (The recorder is the process's, shared
+/// with the other tests running beside this one: counts are at least ours.)
+#[tokio::test]
+async fn metrics_are_served_on_their_own_port() {
+    let p = RealPlatform::start("metrics").await;
+    let handle = fafnir_scenarios::observe::install_global();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], fafnir_scenarios::real::free_ports(1)[0]).into();
+    let refresh = fafnir_scenarios::observe::Refresh::of(p.bus(), &p.cfg().names());
+    let server = fafnir_scenarios::observe::serve(addr, handle, Some(refresh)).await.expect("listens");
+    let alice = flows::user(&p, "alice").await;
+    alice.deposit_cash(100_000, "m-1").await.unwrap();
+    let spec =
+        fafnir_scenarios::client::OrderSpec::limit("m1", "ACME", fafnir_platform::proto::common::Side::Buy, 100, 2);
+    alice.submit(&spec).await.expect("accepted");
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr).expect("connects");
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+    assert!(text.contains("content-type: text/plain"), "Prometheus text format");
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let submit_ok = r#"grpc_server_handled_total{grpc_type="unary",grpc_service="fafnir.gateway.Gateway",grpc_method="SubmitOrder",grpc_code="OK"}"#;
+    assert!(value(submit_ok) >= 1.0);
+    assert!(value(r#"fafnir_orders_accepted_total{symbol="ACME"}"#) >= 1.0);
+    assert!(text.contains("# TYPE grpc_server_handling_seconds histogram"), "a histogram, not a summary");
+    assert!(text.contains(r#"grpc_server_handling_seconds_bucket{grpc_type="unary",grpc_service="fafnir.orders.Orders",grpc_method="Submit",le="0.00001"}"#));
+    let trades = p.cfg().names().trades_stream();
+    assert_eq!(value(&format!(r#"fafnir_consumer_lag_messages{{stream="{trades}",consumer="portfolio"}}"#)), 0.0);
+    assert!(text.contains("fafnir_bus_publish_seconds_count{op=\"publish\""), "publishes are timed");
+    assert!(text.contains("fafnir_redis_call_seconds_count{op="), "Redis commands are timed");
+    server.abort();
+    p.cleanup().await;
+}
+
 #[test]
 fn fafnir_up_names_the_unreachable_server() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
