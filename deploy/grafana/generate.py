@@ -122,15 +122,17 @@ def row(title, collapsed=False, panels=None):
     return {"type": "row", "title": title, "collapsed": collapsed, "_nested": panels or []}
 
 
-def quantiles(histogram, by="", selector="", qs=(0.5, 0.99), label=""):
-    """histogram_quantile targets over a rate of `histogram`_bucket, one per quantile."""
+def quantiles(histogram, by="", selector="", qs=(0.5, 0.99), label="", cumulative=False):
+    """histogram_quantile targets over a rate of `histogram`_bucket, one per
+    quantile; `cumulative`: over its counts since the process started."""
     keys = ", ".join(["le"] + ([by] if by else []))
     sel = "{" + selector + "}" if selector else ""
     out = []
     for q in qs:
         name = f"p{q * 100:g}"
         legend = f"{name} {label}{{{{{by}}}}}" if by else f"{name} {label}".strip()
-        expr = f"histogram_quantile({q}, sum by ({keys}) (rate({histogram}_bucket{sel}[{RI}])))"
+        buckets = f"{histogram}_bucket{sel}" if cumulative else f"rate({histogram}_bucket{sel}[{RI}])"
+        expr = f"histogram_quantile({q}, sum by ({keys}) ({buckets}))"
         out.append(target(expr, legend))
     return out
 
@@ -218,31 +220,46 @@ def dashboard(uid, title, description, panels, time_from="now-15m"):
     }
 
 
-def grpc_section(short, service):
-    """A service's gRPC panels: rate, error ratio and codes, latency percentiles."""
+def grpc_section(short, service, sparse=False):
+    """A service's gRPC panels: rate, error ratio and codes, latency percentiles.
+
+    `sparse`: the service is called now and then (auth when a session starts,
+    market when a client asks for a quote), so a windowed rate is mostly 0
+    and its quantiles and ratios undefined; its error ratio and latency
+    percentiles are then taken over every call since the process started.
+    """
     s = f'grpc_service="{service}"'
     handled = f"grpc_server_handled_total{{{s}}}"
     errors = f'grpc_server_handled_total{{{s},grpc_code!="OK"}}'
-    by_method = f"sum by (grpc_method) (rate({handled}[{RI}]))"
+    unary = f'{s},grpc_type="unary"'
+
+    def per(x, by=""):
+        grouped = f"sum by ({by}) " if by else "sum"
+        return f"{grouped}({x})" if sparse else f"{grouped}(rate({x}[{RI}]))"
+
+    since = " since start" if sparse else ""
+    ratio_desc = "Calls answered with a code other than OK, as a share of all calls" + (
+        ", over every call since the process started." if sparse else ".")
     return row(f"{short}: gRPC ({service})", panels=[
         stat("Requests/s", f"sum(rate({handled}[{RI}]))", unit="reqps", w=6),
         stat("Requests handled since start", f"sum({handled})", unit="short", w=6,
              desc="Every call this process has answered, whatever its code."),
-        stat("Error ratio", f"(sum(rate({errors}[{RI}])) or sum(rate({handled}[{RI}])) * 0)"
-             f" / sum(rate({handled}[{RI}]))", unit="percentunit", w=6, decimals=2,
-             desc="Calls answered with a code other than OK, as a share of all calls."),
+        stat(f"Error ratio{since}", f"({per(errors)} or {per(handled)} * 0) / {per(handled)}",
+             unit="percentunit", w=6, decimals=2, desc=ratio_desc),
         stat("p99 latency since start (unary)",
-             f'histogram_quantile(0.99, sum by (le) (grpc_server_handling_seconds_bucket{{{s},grpc_type="unary"}}))',
+             f"histogram_quantile(0.99, sum by (le) (grpc_server_handling_seconds_bucket{{{unary}}}))",
              unit="s", w=6, desc="Over every unary call since the process started."),
-        timeseries("Requests/s by method", [target(by_method, "{{grpc_method}}")], unit="reqps"),
+        timeseries("Requests/s by method", [target(
+            f"sum by (grpc_method) (rate({handled}[{RI}]))", "{{grpc_method}}")], unit="reqps"),
         timeseries("Responses/s by code", [target(f"sum by (grpc_code) (rate({handled}[{RI}]))", "{{grpc_code}}")],
                    unit="reqps", stack=True),
-        timeseries("Error ratio by method", [target(
-            f"(sum by (grpc_method) (rate({errors}[{RI}])) or {by_method} * 0) / {by_method}", "{{grpc_method}}")],
-            unit="percentunit", desc="Calls answered with a code other than OK, per method."),
-        timeseries("Latency p50 / p99 by method (unary)",
-                   quantiles("grpc_server_handling_seconds", by="grpc_method", selector=f'{s},grpc_type="unary"'),
-                   unit="s", desc="Handling time inside the service, from request to response."),
+        timeseries(f"Error ratio by method{since}", [target(
+            f"({per(errors, 'grpc_method')} or {per(handled, 'grpc_method')} * 0) / {per(handled, 'grpc_method')}",
+            "{{grpc_method}}")], unit="percentunit", desc=ratio_desc),
+        timeseries(f"Latency p50 / p99 by method{since} (unary)",
+                   quantiles("grpc_server_handling_seconds", by="grpc_method", selector=unary, cumulative=sparse),
+                   unit="s", desc="Handling time inside the service, from request to response" + (
+                       ", over every call since the process started." if sparse else ".")),
     ])
 
 
@@ -311,8 +328,9 @@ def gateway():
             stat("Orders in flight", "sum(fafnir_gateway_orders_in_flight)", w=6,
                  desc="Submits taken and not answered yet; beyond --max-orders-in-flight a submit is refused."),
             stat("Refusals/s", f"sum(rate(fafnir_gateway_refusals_total[{RI}]))", unit="ops", w=6),
-            stat("Open streams", f'sum(grpc_server_started_total{{{s},grpc_type="server_stream"}})'
-                 f' - sum(grpc_server_handled_total{{{s},grpc_type="server_stream"}})', w=6),
+            stat("Streams opened since start", f'sum(grpc_server_started_total{{{s},grpc_type="server_stream"}})', w=6,
+                 desc="Executions and market-data subscriptions. A stream counts as handled once it is open, "
+                      "so how many are still open is not in these series."),
             stat("Submits since start", f"sum(grpc_server_handled_total{{{submit}}})", w=6),
             heatmap("SubmitOrder handling time", f"grpc_server_handling_seconds_bucket{{{submit}}}"),
             timeseries("Orders in flight", [target("sum(fafnir_gateway_orders_in_flight)", "in flight")]),
@@ -321,17 +339,16 @@ def gateway():
             timeseries("Errors/s by method and code", [target(
                 f'sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total{{{s},grpc_code!="OK"}}[{RI}]))',
                 "{{grpc_method}} {{grpc_code}}")], unit="reqps"),
-            timeseries("Open streams by method", [target(
-                f'sum by (grpc_method) (grpc_server_started_total{{{s},grpc_type="server_stream"}})'
-                f' - sum by (grpc_method) (grpc_server_handled_total{{{s},grpc_type="server_stream"}})',
-                "{{grpc_method}}")], desc="Executions and market-data streams: started minus finished."),
+            timeseries("Streams opened/s by method", [target(
+                f'sum by (grpc_method) (rate(grpc_server_started_total{{{s},grpc_type="server_stream"}}[{RI}]))',
+                "{{grpc_method}}")], unit="ops", desc="Executions and market-data subscriptions opened."),
         ]),
     ])
 
 
 def auth():
     return dashboard("fafnir-auth", "fafnir / auth", "Registrations and logins (JWTs).", [
-        grpc_section("auth", SERVICES["auth"]),
+        grpc_section("auth", SERVICES["auth"], sparse=True),
         row("auth: calls", panels=[
             timeseries("Calls since start by method and code", [target(
                 'sum by (grpc_method, grpc_code) (grpc_server_handled_total{grpc_service="fafnir.auth.Auth"})',
@@ -343,7 +360,7 @@ def auth():
 
 def market():
     return dashboard("fafnir-market", "fafnir / market", "Quotes and candles, and the trading they are drawn from.", [
-        grpc_section("market", SERVICES["market"]),
+        grpc_section("market", SERVICES["market"], sparse=True),
         row("market: books and trades", panels=[
             timeseries("Resting orders by symbol", [target("sum by (symbol) (fafnir_book_depth_orders)", "{{symbol}}")]),
             timeseries("Fills/s by symbol", [target(
