@@ -228,6 +228,13 @@ impl EventBus for TimedBus {
             .record(started.elapsed().as_secs_f64());
         acked
     }
+    async fn publish_traced(&self, msg: Publish) -> Result<PubAck, BusError> {
+        let head = subject_head(&msg.subject);
+        let started = tokio::time::Instant::now();
+        let acked = self.0.publish_traced(msg).await;
+        histogram!(BUS_PUBLISH_SECONDS, "op" => "publish", "subject" => head).record(started.elapsed().as_secs_f64());
+        acked
+    }
     async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
         let head = msgs.first().map(|m| subject_head(&m.subject)).unwrap_or_default();
         let started = tokio::time::Instant::now();
@@ -322,5 +329,97 @@ impl Kv for TimedKv {
     }
     async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, KvError> {
         self.timed("keys_with_prefix", self.0.keys_with_prefix(prefix)).await
+    }
+}
+
+/// One order's trace context, carried as a W3C `traceparent`
+/// (`00-<32 hex trace id>-<16 hex span id>-01`): in gRPC metadata from the
+/// gateway to orders and portfolio, and in the `traceparent` header of its
+/// NATS messages (ORDERS, then TRADES) to the engine, the portfolio's
+/// settlement and the orders service. Every hop logs its `trace_id` (at
+/// debug level; `--log-format json` makes it a field), so one id finds an
+/// order's whole life in the logs of every service.
+///
+/// A client may send its own `traceparent`; otherwise the gateway makes one
+/// from the user and order ids, so the simulation's are deterministic.
+pub mod trace {
+    use tonic::metadata::MetadataValue;
+    use tonic::Request;
+
+    /// The metadata key (and NATS header) the context travels in.
+    pub const KEY: &str = "traceparent";
+
+    /// The context the gateway gives an order its client sent none for.
+    pub fn for_order(user: u64, order: u64) -> String {
+        format!("00-{user:016x}{order:016x}-{order:016x}-01")
+    }
+
+    /// Whether `text` is a valid `traceparent` (version 00, a non-zero trace id and span id).
+    pub fn valid(text: &str) -> bool {
+        let parts: Vec<&str> = text.split('-').collect();
+        let hex =
+            |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+        matches!(parts.as_slice(), [v, t, s, f] if *v == "00" && hex(t, 32) && nonzero(t) && hex(s, 16) && nonzero(s) && hex(f, 2))
+    }
+
+    /// The trace id of a valid context.
+    pub fn trace_id(context: &str) -> &str {
+        context.split('-').nth(1).unwrap_or_default()
+    }
+
+    /// The context a hop passes on: the same trace, a span id of its own
+    /// (derived from the parent's and the hop's name, so deterministic).
+    pub fn child(parent: &str, hop: &str) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in parent.bytes().chain(hop.bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("00-{}-{:016x}-01", trace_id(parent), h.max(1))
+    }
+
+    /// The valid context a request carries, if any (an invalid one is ignored, as W3C says).
+    pub fn of<T>(request: &Request<T>) -> Option<String> {
+        let value = request.metadata().get(KEY)?.to_str().ok()?;
+        valid(value).then(|| value.to_string())
+    }
+
+    /// `reply`, carrying `context` back to the caller.
+    pub fn attach_reply<T>(mut reply: tonic::Response<T>, context: &str) -> tonic::Response<T> {
+        if let Ok(value) = MetadataValue::try_from(context) {
+            reply.metadata_mut().insert(KEY, value);
+        }
+        reply
+    }
+
+    /// `request`, carrying `context`.
+    pub fn attach<T>(mut request: Request<T>, context: &str) -> Request<T> {
+        if let Ok(value) = MetadataValue::try_from(context) {
+            request.metadata_mut().insert(KEY, value);
+        }
+        request
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn contexts_are_valid_and_children_keep_the_trace() {
+            let c = for_order(7, 0xabc);
+            assert!(valid(&c), "{c}");
+            assert_eq!(trace_id(&c), "00000000000000070000000000000abc");
+            let child = child(&c, "orders");
+            assert!(valid(&child) && trace_id(&child) == trace_id(&c) && child != c);
+            for bad in [
+                "",
+                "00-abc-def-01",
+                &c.replace("00-", "01-"),
+                &c.to_uppercase(),
+                &format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16)),
+            ] {
+                assert!(!valid(bad), "{bad}");
+            }
+        }
     }
 }

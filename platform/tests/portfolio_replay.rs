@@ -106,7 +106,12 @@ impl Session {
     fn record(&mut self, kind: ledger_event::Kind) {
         let event = self.live.stamp(kind);
         let seq = self.ledger.len() as u64 + 1;
-        self.ledger.push(StoredMsg { subject: "l".into(), seq, payload: event.encode_to_vec().into() });
+        self.ledger.push(StoredMsg {
+            subject: "l".into(),
+            seq,
+            payload: event.encode_to_vec().into(),
+            trace_parent: None,
+        });
         self.live.apply_ledger(&event).expect("a checked request applies live");
     }
 
@@ -115,7 +120,12 @@ impl Session {
         let outputs = self.matcher.apply(self.orders_seq, &OrderEvent { kind: Some(input) });
         for e in outputs.events {
             let seq = self.trades.len() as u64 + 1;
-            self.trades.push(StoredMsg { subject: "t".into(), seq, payload: e.encode_to_vec().into() });
+            self.trades.push(StoredMsg {
+                subject: "t".into(),
+                seq,
+                payload: e.encode_to_vec().into(),
+                trace_parent: None,
+            });
         }
     }
 

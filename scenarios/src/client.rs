@@ -134,6 +134,28 @@ impl Client {
         Ok(order.into_inner())
     }
 
+    /// [`Client::submit`] with the order's trace context (a W3C `traceparent`)
+    /// sent along, or none; returns the order and the context the gateway
+    /// answered with (its own, made for the order, when none was sent).
+    pub async fn submit_traced(&self, o: &OrderSpec, context: Option<&str>) -> Result<(Order, Option<String>), Status> {
+        let mut r = self.req(SubmitOrderRequest {
+            client_order_id: o.client_order_id.clone(),
+            symbol: o.symbol.clone(),
+            side: o.side as i32,
+            order_type: o.order_type as i32,
+            price_cents: o.price_cents,
+            qty: o.qty,
+        });
+        if let Some(context) = context {
+            r.metadata_mut().insert(fafnir_platform::telemetry::trace::KEY, context.parse().expect("ascii context"));
+        }
+        let reply =
+            fafnir_platform::unary!(self.mux, self.api, submit_order, "/fafnir.gateway.Gateway/SubmitOrder", r)?;
+        let answered = reply.metadata().get(fafnir_platform::telemetry::trace::KEY).and_then(|v| v.to_str().ok());
+        let answered = answered.map(str::to_string);
+        Ok((reply.into_inner(), answered))
+    }
+
     pub async fn cancel(&self, order_id: u64) -> Result<Order, Status> {
         let r = self.req(CancelOrderRequest { order_id });
         let order =

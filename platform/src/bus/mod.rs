@@ -66,12 +66,15 @@ pub struct PubAck {
     pub duplicate: bool,
 }
 
-/// One message of a [`EventBus::publish_batch`].
+/// One message of a [`EventBus::publish_batch`] or [`EventBus::publish_traced`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Publish {
     pub subject: String,
     pub msg_id: String,
     pub payload: Bytes,
+    /// The W3C `traceparent` of the order the message is about (NATS header
+    /// `traceparent`), stored with the message and read back with it.
+    pub trace_parent: Option<String>,
 }
 
 /// A message as stored in a stream.
@@ -80,6 +83,8 @@ pub struct StoredMsg {
     pub subject: String,
     pub seq: u64,
     pub payload: Bytes,
+    /// The `traceparent` header it was published with, if any.
+    pub trace_parent: Option<String>,
 }
 
 /// How far behind its stream a durable consumer is.
@@ -144,6 +149,8 @@ pub trait EventBus: Send + Sync + 'static {
     async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError>;
     /// Publishes and waits until the broker has stored the message.
     async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError>;
+    /// [`EventBus::publish`], with the message's trace context as a header.
+    async fn publish_traced(&self, msg: Publish) -> Result<PubAck, BusError>;
     /// Publishes `msgs` pipelined, as a NATS client does when it sends several
     /// publishes before awaiting their acks: they reach the broker together
     /// and are stored in order, each de-duplicated on its own id. Returns one

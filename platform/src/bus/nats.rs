@@ -174,9 +174,29 @@ struct Reader {
 
 fn stored(msg: &jetstream::Message) -> Result<(StoredMsg, u64, u64), BusError> {
     let info = msg.info().map_err(|e| BusError::Other(format!("message info: {e}")))?;
-    let stored =
-        StoredMsg { subject: msg.subject.to_string(), seq: info.stream_sequence, payload: msg.payload.clone() };
+    let stored = StoredMsg {
+        subject: msg.subject.to_string(),
+        seq: info.stream_sequence,
+        payload: msg.payload.clone(),
+        trace_parent: trace_parent(msg.headers.as_ref()),
+    };
     Ok((stored, info.delivered.max(1) as u64, info.pending))
+}
+
+/// The header a message's trace context travels in (W3C trace context).
+const TRACEPARENT: &str = "traceparent";
+
+fn trace_parent(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers?.get(TRACEPARENT).map(|v| v.as_str().to_string())
+}
+
+/// A publish of `payload` with its message id and, if any, its trace context.
+fn publish_message(payload: Bytes, msg_id: &str, trace: Option<&str>) -> jetstream::message::PublishMessage {
+    let mut publish = jetstream::message::PublishMessage::build().payload(payload).message_id(msg_id);
+    if let Some(trace) = trace {
+        publish = publish.header(TRACEPARENT, trace);
+    }
+    publish
 }
 
 impl NatsBus {
@@ -228,8 +248,14 @@ impl NatsBus {
         Ok(())
     }
 
-    async fn publish_now(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
-        let publish = jetstream::message::PublishMessage::build().payload(payload).message_id(msg_id);
+    async fn publish_now(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: Bytes,
+        trace: Option<&str>,
+    ) -> Result<PubAck, BusError> {
+        let publish = publish_message(payload, msg_id, trace);
         let ack = self
             .js
             .send_publish(subject.to_string(), publish)
@@ -245,7 +271,7 @@ impl NatsBus {
         // them in order, and the server stores them in that order.
         let mut sent = Vec::with_capacity(msgs.len());
         for m in msgs {
-            let publish = jetstream::message::PublishMessage::build().payload(m.payload).message_id(&m.msg_id);
+            let publish = publish_message(m.payload, &m.msg_id, m.trace_parent.as_deref());
             sent.push(self.js.send_publish(m.subject, publish).await.map_err(|e| self.publish_err("publish", e)));
         }
         let mut out = Vec::with_capacity(sent.len());
@@ -449,7 +475,13 @@ impl NatsBus {
         let handle = self.stream(stream).await?;
         match handle.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
-                Ok(Some(StoredMsg { subject: msg.subject.to_string(), seq: msg.sequence, payload: msg.payload }))
+                let trace_parent = trace_parent(Some(&msg.headers));
+                Ok(Some(StoredMsg {
+                    subject: msg.subject.to_string(),
+                    seq: msg.sequence,
+                    payload: msg.payload,
+                    trace_parent,
+                }))
             }
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(self.err("last message", e)),
@@ -473,7 +505,12 @@ impl EventBus for NatsBus {
     }
 
     async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
-        self.unless_reconnected("publish", self.publish_now(subject, msg_id, payload)).await
+        self.unless_reconnected("publish", self.publish_now(subject, msg_id, payload, None)).await
+    }
+
+    async fn publish_traced(&self, msg: Publish) -> Result<PubAck, BusError> {
+        let publish = self.publish_now(&msg.subject, &msg.msg_id, msg.payload.clone(), msg.trace_parent.as_deref());
+        self.unless_reconnected("publish", publish).await
     }
 
     async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::domain::UserId;
+use crate::domain::{order_id_for, OrderId, UserId};
 use crate::proto::auth::auth_client::AuthClient;
 use crate::proto::common::{Order, PortfolioView, Quote};
 use crate::proto::events::{engine_event, ledger_event, EngineEvent, LedgerEvent, MarketData};
@@ -31,7 +31,7 @@ use crate::proto::orders::orders_client::OrdersClient;
 use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::{auth, market, orders, portfolio};
 use crate::services::{auth as auth_svc, channel, jwt, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
-use crate::telemetry::{self, grpc_call, Rpc, RpcKind};
+use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
 
 mod buckets;
 mod window;
@@ -461,9 +461,12 @@ impl Gateway for GatewaySvc {
         };
         let answered = grpc_call(&self.state.deps, rpc, async move {
             let user = self.caller(&req)?;
+            let client_trace = trace::of(&req);
             let r = req.into_inner();
             bounded("client_order_id", &r.client_order_id, CLIENT_ID_BYTES_MAX)?;
             bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
+            let order_id = order_id_for(user, &r.client_order_id);
+            let context = client_trace.unwrap_or_else(|| trace::for_order(user.0, order_id.0));
             // Held until the order is answered; none left: the platform is
             // answering as many orders as it may, and this one is not taken.
             let _taken = self.state.orders_in_flight.clone().try_acquire_owned().map(InFlight::new).map_err(|_| {
@@ -482,7 +485,12 @@ impl Gateway for GatewaySvc {
                 price_cents: r.price_cents,
                 qty: r.qty,
             };
-            crate::unary!(self.state.orders_mux, self.state.orders, submit, "/fafnir.orders.Orders/Submit", call)
+            tracing::debug!(trace_id = trace::trace_id(&context), order = %order_id, "gateway: order taken");
+            let call = trace::attach(Request::new(call), &trace::child(&context, "gateway"));
+            let answered =
+                crate::unary!(self.state.orders_mux, self.state.orders, submit, "/fafnir.orders.Orders/Submit", call);
+            // The client learns the order's trace (its own, or the one made for it).
+            answered.map(|reply| trace::attach_reply(reply, &context))
         })
         .await;
         if let Err(refused) = &answered {
@@ -500,8 +508,12 @@ impl Gateway for GatewaySvc {
         };
         let answered = grpc_call(&self.state.deps, rpc, async move {
             let user = self.caller(&req)?;
+            let client_trace = trace::of(&req);
             let order_id = req.into_inner().order_id;
+            let context = client_trace.unwrap_or_else(|| trace::for_order(user.0, order_id));
+            tracing::debug!(trace_id = trace::trace_id(&context), order = %OrderId(order_id), "gateway: cancel taken");
             let call = orders::CancelRequest { user_id: user.0, order_id };
+            let call = trace::attach(Request::new(call), &trace::child(&context, "gateway"));
             crate::unary!(self.state.orders_mux, self.state.orders, cancel, "/fafnir.orders.Orders/Cancel", call)
         })
         .await;

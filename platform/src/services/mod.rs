@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message;
 use tonic::Status;
 
@@ -400,13 +399,13 @@ impl Follower {
 /// Publishes, retrying with backoff until the broker has stored the message.
 /// Used where giving up would lose a fact (the engine's outputs); the message id
 /// makes every retry harmless.
-pub async fn publish_until_stored(bus: &dyn EventBus, subject: &str, msg_id: &str, payload: Bytes) {
+pub async fn publish_until_stored(bus: &dyn EventBus, msg: &crate::bus::Publish) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match bus.publish(subject, msg_id, payload.clone()).await {
+        match bus.publish_traced(msg.clone()).await {
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!(subject, msg_id, error = %e, "publish failed; retrying");
+                tracing::warn!(subject = msg.subject, msg_id = msg.msg_id, error = %e, "publish failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

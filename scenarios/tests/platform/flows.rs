@@ -49,6 +49,49 @@ pub async fn wait_engine_caught_up(p: &dyn Platform) {
     .await;
 }
 
+/// One trace id follows each order: the one its client sent (alice), or
+/// the one the gateway made for it (bob); the gateway answers with it, the
+/// ORDERS message carries it to the engine (header `traceparent`), and the
+/// fill the order made carries it on in TRADES to the portfolio and orders.
+pub async fn an_order_carries_one_trace_through_every_stream(p: &dyn Platform) {
+    use fafnir_platform::telemetry::trace;
+    let alice = user(p, "alice").await;
+    let bob = user(p, "bob").await;
+    alice.deposit_cash(1_000_000, "a-1").await.unwrap();
+    bob.deposit_shares("ACME", 10, "b-1").await.unwrap();
+    let sent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (resting, answered) =
+        alice.submit_traced(&OrderSpec::limit("a-buy", "ACME", Side::Buy, 500, 4), Some(sent)).await.unwrap();
+    assert_eq!(answered.as_deref(), Some(sent), "the gateway answers with the client's context");
+    let (taker, made) = bob.submit_traced(&OrderSpec::limit("b-sell", "ACME", Side::Sell, 500, 4), None).await.unwrap();
+    let made = made.expect("the gateway makes a context when none is sent");
+    assert!(trace::valid(&made), "{made}");
+    assert_eq!(made, trace::for_order(bob.user_id, taker.order_id));
+    // A context that is not valid is ignored, and one is made instead.
+    let (_, replaced) = alice
+        .submit_traced(&OrderSpec::limit("a-buy-2", "ACME", Side::Buy, 400, 1), Some("00-zz-zz-01"))
+        .await
+        .unwrap();
+    assert!(replaced.is_some_and(|c| trace::valid(&c) && !c.contains("zz")));
+    wait_engine_caught_up(p).await;
+    let bus = p.bus();
+    let inputs = read_to_end(bus.as_ref(), &p.cfg().names().orders_stream(), "", 1).await.unwrap();
+    let trace_of_input = |n: usize| inputs[n].trace_parent.as_deref().map(trace::trace_id).map(str::to_string);
+    assert_eq!(trace_of_input(0).as_deref(), Some(trace::trace_id(sent)), "alice's order in ORDERS");
+    assert_eq!(trace_of_input(1).as_deref(), Some(trace::trace_id(&made)), "bob's order in ORDERS");
+    let trades = read_to_end(bus.as_ref(), &p.cfg().names().trades_stream(), "", 1).await.unwrap();
+    let fill = trades
+        .iter()
+        .find(|m| {
+            let e: EngineEvent = prost::Message::decode(&m.payload[..]).unwrap();
+            matches!(e.kind, Some(engine_event::Kind::Fill(ref f)) if f.taker_order == taker.order_id && f.maker_order == resting.order_id)
+        })
+        .expect("the two orders crossed");
+    let context = fill.trace_parent.as_deref().expect("the fill carries a trace");
+    assert!(trace::valid(context));
+    assert_eq!(trace::trace_id(context), trace::trace_id(&made), "a fill carries the trace of the order that made it");
+}
+
 /// Polls `check` until it returns Some, or panics with `what` after 20 s.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where

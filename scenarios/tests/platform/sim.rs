@@ -178,6 +178,7 @@ sim_flows!(
     hostile_requests_are_refused_without_effect,
     passwords_are_salted_per_user_and_survive_an_auth_restart,
     a_resumed_stream_gets_what_it_missed_across_a_gateway_restart,
+    an_order_carries_one_trace_through_every_stream,
 );
 
 #[madsim::test]

@@ -164,8 +164,12 @@ impl EventBus for SimBus {
     }
 
     async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
-        let request = Request::Publish { subject: subject.to_string(), msg_id: msg_id.to_string(), payload };
-        match self.call("publish", request, Duration::ZERO).await? {
+        let msg = Publish { subject: subject.to_string(), msg_id: msg_id.to_string(), payload, trace_parent: None };
+        self.publish_traced(msg).await
+    }
+
+    async fn publish_traced(&self, msg: Publish) -> Result<PubAck, BusError> {
+        match self.call("publish", Request::Publish(msg), Duration::ZERO).await? {
             Response::PubAck(ack) => Ok(ack),
             r => unexpected("publish", r),
         }

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use fafnir_platform::bus::{
     AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, PubAck, Publish, StoredMsg, StreamSpec,
 };
@@ -16,11 +15,8 @@ use super::store::Settle;
 pub(super) enum Request {
     EnsureStream(StreamSpec),
     EnsureConsumer(ConsumerSpec),
-    Publish {
-        subject: String,
-        msg_id: String,
-        payload: Bytes,
-    },
+    /// One publish (with its trace context header, if any).
+    Publish(Publish),
     /// Publishes pipelined on one connection: stored in order, one result each.
     PublishBatch(Vec<Publish>),
     Fetch {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use fafnir_platform::bus::{subject_matches, AckToken, BusError, PubAck, StoredMsg};
+use fafnir_platform::bus::{subject_matches, AckToken, BusError, PubAck, Publish, StoredMsg};
 use madsim::net::{Endpoint, Receiver, Sender};
 use madsim::time::{sleep_until, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -191,12 +191,10 @@ impl Broker {
                 let result = self.disk.lock().ensure_consumer(&spec);
                 result.map(|()| Response::Done)
             }
-            Request::Publish { subject, msg_id, payload } => {
-                self.publish(&subject, &msg_id, payload, now).map(Response::PubAck)
+            Request::Publish(msg) => self.publish(msg, now).map(Response::PubAck),
+            Request::PublishBatch(msgs) => {
+                Ok(Response::PubAcks(msgs.into_iter().map(|m| self.publish(m, now)).collect()))
             }
-            Request::PublishBatch(msgs) => Ok(Response::PubAcks(
-                msgs.into_iter().map(|m| self.publish(&m.subject, &m.msg_id, m.payload, now)).collect(),
-            )),
             Request::LastOnSubject { stream, subject } => {
                 self.disk.lock().last_on_subject(&stream, &subject).map(Response::Last)
             }
@@ -215,8 +213,9 @@ impl Broker {
     }
 
     /// Stores one message (or finds its duplicate) and tells who waits for it.
-    fn publish(&self, subject: &str, msg_id: &str, payload: bytes::Bytes, now: Instant) -> Result<PubAck, BusError> {
-        let published = self.disk.lock().publish(subject, msg_id, payload, now, &self.trace)?;
+    fn publish(&self, msg: Publish, now: Instant) -> Result<PubAck, BusError> {
+        let published =
+            self.disk.lock().publish(&msg.subject, &msg.msg_id, (msg.payload, msg.trace_parent), now, &self.trace)?;
         if let Some(msg) = published.stored {
             self.stored(&published.ack.stream, msg);
         }

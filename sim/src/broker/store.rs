@@ -252,7 +252,7 @@ impl Store {
         &mut self,
         subject: &str,
         msg_id: &str,
-        payload: bytes::Bytes,
+        (payload, trace_parent): (bytes::Bytes, Option<String>),
         now: Instant,
         trace: &Trace,
     ) -> Result<Published, BusError> {
@@ -267,7 +267,7 @@ impl Store {
                 return Ok(Published { ack, stored: None });
             }
         }
-        let msg = stream.store(subject, payload);
+        let msg = stream.store(subject, payload, trace_parent);
         if !msg_id.is_empty() {
             let id: Arc<str> = Arc::from(msg_id);
             stream.dedupe.insert(id.clone(), (msg.seq, now));
@@ -450,9 +450,9 @@ impl Stream {
     }
 
     /// Appends a message, then drops the oldest beyond `max_msgs`.
-    fn store(&mut self, subject: &str, payload: bytes::Bytes) -> StoredMsg {
+    fn store(&mut self, subject: &str, payload: bytes::Bytes, trace_parent: Option<String>) -> StoredMsg {
         let seq = self.last_seq + 1;
-        let msg = StoredMsg { subject: subject.to_string(), seq, payload };
+        let msg = StoredMsg { subject: subject.to_string(), seq, payload, trace_parent };
         self.msgs.push_back(msg.clone());
         self.last_seq = seq;
         match self.last_by_subject.get_mut(subject) {
@@ -687,7 +687,7 @@ mod tests {
         store.ensure_stream(&spec(3)).expect("stream");
         store.ensure_consumer(&consumer("s.a", -1)).expect("consumer");
         for (i, subject) in ["s.a", "s.b", "s.a", "s.a", "s.b", "s.a"].into_iter().enumerate() {
-            store.publish(subject, &i.to_string(), bytes::Bytes::new(), now, &trace).expect("publish");
+            store.publish(subject, &i.to_string(), (bytes::Bytes::new(), None), now, &trace).expect("publish");
         }
         // Kept: 4 (s.a), 5 (s.b), 6 (s.a).
         let got = store.deliver("S", "c", 10, now, &trace).expect("deliver");
@@ -701,7 +701,7 @@ mod tests {
         store.ensure_stream(&spec(0)).expect("stream");
         store.ensure_consumer(&consumer("", 1)).expect("consumer");
         for i in 0..5 {
-            store.publish("s.a", &i.to_string(), bytes::Bytes::new(), now, &trace).expect("publish");
+            store.publish("s.a", &i.to_string(), (bytes::Bytes::new(), None), now, &trace).expect("publish");
         }
         assert_eq!(store.deliver("S", "c", 10, now, &trace).expect("deliver").len(), 3, "max_ack_pending 3");
         let later = now + Duration::from_secs(2);
@@ -714,7 +714,7 @@ mod tests {
         let (mut store, trace, now) = (Store::default(), Trace::new(), crate::broker::now());
         store.ensure_stream(&spec(0)).expect("stream");
         store.ensure_consumer(&consumer("", -1)).expect("consumer");
-        store.publish("s.a", "1", bytes::Bytes::new(), now, &trace).expect("publish");
+        store.publish("s.a", "1", (bytes::Bytes::new(), None), now, &trace).expect("publish");
         let first = store.deliver("S", "c", 1, now, &trace).expect("deliver").remove(0);
         assert_eq!(parse_token(&first.token), Some(("S", "c", 1)));
         store.settle(&first.token, Settle::Nak(Duration::from_millis(10)), now).expect("nak");

@@ -255,7 +255,7 @@ pub async fn publish_acked_after_storage(bus: &dyn EventBus, ns: &str) {
         let ack = publish(bus, &subject, &format!("p{i}"), &text).await;
         assert_eq!((ack.seq, ack.duplicate), (i, false));
         let back = bus.read(&s.name, "", ack.seq, 1, Duration::ZERO).await.expect("read back");
-        assert_eq!(back, [StoredMsg { subject: subject.clone(), seq: i, payload: payload(&text) }]);
+        assert_eq!(back, [StoredMsg { subject: subject.clone(), seq: i, payload: payload(&text), trace_parent: None }]);
         let last = bus.last_on_subject(&s.name, &subject).await.expect("last on subject");
         assert_eq!(last.map(|m| m.seq), Some(i));
     }
@@ -299,8 +299,12 @@ pub async fn dedupe_inside_window_only(bus: &dyn EventBus, ns: &str) {
 pub async fn publish_batch_in_order(bus: &dyn EventBus, ns: &str) {
     let s = stream(ns, "batch", &["batch.*"], Storage::File);
     ensure_stream(bus, &s).await;
-    let one =
-        |subject: String, id: &str, text: &str| Publish { subject, msg_id: id.to_string(), payload: payload(text) };
+    let one = |subject: String, id: &str, text: &str| Publish {
+        subject,
+        msg_id: id.to_string(),
+        payload: payload(text),
+        trace_parent: None,
+    };
     let (a, b) = (format!("{ns}.batch.a"), format!("{ns}.batch.b"));
     assert!(bus.publish_batch(Vec::new()).await.is_empty(), "an empty batch has no results");
     let results = bus
@@ -701,9 +705,45 @@ pub async fn last_on_subject(bus: &dyn EventBus, ns: &str) {
     publish(bus, &x, "l3", "x2").await;
     let name = s.name.as_str();
     let last = |subject: String| async move { bus.last_on_subject(name, &subject).await.expect("last") };
-    assert_eq!(last(x.clone()).await, Some(StoredMsg { subject: x.clone(), seq: 3, payload: payload("x2") }));
-    assert_eq!(last(y.clone()).await, Some(StoredMsg { subject: y.clone(), seq: 2, payload: payload("y1") }));
+    assert_eq!(
+        last(x.clone()).await,
+        Some(StoredMsg { subject: x.clone(), seq: 3, payload: payload("x2"), trace_parent: None })
+    );
+    assert_eq!(
+        last(y.clone()).await,
+        Some(StoredMsg { subject: y.clone(), seq: 2, payload: payload("y1"), trace_parent: None })
+    );
     assert_eq!(last(z).await, None);
+}
+
+/// A message's trace context (the `traceparent` header) is stored with it
+/// and read back with it by every way of reading: a read, a fetch, the last
+/// on a subject, and after a batch publish; a message without one has none.
+pub async fn trace_context_travels_with_the_message(bus: &dyn EventBus, ns: &str) {
+    let s = stream(ns, "traced", &["traced.*"], Storage::Memory);
+    ensure_stream(bus, &s).await;
+    let c = consumer(&s, "traced", String::new(), ACK_WAIT_LONG);
+    bus.ensure_consumer(&c).await.expect("consumer");
+    let subject = format!("{ns}.traced.a");
+    let context = "00-0000000000000007000000000000abcd-00000000000000ef-01".to_string();
+    let traced = |id: &str, trace: Option<&str>| Publish {
+        subject: subject.clone(),
+        msg_id: id.to_string(),
+        payload: payload(id),
+        trace_parent: trace.map(str::to_string),
+    };
+    bus.publish_traced(traced("t1", Some(&context))).await.expect("publish traced");
+    bus.publish_traced(traced("t2", None)).await.expect("publish untraced");
+    let batch = bus.publish_batch(vec![traced("t3", Some(&context)), traced("t4", None)]).await;
+    assert!(batch.iter().all(Result::is_ok), "{batch:?}");
+    let want = [Some(context.clone()), None, Some(context.clone()), None];
+    let read = read_to_end(bus, &s.name, "", 1).await.expect("read");
+    assert_eq!(read.iter().map(|m| m.trace_parent.clone()).collect::<Vec<_>>(), want);
+    let fetched = fetch_until(bus, &c, 4, PROMPT).await;
+    assert_eq!(fetched.iter().map(|d| d.msg.trace_parent.clone()).collect::<Vec<_>>(), want);
+    bus.publish_traced(traced("t5", Some(&context))).await.expect("publish traced");
+    let last = bus.last_on_subject(&s.name, &subject).await.expect("last").expect("a last message");
+    assert_eq!((last.seq, last.trace_parent), (5, Some(context)));
 }
 
 /// A tail sees exactly the matching messages published after it was opened,

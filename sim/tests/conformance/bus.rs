@@ -127,6 +127,7 @@ mod sim {
         read_from_seq_with_filter,
         following_reads_go_on_and_rewind,
         last_on_subject,
+        trace_context_travels_with_the_message,
         tail_sees_new_messages,
     );
 
@@ -499,6 +500,7 @@ mod real {
         read_from_seq_with_filter,
         following_reads_go_on_and_rewind,
         last_on_subject,
+        trace_context_travels_with_the_message,
         tail_sees_new_messages,
     );
 

@@ -27,7 +27,7 @@ use crate::proto::engine::engine_server::{Engine, EngineServer};
 use crate::proto::engine::{BookView, GetBookRequest, Level};
 use crate::proto::events::{engine_event, EngineEvent, MarketData, OrderEvent};
 use crate::services::{decode, ensure_streams, publish_until_stored, Deps, ServiceError, Shutdown, TaskGroup};
-use crate::telemetry::{self, grpc_call, Rpc, RpcKind};
+use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
 
 pub use matcher::Matcher;
 
@@ -76,11 +76,12 @@ pub async fn recover(deps: &Deps, symbol: &str) -> Result<Matcher, ServiceError>
     for m in &inputs {
         let input: OrderEvent = decode(&orders, m.seq, &m.payload)?;
         let outputs = matcher.apply(m.seq, &input);
+        let trace = m.trace_parent.as_deref().map(|t| trace::child(t, "engine"));
         if let Some(generation) = replay_generation {
             for event in &outputs.events {
                 let msg_id = format!("{}@{generation}", matcher::msg_id(event));
-                let subject = names.trades_of(&event.symbol);
-                publish_until_stored(deps.bus.as_ref(), &subject, &msg_id, Bytes::from(event.encode_to_vec())).await;
+                let msg = Publish { msg_id, ..event_msg(deps, event, None) };
+                publish_until_stored(deps.bus.as_ref(), &msg).await;
                 republished += 1;
             }
             continue;
@@ -91,7 +92,7 @@ pub async fn recover(deps: &Deps, symbol: &str) -> Result<Matcher, ServiceError>
         for event in &outputs.events {
             let already = m.seq == done_input && done_index.is_some_and(|i| event.index <= i);
             if !already {
-                publish_event(deps, event).await;
+                publish_event(deps, event, &trace).await;
                 republished += 1;
             }
         }
@@ -101,9 +102,8 @@ pub async fn recover(deps: &Deps, symbol: &str) -> Result<Matcher, ServiceError>
     Ok(matcher)
 }
 
-async fn publish_event(deps: &Deps, event: &EngineEvent) {
-    let msg = event_msg(deps, event);
-    publish_until_stored(deps.bus.as_ref(), &msg.subject, &msg.msg_id, msg.payload).await;
+async fn publish_event(deps: &Deps, event: &EngineEvent, trace: &Option<String>) {
+    publish_until_stored(deps.bus.as_ref(), &event_msg(deps, event, trace.clone())).await;
 }
 
 /// Market data is best effort: a lost update is superseded by the next one.
@@ -122,20 +122,24 @@ fn market_data_msg(deps: &Deps, md: &MarketData, now_ms: i64) -> Publish {
         subject: deps.cfg.names().md_of(&md.symbol),
         msg_id: format!("{}-md{}", md.symbol, md.input_seq),
         payload: Bytes::from(md.encode_to_vec()),
+        trace_parent: None,
     }
 }
 
-fn event_msg(deps: &Deps, event: &EngineEvent) -> Publish {
+/// An event's message, carrying the trace of the input that made it.
+fn event_msg(deps: &Deps, event: &EngineEvent, trace: Option<String>) -> Publish {
     Publish {
         subject: deps.cfg.names().trades_of(&event.symbol),
         msg_id: matcher::msg_id(event),
         payload: Bytes::from(event.encode_to_vec()),
+        trace_parent: trace,
     }
 }
 
 /// What one read batch of inputs produced, in input order.
 enum Output {
-    Event(EngineEvent),
+    /// An event, with the trace of the input that made it.
+    Event(EngineEvent, Option<String>),
     MarketData(MarketData),
 }
 
@@ -163,14 +167,14 @@ async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) -> bool {
     let msgs = outputs
         .iter()
         .map(|o| match o {
-            Output::Event(e) => event_msg(deps, e),
+            Output::Event(e, trace) => event_msg(deps, e, trace.clone()),
             Output::MarketData(md) => market_data_msg(deps, md, now_ms),
         })
         .collect();
     let results = deps.bus.publish_batch(msgs).await;
     assert_eq!(results.len(), outputs.len(), "one publish result per output");
-    let md_stored = outputs.iter().zip(&results).all(|(o, r)| matches!(o, Output::Event(_)) || r.is_ok());
-    let first_unstored = outputs.iter().zip(&results).position(|(o, r)| matches!(o, Output::Event(_)) && r.is_err());
+    let md_stored = outputs.iter().zip(&results).all(|(o, r)| matches!(o, Output::Event(..)) || r.is_ok());
+    let first_unstored = outputs.iter().zip(&results).position(|(o, r)| matches!(o, Output::Event(..)) && r.is_err());
     let Some(first) = first_unstored else { return md_stored };
     if let Err(e) = &results[first] {
         tracing::warn!(error = %e, "engine batch publish failed; publishing its events one by one");
@@ -179,8 +183,8 @@ async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) -> bool {
         republish_gaps_as_new(deps, &outputs, &results).await;
     }
     for output in &outputs[first..] {
-        if let Output::Event(event) = output {
-            publish_event(deps, event).await;
+        if let Output::Event(event, trace) = output {
+            publish_event(deps, event, trace).await;
         }
     }
     md_stored
@@ -196,10 +200,10 @@ async fn republish_gaps_as_new(
 ) {
     let Some(last_acked) = results.iter().rposition(Result::is_ok) else { return };
     for (output, result) in outputs.iter().zip(results).take(last_acked) {
-        if let (Output::Event(event), Err(crate::bus::BusError::Timeout(_))) = (output, result) {
-            let msg = event_msg(deps, event);
-            let msg_id = format!("{}-again", msg.msg_id);
-            publish_until_stored(deps.bus.as_ref(), &msg.subject, &msg_id, msg.payload).await;
+        if let (Output::Event(event, _), Err(crate::bus::BusError::Timeout(_))) = (output, result) {
+            let msg = event_msg(deps, event, None);
+            let msg = Publish { msg_id: format!("{}-again", msg.msg_id), ..msg };
+            publish_until_stored(deps.bus.as_ref(), &msg).await;
         }
     }
 }
@@ -264,7 +268,17 @@ async fn run_symbol(
                 books.get_mut(&symbol).expect("own symbol").apply(m.seq, &input)
             };
             record_fills(&deps, &symbol, &out.events);
-            outputs.extend(out.events.into_iter().map(Output::Event));
+            let trace = m.trace_parent.as_deref().map(|t| trace::child(t, "engine"));
+            if let Some(t) = &trace {
+                tracing::debug!(
+                    trace_id = trace::trace_id(t),
+                    symbol,
+                    seq = m.seq,
+                    events = out.events.len(),
+                    "engine: matched"
+                );
+            }
+            outputs.extend(out.events.into_iter().map(|e| Output::Event(e, trace.clone())));
             outputs.push(Output::MarketData(out.market_data));
         }
         let resting = books.lock().expect("books lock").get(&symbol).expect("own symbol").resting_count();

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::bus::read_to_end;
+use crate::bus::{read_to_end, Publish};
 use crate::domain::{
     order_id_for, CloseReason, Instrument, OrderId, OrderStatus, OrderType, PriceTicks, Shares, Side, UserId,
 };
@@ -38,7 +38,7 @@ use crate::services::{
     bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
     shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
 };
-use crate::telemetry::{grpc_call, Rpc, RpcKind};
+use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
 
 /// The durable consumer of the TRADES stream.
 pub const DURABLE: &str = "orders";
@@ -479,8 +479,11 @@ impl Drop for RetryingGuard<'_> {
 }
 
 impl OrdersSvc {
-    async fn accept(&self, req: &SubmitRequest, v: &Valid, id: OrderId) -> Result<Order, Status> {
+    /// Reserves and publishes the order; `context` is its trace, passed on
+    /// to the portfolio (metadata) and the engine (the ORDERS message's header).
+    async fn accept(&self, req: &SubmitRequest, v: &Valid, id: OrderId, context: &str) -> Result<Order, Status> {
         let state = &self.state;
+        let context = trace::child(context, "orders");
         // Market buys reserve at the band's top: every fill is at or below it.
         let reserve_ticks = v.reserve_ticks;
         let reserve = ReserveRequest {
@@ -491,6 +494,7 @@ impl OrdersSvc {
             qty: req.qty,
             price_ticks: reserve_ticks,
         };
+        let reserve = trace::attach(tonic::Request::new(reserve), &context);
         let reserved = crate::unary!(
             state.portfolio_mux,
             state.portfolio,
@@ -539,19 +543,24 @@ impl OrdersSvc {
             .insert(id, Record { order, confirmed: false, fills: BTreeSet::new(), closed: None });
         let input = OrderEvent { kind: Some(order_event::Kind::Accepted(accepted.clone())) };
         let subject = state.deps.cfg.names().order_accepted(&req.symbol);
-        let ack = state.deps.bus.publish(&subject, &id.to_string(), Bytes::from(input.encode_to_vec())).await.map_err(
-            |e| {
-                Status::unavailable(format!(
-                    "{}; the order is not confirmed, retry with the same client_order_id",
-                    bus_status(e).message()
-                ))
-            },
-        )?;
+        let msg = Publish {
+            subject,
+            msg_id: id.to_string(),
+            payload: Bytes::from(input.encode_to_vec()),
+            trace_parent: Some(context.clone()),
+        };
+        let ack = state.deps.bus.publish_traced(msg).await.map_err(|e| {
+            Status::unavailable(format!(
+                "{}; the order is not confirmed, retry with the same client_order_id",
+                bus_status(e).message()
+            ))
+        })?;
         if ack.duplicate && !matches!(stored_input(state, ack.seq).await?, Some(order_event::Kind::Accepted(_))) {
             // The message id is taken by the order's abandonment: it can never be accepted.
             state.records.lock().expect("records lock").remove(id);
             return Err(abandoned(&req.client_order_id));
         }
+        tracing::debug!(trace_id = trace::trace_id(&context), order = %id, "orders: accepted");
         metrics::counter!(crate::telemetry::ORDERS_ACCEPTED, "symbol" => req.symbol.clone()).increment(1);
         let mut records = state.records.lock().expect("records lock");
         records.apply_accepted(&accepted, v.inst.tick_cents);
@@ -576,7 +585,7 @@ impl OrdersSvc {
             }
             let result = {
                 let _guard = InflightGuard { state: &self.state, id };
-                self.accept(&req, &valid, id).await
+                self.accept(&req, &valid, id, &trace::for_order(req.user_id, id.0)).await
             };
             match result {
                 Ok(_) => {
@@ -636,9 +645,11 @@ impl Orders for OrdersSvc {
         let rpc =
             Rpc { handler: "orders.submit", service: "fafnir.orders.Orders", method: "Submit", kind: RpcKind::Unary };
         grpc_call(&self.state.deps, rpc, async move {
+            let context = trace::of(&req);
             let req = req.into_inner();
             let valid = validate(&self.state.deps, &req)?;
             let id = order_id_for(UserId(req.user_id), &req.client_order_id);
+            let context = context.unwrap_or_else(|| trace::for_order(req.user_id, id.0));
             {
                 let mut records = self.state.records.lock().expect("records lock");
                 if let Some(r) = records.by_id.get(&id) {
@@ -658,7 +669,7 @@ impl Orders for OrdersSvc {
             }
             let (result, interrupted) = {
                 let _guard = InflightGuard { state: &self.state, id };
-                let result = self.accept(&req, &valid, id).await;
+                let result = self.accept(&req, &valid, id, &context).await;
                 let interrupted = result.as_ref().is_err_and(|s| s.code() == tonic::Code::Unavailable);
                 if interrupted {
                     // Claimed before the in-flight mark goes, so the reconciler never sees it unowned.
@@ -682,6 +693,7 @@ impl Orders for OrdersSvc {
         let rpc =
             Rpc { handler: "orders.cancel", service: "fafnir.orders.Orders", method: "Cancel", kind: RpcKind::Unary };
         grpc_call(&self.state.deps, rpc, async move {
+            let context = trace::of(&req);
             let req = req.into_inner();
             let record = if self.state.deps.cfg.planted(crate::config::PlantedBug::CancelWithoutOwnerCheck) {
                 // Planted bug: whoever names the order id may cancel it.
@@ -708,12 +720,11 @@ impl Orders for OrdersSvc {
             };
             let subject = self.state.deps.cfg.names().order_cancel(&record.order.symbol);
             let msg_id = format!("cxl-{}", OrderId(req.order_id));
-            self.state
-                .deps
-                .bus
-                .publish(&subject, &msg_id, Bytes::from(input.encode_to_vec()))
-                .await
-                .map_err(bus_status)?;
+            let context = trace::child(&context.unwrap_or_else(|| trace::for_order(req.user_id, req.order_id)), "orders");
+            tracing::debug!(trace_id = trace::trace_id(&context), order = %OrderId(req.order_id), "orders: cancel requested");
+            let payload = Bytes::from(input.encode_to_vec());
+            let msg = Publish { subject, msg_id, payload, trace_parent: Some(context) };
+            self.state.deps.bus.publish_traced(msg).await.map_err(bus_status)?;
             let owner = record.order.user_id;
             Ok(Response::new(self.owned(owner, req.order_id)?.view()))
         })

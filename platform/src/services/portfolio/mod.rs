@@ -31,7 +31,7 @@ use crate::proto::portfolio::{
 use crate::services::{
     bus_status, decode, ensure_streams, shown, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
 };
-use crate::telemetry::{self, grpc_call, Rpc, RpcKind};
+use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
 
 pub use fold::{replay, Fold, ReplayOptions};
 pub use ledger::{Ledger, LedgerError, Reservation, ReserveError};
@@ -172,6 +172,9 @@ fn apply_stored(state: &State, fold: &mut Fold, m: &crate::bus::StoredMsg) -> Re
     let settled = fold.apply_trade(m.seq, &event).unwrap_or_else(|e| panic!("portfolio: {stream}#{}: {e}", m.seq));
     if let Some(s) = settled {
         metrics::counter!(telemetry::FILLS_SETTLED).increment(1);
+        if let Some(context) = &m.trace_parent {
+            tracing::debug!(trace_id = trace::trace_id(context), seq = m.seq, "portfolio: fill settled");
+        }
         // From the acceptance of the order whose arrival made the fill (the
         // event's time) to now: engine queueing, matching, TRADES, settlement.
         let lag_ms = state.deps.clock.now_ms().saturating_sub(event.ts_ms).max(0);
@@ -353,7 +356,8 @@ async fn record_group(state: &State, fold: &mut Fold, group: Vec<Write>) {
             entry.map(|Entry { kind, msg_id, event }| {
                 let event = fold.stamp(event);
                 let subject = state.deps.cfg.names().ledger(kind);
-                let publish = Publish { subject, msg_id, payload: Bytes::from(event.encode_to_vec()) };
+                let payload = Bytes::from(event.encode_to_vec());
+                let publish = Publish { subject, msg_id, payload, trace_parent: None };
                 Stamped { event, publish }
             })
         });
@@ -495,6 +499,10 @@ impl Portfolio for PortfolioSvc {
             kind: RpcKind::Unary,
         };
         grpc_call(&self.state.deps, rpc, async move {
+            if let Some(context) = trace::of(&req) {
+                let order = crate::domain::OrderId(req.get_ref().order_id);
+                tracing::debug!(trace_id = trace::trace_id(&context), %order, "portfolio: reserve");
+            }
             let req = req.into_inner();
             let side = side_from_proto(req.side)?;
             if req.qty <= 0 || req.price_ticks <= 0 {
