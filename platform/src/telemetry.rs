@@ -49,10 +49,8 @@ pub const ENGINE_INPUTS: &str = "fafnir_engine_inputs_total";
 pub const FILLS: &str = "fafnir_fills_total";
 /// Price times quantity of the engine's fills, in cents, by `symbol`.
 pub const FILL_NOTIONAL_CENTS: &str = "fafnir_fill_notional_cents_total";
-/// Resting orders in the book, by `symbol` and `side`.
+/// Resting orders in the book, by `symbol`.
 pub const BOOK_DEPTH_ORDERS: &str = "fafnir_book_depth_orders";
-/// Resting quantity in the book, by `symbol` and `side`.
-pub const BOOK_DEPTH_SHARES: &str = "fafnir_book_depth_shares";
 /// Fills the portfolio settled.
 pub const FILLS_SETTLED: &str = "fafnir_fills_settled_total";
 /// Time from the engine's fill to its settlement by the portfolio (platform clock, ms resolution).
@@ -97,7 +95,6 @@ pub fn describe() {
     describe_counter!(FILLS, "Fills made by the engine.");
     describe_counter!(FILL_NOTIONAL_CENTS, "Price times quantity of the engine's fills, in cents.");
     describe_gauge!(BOOK_DEPTH_ORDERS, "Resting orders in the book.");
-    describe_gauge!(BOOK_DEPTH_SHARES, "Resting quantity in the book, in shares.");
     describe_counter!(FILLS_SETTLED, "Fills settled by the portfolio.");
     describe_histogram!(SETTLEMENT_LAG_SECONDS, Unit::Seconds, "Time from a fill to its settlement.");
     describe_gauge!(RESERVED_CENTS, "Cash reserved by open orders, in cents.");
