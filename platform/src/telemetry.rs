@@ -137,9 +137,41 @@ pub struct Rpc {
 }
 
 /// Serves one RPC: takes its modelled service time, runs `call`, and counts
-/// it in the `grpc_server_*` metrics. Every handler of every service goes
-/// through here, in both worlds.
+/// it in the `grpc_server_*` metrics, inside a span of the call (joined to
+/// the trace `context` the request carried, if any). Every handler of every
+/// service goes through here, in both worlds.
 pub async fn grpc_call<T>(
+    deps: &Deps,
+    rpc: Rpc,
+    context: Option<String>,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    use tracing::Instrument;
+    let span = tracing::debug_span!(
+        target: SPANS,
+        "rpc",
+        otel.name = %format_args!("{}/{}", rpc.service, rpc.method),
+        trace_id = context.as_deref().map_or("", trace::trace_id),
+    );
+    trace::join(&span, context.as_deref());
+    observed(deps, rpc, call).instrument(span).await
+}
+
+/// The target of the platform's spans (at debug level): one per RPC and
+/// one per hop of an order through a stream. Off unless a subscriber asks
+/// for them (`RUST_LOG=fafnir::spans=debug`, or OTLP export).
+pub const SPANS: &str = "fafnir::spans";
+
+/// A span for one hop of an order's life outside an RPC (the engine's match,
+/// the portfolio's settlement), joined to its trace `context`.
+pub fn hop(name: &'static str, context: Option<&str>) -> tracing::Span {
+    let span =
+        tracing::debug_span!(target: SPANS, "hop", otel.name = name, trace_id = context.map_or("", trace::trace_id));
+    trace::join(&span, context);
+    span
+}
+
+async fn observed<T>(
     deps: &Deps,
     rpc: Rpc,
     call: impl Future<Output = Result<Response<T>, Status>>,
@@ -379,6 +411,23 @@ pub mod trace {
     pub fn of<T>(request: &Request<T>) -> Option<String> {
         let value = request.metadata().get(KEY)?.to_str().ok()?;
         valid(value).then(|| value.to_string())
+    }
+
+    /// Makes `span` part of the trace `context` in what is exported (OTLP,
+    /// with the `otlp` feature); nothing otherwise.
+    pub fn join(span: &tracing::Span, context: Option<&str>) {
+        #[cfg(feature = "otlp")]
+        if let Some(context) = context.filter(|c| valid(c)) {
+            use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let mut parts = context.split('-').skip(1);
+            let (Some(trace), Some(parent)) = (parts.next(), parts.next()) else { return };
+            let (Ok(trace), Ok(parent)) = (TraceId::from_hex(trace), SpanId::from_hex(parent)) else { return };
+            let remote = SpanContext::new(trace, parent, TraceFlags::SAMPLED, true, TraceState::default());
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        #[cfg(not(feature = "otlp"))]
+        let _ = (span, context);
     }
 
     /// `reply`, carrying `context` back to the caller.

@@ -16,6 +16,7 @@
 //!   `real_run` against real servers.
 //! - [`progress`]: where a run is, and the progress bar's line.
 //! - [`observe`]: the metrics recorder, `/metrics`, and metrics.jsonl (a sample of every metric each second).
+//! - `otlp` (feature `otlp`, real build): export of the platform's spans over OTLP.
 //! - [`timeline`]: timeline.json, what happened when (buckets, trades, fault windows).
 //! - [`driver`]: the open-loop driver and its latency recorder.
 //! - [`capacity`]: `fafnir capacity`'s steps, figures and knee.
@@ -36,6 +37,8 @@ pub mod client;
 pub mod driver;
 pub mod hostile_calls;
 pub mod observe;
+#[cfg(all(feature = "otlp", not(madsim)))]
+pub mod otlp;
 pub mod progress;
 #[cfg(not(madsim))]
 pub mod real;

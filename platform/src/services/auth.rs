@@ -27,7 +27,7 @@ use crate::proto::auth::{LoginReply, LoginRequest, RegisterReply, RegisterReques
 use crate::proto::common::Role;
 use crate::proto::events::UserRegistered;
 use crate::services::{bus_status, decode, ensure_streams, jwt, shown, Deps, ServiceError, Shutdown};
-use crate::telemetry::{grpc_call, Rpc, RpcKind};
+use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
 
 #[derive(Clone, Debug)]
 struct User {
@@ -213,7 +213,7 @@ impl Auth for AuthSvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
         let rpc =
             Rpc { handler: "auth.register", service: "fafnir.auth.Auth", method: "Register", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             check_lengths(&req.username, &req.password)?;
             check_username(&req.username)?;
@@ -261,7 +261,7 @@ impl Auth for AuthSvc {
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let rpc = Rpc { handler: "auth.login", service: "fafnir.auth.Auth", method: "Login", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             check_lengths(&req.username, &req.password)?;
             let cfg = &self.state.deps.cfg;
@@ -284,7 +284,7 @@ impl Auth for AuthSvc {
 
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
         let rpc = Rpc { handler: "auth.verify", service: "fafnir.auth.Auth", method: "Verify", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let cfg = &self.state.deps.cfg;
             let claims = jwt::verify(&cfg.jwt_secret, &req.into_inner().token, self.state.deps.clock.now_ms() / 1000)
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;

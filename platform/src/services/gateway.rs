@@ -395,7 +395,7 @@ impl Gateway for GatewaySvc {
             method: "Register",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
             let r = req.into_inner();
             let reply = self
@@ -413,7 +413,7 @@ impl Gateway for GatewaySvc {
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let rpc =
             Rpc { handler: "gateway.login", service: "fafnir.gateway.Gateway", method: "Login", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
             let r = req.into_inner();
             let reply = self
@@ -435,7 +435,7 @@ impl Gateway for GatewaySvc {
             method: "Deposit",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let r = req.into_inner();
             bounded("request_id", &r.request_id, CLIENT_ID_BYTES_MAX)?;
@@ -459,7 +459,7 @@ impl Gateway for GatewaySvc {
             method: "SubmitOrder",
             kind: RpcKind::Unary,
         };
-        let answered = grpc_call(&self.state.deps, rpc, async move {
+        let answered = grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let client_trace = trace::of(&req);
             let r = req.into_inner();
@@ -487,8 +487,11 @@ impl Gateway for GatewaySvc {
             };
             tracing::debug!(trace_id = trace::trace_id(&context), order = %order_id, "gateway: order taken");
             let call = trace::attach(Request::new(call), &trace::child(&context, "gateway"));
+            let submitted = async {
+                crate::unary!(self.state.orders_mux, self.state.orders, submit, "/fafnir.orders.Orders/Submit", call)
+            };
             let answered =
-                crate::unary!(self.state.orders_mux, self.state.orders, submit, "/fafnir.orders.Orders/Submit", call);
+                tracing::Instrument::instrument(submitted, telemetry::hop("gateway.submit", Some(&context))).await;
             // The client learns the order's trace (its own, or the one made for it).
             answered.map(|reply| trace::attach_reply(reply, &context))
         })
@@ -506,7 +509,7 @@ impl Gateway for GatewaySvc {
             method: "CancelOrder",
             kind: RpcKind::Unary,
         };
-        let answered = grpc_call(&self.state.deps, rpc, async move {
+        let answered = grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let client_trace = trace::of(&req);
             let order_id = req.into_inner().order_id;
@@ -529,7 +532,7 @@ impl Gateway for GatewaySvc {
             method: "GetOrder",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let order_id = req.into_inner().order_id;
             self.state.orders.clone().get(orders::GetRequest { user_id: user.0, order_id }).await
@@ -544,7 +547,7 @@ impl Gateway for GatewaySvc {
             method: "ListOrders",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let reply = self.state.orders.clone().list(orders::ListRequest { user_id: user.0 }).await?.into_inner();
             Ok(Response::new(ListOrdersReply { orders: reply.orders }))
@@ -559,7 +562,7 @@ impl Gateway for GatewaySvc {
             method: "GetPortfolio",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             self.state.portfolio.clone().get_portfolio(portfolio::GetPortfolioRequest { account_id: user.0 }).await
         })
@@ -576,7 +579,7 @@ impl Gateway for GatewaySvc {
             method: "ListInstruments",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let reply =
                 self.state.market.clone().list_instruments(market::ListInstrumentsRequest {}).await?.into_inner();
@@ -592,7 +595,7 @@ impl Gateway for GatewaySvc {
             method: "GetQuote",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let symbol = req.into_inner().symbol;
             bounded("symbol", &symbol, SYMBOL_BYTES_MAX)?;
@@ -608,7 +611,7 @@ impl Gateway for GatewaySvc {
             method: "GetCandles",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let r = req.into_inner();
             bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
@@ -636,7 +639,7 @@ impl Gateway for GatewaySvc {
             method: "StreamExecutions",
             kind: RpcKind::ServerStream,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let after = req.into_inner().after_cursor;
             // Subscribed, the cursor read and the missed reports taken together:
@@ -674,7 +677,7 @@ impl Gateway for GatewaySvc {
             method: "StreamMarketData",
             kind: RpcKind::ServerStream,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let symbols = req.into_inner().symbols;
             // Every symbol once at most (a repeat changes nothing): as many as there are instruments.

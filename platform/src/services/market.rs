@@ -28,7 +28,7 @@ use crate::proto::market::{
     GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest,
 };
 use crate::services::{decode, ensure_streams, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
-use crate::telemetry::{grpc_call, Rpc, RpcKind};
+use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
 
 const CANDLE_MS: i64 = 60_000;
 
@@ -369,7 +369,7 @@ fn kv_status(e: KvError) -> Status {
 impl Market for MarketSvc {
     async fn list_instruments(
         &self,
-        _: Request<ListInstrumentsRequest>,
+        req: Request<ListInstrumentsRequest>,
     ) -> Result<Response<ListInstrumentsReply>, Status> {
         let rpc = Rpc {
             handler: "market.list_instruments",
@@ -377,7 +377,7 @@ impl Market for MarketSvc {
             method: "ListInstruments",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.deps, rpc, async move {
+        grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let instruments = self
                 .deps
                 .cfg
@@ -403,7 +403,7 @@ impl Market for MarketSvc {
             method: "GetQuote",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.deps, rpc, async move {
+        grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let symbol = req.into_inner().symbol;
             let tick = self.instrument(&symbol)?.tick_cents;
             // Redis holds what this service wrote; read defensively all the same.
@@ -434,7 +434,7 @@ impl Market for MarketSvc {
             method: "GetCandles",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.deps, rpc, async move {
+        grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             let tick = self.instrument(&req.symbol)?.tick_cents;
             let key = self.deps.cfg.names().key(&format!("market:candles:{}", req.symbol));

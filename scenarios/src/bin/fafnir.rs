@@ -250,9 +250,16 @@ struct Common {
     /// + 1000, all services on one endpoint), on --host.
     #[arg(long, env = "FAFNIR_METRICS_ADDR")]
     metrics_addr: Option<String>,
-    /// Log format.
+    /// Log format. Every hop of an order logs its trace_id at debug
+    /// (RUST_LOG=fafnir_platform=debug).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export the platform's spans (every RPC, the engine's matches, the
+    /// portfolio's settlements, each joined to its order's trace) to this
+    /// OTLP/HTTP collector, e.g. http://127.0.0.1:4318. Needs a fafnir built
+    /// with `--features otlp`; off by default.
+    #[arg(long, env = "FAFNIR_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -344,13 +351,42 @@ enum RunError {
 }
 
 fn init_logs(format: LogFormat) {
+    init_logs_exporting(format, None).expect("logs without export cannot fail");
+}
+
+/// What exports the spans (OTLP), kept until the process ends.
+#[cfg(all(feature = "otlp", not(madsim)))]
+type SpanExport = Option<fafnir_scenarios::otlp::Exporter>;
+#[cfg(not(all(feature = "otlp", not(madsim))))]
+type SpanExport = Option<std::convert::Infallible>;
+
+/// The logs on stderr, and, with `otlp` = (endpoint, service name), the
+/// spans exported over OTLP.
+fn init_logs_exporting(format: LogFormat, otlp: Option<(&str, &str)>) -> Result<SpanExport, String> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(all(feature = "otlp", not(madsim)))]
+    if let Some((endpoint, service)) = otlp {
+        let (layer, exporter) = fafnir_scenarios::otlp::layer(endpoint, service)?;
+        registry.with(layer).init();
+        return Ok(Some(exporter));
     }
+    if let Some((endpoint, _)) = otlp {
+        return Err(format!(
+            "--otlp-endpoint {endpoint}: this fafnir was built without OTLP export; build it with --features otlp"
+        ));
+    }
+    registry.init();
+    Ok(None)
 }
 
 #[cfg(not(madsim))]
@@ -734,17 +770,37 @@ fn report(s: &fafnir_scenarios::run::Summary, out: &std::path::Path) {
     }
 }
 
+/// Sends the spans still held before the process ends.
+#[cfg(not(madsim))]
+fn finish_export(export: SpanExport) {
+    #[cfg(feature = "otlp")]
+    if let Some(exporter) = export {
+        exporter.shutdown();
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = export;
+}
+
 #[cfg(not(madsim))]
 fn run(cli: Cli) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     match cli.command {
         Command::Up(c) => {
-            init_logs(c.log_format);
-            rt.block_on(real_main::up(c))
+            let otlp = c.otlp_endpoint.clone();
+            let export = init_logs_exporting(c.log_format, otlp.as_deref().map(|e| (e, "fafnir")))?;
+            let up = rt.block_on(real_main::up(c));
+            drop(rt);
+            finish_export(export);
+            up
         }
         Command::Serve { service, shard, common } => {
-            init_logs(common.log_format);
-            rt.block_on(real_main::serve(&service, shard, common))
+            let otlp = common.otlp_endpoint.clone();
+            let name = format!("fafnir-{service}");
+            let export = init_logs_exporting(common.log_format, otlp.as_deref().map(|e| (e, name.as_str())))?;
+            let served = rt.block_on(real_main::serve(&service, shard, common));
+            drop(rt);
+            finish_export(export);
+            served
         }
         Command::Run { .. }
         | Command::Report { .. }

@@ -263,21 +263,16 @@ async fn run_symbol(
             let input: OrderEvent = decode(&orders, m.seq, &m.payload)
                 .inspect_err(|e| tracing::error!(symbol, error = %e, "engine stops at an input it cannot read"))?;
             deps.work("engine.match").await;
-            let out = {
-                let mut books = books.lock().expect("books lock");
-                books.get_mut(&symbol).expect("own symbol").apply(m.seq, &input)
-            };
-            record_fills(&deps, &symbol, &out.events);
             let trace = m.trace_parent.as_deref().map(|t| trace::child(t, "engine"));
-            if let Some(t) = &trace {
-                tracing::debug!(
-                    trace_id = trace::trace_id(t),
-                    symbol,
-                    seq = m.seq,
-                    events = out.events.len(),
-                    "engine: matched"
-                );
-            }
+            let out = telemetry::hop("engine.match", m.trace_parent.as_deref()).in_scope(|| {
+                let out = books.lock().expect("books lock").get_mut(&symbol).expect("own symbol").apply(m.seq, &input);
+                if let Some(t) = &trace {
+                    let events = out.events.len();
+                    tracing::debug!(trace_id = trace::trace_id(t), symbol, seq = m.seq, events, "engine: matched");
+                }
+                out
+            });
+            record_fills(&deps, &symbol, &out.events);
             outputs.extend(out.events.into_iter().map(|e| Output::Event(e, trace.clone())));
             outputs.push(Output::MarketData(out.market_data));
         }
@@ -315,7 +310,7 @@ impl Engine for EngineSvc {
             method: "GetBook",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.deps, rpc, async move {
+        grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             let books = self.books.lock().expect("books lock");
             let m = books

@@ -644,7 +644,7 @@ impl Orders for OrdersSvc {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<Order>, Status> {
         let rpc =
             Rpc { handler: "orders.submit", service: "fafnir.orders.Orders", method: "Submit", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let context = trace::of(&req);
             let req = req.into_inner();
             let valid = validate(&self.state.deps, &req)?;
@@ -692,7 +692,7 @@ impl Orders for OrdersSvc {
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Order>, Status> {
         let rpc =
             Rpc { handler: "orders.cancel", service: "fafnir.orders.Orders", method: "Cancel", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let context = trace::of(&req);
             let req = req.into_inner();
             let record = if self.state.deps.cfg.planted(crate::config::PlantedBug::CancelWithoutOwnerCheck) {
@@ -733,7 +733,7 @@ impl Orders for OrdersSvc {
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<Order>, Status> {
         let rpc = Rpc { handler: "orders.get", service: "fafnir.orders.Orders", method: "Get", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             Ok(Response::new(self.owned(req.user_id, req.order_id)?.view()))
         })
@@ -742,7 +742,7 @@ impl Orders for OrdersSvc {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let rpc = Rpc { handler: "orders.list", service: "fafnir.orders.Orders", method: "List", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = UserId(req.into_inner().user_id);
             let records = self.state.records.lock().expect("records lock");
             let orders = records

@@ -169,6 +169,7 @@ fn apply_stored(state: &State, fold: &mut Fold, m: &crate::bus::StoredMsg) -> Re
     let stream = state.deps.cfg.names().trades_stream();
     let event = decode::<EngineEvent>(&stream, m.seq, &m.payload)
         .inspect_err(|e| tracing::error!(error = %e, "portfolio stops at an undecodable trade event"))?;
+    let _hop = telemetry::hop("portfolio.settle", m.trace_parent.as_deref()).entered();
     let settled = fold.apply_trade(m.seq, &event).unwrap_or_else(|e| panic!("portfolio: {stream}#{}: {e}", m.seq));
     if let Some(s) = settled {
         metrics::counter!(telemetry::FILLS_SETTLED).increment(1);
@@ -434,7 +435,7 @@ impl Portfolio for PortfolioSvc {
             method: "Deposit",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             if req.request_id.is_empty() || req.request_id.len() > 128 {
                 return Err(Status::invalid_argument("request_id: 1 to 128 bytes, unique per deposit"));
@@ -498,7 +499,7 @@ impl Portfolio for PortfolioSvc {
             method: "Reserve",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             if let Some(context) = trace::of(&req) {
                 let order = crate::domain::OrderId(req.get_ref().order_id);
                 tracing::debug!(trace_id = trace::trace_id(&context), %order, "portfolio: reserve");
@@ -551,7 +552,7 @@ impl Portfolio for PortfolioSvc {
             method: "Release",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let order = OrderId(req.into_inner().order_id);
             let check: Check = Box::new(move |_: &Ledger| {
                 Ok(Some(Entry {
@@ -573,7 +574,7 @@ impl Portfolio for PortfolioSvc {
             method: "GetPortfolio",
             kind: RpcKind::Unary,
         };
-        grpc_call(&self.state.deps, rpc, async move {
+        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let account = AccountId(req.into_inner().account_id);
             Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
         })
