@@ -26,8 +26,9 @@ enum Command {
     ///
     /// In the simulated build (the default `cargo fafnir`) the whole platform
     /// is a deterministic madsim world. Every run that starts leaves its run
-    /// directory (summary.json, histograms, replay.toml in simulation, the
-    /// report) and prints its replay command, whatever its outcome. With
+    /// directory (summary.json, histograms, metrics.jsonl — every metric
+    /// sampled each second —, replay.toml in simulation, the report) and
+    /// prints its replay command, whatever its outcome. With
     /// RUST_LOG set (for example RUST_LOG=info) the services' own logs go to
     /// stderr, stamped with simulated time in simulation.
     #[command(after_long_help = fafnir_scenarios::run::EXIT_CODES)]
