@@ -2,11 +2,13 @@
 //! `fafnir up`, `fafnir serve`, the tests and the simulator call.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::services::health::{self, ServingStatus};
 use crate::services::{
     auth, engine, gateway, market, orders, portfolio, shutdown_on, Deps, ServiceError, ServiceKind, Shutdown,
 };
@@ -29,6 +31,19 @@ impl ServiceKind {
             ServiceKind::Orders => "orders",
             ServiceKind::Engine => "engine",
             ServiceKind::Portfolio => "portfolio",
+        }
+    }
+
+    /// The full name of the service's gRPC service, under which its health
+    /// protocol reports it (see [`crate::services::health`]).
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            ServiceKind::Gateway => "fafnir.gateway.Gateway",
+            ServiceKind::Auth => "fafnir.auth.Auth",
+            ServiceKind::Market => "fafnir.market.Market",
+            ServiceKind::Orders => "fafnir.orders.Orders",
+            ServiceKind::Engine => "fafnir.engine.Engine",
+            ServiceKind::Portfolio => "fafnir.portfolio.Portfolio",
         }
     }
 
@@ -152,28 +167,46 @@ pub async fn wait_until_serving_or_stopped(
     })
 }
 
-/// Waits until every service of the deployment accepts connections.
-pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
-    let a = &deps.cfg.addrs;
-    let mut addrs = vec![
-        ("gateway", a.gateway),
-        ("auth", a.auth),
-        ("market", a.market),
-        ("orders", a.orders),
-        ("portfolio", a.portfolio),
+/// How often [`wait_until_serving`] asks a service that is not serving yet.
+const SERVING_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// How long one health check may take (a service cut off does not answer).
+const SERVING_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Every service instance of the deployment (every engine shard): its name,
+/// kind and address, in the order [`wait_until_serving`] waits for them.
+pub fn instances(cfg: &crate::config::PlatformConfig) -> Vec<(String, ServiceKind, SocketAddr)> {
+    let a = &cfg.addrs;
+    let mut all = vec![
+        (ServiceKind::Gateway.name().to_string(), ServiceKind::Gateway, a.gateway),
+        (ServiceKind::Auth.name().to_string(), ServiceKind::Auth, a.auth),
+        (ServiceKind::Market.name().to_string(), ServiceKind::Market, a.market),
+        (ServiceKind::Orders.name().to_string(), ServiceKind::Orders, a.orders),
+        (ServiceKind::Portfolio.name().to_string(), ServiceKind::Portfolio, a.portfolio),
     ];
-    addrs.extend(a.engines.iter().map(|e| ("engine", *e)));
+    all.extend(
+        a.engines.iter().enumerate().map(|(i, e)| (instance_name(ServiceKind::Engine, i), ServiceKind::Engine, *e)),
+    );
+    all
+}
+
+/// Waits until every service of the deployment says SERVING in the gRPC
+/// health protocol (see [`crate::services::health`]): until each has rebuilt
+/// its state from the streams and answers, not merely listens.
+pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    for (name, addr) in addrs {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("valid uri");
+    for (name, kind, addr) in instances(&deps.cfg) {
+        let mut client = health::client(addr, SERVING_CHECK_TIMEOUT);
         loop {
-            if endpoint.connect().await.is_ok() {
-                break;
-            }
+            let seen = match health::check(&mut client, kind.grpc_name()).await {
+                Ok(ServingStatus::Serving) => break,
+                Ok(status) => format!("it says {}", status.as_str_name()),
+                Err(e) => format!("{:?}: {}", e.code(), e.message()),
+            };
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("{name} is not serving on {addr} after {timeout:?}"));
+                return Err(format!("{name} is not serving on {addr} after {timeout:?} ({seen})"));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(SERVING_CHECK_EVERY).await;
         }
     }
     Ok(())
