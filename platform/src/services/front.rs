@@ -120,12 +120,23 @@ impl<S: GrpcService> Front<S> {
     /// Opens the service to calls with `service` (built on the rebuilt
     /// state), reports SERVING, and serves until shutdown or until the
     /// server or a task of `tasks` ends.
-    pub async fn serve(self, service: S, tasks: TaskGroup) -> Result<(), ServiceError> {
+    pub async fn serve(mut self, service: S, tasks: TaskGroup) -> Result<(), ServiceError> {
         assert!(!self.gate.is_open(), "{} served twice", self.kind.name());
         // Calls are let in before SERVING is said: a client that saw SERVING is served.
         self.gate.open(service);
         self.health.set_serving().await;
-        tasks.serve_until_failure(self.addr, self.server).await
+        tasks.serve_until_failure(self.addr, &mut self.server).await
+    }
+}
+
+impl<S> Drop for Front<S> {
+    /// A server that ends for any reason (an error, a failed task, its task
+    /// aborted) first says NOT_SERVING and ends the Watch streams open on
+    /// it, as a process that exits would: connections it accepted can
+    /// outlive it in this process, and a watcher must not be left with its
+    /// last word.
+    fn drop(&mut self) {
+        self.health.close_soon();
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Health {
     service: &'static str,
     #[cfg(not(madsim))]
     reporter: tonic_health::server::HealthReporter,
+    /// Set by the first [`Health::close`]: a closed status stays closed.
+    #[cfg(not(madsim))]
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The status, None once closed (Watch streams end, Check says NOT_FOUND).
     #[cfg(madsim)]
     status: std::sync::Arc<tokio::sync::watch::Sender<Option<ServingStatus>>>,
@@ -53,7 +56,8 @@ impl Health {
         #[cfg(not(madsim))]
         {
             // tonic-health's reporter starts with "" SERVING: say NOT_SERVING first.
-            let health = Health { service, reporter: tonic_health::server::HealthReporter::new() };
+            let reporter = tonic_health::server::HealthReporter::new();
+            let health = Health { service, reporter, closed: Default::default() };
             health.set(tonic_health::ServingStatus::NotServing).await;
             health
         }
@@ -93,17 +97,40 @@ impl Health {
     /// Reports NOT_SERVING, then forgets both names: what Watch streams are
     /// open end (a graceful stop of the server waits for every open call),
     /// and Check answers NOT_FOUND until the server is gone.
+    /// Closing again does nothing.
     pub async fn close(&self) {
         #[cfg(not(madsim))]
         {
-            self.set(tonic_health::ServingStatus::NotServing).await;
+            if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            for name in ["", self.service] {
+                self.reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+            }
             let mut reporter = self.reporter.clone();
             for name in ["", self.service] {
                 reporter.clear_service_status(name).await;
             }
         }
         #[cfg(madsim)]
-        {
+        self.close_now();
+    }
+
+    /// [`Health::close`] from where nothing can be awaited (a server being
+    /// dropped): at once in simulation, in a task of its own for real.
+    pub fn close_soon(&self) {
+        #[cfg(not(madsim))]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let health = self.clone();
+            runtime.spawn(async move { health.close().await });
+        }
+        #[cfg(madsim)]
+        self.close_now();
+    }
+
+    #[cfg(madsim)]
+    fn close_now(&self) {
+        if self.status.borrow().is_some() {
             self.status.send_replace(Some(ServingStatus::NotServing));
             self.status.send_replace(None);
         }
@@ -111,6 +138,9 @@ impl Health {
 
     #[cfg(not(madsim))]
     async fn set(&self, status: tonic_health::ServingStatus) {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         for name in ["", self.service] {
             self.reporter.set_service_status(name, status).await;
         }

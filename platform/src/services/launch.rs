@@ -173,20 +173,35 @@ const SERVING_CHECK_EVERY: Duration = Duration::from_millis(20);
 /// How long one health check may take (a service cut off does not answer).
 const SERVING_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Every service instance of the deployment (every engine shard): its name,
-/// kind and address, in the order [`wait_until_serving`] waits for them.
-pub fn instances(cfg: &crate::config::PlatformConfig) -> Vec<(String, ServiceKind, SocketAddr)> {
+/// One service instance of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// For example `engine-0`.
+    pub name: String,
+    pub kind: ServiceKind,
+    /// The engine shard (0 for the other services).
+    pub shard: usize,
+    pub addr: SocketAddr,
+}
+
+/// Every service instance of the deployment (every engine shard), in the
+/// order [`wait_until_serving`] waits for them.
+pub fn instances(cfg: &crate::config::PlatformConfig) -> Vec<Instance> {
     let a = &cfg.addrs;
+    let one = |kind: ServiceKind, addr| Instance { name: kind.name().to_string(), kind, shard: 0, addr };
     let mut all = vec![
-        (ServiceKind::Gateway.name().to_string(), ServiceKind::Gateway, a.gateway),
-        (ServiceKind::Auth.name().to_string(), ServiceKind::Auth, a.auth),
-        (ServiceKind::Market.name().to_string(), ServiceKind::Market, a.market),
-        (ServiceKind::Orders.name().to_string(), ServiceKind::Orders, a.orders),
-        (ServiceKind::Portfolio.name().to_string(), ServiceKind::Portfolio, a.portfolio),
+        one(ServiceKind::Gateway, a.gateway),
+        one(ServiceKind::Auth, a.auth),
+        one(ServiceKind::Market, a.market),
+        one(ServiceKind::Orders, a.orders),
+        one(ServiceKind::Portfolio, a.portfolio),
     ];
-    all.extend(
-        a.engines.iter().enumerate().map(|(i, e)| (instance_name(ServiceKind::Engine, i), ServiceKind::Engine, *e)),
-    );
+    all.extend(a.engines.iter().enumerate().map(|(shard, &addr)| Instance {
+        name: instance_name(ServiceKind::Engine, shard),
+        kind: ServiceKind::Engine,
+        shard,
+        addr,
+    }));
     all
 }
 
@@ -195,7 +210,7 @@ pub fn instances(cfg: &crate::config::PlatformConfig) -> Vec<(String, ServiceKin
 /// its state from the streams and answers, not merely listens.
 pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    for (name, kind, addr) in instances(&deps.cfg) {
+    for Instance { name, kind, addr, .. } in instances(&deps.cfg) {
         let mut client = health::client(addr, SERVING_CHECK_TIMEOUT);
         loop {
             let seen = match health::check(&mut client, kind.grpc_name()).await {
