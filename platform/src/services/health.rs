@@ -68,11 +68,6 @@ impl Health {
         }
     }
 
-    /// The service's full gRPC name.
-    pub fn service(&self) -> &'static str {
-        self.service
-    }
-
     /// The gRPC server answering for this status, to add to the service's server.
     pub fn server(&self) -> HealthServer {
         #[cfg(not(madsim))]

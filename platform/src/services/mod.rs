@@ -1,5 +1,8 @@
 //! The services. Each module has a `serve(deps, shutdown)` entry point that the
-//! `fafnir` binary and the simulator call alike.
+//! `fafnir` binary and the simulator call alike. Each listens at once through
+//! a [`front::Front`]: the gRPC health protocol ([`health`]) says NOT_SERVING
+//! and the service's own calls are refused with UNAVAILABLE while it rebuilds
+//! its state from the streams; then SERVING, and its calls are answered.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -170,6 +170,25 @@ fn madsim_finds_the_run_deterministic() {
     });
 }
 
+/// The health flow (services restarted with their rebuild held, Watch
+/// streams opened and ended, servers started again by their supervisor)
+/// replays exactly too.
+#[test]
+fn the_held_rebuilds_replay_deterministically() {
+    madsim::runtime::Runtime::check_determinism(13, madsim::Config::default(), || async {
+        let world = Arc::new(World::build(WorldSpec::standard(13)));
+        let client = world.client_node("test");
+        let p = Arc::new(SimPlatform { world: world.clone() });
+        client
+            .spawn(async move {
+                p.world.wait_serving(Duration::from_secs(30)).await;
+                flows::a_service_says_not_serving_until_it_has_rebuilt(p.as_ref()).await;
+            })
+            .await
+            .expect("the flow ran to its end");
+    });
+}
+
 macro_rules! sim_flows {
     ($($flow:ident),* $(,)?) => {$(
         #[madsim::test]
