@@ -62,8 +62,9 @@ impl<S> Gate<S> {
 }
 
 /// A service's gRPC server (its health protocol and its [`Gate`]d service,
-/// on the simulated multiplexed connections too: see [`crate::rpc`]),
-/// listening from [`Front::listen`] on.
+/// the latter on the simulated multiplexed connections too when the service
+/// is on an order's path: see [`crate::rpc`]), listening from
+/// [`Front::listen`] on.
 pub struct Front<S> {
     kind: ServiceKind,
     addr: SocketAddr,
@@ -95,7 +96,11 @@ impl<S: GrpcService> Front<S> {
             .add_service(gate.clone())
             .serve_with_shutdown(addr, signal);
         let grpc = async move { grpc.await.map_err(|e| crate::services::with_sources(&e)) };
-        let server = Box::pin(crate::rpc::serve_alongside(addr, gate.clone(), shutdown, grpc));
+        let server: Pin<Box<dyn Future<Output = Result<(), String>> + Send>> = if kind.on_order_path() {
+            Box::pin(crate::rpc::serve_alongside(addr, gate.clone(), shutdown, grpc))
+        } else {
+            Box::pin(grpc)
+        };
         Front { kind, addr, health, gate, server }
     }
 

@@ -47,6 +47,12 @@ impl ServiceKind {
         }
     }
 
+    /// Whether the service takes the unary calls on an order's path
+    /// ([`crate::rpc`]: multiplexed in simulation).
+    pub fn on_order_path(self) -> bool {
+        matches!(self, ServiceKind::Gateway | ServiceKind::Orders | ServiceKind::Portfolio)
+    }
+
     pub fn parse(name: &str) -> Option<ServiceKind> {
         ServiceKind::ALL.into_iter().find(|k| k.name() == name)
     }
