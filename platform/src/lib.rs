@@ -11,7 +11,9 @@
 //! - [`bus`]: the [`bus::EventBus`] trait (the JetStream semantics used) and its NATS adapter.
 //! - [`kv`]: the [`kv::Kv`] trait (the Redis commands used) and its Redis adapter.
 //! - [`services`]: one module per service, each with a `serve` entry point taking its
-//!   dependencies, plus [`services::launch`] that starts a whole deployment.
+//!   dependencies, plus [`services::launch`] that starts a whole deployment, and
+//!   [`services::health`] / [`services::front`]: the gRPC health protocol every service
+//!   answers from its start, and its calls refused until it has rebuilt its state.
 //! - [`proto`]: the generated gRPC and event types (`platform/proto/*.proto`).
 //! - [`rpc`]: the unary calls on an order's path (multiplexed in simulation).
 //! - `calls` (simulation only): the calls in flight on one simulated connection, with deadlines.

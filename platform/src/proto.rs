@@ -25,3 +25,9 @@ pub mod engine {
 pub mod gateway {
     tonic::include_proto!("fafnir.gateway");
 }
+/// The gRPC health protocol, for the simulated build's own Health server
+/// (the real build uses `tonic_health::pb`); see `services::health`.
+#[cfg(madsim)]
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}

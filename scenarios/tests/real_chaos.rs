@@ -15,7 +15,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ const SECRET: &str = "real-chaos-test-secret-0123456789abcdef";
 /// redis-server being back (the agents trade several times a second)...
 const FLOWS_AGAIN_WITHIN: Duration = Duration::from_secs(2);
 /// ...and within this long of the platform process being back (it has
-/// rebuilt itself from the streams once it listens; the agents' clients
+/// rebuilt itself from the streams once it says it is ready; the agents' clients
 /// reconnect with backoff).
 const PLATFORM_FLOWS_AGAIN_WITHIN: Duration = Duration::from_secs(5);
 
@@ -89,14 +89,15 @@ impl Up {
             .spawn()
             .expect("start fafnir up");
         self.child = Some(child);
+        // Ready once every service says SERVING in the health protocol (its
+        // port is open from the start, while it rebuilds).
         let deadline = Instant::now() + Duration::from_secs(30);
-        for port in self.base_port..self.base_port + 6 {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                assert!(exited.is_none(), "fafnir up exited ({exited:?}): {}", self.log_text());
-                assert!(Instant::now() < deadline, "fafnir up not serving after 30 s: {}", self.log_text());
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        let log = self.logs.join(format!("up-{}.log", self.starts));
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("fafnir is up and ready") {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "fafnir up exited ({exited:?}): {}", self.log_text());
+            assert!(Instant::now() < deadline, "fafnir up not ready after 30 s: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -476,7 +476,8 @@ impl World {
         }
     }
 
-    /// Waits until every service accepts connections (call from a client node).
+    /// Waits until every service says SERVING in the gRPC health protocol:
+    /// until each has rebuilt its state (call from a client node).
     pub async fn wait_serving(&self, timeout: Duration) {
         self.try_wait_serving(timeout).await.unwrap_or_else(|e| panic!("{e}"));
     }

@@ -26,7 +26,10 @@ use crate::proto::auth::auth_server::{Auth, AuthServer};
 use crate::proto::auth::{LoginReply, LoginRequest, RegisterReply, RegisterRequest, VerifyReply, VerifyRequest};
 use crate::proto::common::Role;
 use crate::proto::events::UserRegistered;
-use crate::services::{bus_status, decode, ensure_streams, jwt, shown, Deps, ServiceError, Shutdown};
+use crate::services::front::Front;
+use crate::services::{
+    bus_status, decode, ensure_streams, jwt, shown, Deps, ServiceError, ServiceKind, Shutdown, TaskGroup,
+};
 use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
 
 #[derive(Clone, Debug)]
@@ -47,7 +50,17 @@ struct State {
 
 /// Runs the auth service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
-    ensure_streams(&deps).await?;
+    let addr = deps.cfg.addrs.auth;
+    let mut front = Front::listen(ServiceKind::Auth, addr, shutdown).await;
+    let Some(state) = front.rebuilding(rebuild(&deps)).await? else { return Ok(()) };
+    tracing::info!(%addr, "auth serving");
+    let service = AuthServer::new(AuthSvc { state }).max_decoding_message_size(crate::services::MESSAGE_BYTES_MAX);
+    front.serve(service, TaskGroup::default()).await
+}
+
+/// The users, replayed from USERS.
+async fn rebuild(deps: &Deps) -> Result<Arc<State>, ServiceError> {
+    ensure_streams(deps).await?;
     let names = deps.cfg.names();
     let stream = names.users_stream();
     let mut users = BTreeMap::new();
@@ -58,31 +71,12 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     }
     tracing::info!(users = users.len(), "auth rebuilt from streams");
     let hashing = HashPool::new(deps.cfg.hashing_limits);
-    let (params, salt) = (deps.cfg.password_hashing, new_salt(&deps));
+    let (params, salt) = (deps.cfg.password_hashing, new_salt(deps));
     let no_user_hash = hashing
         .run(move || hash_password(params, &salt, "no user has this password"))
         .await
         .map_err(|e| ServiceError::TaskEnded(e.message().to_string()))?;
-    let state = Arc::new(State { deps: deps.clone(), users: Mutex::new(users), hashing, no_user_hash });
-    let addr = deps.cfg.addrs.auth;
-    tracing::info!(%addr, "auth serving");
-    let service = AuthServer::new(AuthSvc { state }).max_decoding_message_size(crate::services::MESSAGE_BYTES_MAX);
-    crate::services::grpc_server()
-        .add_service(service)
-        .serve_with_shutdown(addr, shutdown)
-        .await
-        .map_err(|e| ServiceError::Serve { addr: addr.to_string(), reason: with_sources(&e) })
-}
-
-/// An error and its causes, as one line ("transport error: Address already in use").
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    text
+    Ok(Arc::new(State { deps: deps.clone(), users: Mutex::new(users), hashing, no_user_hash }))
 }
 
 fn new_salt(deps: &Deps) -> [u8; SALT_BYTES] {

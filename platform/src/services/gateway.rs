@@ -30,7 +30,10 @@ use crate::proto::market::market_client::MarketClient;
 use crate::proto::orders::orders_client::OrdersClient;
 use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::{auth, market, orders, portfolio};
-use crate::services::{auth as auth_svc, channel, jwt, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
+use crate::services::front::Front;
+use crate::services::{
+    auth as auth_svc, channel, jwt, shown, Deps, Follower, ServiceError, ServiceKind, Shutdown, TaskGroup,
+};
 use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
 
 mod buckets;
@@ -112,7 +115,18 @@ struct State {
 
 /// Runs the gateway until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
-    crate::services::ensure_streams(&deps).await?;
+    let addr = deps.cfg.addrs.gateway;
+    let mut front = Front::listen(ServiceKind::Gateway, addr, shutdown.clone()).await;
+    let Some((state, tasks)) = front.rebuilding(start(&deps, &shutdown)).await? else { return Ok(()) };
+    tracing::info!(%addr, "gateway serving");
+    let service =
+        GatewayServer::new(GatewaySvc { state }).max_decoding_message_size(crate::services::MESSAGE_BYTES_MAX);
+    front.serve(service, tasks).await
+}
+
+/// The execution window read back, and the tasks that fan the streams out to clients from here.
+async fn start(deps: &Deps, shutdown: &Shutdown) -> Result<(Arc<State>, TaskGroup), ServiceError> {
+    crate::services::ensure_streams(deps).await?;
     let cfg = &deps.cfg;
     let names = cfg.names();
     let t = cfg.call_timeout;
@@ -132,7 +146,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         orders_in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.max_orders_in_flight)),
         deps: deps.clone(),
     });
-    let follow = |stream: String, filter: String| Follower::open(&deps, stream, filter, shutdown.clone());
+    let follow = |stream: String, filter: String| Follower::open(deps, stream, filter, shutdown.clone());
     // Fan-out starts at the end of TRADES as it is now: the first cursor clients get.
     let mut start = 0;
     for inst in &cfg.instruments {
@@ -144,8 +158,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     let window = load_window(&state, start).await?;
     tracing::info!(floor = window.floor(), cursor = window.cursor(), "execution window read back");
     *state.window.lock().expect("window lock") = window;
-    let trades =
-        Follower::open_after(&deps, names.trades_stream(), names.trades_all(), start, shutdown.clone()).await?;
+    let trades = Follower::open_after(deps, names.trades_stream(), names.trades_all(), start, shutdown.clone()).await?;
     let md = follow(names.md_stream(), names.md_all()).await?;
     let settled = follow(names.ledger_stream(), names.ledger("settled")).await?;
     let mut tasks = TaskGroup::default();
@@ -153,13 +166,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(fan_out_md(state.clone(), md));
     tasks.spawn(fan_out_settled(state.clone(), settled));
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
-    let addr = cfg.addrs.gateway;
-    tracing::info!(%addr, "gateway serving");
-    let service =
-        GatewayServer::new(GatewaySvc { state }).max_decoding_message_size(crate::services::MESSAGE_BYTES_MAX);
-    let server =
-        crate::services::grpc_server().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
-    tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
+    Ok((state, tasks))
 }
 
 fn send_to<T: Clone>(subs: &Subscribers<T>, wants: impl Fn(&Filter) -> bool, item: T) {

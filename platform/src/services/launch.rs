@@ -2,11 +2,13 @@
 //! `fafnir up`, `fafnir serve`, the tests and the simulator call.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::services::health::{self, ServingStatus};
 use crate::services::{
     auth, engine, gateway, market, orders, portfolio, shutdown_on, Deps, ServiceError, ServiceKind, Shutdown,
 };
@@ -30,6 +32,25 @@ impl ServiceKind {
             ServiceKind::Engine => "engine",
             ServiceKind::Portfolio => "portfolio",
         }
+    }
+
+    /// The full name of the service's gRPC service, under which its health
+    /// protocol reports it (see [`crate::services::health`]).
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            ServiceKind::Gateway => "fafnir.gateway.Gateway",
+            ServiceKind::Auth => "fafnir.auth.Auth",
+            ServiceKind::Market => "fafnir.market.Market",
+            ServiceKind::Orders => "fafnir.orders.Orders",
+            ServiceKind::Engine => "fafnir.engine.Engine",
+            ServiceKind::Portfolio => "fafnir.portfolio.Portfolio",
+        }
+    }
+
+    /// Whether the service takes the unary calls on an order's path
+    /// ([`crate::rpc`]: multiplexed in simulation).
+    pub fn on_order_path(self) -> bool {
+        matches!(self, ServiceKind::Gateway | ServiceKind::Orders | ServiceKind::Portfolio)
     }
 
     pub fn parse(name: &str) -> Option<ServiceKind> {
@@ -152,28 +173,61 @@ pub async fn wait_until_serving_or_stopped(
     })
 }
 
-/// Waits until every service of the deployment accepts connections.
-pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
-    let a = &deps.cfg.addrs;
-    let mut addrs = vec![
-        ("gateway", a.gateway),
-        ("auth", a.auth),
-        ("market", a.market),
-        ("orders", a.orders),
-        ("portfolio", a.portfolio),
+/// How often [`wait_until_serving`] asks a service that is not serving yet.
+const SERVING_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// How long one health check may take (a service cut off does not answer).
+const SERVING_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One service instance of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// For example `engine-0`.
+    pub name: String,
+    pub kind: ServiceKind,
+    /// The engine shard (0 for the other services).
+    pub shard: usize,
+    pub addr: SocketAddr,
+}
+
+/// Every service instance of the deployment (every engine shard), in the
+/// order [`wait_until_serving`] waits for them.
+pub fn instances(cfg: &crate::config::PlatformConfig) -> Vec<Instance> {
+    let a = &cfg.addrs;
+    let one = |kind: ServiceKind, addr| Instance { name: kind.name().to_string(), kind, shard: 0, addr };
+    let mut all = vec![
+        one(ServiceKind::Gateway, a.gateway),
+        one(ServiceKind::Auth, a.auth),
+        one(ServiceKind::Market, a.market),
+        one(ServiceKind::Orders, a.orders),
+        one(ServiceKind::Portfolio, a.portfolio),
     ];
-    addrs.extend(a.engines.iter().map(|e| ("engine", *e)));
+    all.extend(a.engines.iter().enumerate().map(|(shard, &addr)| Instance {
+        name: instance_name(ServiceKind::Engine, shard),
+        kind: ServiceKind::Engine,
+        shard,
+        addr,
+    }));
+    all
+}
+
+/// Waits until every service of the deployment says SERVING in the gRPC
+/// health protocol (see [`crate::services::health`]): until each has rebuilt
+/// its state from the streams and answers, not merely listens.
+pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    for (name, addr) in addrs {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("valid uri");
+    for Instance { name, kind, addr, .. } in instances(&deps.cfg) {
+        let mut client = health::client(addr, SERVING_CHECK_TIMEOUT);
         loop {
-            if endpoint.connect().await.is_ok() {
-                break;
-            }
+            let seen = match health::check(&mut client, kind.grpc_name()).await {
+                Ok(ServingStatus::Serving) => break,
+                Ok(status) => format!("it says {}", status.as_str_name()),
+                Err(e) => format!("{:?}: {}", e.code(), e.message()),
+            };
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("{name} is not serving on {addr} after {timeout:?}"));
+                return Err(format!("{name} is not serving on {addr} after {timeout:?} ({seen})"));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(SERVING_CHECK_EVERY).await;
         }
     }
     Ok(())

@@ -27,7 +27,8 @@ use crate::proto::market::market_server::{Market, MarketServer};
 use crate::proto::market::{
     GetCandlesReply, GetCandlesRequest, GetQuoteRequest, ListInstrumentsReply, ListInstrumentsRequest,
 };
-use crate::services::{decode, ensure_streams, shown, Deps, Follower, ServiceError, Shutdown, TaskGroup};
+use crate::services::front::Front;
+use crate::services::{decode, ensure_streams, shown, Deps, Follower, ServiceError, ServiceKind, Shutdown, TaskGroup};
 use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
 
 const CANDLE_MS: i64 = 60_000;
@@ -110,9 +111,18 @@ type Changes = BTreeMap<String, BTreeSet<i64>>;
 
 /// Runs the market service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
-    ensure_streams(&deps).await?;
+    let addr = deps.cfg.addrs.market;
+    let mut front = Front::listen(ServiceKind::Market, addr, shutdown.clone()).await;
+    let Some(tasks) = front.rebuilding(rebuild(&deps, &shutdown)).await? else { return Ok(()) };
+    tracing::info!(%addr, "market serving");
+    front.serve(MarketServer::new(MarketSvc { deps: Arc::new(deps) }), tasks).await
+}
+
+/// Each symbol's last update so far, and the tasks that follow the streams from here.
+async fn rebuild(deps: &Deps, shutdown: &Shutdown) -> Result<TaskGroup, ServiceError> {
+    ensure_streams(deps).await?;
     let names = deps.cfg.names();
-    let md = Follower::open(&deps, names.md_stream(), names.md_all(), shutdown.clone()).await?;
+    let md = Follower::open(deps, names.md_stream(), names.md_all(), shutdown.clone()).await?;
     // A market that died with writes on their way (Redis cut off) may see
     // them land after it started again, over what it writes now (chaos seed
     // 872 with restart_all): Redis is watched from the start.
@@ -126,18 +136,13 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
         }
     }
     if deps.cfg.planted(crate::config::PlantedBug::QuoteRecountedOnRestart) {
-        warm_start_counters(&deps, &state).await;
+        warm_start_counters(deps, &state).await;
     }
     let mut tasks = TaskGroup::default();
     tasks.spawn(follow_trades(deps.clone(), state.clone(), shutdown.clone()));
     tasks.spawn(follow_md(deps.clone(), state, md));
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
-    let addr = deps.cfg.addrs.market;
-    tracing::info!(%addr, "market serving");
-    let server = crate::services::grpc_server()
-        .add_service(MarketServer::new(MarketSvc { deps: Arc::new(deps) }))
-        .serve_with_shutdown(addr, shutdown);
-    tasks.serve_until_failure(addr, server).await
+    Ok(tasks)
 }
 
 /// Plants [`crate::config::PlantedBug::QuoteRecountedOnRestart`]: each

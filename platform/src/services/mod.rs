@@ -1,5 +1,8 @@
 //! The services. Each module has a `serve(deps, shutdown)` entry point that the
-//! `fafnir` binary and the simulator call alike.
+//! `fafnir` binary and the simulator call alike. Each listens at once through
+//! a [`front::Front`]: the gRPC health protocol ([`health`]) says NOT_SERVING
+//! and the service's own calls are refused with UNAVAILABLE while it rebuilds
+//! its state from the streams; then SERVING, and its calls are answered.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,7 +20,9 @@ use crate::proto::{common, events};
 
 pub mod auth;
 pub mod engine;
+pub mod front;
 pub mod gateway;
+pub mod health;
 pub mod jwt;
 pub mod launch;
 pub mod market;
@@ -519,6 +524,18 @@ pub const HEADER_LIST_BYTES_MAX: u32 = 2 << 20;
 /// request may carry (see the README's "Limits and bad input").
 pub fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder().http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+}
+
+/// An error's text followed by its sources' (a server that cannot listen
+/// says why only in its error's source: "address in use").
+pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// A lazily connected gRPC channel to `addr`.

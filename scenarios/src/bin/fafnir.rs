@@ -95,6 +95,11 @@ enum Command {
     },
     /// Start every service (gateway, auth, market, orders, engine shards,
     /// portfolio) in this process, each on its own port, against real NATS and Redis.
+    ///
+    /// Each service answers the gRPC health protocol (grpc.health.v1.Health)
+    /// on its port from the start: NOT_SERVING while it rebuilds its state
+    /// from the streams, SERVING after. "fafnir is up and ready" is printed
+    /// once every service says SERVING.
     Up(Common),
     /// Push a fixed number of orders through the whole simulated platform and
     /// report orders and simulated seconds per wall-clock second. Simulated
@@ -459,8 +464,12 @@ mod real_main {
         launch::wait_until_serving_or_stopped(&deps, &mut services, Duration::from_secs(30)).await?;
         let a = &deps.cfg.addrs;
         println!(
-            "fafnir is up (namespace {:?}; NATS {}, Redis {})",
+            "fafnir is up and ready (namespace {:?}; NATS {}, Redis {})",
             deps.cfg.namespace, deps.cfg.nats_addr, deps.cfg.redis_addr
+        );
+        println!(
+            "  all {} services have rebuilt their state and say SERVING (grpc.health.v1.Health on each address)",
+            services.len()
         );
         println!("  gateway   {}   <- the public API", a.gateway);
         println!("  auth {}  market {}  orders {}  portfolio {}", a.auth, a.market, a.orders, a.portfolio);

@@ -11,9 +11,12 @@ use fafnir_platform::bus::EventBus;
 use fafnir_platform::config::PlatformConfig;
 
 mod flows;
+mod health;
 mod hostile;
 #[cfg(not(madsim))]
 mod real;
+#[cfg(not(madsim))]
+mod real_health;
 #[cfg(not(madsim))]
 mod security;
 #[cfg(madsim)]
@@ -32,6 +35,13 @@ pub trait Platform: Send + Sync {
     async fn kill(&self, instance: &str);
     /// Starts a killed instance again.
     async fn start(&self, instance: &str);
+    /// Starts a killed instance with its rebuild held: it cannot get past
+    /// reading its streams (for real its event-bus calls wait; in simulation
+    /// it is cut off from the broker, gives up and starts again) until
+    /// [`Platform::release`].
+    async fn start_held(&self, instance: &str);
+    /// Lets the rebuild of an instance started with [`Platform::start_held`] go on.
+    async fn release(&self, instance: &str);
     /// Starts a killed instance after `delay`, without waiting for it.
     fn start_after(&self, instance: &str, delay: Duration);
     /// Stops every service, loses all of Redis's data, starts every service

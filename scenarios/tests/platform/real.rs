@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use fafnir_platform::bus::nats::NatsBus;
-use fafnir_platform::bus::EventBus;
+use fafnir_platform::bus::{
+    AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, EventBus, PubAck, Publish, StoredMsg, StreamSpec, Tail,
+};
 use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
 use fafnir_platform::domain::Instrument;
 use fafnir_platform::kv::wipe_prefix;
@@ -47,6 +50,8 @@ pub(crate) struct RealPlatform {
     deps: Deps,
     nats: Arc<NatsBus>,
     services: Arc<Mutex<BTreeMap<String, ServiceHandle>>>,
+    /// The instances started with their rebuild held, each with its switch.
+    held: Mutex<BTreeMap<String, tokio::sync::watch::Sender<bool>>>,
     /// The platform's own nats-server and redis-server, for flows that
     /// restart them (None: the machine's shared ones).
     private: Option<tokio::sync::Mutex<(Server, Server)>>,
@@ -68,7 +73,7 @@ impl RealPlatform {
         let (deps, nats) =
             fafnir_scenarios::real::connect(cfg).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
         let services = Arc::new(Mutex::new(launch::spawn_all(&deps)));
-        let p = RealPlatform { deps, nats, services, private: None };
+        let p = RealPlatform { deps, nats, services, held: Mutex::default(), private: None };
         p.wait_serving().await;
         p
     }
@@ -88,6 +93,15 @@ impl RealPlatform {
         let mut p = RealPlatform::start_with(cfg).await;
         p.private = Some(tokio::sync::Mutex::new(servers));
         p
+    }
+
+    pub(crate) fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// Takes a running instance out of the platform's hands (the caller stops it).
+    pub(crate) fn take(&self, instance: &str) -> ServiceHandle {
+        self.services.lock().unwrap().remove(instance).unwrap_or_else(|| panic!("{instance} is not running"))
     }
 
     fn kill_all(&self) {
@@ -139,6 +153,20 @@ impl Platform for RealPlatform {
         self.services.lock().unwrap().insert(instance.to_string(), h);
     }
 
+    async fn start_held(&self, instance: &str) {
+        let (kind, shard) = parse_instance(instance);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let bus: Arc<dyn EventBus> = Arc::new(HeldBus { bus: self.deps.bus.clone(), released });
+        let h = launch::spawn(kind, shard, Deps { bus, ..self.deps.clone() });
+        self.services.lock().unwrap().insert(instance.to_string(), h);
+        self.held.lock().unwrap().insert(instance.to_string(), release);
+    }
+
+    async fn release(&self, instance: &str) {
+        let release = self.held.lock().unwrap().remove(instance);
+        release.unwrap_or_else(|| panic!("{instance} is not held")).send_replace(true);
+    }
+
     fn start_after(&self, instance: &str, delay: Duration) {
         let (kind, shard) = parse_instance(instance);
         let (deps, services, name) = (self.deps.clone(), self.services.clone(), instance.to_string());
@@ -182,6 +210,92 @@ impl Platform for RealPlatform {
     }
 }
 
+/// An event bus whose every call waits until released: a service started
+/// on it answers the health protocol but cannot rebuild its state.
+struct HeldBus {
+    bus: Arc<dyn EventBus>,
+    released: tokio::sync::watch::Receiver<bool>,
+}
+
+impl HeldBus {
+    async fn held(&self) {
+        let mut released = self.released.clone();
+        // The platform dropping the switch releases too.
+        let _ = released.wait_for(|released| *released).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for HeldBus {
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), BusError> {
+        self.held().await;
+        self.bus.ensure_stream(spec).await
+    }
+    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
+        self.held().await;
+        self.bus.ensure_consumer(spec).await
+    }
+    async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
+        self.held().await;
+        self.bus.publish(subject, msg_id, payload).await
+    }
+    async fn publish_traced(&self, msg: Publish) -> Result<PubAck, BusError> {
+        self.held().await;
+        self.bus.publish_traced(msg).await
+    }
+    async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
+        self.held().await;
+        self.bus.publish_batch(msgs).await
+    }
+    async fn fetch(&self, stream: &str, durable: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        self.held().await;
+        self.bus.fetch(stream, durable, max, wait).await
+    }
+    async fn ack(&self, token: &AckToken) -> Result<(), BusError> {
+        self.held().await;
+        self.bus.ack(token).await
+    }
+    async fn ack_many(&self, tokens: &[AckToken]) -> Result<(), BusError> {
+        self.held().await;
+        self.bus.ack_many(tokens).await
+    }
+    async fn nak(&self, token: &AckToken, delay: Duration) -> Result<(), BusError> {
+        self.held().await;
+        self.bus.nak(token, delay).await
+    }
+    async fn term(&self, token: &AckToken) -> Result<(), BusError> {
+        self.held().await;
+        self.bus.term(token).await
+    }
+    async fn read(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StoredMsg>, BusError> {
+        self.held().await;
+        self.bus.read(stream, filter, from_seq, max, wait).await
+    }
+    async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
+        self.held().await;
+        self.bus.last_on_subject(stream, subject).await
+    }
+    async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
+        self.held().await;
+        self.bus.consumer_lag(stream, durable).await
+    }
+    async fn last_seq(&self, stream: &str) -> Result<u64, BusError> {
+        self.held().await;
+        self.bus.last_seq(stream).await
+    }
+    async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError> {
+        self.held().await;
+        self.bus.tail(stream, filter).await
+    }
+}
+
 macro_rules! real_flows {
     ($($flow:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -205,6 +319,8 @@ real_flows!(
     hostile_requests_are_refused_without_effect,
     passwords_are_salted_per_user_and_survive_an_auth_restart,
     a_resumed_stream_gets_what_it_missed_across_a_gateway_restart,
+    every_service_says_serving_under_its_name,
+    a_service_says_not_serving_until_it_has_rebuilt,
     an_order_carries_one_trace_through_every_stream,
 );
 

@@ -26,7 +26,10 @@ use crate::bus::{read_to_end, Publish};
 use crate::proto::engine::engine_server::{Engine, EngineServer};
 use crate::proto::engine::{BookView, GetBookRequest, Level};
 use crate::proto::events::{engine_event, EngineEvent, MarketData, OrderEvent};
-use crate::services::{decode, ensure_streams, publish_until_stored, Deps, ServiceError, Shutdown, TaskGroup};
+use crate::services::front::Front;
+use crate::services::{
+    decode, ensure_streams, publish_until_stored, Deps, ServiceError, ServiceKind, Shutdown, TaskGroup,
+};
 use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
 
 pub use matcher::Matcher;
@@ -39,21 +42,25 @@ pub async fn serve(deps: Deps, shard: usize, shutdown: Shutdown) -> Result<(), S
         return Err(ServiceError::Config(format!("engine shard {shard} does not exist")));
     };
     let addr = deps.cfg.addrs.engines[shard];
-    ensure_streams(&deps).await?;
+    let mut front = Front::listen(ServiceKind::Engine, addr, shutdown.clone()).await;
+    let Some((books, tasks)) = front.rebuilding(start(&deps, &symbols, &shutdown)).await? else { return Ok(()) };
+    tracing::info!(%addr, shard, ?symbols, "engine serving");
+    front.serve(EngineServer::new(EngineSvc { deps, books }), tasks).await
+}
+
+/// The books of `symbols` recovered, each matching from there in a task of its own.
+async fn start(deps: &Deps, symbols: &[String], shutdown: &Shutdown) -> Result<(Books, TaskGroup), ServiceError> {
+    ensure_streams(deps).await?;
     let books: Books = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = TaskGroup::default();
-    for symbol in &symbols {
-        let matcher = recover(&deps, symbol).await?;
+    for symbol in symbols {
+        let matcher = recover(deps, symbol).await?;
         let next_seq = matcher.last_input_seq + 1;
         books.lock().expect("books lock").insert(symbol.clone(), matcher);
         tasks.spawn_fallible(run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone()));
     }
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
-    tracing::info!(%addr, shard, ?symbols, "engine serving");
-    let server = crate::services::grpc_server()
-        .add_service(EngineServer::new(EngineSvc { deps: deps.clone(), books }))
-        .serve_with_shutdown(addr, shutdown);
-    tasks.serve_until_failure(addr, server).await
+    Ok((books, tasks))
 }
 
 /// Rebuilds a symbol's matcher from the streams (see the module docs).

@@ -34,9 +34,10 @@ use crate::proto::orders::orders_server::{Orders, OrdersServer};
 use crate::proto::orders::{CancelRequest, GetRequest, ListReply, ListRequest, SubmitRequest};
 use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::portfolio::{ReleaseRequest, ReserveRequest};
+use crate::services::front::Front;
 use crate::services::{
     bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
-    shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
+    shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, ServiceKind, Shutdown, TaskGroup,
 };
 use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
 
@@ -179,8 +180,17 @@ impl State {
 
 /// Runs the orders service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
-    ensure_streams(&deps).await?;
-    crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
+    let addr = deps.cfg.addrs.orders;
+    let mut front = Front::listen(ServiceKind::Orders, addr, shutdown.clone()).await;
+    let Some((state, tasks)) = front.rebuilding(start(&deps, &shutdown)).await? else { return Ok(()) };
+    tracing::info!(%addr, "orders serving");
+    front.serve(OrdersServer::new(OrdersSvc { state }), tasks).await
+}
+
+/// The order records rebuilt, and the tasks that keep them (and the sagas) going from here.
+async fn start(deps: &Deps, shutdown: &Shutdown) -> Result<(Arc<State>, TaskGroup), ServiceError> {
+    ensure_streams(deps).await?;
+    crate::services::ensure_trades_consumer(deps, DURABLE).await?;
     let portfolio = PortfolioClient::new(channel(deps.cfg.addrs.portfolio, deps.cfg.call_timeout));
     let portfolio_mux = crate::rpc::Mux::new(deps.cfg.addrs.portfolio, deps.cfg.call_timeout);
     let state =
@@ -190,12 +200,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
     tasks.spawn(consume(state.clone(), shutdown.clone()));
     tasks.spawn(reconcile(state.clone(), orders_next, shutdown.clone()));
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[DURABLE], shutdown.clone()));
-    let addr = deps.cfg.addrs.orders;
-    tracing::info!(%addr, "orders serving");
-    let service = OrdersServer::new(OrdersSvc { state });
-    let server =
-        crate::services::grpc_server().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
-    tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
+    Ok((state, tasks))
 }
 
 /// Rebuilds the records; returns the ORDERS sequence to read on from.

@@ -28,8 +28,10 @@ use crate::proto::portfolio::portfolio_server::{Portfolio, PortfolioServer};
 use crate::proto::portfolio::{
     DepositRequest, GetPortfolioRequest, ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest,
 };
+use crate::services::front::Front;
 use crate::services::{
-    bus_status, decode, ensure_streams, shown, side_from_proto, side_to_proto, Deps, ServiceError, Shutdown, TaskGroup,
+    bus_status, decode, ensure_streams, shown, side_from_proto, side_to_proto, Deps, ServiceError, ServiceKind,
+    Shutdown, TaskGroup,
 };
 use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
 
@@ -51,21 +53,26 @@ const WRITE_QUEUE: usize = 4096;
 
 /// Runs the portfolio service until `shutdown`.
 pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
-    ensure_streams(&deps).await?;
-    crate::services::ensure_trades_consumer(&deps, DURABLE).await?;
-    let fold = rebuild(&deps).await?;
+    let addr = deps.cfg.addrs.portfolio;
+    let mut front = Front::listen(ServiceKind::Portfolio, addr, shutdown.clone()).await;
+    let Some((state, writes, tasks)) = front.rebuilding(start(&deps, &shutdown)).await? else { return Ok(()) };
+    tracing::info!(%addr, "portfolio serving");
+    front.serve(PortfolioServer::new(PortfolioSvc { state, writes }), tasks).await
+}
+
+/// The accounts rebuilt, the queue of writes, and the tasks that follow
+/// TRADES and commit the writes from here.
+async fn start(deps: &Deps, shutdown: &Shutdown) -> Result<(Arc<State>, mpsc::Sender<Write>, TaskGroup), ServiceError> {
+    ensure_streams(deps).await?;
+    crate::services::ensure_trades_consumer(deps, DURABLE).await?;
+    let fold = rebuild(deps).await?;
     let state = Arc::new(State { deps: deps.clone(), fold: Mutex::new(fold) });
     let (writes, queued) = mpsc::channel(WRITE_QUEUE);
     let mut tasks = TaskGroup::default();
     tasks.spawn_fallible(consume(state.clone(), shutdown.clone()));
     tasks.spawn(commit(state.clone(), queued, shutdown.clone()));
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[DURABLE], shutdown.clone()));
-    let addr = deps.cfg.addrs.portfolio;
-    tracing::info!(%addr, "portfolio serving");
-    let service = PortfolioServer::new(PortfolioSvc { state, writes });
-    let server =
-        crate::services::grpc_server().add_service(service.clone()).serve_with_shutdown(addr, shutdown.clone());
-    tasks.serve_until_failure(addr, crate::rpc::serve_alongside(addr, service, shutdown, server)).await
+    Ok((state, writes, tasks))
 }
 
 /// Replays LEDGER and TRADES, interleaved as the live service applied them,
