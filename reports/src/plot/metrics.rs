@@ -175,13 +175,37 @@ fn draw_panel<DB: DrawingBackend>(
     shade_faults(&mut chart, windows, end_ms, false)?;
     for (i, (label, points)) in panel.series.iter().enumerate() {
         let c = colour(i);
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(label)
-            .legend(move |(x, y)| legend_line(x, y, c, false));
+        // A second without a value (no fill settled in it) breaks the line
+        // rather than being bridged; a lone value is a dot.
+        let runs = consecutive_runs(points);
+        for run in runs.iter().filter(|r| r.len() == 1) {
+            chart.draw_series(run.iter().map(|p| Circle::new(*p, 3, c.filled()))).map_err(err)?;
+        }
+        let mut lines = runs.into_iter().filter(|r| r.len() > 1).peekable();
+        if lines.peek().is_none() {
+            continue;
+        }
+        let mut first = true;
+        for run in lines {
+            let drawn = chart.draw_series(LineSeries::new(run, c.stroke_width(2))).map_err(err)?;
+            if std::mem::take(&mut first) {
+                drawn.label(label).legend(move |(x, y)| legend_line(x, y, c, false));
+            }
+        }
     }
     super::legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+/// `points` (one a second at most) split where a second is missing.
+fn consecutive_runs(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
+    let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+    for p in points {
+        match runs.last_mut() {
+            Some(run) if run.last().is_some_and(|q| p.0 - q.0 <= 1.0) => run.push(*p),
+            _ => runs.push(vec![*p]),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -210,6 +234,13 @@ mod tests {
         assert_eq!(series[0], ("p50 (bucket bound)".to_string(), vec![(0.0, 1.0), (1.0, 10.0)]));
         // The second's p99 is beyond the last finite bound: not drawn.
         assert_eq!(series[1], ("p99 (bucket bound)".to_string(), vec![(0.0, 1.0)]));
+    }
+
+    #[test]
+    fn a_missing_second_breaks_the_line() {
+        let points = [(0.0, 1.0), (1.0, 2.0), (4.0, 3.0), (6.0, 1.0), (7.0, 1.0)];
+        let runs = consecutive_runs(&points);
+        assert_eq!(runs, vec![vec![(0.0, 1.0), (1.0, 2.0)], vec![(4.0, 3.0)], vec![(6.0, 1.0), (7.0, 1.0)]]);
     }
 
     #[test]
