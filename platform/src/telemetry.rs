@@ -136,6 +136,18 @@ pub struct Rpc {
     pub kind: RpcKind,
 }
 
+impl Rpc {
+    /// A unary RPC `method` of `service`, its service time named `handler`.
+    pub const fn unary(service: &'static str, method: &'static str, handler: &'static str) -> Rpc {
+        Rpc { handler, service, method, kind: RpcKind::Unary }
+    }
+
+    /// A server-streaming RPC `method` of `service`, its service time named `handler`.
+    pub const fn server_stream(service: &'static str, method: &'static str, handler: &'static str) -> Rpc {
+        Rpc { handler, service, method, kind: RpcKind::ServerStream }
+    }
+}
+
 /// Serves one RPC: takes its modelled service time, runs `call`, and counts
 /// it in the `grpc_server_*` metrics, inside a span of the call (joined to
 /// the trace `context` the request carried, if any). Every handler of every

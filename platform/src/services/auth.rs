@@ -30,7 +30,10 @@ use crate::services::front::Front;
 use crate::services::{
     bus_status, decode, ensure_streams, jwt, shown, Deps, ServiceError, ServiceKind, Shutdown, TaskGroup,
 };
-use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
+use crate::telemetry::{grpc_call, trace, Rpc};
+
+/// The gRPC service this module serves, as its metrics name it.
+const GRPC_SERVICE: &str = crate::services::ServiceKind::Auth.grpc_name();
 
 #[derive(Clone, Debug)]
 struct User {
@@ -205,8 +208,7 @@ struct AuthSvc {
 #[tonic::async_trait]
 impl Auth for AuthSvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
-        let rpc =
-            Rpc { handler: "auth.register", service: "fafnir.auth.Auth", method: "Register", kind: RpcKind::Unary };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Register", "auth.register");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             check_lengths(&req.username, &req.password)?;
@@ -254,7 +256,7 @@ impl Auth for AuthSvc {
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        let rpc = Rpc { handler: "auth.login", service: "fafnir.auth.Auth", method: "Login", kind: RpcKind::Unary };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Login", "auth.login");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             check_lengths(&req.username, &req.password)?;
@@ -277,7 +279,7 @@ impl Auth for AuthSvc {
     }
 
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
-        let rpc = Rpc { handler: "auth.verify", service: "fafnir.auth.Auth", method: "Verify", kind: RpcKind::Unary };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Verify", "auth.verify");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let cfg = &self.state.deps.cfg;
             let claims = jwt::verify(&cfg.jwt_secret, &req.into_inner().token, self.state.deps.clock.now_ms() / 1000)

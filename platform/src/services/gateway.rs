@@ -34,7 +34,10 @@ use crate::services::front::Front;
 use crate::services::{
     auth as auth_svc, channel, jwt, shown, Deps, Follower, ServiceError, ServiceKind, Shutdown, TaskGroup,
 };
-use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
+use crate::telemetry::{self, grpc_call, trace, Rpc};
+
+/// The gRPC service this module serves, as its metrics name it.
+const GRPC_SERVICE: &str = crate::services::ServiceKind::Gateway.grpc_name();
 
 mod buckets;
 mod window;
@@ -396,12 +399,7 @@ impl Drop for InFlight {
 #[tonic::async_trait]
 impl Gateway for GatewaySvc {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.register",
-            service: "fafnir.gateway.Gateway",
-            method: "Register",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Register", "gateway.register");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
             let r = req.into_inner();
@@ -418,8 +416,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        let rpc =
-            Rpc { handler: "gateway.login", service: "fafnir.gateway.Gateway", method: "Login", kind: RpcKind::Unary };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Login", "gateway.login");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.anonymous(&req, &req.get_ref().username, &req.get_ref().password)?;
             let r = req.into_inner();
@@ -436,12 +433,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.deposit",
-            service: "fafnir.gateway.Gateway",
-            method: "Deposit",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Deposit", "gateway.deposit");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let r = req.into_inner();
@@ -460,15 +452,11 @@ impl Gateway for GatewaySvc {
     }
 
     async fn submit_order(&self, req: Request<SubmitOrderRequest>) -> Result<Response<Order>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.submit_order",
-            service: "fafnir.gateway.Gateway",
-            method: "SubmitOrder",
-            kind: RpcKind::Unary,
-        };
-        let answered = grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
+        let rpc = Rpc::unary(GRPC_SERVICE, "SubmitOrder", "gateway.submit_order");
+        // Read once: the call's span and the order's context are the same trace.
+        let client_trace = trace::of(&req);
+        let answered = grpc_call(&self.state.deps, rpc, client_trace.clone(), async move {
             let user = self.caller(&req)?;
-            let client_trace = trace::of(&req);
             let r = req.into_inner();
             bounded("client_order_id", &r.client_order_id, CLIENT_ID_BYTES_MAX)?;
             bounded("symbol", &r.symbol, SYMBOL_BYTES_MAX)?;
@@ -510,15 +498,11 @@ impl Gateway for GatewaySvc {
     }
 
     async fn cancel_order(&self, req: Request<CancelOrderRequest>) -> Result<Response<Order>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.cancel_order",
-            service: "fafnir.gateway.Gateway",
-            method: "CancelOrder",
-            kind: RpcKind::Unary,
-        };
-        let answered = grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
+        let rpc = Rpc::unary(GRPC_SERVICE, "CancelOrder", "gateway.cancel_order");
+        // Read once: the call's span and the order's context are the same trace.
+        let client_trace = trace::of(&req);
+        let answered = grpc_call(&self.state.deps, rpc, client_trace.clone(), async move {
             let user = self.caller(&req)?;
-            let client_trace = trace::of(&req);
             let order_id = req.into_inner().order_id;
             let context = client_trace.unwrap_or_else(|| trace::for_order(user.0, order_id));
             tracing::debug!(trace_id = trace::trace_id(&context), order = %OrderId(order_id), "gateway: cancel taken");
@@ -533,12 +517,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.get_order",
-            service: "fafnir.gateway.Gateway",
-            method: "GetOrder",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetOrder", "gateway.get_order");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let order_id = req.into_inner().order_id;
@@ -548,12 +527,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn list_orders(&self, req: Request<ListOrdersRequest>) -> Result<Response<ListOrdersReply>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.list_orders",
-            service: "fafnir.gateway.Gateway",
-            method: "ListOrders",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "ListOrders", "gateway.list_orders");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let reply = self.state.orders.clone().list(orders::ListRequest { user_id: user.0 }).await?.into_inner();
@@ -563,12 +537,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.get_portfolio",
-            service: "fafnir.gateway.Gateway",
-            method: "GetPortfolio",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetPortfolio", "gateway.get_portfolio");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             self.state.portfolio.clone().get_portfolio(portfolio::GetPortfolioRequest { account_id: user.0 }).await
@@ -580,12 +549,7 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<ListInstrumentsRequest>,
     ) -> Result<Response<ListInstrumentsReply>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.list_instruments",
-            service: "fafnir.gateway.Gateway",
-            method: "ListInstruments",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "ListInstruments", "gateway.list_instruments");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let reply =
@@ -596,12 +560,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.get_quote",
-            service: "fafnir.gateway.Gateway",
-            method: "GetQuote",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetQuote", "gateway.get_quote");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let symbol = req.into_inner().symbol;
@@ -612,12 +571,7 @@ impl Gateway for GatewaySvc {
     }
 
     async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.get_candles",
-            service: "fafnir.gateway.Gateway",
-            method: "GetCandles",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetCandles", "gateway.get_candles");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let r = req.into_inner();
@@ -640,12 +594,7 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<StreamExecutionsRequest>,
     ) -> Result<Response<Self::StreamExecutionsStream>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.stream_executions",
-            service: "fafnir.gateway.Gateway",
-            method: "StreamExecutions",
-            kind: RpcKind::ServerStream,
-        };
+        let rpc = Rpc::server_stream(GRPC_SERVICE, "StreamExecutions", "gateway.stream_executions");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = self.caller(&req)?;
             let after = req.into_inner().after_cursor;
@@ -678,12 +627,7 @@ impl Gateway for GatewaySvc {
         &self,
         req: Request<StreamMarketDataRequest>,
     ) -> Result<Response<Self::StreamMarketDataStream>, Status> {
-        let rpc = Rpc {
-            handler: "gateway.stream_market_data",
-            service: "fafnir.gateway.Gateway",
-            method: "StreamMarketData",
-            kind: RpcKind::ServerStream,
-        };
+        let rpc = Rpc::server_stream(GRPC_SERVICE, "StreamMarketData", "gateway.stream_market_data");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             self.caller(&req)?;
             let symbols = req.into_inner().symbols;

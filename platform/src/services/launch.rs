@@ -36,7 +36,7 @@ impl ServiceKind {
 
     /// The full name of the service's gRPC service, under which its health
     /// protocol reports it (see [`crate::services::health`]).
-    pub fn grpc_name(self) -> &'static str {
+    pub const fn grpc_name(self) -> &'static str {
         match self {
             ServiceKind::Gateway => "fafnir.gateway.Gateway",
             ServiceKind::Auth => "fafnir.auth.Auth",

@@ -29,7 +29,10 @@ use crate::proto::market::{
 };
 use crate::services::front::Front;
 use crate::services::{decode, ensure_streams, shown, Deps, Follower, ServiceError, ServiceKind, Shutdown, TaskGroup};
-use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
+use crate::telemetry::{grpc_call, trace, Rpc};
+
+/// The gRPC service this module serves, as its metrics name it.
+const GRPC_SERVICE: &str = crate::services::ServiceKind::Market.grpc_name();
 
 const CANDLE_MS: i64 = 60_000;
 
@@ -376,12 +379,7 @@ impl Market for MarketSvc {
         &self,
         req: Request<ListInstrumentsRequest>,
     ) -> Result<Response<ListInstrumentsReply>, Status> {
-        let rpc = Rpc {
-            handler: "market.list_instruments",
-            service: "fafnir.market.Market",
-            method: "ListInstruments",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "ListInstruments", "market.list_instruments");
         grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let instruments = self
                 .deps
@@ -402,12 +400,7 @@ impl Market for MarketSvc {
     }
 
     async fn get_quote(&self, req: Request<GetQuoteRequest>) -> Result<Response<Quote>, Status> {
-        let rpc = Rpc {
-            handler: "market.get_quote",
-            service: "fafnir.market.Market",
-            method: "GetQuote",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetQuote", "market.get_quote");
         grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let symbol = req.into_inner().symbol;
             let tick = self.instrument(&symbol)?.tick_cents;
@@ -433,12 +426,7 @@ impl Market for MarketSvc {
     }
 
     async fn get_candles(&self, req: Request<GetCandlesRequest>) -> Result<Response<GetCandlesReply>, Status> {
-        let rpc = Rpc {
-            handler: "market.get_candles",
-            service: "fafnir.market.Market",
-            method: "GetCandles",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetCandles", "market.get_candles");
         grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             let tick = self.instrument(&req.symbol)?.tick_cents;

@@ -30,7 +30,10 @@ use crate::services::front::Front;
 use crate::services::{
     decode, ensure_streams, publish_until_stored, Deps, ServiceError, ServiceKind, Shutdown, TaskGroup,
 };
-use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
+use crate::telemetry::{self, grpc_call, trace, Rpc};
+
+/// The gRPC service this module serves, as its metrics name it.
+const GRPC_SERVICE: &str = crate::services::ServiceKind::Engine.grpc_name();
 
 pub use matcher::Matcher;
 
@@ -311,12 +314,7 @@ struct EngineSvc {
 #[tonic::async_trait]
 impl Engine for EngineSvc {
     async fn get_book(&self, req: Request<GetBookRequest>) -> Result<Response<BookView>, Status> {
-        let rpc = Rpc {
-            handler: "engine.get_book",
-            service: "fafnir.engine.Engine",
-            method: "GetBook",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetBook", "engine.get_book");
         grpc_call(&self.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             let books = self.books.lock().expect("books lock");

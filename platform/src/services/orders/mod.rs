@@ -39,7 +39,10 @@ use crate::services::{
     bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
     shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, ServiceKind, Shutdown, TaskGroup,
 };
-use crate::telemetry::{grpc_call, trace, Rpc, RpcKind};
+use crate::telemetry::{grpc_call, trace, Rpc};
+
+/// The gRPC service this module serves, as its metrics name it.
+const GRPC_SERVICE: &str = crate::services::ServiceKind::Orders.grpc_name();
 
 /// The durable consumer of the TRADES stream.
 pub const DURABLE: &str = "orders";
@@ -647,10 +650,9 @@ fn same_order(a: &Order, req: &SubmitRequest) -> bool {
 #[tonic::async_trait]
 impl Orders for OrdersSvc {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<Order>, Status> {
-        let rpc =
-            Rpc { handler: "orders.submit", service: "fafnir.orders.Orders", method: "Submit", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
-            let context = trace::of(&req);
+        let rpc = Rpc::unary(GRPC_SERVICE, "Submit", "orders.submit");
+        let context = trace::of(&req);
+        grpc_call(&self.state.deps, rpc, context.clone(), async move {
             let req = req.into_inner();
             let valid = validate(&self.state.deps, &req)?;
             let id = order_id_for(UserId(req.user_id), &req.client_order_id);
@@ -695,10 +697,9 @@ impl Orders for OrdersSvc {
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<Order>, Status> {
-        let rpc =
-            Rpc { handler: "orders.cancel", service: "fafnir.orders.Orders", method: "Cancel", kind: RpcKind::Unary };
-        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
-            let context = trace::of(&req);
+        let rpc = Rpc::unary(GRPC_SERVICE, "Cancel", "orders.cancel");
+        let context = trace::of(&req);
+        grpc_call(&self.state.deps, rpc, context.clone(), async move {
             let req = req.into_inner();
             let record = if self.state.deps.cfg.planted(crate::config::PlantedBug::CancelWithoutOwnerCheck) {
                 // Planted bug: whoever names the order id may cancel it.
@@ -737,7 +738,7 @@ impl Orders for OrdersSvc {
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<Order>, Status> {
-        let rpc = Rpc { handler: "orders.get", service: "fafnir.orders.Orders", method: "Get", kind: RpcKind::Unary };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Get", "orders.get");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             Ok(Response::new(self.owned(req.user_id, req.order_id)?.view()))
@@ -746,7 +747,7 @@ impl Orders for OrdersSvc {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        let rpc = Rpc { handler: "orders.list", service: "fafnir.orders.Orders", method: "List", kind: RpcKind::Unary };
+        let rpc = Rpc::unary(GRPC_SERVICE, "List", "orders.list");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let user = UserId(req.into_inner().user_id);
             let records = self.state.records.lock().expect("records lock");

@@ -33,7 +33,10 @@ use crate::services::{
     bus_status, decode, ensure_streams, shown, side_from_proto, side_to_proto, Deps, ServiceError, ServiceKind,
     Shutdown, TaskGroup,
 };
-use crate::telemetry::{self, grpc_call, trace, Rpc, RpcKind};
+use crate::telemetry::{self, grpc_call, trace, Rpc};
+
+/// The gRPC service this module serves, as its metrics name it.
+const GRPC_SERVICE: &str = crate::services::ServiceKind::Portfolio.grpc_name();
 
 pub use fold::{replay, Fold, ReplayOptions};
 pub use ledger::{Ledger, LedgerError, Reservation, ReserveError};
@@ -436,12 +439,7 @@ fn deposit_refusal(e: ledger::DepositError) -> Status {
 #[tonic::async_trait]
 impl Portfolio for PortfolioSvc {
     async fn deposit(&self, req: Request<DepositRequest>) -> Result<Response<PortfolioView>, Status> {
-        let rpc = Rpc {
-            handler: "portfolio.deposit",
-            service: "fafnir.portfolio.Portfolio",
-            method: "Deposit",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Deposit", "portfolio.deposit");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let req = req.into_inner();
             if req.request_id.is_empty() || req.request_id.len() > 128 {
@@ -500,16 +498,12 @@ impl Portfolio for PortfolioSvc {
     }
 
     async fn reserve(&self, req: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
-        let rpc = Rpc {
-            handler: "portfolio.reserve",
-            service: "fafnir.portfolio.Portfolio",
-            method: "Reserve",
-            kind: RpcKind::Unary,
-        };
-        grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
-            if let Some(context) = trace::of(&req) {
+        let rpc = Rpc::unary(GRPC_SERVICE, "Reserve", "portfolio.reserve");
+        let context = trace::of(&req);
+        grpc_call(&self.state.deps, rpc, context.clone(), async move {
+            if let Some(context) = &context {
                 let order = crate::domain::OrderId(req.get_ref().order_id);
-                tracing::debug!(trace_id = trace::trace_id(&context), %order, "portfolio: reserve");
+                tracing::debug!(trace_id = trace::trace_id(context), %order, "portfolio: reserve");
             }
             let req = req.into_inner();
             let side = side_from_proto(req.side)?;
@@ -553,12 +547,7 @@ impl Portfolio for PortfolioSvc {
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
-        let rpc = Rpc {
-            handler: "portfolio.release",
-            service: "fafnir.portfolio.Portfolio",
-            method: "Release",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "Release", "portfolio.release");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let order = OrderId(req.into_inner().order_id);
             let check: Check = Box::new(move |_: &Ledger| {
@@ -575,12 +564,7 @@ impl Portfolio for PortfolioSvc {
     }
 
     async fn get_portfolio(&self, req: Request<GetPortfolioRequest>) -> Result<Response<PortfolioView>, Status> {
-        let rpc = Rpc {
-            handler: "portfolio.get_portfolio",
-            service: "fafnir.portfolio.Portfolio",
-            method: "GetPortfolio",
-            kind: RpcKind::Unary,
-        };
+        let rpc = Rpc::unary(GRPC_SERVICE, "GetPortfolio", "portfolio.get_portfolio");
         grpc_call(&self.state.deps, rpc, trace::of(&req), async move {
             let account = AccountId(req.into_inner().account_id);
             Ok(Response::new(view(self.state.fold.lock().await.ledger(), account)))
