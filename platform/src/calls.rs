@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::time::Instant;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::Instant;
 
 /// How a call's wait ended without an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl<T: Send + 'static> Calls<T> {
                 None => self.shared.sweeper.notified().await,
                 Some(deadline) => tokio::select! {
                     biased;
-                    () = tokio::time::sleep_until(deadline) => {}
+                    () = crate::time::sleep_until(deadline) => {}
                     () = self.shared.sweeper.notified() => {}
                 },
             }
@@ -239,7 +239,7 @@ mod tests {
         let mut waiting = calls.start(Instant::now() + Duration::from_secs(5)).expect("open");
         let closer = calls.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            crate::time::sleep(Duration::from_millis(10)).await;
             closer.close();
         });
         assert_eq!(waiting.answer().await, Err(Unanswered::Closed));

@@ -36,3 +36,4 @@ pub mod rng;
 pub mod rpc;
 pub mod services;
 pub mod telemetry;
+pub mod time;

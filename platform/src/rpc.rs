@@ -291,10 +291,10 @@ mod sim {
             Rep: Send + Sync + 'static,
         {
             let timeout = self.shared.timeout;
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = crate::time::Instant::now() + timeout;
             let timed_out = || Status::deadline_exceeded(format!("request timeout: {timeout:?}"));
             let unavailable = |e: &dyn std::fmt::Display| Status::unavailable(format!("{}: {e}", self.shared.addr));
-            let conn = match madsim::time::timeout(timeout, self.connection()).await {
+            let conn = match crate::time::timeout(timeout, self.connection()).await {
                 Ok(conn) => conn.map_err(|e| unavailable(&e))?,
                 Err(_) => return Err(timed_out()),
             };
@@ -381,7 +381,7 @@ mod tests {
             if req.symbol.is_empty() {
                 return Err(Status::invalid_argument("symbol: empty"));
             }
-            tokio::time::sleep(Duration::from_millis(u64::from(req.depth))).await;
+            crate::time::sleep(Duration::from_millis(u64::from(req.depth))).await;
             Ok(Response::new(BookView { symbol: req.symbol, ..BookView::default() }))
         }
     }
@@ -473,7 +473,7 @@ mod tests {
                 let down = get(&mux, "C", 1).await.expect_err("the server is dead");
                 assert_eq!(down.code(), Code::Unavailable, "{down:?}");
                 h.restart(id);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::time::sleep(Duration::from_millis(100)).await;
                 assert_eq!(get(&mux, "D", 1).await.expect("restarted"), "D");
             })
             .await

@@ -190,7 +190,7 @@ async fn observed<T>(
 ) -> Result<Response<T>, Status> {
     let (kind, service, method) = (rpc.kind.label(), rpc.service, rpc.method);
     counter!(GRPC_STARTED, "grpc_type" => kind, "grpc_service" => service, "grpc_method" => method).increment(1);
-    let started = tokio::time::Instant::now();
+    let started = crate::time::Instant::now();
     deps.work(rpc.handler).await;
     let result = call.await;
     let code = code_name(match &result {
@@ -271,7 +271,7 @@ impl EventBus for TimedBus {
         self.0.ensure_consumer(spec).await
     }
     async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
-        let started = tokio::time::Instant::now();
+        let started = crate::time::Instant::now();
         let acked = self.0.publish(subject, msg_id, payload).await;
         histogram!(BUS_PUBLISH_SECONDS, "op" => "publish", "stream" => stream_of(subject))
             .record(started.elapsed().as_secs_f64());
@@ -279,14 +279,14 @@ impl EventBus for TimedBus {
     }
     async fn publish_traced(&self, msg: Publish) -> Result<PubAck, BusError> {
         let stream = stream_of(&msg.subject);
-        let started = tokio::time::Instant::now();
+        let started = crate::time::Instant::now();
         let acked = self.0.publish_traced(msg).await;
         histogram!(BUS_PUBLISH_SECONDS, "op" => "publish", "stream" => stream).record(started.elapsed().as_secs_f64());
         acked
     }
     async fn publish_batch(&self, msgs: Vec<Publish>) -> Vec<Result<PubAck, BusError>> {
         let stream = msgs.first().map_or("other", |m| stream_of(&m.subject));
-        let started = tokio::time::Instant::now();
+        let started = crate::time::Instant::now();
         let acked = self.0.publish_batch(msgs).await;
         histogram!(BUS_PUBLISH_SECONDS, "op" => "publish_batch", "stream" => stream)
             .record(started.elapsed().as_secs_f64());
@@ -337,7 +337,7 @@ pub struct TimedKv(pub std::sync::Arc<dyn Kv>);
 
 impl TimedKv {
     async fn timed<T>(&self, op: &'static str, call: impl Future<Output = Result<T, KvError>>) -> Result<T, KvError> {
-        let started = tokio::time::Instant::now();
+        let started = crate::time::Instant::now();
         let result = call.await;
         histogram!(REDIS_CALL_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
         if result.is_err() {

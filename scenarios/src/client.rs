@@ -54,10 +54,7 @@ impl Client {
     /// A client of the gateway at `addr` (connects lazily).
     pub fn new(addr: SocketAddr) -> Client {
         const TIMEOUT: Duration = Duration::from_secs(10);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("valid uri")
-            .timeout(TIMEOUT)
-            .connect_lazy();
+        let channel = fafnir_platform::services::channel(addr, TIMEOUT);
         let mux = fafnir_platform::rpc::Mux::new(addr, TIMEOUT);
         Client { api: GatewayClient::new(channel), mux, token: None, user_id: 0 }
     }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use fafnir_platform::domain::{order_id_for, UserId};
 use fafnir_platform::proto::common::{OrderType, Side as ProtoSide};
 use fafnir_platform::proto::gateway::{execution_report, ExecutionReport, MarketDataUpdate};
+use fafnir_platform::time::Instant;
 use hdrhistogram::Histogram;
-use tokio::time::Instant;
 use tonic::Code;
 
 use crate::agents::{Agent, Event, Intent, OpenOrder, OrderKind, Side, SymbolView, View};
@@ -323,7 +323,7 @@ where
             Ok(v) => return Ok(v),
             Err(s) if transient(s.code()) => {
                 last = Some(s);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                fafnir_platform::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => return Err(s),
         }
@@ -411,7 +411,7 @@ pub async fn keep_following_executions(handle: Arc<AgentHandle>, rec: Arc<Mutex<
             Ok(stream) => follow_executions(stream, handle.state.clone(), rec.clone()).await,
             Err(s) => tracing::warn!(agent = %handle.name, status = %s, "execution stream not reopened; trying again"),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -496,12 +496,13 @@ pub async fn follow_market_data(
     clock: Arc<dyn fafnir_platform::clock::Clock>,
 ) {
     while let Ok(Some(u)) = stream.message().await {
-        let now_ms = clock.now_ms();
+        let now_us = clock.now_us();
         {
             let mut r = rec.lock().expect("recorder");
             r.counts.md_updates += 1;
-            // From the engine publishing the update (its timestamp, ms) to this receipt.
-            r.record_ns("md_fanout", (now_ms - u.ts_ms).max(0) as u64 * 1_000_000);
+            // From the engine publishing the update (its timestamp, µs) to this receipt.
+            let published_us = if u.ts_us > 0 { u.ts_us } else { u.ts_ms.saturating_mul(1_000) };
+            r.record_ns("md_fanout", (now_us.saturating_sub(published_us)).max(0) as u64 * 1_000);
         }
         for (i, state) in states.iter().enumerate() {
             let mut s = state.lock().expect("agent state");
@@ -531,13 +532,13 @@ pub async fn run_agent(
     t0: Instant,
     duration: Duration,
 ) {
-    let end_ms = duration.as_millis() as u64;
+    let end_us = duration.as_micros() as u64;
     let mut next = agent.start(0);
     let mut inflight = Vec::new();
     let mut intents = Vec::new();
-    while next < end_ms {
-        let intended = t0 + Duration::from_millis(next);
-        tokio::time::sleep_until(intended).await;
+    while next < end_us {
+        let intended = t0 + Duration::from_micros(next);
+        fafnir_platform::time::sleep_until(intended).await;
         let lag = Instant::now().saturating_duration_since(intended).as_nanos().max(1) as u64;
         rec.lock().expect("recorder").send_lag.saturating_record(lag);
         intents.clear();
@@ -547,7 +548,8 @@ pub async fn run_agent(
                 agent.observe(&borrow(&e));
             }
             let view = View {
-                now_ms: next,
+                now_us: next,
+                now_ms: next / 1_000,
                 market: &s.market,
                 cash_cents: s.cash_cents,
                 holdings: &s.holdings,
@@ -560,7 +562,7 @@ pub async fn run_agent(
         }
         match wake {
             Some(t) if t > next => next = t,
-            Some(t) => panic!("agent {} asked to wake at {t} ms, not after {next} ms", handle.name),
+            Some(t) => panic!("agent {} asked to wake at {t} µs, not after {next} µs", handle.name),
             None => break,
         }
     }

@@ -250,7 +250,8 @@ impl Refresh {
     pub async fn consumer_lags(&self) -> Vec<(String, String, ConsumerLag)> {
         let mut lags = Vec::new();
         for (stream, durable) in &self.consumers {
-            let read = tokio::time::timeout(Duration::from_secs(2), self.bus.consumer_lag(stream, durable)).await;
+            let read =
+                fafnir_platform::time::timeout(Duration::from_secs(2), self.bus.consumer_lag(stream, durable)).await;
             if let Ok(Ok(lag)) = read {
                 telemetry::record_consumer_lag(stream, durable, lag);
                 lags.push((stream.clone(), durable.clone(), lag));

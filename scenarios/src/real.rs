@@ -12,9 +12,9 @@ use fafnir_platform::services::Deps;
 pub struct SystemClock;
 
 impl fafnir_platform::clock::Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
+    fn now_us(&self) -> i64 {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
     }
 }
 

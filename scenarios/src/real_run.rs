@@ -123,7 +123,7 @@ pub async fn run(
         nemesis: None,
     };
     crate::observe::install_global();
-    let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
+    let rec = Arc::new(Mutex::new(Recorder::new(fafnir_platform::time::Instant::now())));
     let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth));
     let result = match measured.catch_unwind().await {
         Ok(Ok(result)) => result,
@@ -194,12 +194,12 @@ fn threads() -> BTreeMap<u64, (bool, u64)> {
 /// The CPU this process uses from the moment it is made.
 struct CpuMeter {
     start: BTreeMap<u64, (bool, u64)>,
-    at: std::time::Instant,
+    at: fafnir_platform::time::Instant,
 }
 
 impl CpuMeter {
     fn start() -> CpuMeter {
-        CpuMeter { start: threads(), at: std::time::Instant::now() }
+        CpuMeter { start: threads(), at: fafnir_platform::time::Instant::now() }
     }
 
     /// The share of the machine's CPU used since the start, each thread's
@@ -294,8 +294,8 @@ async fn measure(
             }
         });
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let t0 = tokio::time::Instant::now();
+    fafnir_platform::time::sleep(Duration::from_millis(200)).await;
+    let t0 = fafnir_platform::time::Instant::now();
     {
         let mut r = rec.lock().expect("recorder");
         *r = Recorder::new(t0);
@@ -329,7 +329,7 @@ async fn load_and_quiesce(
     agents: &[Arc<AgentHandle>],
     plan: &[(String, usize, u32, u64)],
     rec: &Arc<Mutex<Recorder>>,
-    t0: tokio::time::Instant,
+    t0: fafnir_platform::time::Instant,
 ) -> Result<(), run::Stopped> {
     let cpu = CpuMeter::start();
     let mut runs = Vec::new();
@@ -353,10 +353,14 @@ async fn load_and_quiesce(
 /// Samples the process's metrics (the load generator's, and the platform's
 /// when it runs in this process) with the consumers' lag, each second since
 /// `t0`, until aborted.
-async fn sample_metrics(rec: Arc<Mutex<Recorder>>, t0: tokio::time::Instant, refresh: crate::observe::Refresh) {
+async fn sample_metrics(
+    rec: Arc<Mutex<Recorder>>,
+    t0: fafnir_platform::time::Instant,
+    refresh: crate::observe::Refresh,
+) {
     let handle = crate::observe::install_global();
-    let mut every = tokio::time::interval_at(t0, Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut every = fafnir_platform::time::interval_at(t0, Duration::from_secs(1));
+    every.set_missed_tick_behavior(fafnir_platform::time::MissedTickBehavior::Skip);
     loop {
         every.tick().await;
         let lags = refresh.consumer_lags().await;
@@ -365,10 +369,10 @@ async fn sample_metrics(rec: Arc<Mutex<Recorder>>, t0: tokio::time::Instant, ref
 }
 
 /// Reports progress every [`PROGRESS_EVERY`] of wall time since `t0`, until aborted.
-async fn tick(rec: Arc<Mutex<Recorder>>, t0: tokio::time::Instant, duration: Duration, report: ProgressFn) {
-    let mut every = tokio::time::interval_at(t0 + PROGRESS_EVERY, PROGRESS_EVERY);
+async fn tick(rec: Arc<Mutex<Recorder>>, t0: fafnir_platform::time::Instant, duration: Duration, report: ProgressFn) {
+    let mut every = fafnir_platform::time::interval_at(t0 + PROGRESS_EVERY, PROGRESS_EVERY);
     // A busy runtime skips a redraw rather than drawing several at once.
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    every.set_missed_tick_behavior(fafnir_platform::time::MissedTickBehavior::Skip);
     loop {
         every.tick().await;
         let p = Progress::read(&rec.lock().expect("recorder"), RunClock::Wall, t0.elapsed(), duration);

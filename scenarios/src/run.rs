@@ -476,7 +476,7 @@ async fn decoded<M: prost::Message + Default>(bus: &dyn EventBus, stream: &str) 
             Err(e) if attempt >= 10 => return Err(format!("read {stream}: {e}")),
             Err(_) => {
                 attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                fafnir_platform::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
     };
@@ -615,7 +615,7 @@ fn market_ends(input: &CheckInput) -> BTreeMap<&str, (u64, u64)> {
 /// that does not catch up within [`MARKET_WAIT`] fails the liveness phase.
 async fn served_market(agent: &AgentHandle, input: &CheckInput) -> Result<BTreeMap<String, Served>, String> {
     let ends = market_ends(input);
-    let deadline = tokio::time::Instant::now() + MARKET_WAIT;
+    let deadline = fafnir_platform::time::Instant::now() + MARKET_WAIT;
     let quote = |symbol: &str| {
         let symbol = symbol.to_string();
         async move { retry(|| agent.client.quote(&symbol)).await.map_err(|s| format!("{}: quote: {s}", agent.name)) }
@@ -624,14 +624,14 @@ async fn served_market(agent: &AgentHandle, input: &CheckInput) -> Result<BTreeM
     for (&symbol, &(fill, input_seq)) in &ends {
         let mut q = quote(symbol).await?;
         while q.match_seq < fill || q.book_seq < input_seq {
-            if tokio::time::Instant::now() >= deadline {
+            if fafnir_platform::time::Instant::now() >= deadline {
                 return Err(format!(
                     "liveness: the market did not catch up within {MARKET_WAIT:?} of the platform quiescing: \
                      {symbol}'s quote is at fill {} and input {}, TRADES and ORDERS at {fill} and {input_seq}",
                     q.match_seq, q.book_seq
                 ));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            fafnir_platform::time::sleep(std::time::Duration::from_millis(100)).await;
             q = quote(symbol).await?;
         }
         let candles =
@@ -677,9 +677,9 @@ pub async fn quiesce(
     settle: std::time::Duration,
 ) -> Result<(), String> {
     let names = cfg.names();
-    let deadline = tokio::time::Instant::now() + limit;
+    let deadline = fafnir_platform::time::Instant::now() + limit;
     let mut why = String::from("no attempt");
-    while tokio::time::Instant::now() < deadline {
+    while fafnir_platform::time::Instant::now() < deadline {
         let inputs = read_to_end(bus, &names.orders_stream(), "", 1).await;
         let trades = read_to_end(bus, &names.trades_stream(), "", 1).await;
         match (inputs, trades) {
@@ -694,7 +694,7 @@ pub async fn quiesce(
                     match open_saga(bus, &names, &inputs).await {
                         Ok(None) => match consumers_behind(bus, &names).await {
                             None => {
-                                tokio::time::sleep(settle).await;
+                                fafnir_platform::time::sleep(settle).await;
                                 return Ok(());
                             }
                             Some(behind) => why = behind,
@@ -707,7 +707,7 @@ pub async fn quiesce(
             (Err(e), _) => why = format!("{} cannot be read: {e}", names.orders_stream()),
             (_, Err(e)) => why = format!("{} cannot be read: {e}", names.trades_stream()),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        fafnir_platform::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Err(why)
 }
@@ -828,7 +828,7 @@ mod tests {
         assert_eq!(b.describe(), "3 of 200 requests (1.5%) failed or timed out; the budget is 1%");
         assert!(!ErrorBudget::of(&Counts { timed_out: 1, submitted: 1, ..Counts::default() }, 0).passed);
         assert!(ErrorBudget::of(&Counts::default(), 0).passed, "no requests, no errors");
-        let mut rec = Recorder::new(tokio::time::Instant::now());
+        let mut rec = Recorder::new(fafnir_platform::time::Instant::now());
         rec.histograms.get_mut("submit_to_ack").unwrap().record(50_000_000).unwrap();
         let slo = crate::scenario::parse_slo("submit_to_ack.p99 < 1ms").unwrap();
         let ok = Verdict { passed: true, checks: Vec::new() };
@@ -841,7 +841,7 @@ mod tests {
 
     #[test]
     fn histograms_are_written_in_both_hdr_formats() {
-        let mut rec = Recorder::new(tokio::time::Instant::now());
+        let mut rec = Recorder::new(fafnir_platform::time::Instant::now());
         for ns in [1_000_000u64, 2_000_000, 3_000_000, 50_000_000] {
             rec.histograms.get_mut("submit_to_ack").unwrap().record(ns).unwrap();
         }

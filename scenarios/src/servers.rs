@@ -19,7 +19,8 @@ fn binary(name: &str, package: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} is not installed (apt-get install {package}); ci/test installs it"))
 }
 
-/// Waits until something accepts connections on `port`.
+/// Waits until something accepts connections on `port` (blocking, on the wall clock).
+#[allow(clippy::disallowed_methods)] // outside any runtime: the wall clock itself
 fn wait_for_port(port: u16, what: &str, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {

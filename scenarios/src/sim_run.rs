@@ -128,7 +128,7 @@ fn run_observed(
             let trace_hash = format!("{:016x}", world.trace.hash());
             // Every task of the world dropped before the runtime is (a sweep runs world after world).
             world.tear_down();
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            fafnir_platform::time::sleep(Duration::from_millis(1)).await;
             let outcome = outcome.map_err(|e| run::Stopped::Crash(format!("the driver crashed: {e}")));
             Ok((outcome.and_then(|r| r), trace_hash))
         })
@@ -172,7 +172,7 @@ async fn drive(
     measured: Measured,
 ) -> Result<SimRun, run::Stopped> {
     let seed = meta.seed;
-    let rec = Arc::new(Mutex::new(Recorder::new(tokio::time::Instant::now())));
+    let rec = Arc::new(Mutex::new(Recorder::new(fafnir_platform::time::Instant::now())));
     *measured.lock().expect("measured") = Some(rec.clone());
     if let Err(e) = world.try_wait_serving(Duration::from_secs(30)).await {
         return Err(run::Stopped::Liveness(format!("liveness: the platform did not come up: {e}")));
@@ -216,8 +216,8 @@ async fn drive(
         });
     }
     // Let the subscriptions reach the gateway before the first order.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let t0 = tokio::time::Instant::now();
+    fafnir_platform::time::sleep(Duration::from_millis(200)).await;
+    let t0 = fafnir_platform::time::Instant::now();
     {
         let mut r = rec.lock().expect("recorder");
         *r = Recorder::new(t0);
@@ -260,14 +260,14 @@ async fn drive(
 /// travels, so the trace is the same whether or not anyone reads them).
 async fn tick(
     rec: Arc<Mutex<Recorder>>,
-    (t0, duration): (tokio::time::Instant, Duration),
+    (t0, duration): (fafnir_platform::time::Instant, Duration),
     done: Arc<std::sync::atomic::AtomicBool>,
     progress: Option<ProgressFn>,
     (world, metrics): (Arc<World>, Option<PrometheusHandle>),
 ) {
     let consumers = crate::observe::durable_consumers(&world.cfg.names());
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        tokio::time::sleep(PROGRESS_EVERY).await;
+        fafnir_platform::time::sleep(PROGRESS_EVERY).await;
         if let Some(metrics) = &metrics {
             let lags = world.consumer_lags(&consumers);
             rec.lock().expect("recorder").metrics.sample_if_due(metrics, t0.elapsed(), &lags);

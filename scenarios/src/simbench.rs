@@ -52,7 +52,7 @@ async fn client_flow(world: Arc<World>, i: usize, orders: u64) {
             match c.submit(&spec).await {
                 Ok(_) => break,
                 Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                    tokio::time::sleep(Duration::from_millis(1)).await
+                    fafnir_platform::time::sleep(Duration::from_millis(1)).await
                 }
                 Err(s) => panic!("bench order refused: {s}"),
             }
@@ -79,7 +79,7 @@ async fn drain(world: &World) {
         if done {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -99,7 +99,7 @@ pub fn run(seed: u64, orders: u64, clients: usize, service_time: bool) -> BenchR
             spec.service_time.clear();
         }
         let world = Arc::new(World::build(spec));
-        let t0 = tokio::time::Instant::now();
+        let t0 = fafnir_platform::time::Instant::now();
         let probe = world.client_node("probe");
         let w = world.clone();
         probe.spawn(async move { w.wait_serving(Duration::from_secs(30)).await }).await.expect("serving");

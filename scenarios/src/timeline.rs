@@ -82,7 +82,7 @@ mod tests {
     fn buckets_cover_the_run_and_hold_each_sample_once() {
         assert_eq!(bucket_ms(10_000), 200);
         assert_eq!(bucket_ms(1_000), 100);
-        let mut rec = Recorder::new(tokio::time::Instant::now());
+        let mut rec = Recorder::new(fafnir_platform::time::Instant::now());
         rec.samples.get_mut("submit_to_ack").unwrap().extend([(10, 5), (150, 7), (250, 9), (260, 1)]);
         rec.slots.insert(2, SlotCounts { submitted: 3, accepted: 2, ..SlotCounts::default() });
         let t = build(&rec, &[], &[], 1_000);

@@ -358,6 +358,7 @@ fn a_run_settled_by_the_real_ledger_with_one_balance_or_report_off_fails() {
 /// release build; `cargo test --release -- --ignored`).
 #[test]
 #[ignore]
+#[allow(clippy::disallowed_methods)] // the wall clock, outside any simulation
 fn a_large_run_is_checked_in_seconds() {
     let run = platform_run(11, 100_000);
     let started = std::time::Instant::now();

@@ -91,16 +91,16 @@ async fn one_order_is_one_trace_across_every_service() {
     let buy = OrderSpec::limit("a-buy", &symbol, Side::Buy, 10_000, 4);
     alice.submit_traced(&buy, Some(sent)).await.unwrap();
     // Settled: alice holds what she bought.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(20);
     loop {
         let view = alice.portfolio().await.unwrap();
         if view.holdings.iter().any(|h| h.symbol == symbol && h.qty == 4) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "alice's buy did not settle: {view:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(fafnir_platform::time::Instant::now() < deadline, "alice's buy did not settle: {view:?}");
+        fafnir_platform::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fafnir_platform::time::sleep(Duration::from_millis(200)).await;
     tokio::task::spawn_blocking(move || exporter.shutdown()).await.unwrap();
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";

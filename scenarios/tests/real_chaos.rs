@@ -134,7 +134,7 @@ type Restarts = Arc<Mutex<Vec<(&'static str, Instant)>>>;
 async fn watch_market_data(c: Client, seen: Arc<Mutex<Vec<Instant>>>) {
     loop {
         let Ok(mut stream) = c.market_data(&[]).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            fafnir_platform::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         while let Ok(Some(update)) = stream.message().await {
@@ -149,23 +149,23 @@ async fn watch_market_data(c: Client, seen: Arc<Mutex<Vec<Instant>>>) {
 /// started again while the load runs. Records when each was back.
 async fn chaos(nats: Arc<Mutex<Server>>, redis: Arc<Mutex<Server>>, up: Arc<Mutex<Up>>, back: Restarts) {
     let blocking = |f: Box<dyn FnOnce() + Send>| tokio::task::spawn_blocking(f);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    fafnir_platform::time::sleep(Duration::from_secs(3)).await;
     let n = nats.clone();
     blocking(Box::new(move || n.lock().unwrap().kill())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    fafnir_platform::time::sleep(Duration::from_millis(1_000)).await;
     let n = nats.clone();
     blocking(Box::new(move || n.lock().unwrap().restart().expect("nats-server restarts"))).await.unwrap();
     back.lock().unwrap().push(("nats-server", Instant::now()));
 
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    fafnir_platform::time::sleep(Duration::from_secs(4)).await;
     let r = redis.clone();
     blocking(Box::new(move || r.lock().unwrap().kill())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    fafnir_platform::time::sleep(Duration::from_millis(500)).await;
     let r = redis.clone();
     blocking(Box::new(move || r.lock().unwrap().restart().expect("redis-server restarts"))).await.unwrap();
     back.lock().unwrap().push(("redis-server", Instant::now()));
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    fafnir_platform::time::sleep(Duration::from_secs(3)).await;
     let u = up.clone();
     blocking(Box::new(move || {
         let mut up = u.lock().unwrap();
@@ -241,7 +241,7 @@ where
             Ok(v) => return v,
             Err(s) => assert!(Instant::now() < deadline, "{what}: {s}"),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -271,7 +271,7 @@ async fn probe(gateway: SocketAddr, tag: &str, within: Duration) -> (Client, Cli
         }
         panic!("the execution stream ended");
     };
-    tokio::time::timeout(within, got_fill).await.expect("the fill's execution report in time");
+    fafnir_platform::time::timeout(within, got_fill).await.expect("the fill's execution report in time");
     let got_md = async {
         // The buy may have met an agent's ask first: any trade will do.
         while let Some(u) = md.message().await.expect("market-data stream") {
@@ -282,7 +282,7 @@ async fn probe(gateway: SocketAddr, tag: &str, within: Duration) -> (Client, Cli
         panic!("the market-data stream ended");
     };
     let left = within.saturating_sub(start.elapsed());
-    tokio::time::timeout(left, got_md).await.expect("the trade's market data in time");
+    fafnir_platform::time::timeout(left, got_md).await.expect("the trade's market data in time");
     (seller, buyer)
 }
 
@@ -365,7 +365,7 @@ async fn the_real_platform_survives_its_servers_and_itself_being_killed() {
             break;
         }
         assert!(Instant::now() < deadline, "quotes and candles against TRADES:\n{quotes:?}\nwant\n{want:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(200)).await;
     }
 
     // No panic anywhere in the platform's logs.

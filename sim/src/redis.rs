@@ -396,9 +396,9 @@ impl SimKv {
 
     /// Sends `command` and waits for its reply, all within the timeout.
     async fn call(&self, command: Command) -> Result<Reply, KvError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = fafnir_platform::time::Instant::now() + self.timeout;
         let timed_out = || self.unreachable(format!("no reply within {:?}", self.timeout));
-        let connection = match tokio::time::timeout(self.timeout, self.connection()).await {
+        let connection = match fafnir_platform::time::timeout(self.timeout, self.connection()).await {
             Ok(connection) => connection?,
             Err(_elapsed) => return Err(timed_out()),
         };

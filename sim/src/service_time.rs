@@ -5,14 +5,8 @@
 //!
 //! The service is `concurrency` workers, each with the simulated instant it is
 //! next free; a call goes to the worker free soonest (first come, first
-//! served) and completes at `max(now, free) + time`. madsim cannot sleep less
-//! than 1 ms, and handlers take tens of microseconds, so a call does not sleep
-//! its own few microseconds: it completes at once when its completion is less
-//! than half a millisecond away, and otherwise sleeps until it (rounded up to
-//! madsim's 1 ms when less). Each completion is so at most half a millisecond
-//! early or late, while the workers' clocks keep the exact sum of the work: the
-//! service's capacity is the modelled one (not one call per millisecond per
-//! worker), and a queue shows in the latencies once it is half a millisecond deep.
+//! served) and completes at `max(now, free) + time`, exactly: simulated time
+//! is microsecond-true (`fafnir_platform::time`), so a 20 µs call takes 20 µs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fafnir_platform::services::ServiceTime;
-use tokio::time::Instant;
+use fafnir_platform::time::Instant;
 
 use crate::rng::{derive_seed, SplitMix64};
 
@@ -95,9 +89,6 @@ pub struct Modelled {
     slow: SlowKnob,
 }
 
-/// A call completing closer than this completes at once (see the module docs).
-const COMPLETE_AT_ONCE: Duration = Duration::from_micros(500);
-
 /// A multiplier of one instance's service time, turned by `slow` faults. It
 /// outlives the instance's restarts.
 pub type SlowKnob = Arc<AtomicU32>;
@@ -127,8 +118,8 @@ impl ServiceTime for Modelled {
         let t = dist.draw(&mut self.rng.lock().expect("rng lock")) * self.slow.load(Ordering::Relaxed).max(1);
         let now = Instant::now();
         let done = self.book(now, t);
-        if done >= now + COMPLETE_AT_ONCE {
-            tokio::time::sleep_until(done).await;
+        if done > now {
+            fafnir_platform::time::sleep_until(done).await;
         }
     }
 }
@@ -162,11 +153,11 @@ mod tests {
     }
 
     #[madsim::test]
-    async fn a_short_call_on_an_idle_service_completes_at_once() {
+    async fn a_short_call_on_an_idle_service_takes_exactly_its_time() {
         let m = fixed(40, 4);
         let start = Instant::now();
         m.process("x").await;
-        assert!(start.elapsed() < Duration::from_micros(10), "took {:?}", start.elapsed());
+        assert_eq!(start.elapsed(), Duration::from_micros(40));
     }
 
     #[madsim::test]
@@ -174,22 +165,18 @@ mod tests {
         let m = fixed(5_000, 4);
         let start = Instant::now();
         m.process("x").await;
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(5) && took < Duration::from_millis(6), "took {took:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(5));
     }
 
-    /// 40 calls of 100 µs on one worker are 4 ms of work: the queue shows, and
-    /// the last completes after about 4 ms, not 40 (one call per millisecond).
+    /// 40 calls of 100 µs on one worker are 4 ms of work: the n-th completes
+    /// after n × 100 µs.
     #[madsim::test]
     async fn a_queue_of_short_calls_takes_the_sum_of_their_times() {
         let done = burst(Arc::new(fixed(100, 1)), 40).await;
-        let last = *done.last().expect("calls");
-        assert!((3_500..4_700).contains(&last), "the last of 40 x 100us completed after {last} us");
-        assert!(done[0] < 100, "the first completes at once: {done:?}");
+        assert_eq!(done, (1..=40).map(|n| n * 100).collect::<Vec<u128>>());
         // Two workers halve it.
         let done = burst(Arc::new(fixed(100, 2)), 40).await;
-        let last = *done.last().expect("calls");
-        assert!((1_500..2_700).contains(&last), "on two workers the last completed after {last} us");
+        assert_eq!(done, (1..=40u128).map(|n| n.div_ceil(2) * 100).collect::<Vec<u128>>());
     }
 
     #[madsim::test]
@@ -198,7 +185,6 @@ mod tests {
         m.slow.store(50, Ordering::Relaxed);
         let start = Instant::now();
         m.process("x").await;
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(5) && took < Duration::from_millis(6), "took {took:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(5));
     }
 }

@@ -15,6 +15,7 @@ use fafnir_platform::config::{PasswordHashing, PlatformConfig, ServiceAddrs};
 use fafnir_platform::domain::Instrument;
 use fafnir_platform::rng::SeededEntropy;
 use fafnir_platform::services::{launch, shutdown_on, Deps, ServiceKind};
+use fafnir_platform::time::to_runtime;
 use madsim::runtime::{Handle, NodeHandle};
 use madsim::task::NodeId;
 
@@ -34,7 +35,7 @@ pub const REDIS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0,
 /// world was built, so every node agrees and no wall clock is read.
 #[derive(Clone, Copy, Debug)]
 pub struct SimClock {
-    origin: tokio::time::Instant,
+    origin: fafnir_platform::time::Instant,
 }
 
 impl SimClock {
@@ -43,9 +44,9 @@ impl SimClock {
 }
 
 impl fafnir_platform::clock::Clock for SimClock {
-    fn now_ms(&self) -> i64 {
-        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.origin);
-        SimClock::EPOCH_MS + i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX / 2)
+    fn now_us(&self) -> i64 {
+        let elapsed = self.origin.elapsed();
+        SimClock::EPOCH_MS * 1_000 + i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX / 2)
     }
 }
 
@@ -84,7 +85,7 @@ impl NetworkModel {
         let [lo, hi] = self.latency_us;
         let loss = f64::from(self.loss_ppm) / 1e6;
         madsim::net::NetSim::current().update_config(|c| {
-            c.send_latency = Duration::from_micros(lo)..Duration::from_micros(hi.max(lo + 1));
+            c.send_latency = to_runtime(Duration::from_micros(lo))..to_runtime(Duration::from_micros(hi.max(lo + 1)));
             c.packet_loss_rate = loss;
         });
     }
@@ -158,7 +159,7 @@ impl World {
             madsim::buggify::enable();
         }
         let trace = Trace::new();
-        let clock = SimClock { origin: tokio::time::Instant::now() };
+        let clock = SimClock { origin: fafnir_platform::time::Instant::now() };
         let mut slow = BTreeMap::new();
         let cfg = Arc::new(spec.cfg.clone());
         let mut nodes = BTreeMap::new();
@@ -406,8 +407,10 @@ impl World {
             Action::LatencySpike => {
                 let [lo, hi] = f.latency_ms.expect("validated: latency");
                 net.update_config(|c| {
-                    c.send_latency = Duration::from_millis(lo)
-                        ..Duration::from_millis(hi).max(Duration::from_millis(lo) + Duration::from_micros(1));
+                    c.send_latency = to_runtime(Duration::from_millis(lo))
+                        ..to_runtime(
+                            Duration::from_millis(hi).max(Duration::from_millis(lo) + Duration::from_micros(1)),
+                        );
                 });
                 Some(Undo::Network)
             }
@@ -444,7 +447,7 @@ impl World {
     /// Every fault still in force at the end is undone then.
     pub async fn play(&self, schedule: &FaultSchedule) {
         schedule.validate(&self.node_names()).unwrap_or_else(|e| panic!("fault schedule: {e}"));
-        let start = tokio::time::Instant::now();
+        let start = fafnir_platform::time::Instant::now();
         // (time, order, what): undos sort before applies at the same instant.
         let mut timeline: BTreeMap<(u64, u8, usize), Option<Fault>> = BTreeMap::new();
         for (i, f) in schedule.sorted().into_iter().enumerate() {
@@ -452,7 +455,7 @@ impl World {
         }
         let mut active: BTreeMap<usize, Undo> = BTreeMap::new();
         while let Some(((at_ms, kind, i), fault)) = timeline.pop_first() {
-            tokio::time::sleep_until(start + Duration::from_millis(at_ms)).await;
+            fafnir_platform::time::sleep_until(start + Duration::from_millis(at_ms)).await;
             match (kind, fault) {
                 (1, Some(f)) => {
                     tracing::info!(at_ms, action = ?f.action, target = ?f.target, "fault");
@@ -557,7 +560,7 @@ async fn supervise(kind: ServiceKind, shard: usize, deps: Deps, instance: &str) 
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(instance, error = %e, "service stopped; restarting it in 500ms");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                fafnir_platform::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
@@ -577,4 +580,55 @@ pub enum Undo {
     Unslow(String),
     /// Back to the world's network model.
     Network,
+}
+
+#[cfg(all(test, madsim))]
+mod tests {
+    use std::time::Duration;
+
+    use fafnir_platform::time::Instant;
+    use madsim::net::Endpoint;
+
+    use super::NetworkModel;
+
+    /// Simulated time is microsecond-true: a message on a connection arrives
+    /// the latency the network model drew after it was sent (here the model
+    /// draws 73–74 µs), not after madsim's 1 ms floor.
+    #[test]
+    fn a_message_takes_the_latency_the_model_drew() {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(1, madsim::Config::default());
+        rt.block_on(async {
+            NetworkModel { latency_us: [73, 73], loss_ppm: 0 }.apply();
+            let handle = madsim::runtime::Handle::current();
+            let server = handle.create_node().name("server").ip("10.0.0.9".parse().unwrap()).build();
+            let client = handle.create_node().name("client").ip("10.0.0.8".parse().unwrap()).build();
+            let addr: std::net::SocketAddr = "10.0.0.9:7000".parse().unwrap();
+            let (arrived_tx, arrived_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            server.spawn(async move {
+                let endpoint = Endpoint::bind(addr).await.unwrap();
+                let (_tx, mut rx, _) = endpoint.accept1().await.unwrap();
+                while rx.recv().await.is_ok() {
+                    arrived_tx.send(Instant::now()).unwrap();
+                }
+            });
+            let mut arrived_rx = arrived_rx;
+            client
+                .spawn(async move {
+                    let endpoint = Endpoint::bind("0.0.0.0:0").await.unwrap();
+                    let (tx, _rx) = endpoint.connect1(addr).await.unwrap();
+                    for gap_us in [0u64, 5, 300, 2_000] {
+                        fafnir_platform::time::sleep(Duration::from_micros(gap_us)).await;
+                        let sent = Instant::now();
+                        tx.send(Box::new(gap_us)).await.unwrap();
+                        let took = arrived_rx.recv().await.unwrap() - sent;
+                        assert!(
+                            took >= Duration::from_micros(73) && took <= Duration::from_micros(74),
+                            "a message drawn at 73-74 µs took {took:?}"
+                        );
+                    }
+                })
+                .await
+                .unwrap();
+        });
+    }
 }

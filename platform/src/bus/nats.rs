@@ -303,7 +303,7 @@ impl NatsBus {
         }
         let (_, messages) = durables.get_mut(&key).expect("inserted above");
         let mut out = Vec::new();
-        let first = match tokio::time::timeout(wait, messages.next()).await {
+        let first = match crate::time::timeout(wait, messages.next()).await {
             Err(_elapsed) => return Ok(out),
             Ok(first) => first,
         };
@@ -377,7 +377,7 @@ impl NatsBus {
         };
         let mut out = Vec::new();
         // Nothing within `wait`: no message, and the reader is kept.
-        let mut next = tokio::time::timeout(wait, reader.messages.next()).await.ok();
+        let mut next = crate::time::timeout(wait, reader.messages.next()).await.ok();
         let mut broken = None;
         while let Some(item) = next.take() {
             match item {

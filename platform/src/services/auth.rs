@@ -339,14 +339,14 @@ mod tests {
             async move { pool.run(move || held.recv().is_ok()).await }
         });
         while pool.turns.available_permits() > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            crate::time::sleep(Duration::from_millis(1)).await;
         }
         let queued = tokio::spawn({
             let pool = pool.clone();
             async move { pool.run(|| 2).await }
         });
         while pool.waiting.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            crate::time::sleep(Duration::from_millis(1)).await;
         }
         let refused = pool.run(|| 3).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");

@@ -14,9 +14,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use crate::time::Instant;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -287,6 +287,7 @@ async fn fan_out_md(state: Arc<State>, mut updates: Follower) {
         let update = MarketDataUpdate {
             symbol: md.symbol.clone(),
             ts_ms: md.ts_ms,
+            ts_us: md.ts_us,
             bid_cents: md.bid_ticks * tick,
             bid_qty: md.bid_qty,
             ask_cents: md.ask_ticks * tick,

@@ -90,7 +90,7 @@ impl ServiceHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+        if crate::time::timeout(grace, &mut self.task).await.is_err() {
             self.task.abort();
         }
     }
@@ -158,7 +158,7 @@ pub async fn wait_until_serving_or_stopped(
             if let Some(name) = services.iter().find(|(_, h)| h.is_finished()).map(|(n, _)| n.clone()) {
                 return name;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            crate::time::sleep(Duration::from_millis(20)).await;
         }
     };
     let name = tokio::select! {
@@ -215,7 +215,7 @@ pub fn instances(cfg: &crate::config::PlatformConfig) -> Vec<Instance> {
 /// health protocol (see [`crate::services::health`]): until each has rebuilt
 /// its state from the streams and answers, not merely listens.
 pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::time::Instant::now() + timeout;
     for Instance { name, kind, addr, .. } in instances(&deps.cfg) {
         let mut client = health::client(addr, SERVING_CHECK_TIMEOUT);
         loop {
@@ -224,10 +224,10 @@ pub async fn wait_until_serving(deps: &Deps, timeout: Duration) -> Result<(), St
                 Ok(status) => format!("it says {}", status.as_str_name()),
                 Err(e) => format!("{:?}: {}", e.code(), e.message()),
             };
-            if tokio::time::Instant::now() >= deadline {
+            if crate::time::Instant::now() >= deadline {
                 return Err(format!("{name} is not serving on {addr} after {timeout:?} ({seen})"));
             }
-            tokio::time::sleep(SERVING_CHECK_EVERY).await;
+            crate::time::sleep(SERVING_CHECK_EVERY).await;
         }
     }
     Ok(())

@@ -89,14 +89,14 @@ struct State {
     redis_whole: bool,
     /// A write to Redis failed, so one given up on may still land until
     /// then (see [`LATE_WRITES_FOR`]): till then Redis is checked each round.
-    late_writes_until: Option<tokio::time::Instant>,
+    late_writes_until: Option<crate::time::Instant>,
 }
 
 impl State {
     /// A write failed: Redis may lack it, or get it late, over newer ones.
     fn write_failed(&mut self) {
         self.redis_whole = false;
-        self.late_writes_until = Some(tokio::time::Instant::now() + LATE_WRITES_FOR);
+        self.late_writes_until = Some(crate::time::Instant::now() + LATE_WRITES_FOR);
     }
 }
 
@@ -129,7 +129,7 @@ async fn rebuild(deps: &Deps, shutdown: &Shutdown) -> Result<TaskGroup, ServiceE
     // A market that died with writes on their way (Redis cut off) may see
     // them land after it started again, over what it writes now (chaos seed
     // 872 with restart_all): Redis is watched from the start.
-    let watch = Some(tokio::time::Instant::now() + LATE_WRITES_FOR);
+    let watch = Some(crate::time::Instant::now() + LATE_WRITES_FOR);
     let state = Arc::new(Mutex::new(State { late_writes_until: watch, ..State::default() }));
     // Each symbol's last update so far (the tail gives only those from now on).
     for inst in &deps.cfg.instruments {
@@ -177,7 +177,7 @@ async fn follow_trades(deps: Deps, state: Arc<Mutex<State>>, shutdown: Shutdown)
             Ok(msgs) => msgs,
             Err(e) => {
                 tracing::warn!(error = %e, "market read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -209,7 +209,7 @@ async fn follow_trades(deps: Deps, state: Arc<Mutex<State>>, shutdown: Shutdown)
             tracing::warn!(error = %e, "market update not stored; retrying");
             state.write_failed();
             drop(state);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            crate::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -258,7 +258,7 @@ async fn store(deps: &Deps, state: &mut State, changes: &Changes) -> Result<(), 
 /// everything written again when they differ.
 async fn check_late_writes(deps: &Deps, state: &mut State) -> Result<(), KvError> {
     let Some(until) = state.late_writes_until else { return Ok(()) };
-    if tokio::time::Instant::now() >= until {
+    if crate::time::Instant::now() >= until {
         state.late_writes_until = None;
         return Ok(());
     }

@@ -226,7 +226,7 @@ pub async fn keep_streams(deps: Deps, durables: &'static [&'static str], shutdow
         tokio::select! {
             biased;
             _ = shutdown.clone() => return,
-            _ = tokio::time::sleep(STREAMS_CHECK_EVERY) => {}
+            _ = crate::time::sleep(STREAMS_CHECK_EVERY) => {}
         }
         if let Err(e) = ensure_streams(&deps).await {
             tracing::debug!(error = %e, "streams not checked; trying again");
@@ -367,7 +367,7 @@ impl Follower {
             tokio::select! {
                 biased;
                 _ = self.shutdown.clone() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = crate::time::sleep(Duration::from_millis(200)) => {}
             }
             let Ok(tail) = self.bus.tail(&self.stream, &self.filter).await else { continue };
             self.tail = tail;
@@ -411,7 +411,7 @@ pub async fn publish_until_stored(bus: &dyn EventBus, msg: &crate::bus::Publish)
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(subject = msg.subject, msg_id = msg.msg_id, error = %e, "publish failed; retrying");
-                tokio::time::sleep(backoff).await;
+                crate::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
@@ -540,6 +540,8 @@ pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
 
 /// A lazily connected gRPC channel to `addr`.
 pub fn channel(addr: std::net::SocketAddr, timeout: Duration) -> tonic::transport::Channel {
+    // The endpoint keeps its own clock: it takes the runtime's duration.
+    let timeout = crate::time::to_runtime(timeout);
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("a socket address is a valid URI")
         .timeout(timeout)

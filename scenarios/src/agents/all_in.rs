@@ -119,8 +119,8 @@ impl AllIn {
 }
 
 impl Agent for AllIn {
-    fn start(&mut self, now_ms: u64) -> u64 {
-        let first = self.arrivals.first(&mut self.core.rng, now_ms);
+    fn start(&mut self, now_us: u64) -> u64 {
+        let first = self.arrivals.first(&mut self.core.rng, now_us);
         self.core.ask(first)
     }
 
@@ -132,7 +132,7 @@ impl Agent for AllIn {
             self.submit_all_in(view, out);
         }
         self.arrivals.advance(&mut self.core.rng);
-        Some(self.core.ask(after(view.now_ms, self.arrivals.next_ms)))
+        Some(self.core.ask(after(view.now_us, self.arrivals.next_us)))
     }
 
     fn observe(&mut self, event: &Event<'_>) {

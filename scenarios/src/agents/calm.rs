@@ -276,7 +276,8 @@ fn run(populations: &[(AgentConfig, u32, i64, [i64; 2])], duration_ms: u64) -> E
     let mut queue: BinaryHeap<Reverse<(u64, usize)>> =
         agents.iter_mut().enumerate().map(|(a, agent)| Reverse((agent.start(0), a))).collect();
     let mut next_sample_ms = 1_000;
-    while let Some(Reverse((now, a))) = queue.pop() {
+    while let Some(Reverse((now_us, a))) = queue.pop() {
+        let now = now_us / 1_000;
         if now >= duration_ms {
             break;
         }
@@ -288,6 +289,7 @@ fn run(populations: &[(AgentConfig, u32, i64, [i64; 2])], duration_ms: u64) -> E
         let market = ex.market();
         let acct = &ex.accounts[a];
         let view = View {
+            now_us,
             now_ms: now,
             market: &market,
             cash_cents: acct.cash_cents,

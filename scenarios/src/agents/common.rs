@@ -58,10 +58,10 @@ impl Rng {
     /// An exponentially distributed wait with mean `mean_ms`, in whole ms, at least 1.
     /// The only floating point of the agents; it uses our own `ln` (basic IEEE
     /// operations only) so that the draw is the same on every platform and libm.
-    pub(crate) fn exp_ms(&mut self, mean_ms: f64) -> u64 {
+    pub(crate) fn exp_us(&mut self, mean_us: f64) -> u64 {
         // In (0, 1]: never 0, so the logarithm is finite.
         let u = ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
-        let wait = -ln(u) * mean_ms;
+        let wait = -ln(u) * mean_us;
         assert!(wait >= 0.0, "negative wait {wait}");
         // `as` saturates: an absurdly slow rate waits "forever", not a wrapped time.
         (wait.ceil() as u64).max(1)
@@ -96,34 +96,35 @@ pub(crate) fn ln(x: f64) -> f64 {
 /// shift the later arrivals (open loop).
 #[derive(Clone, Debug)]
 pub(crate) struct Arrivals {
-    mean_ms: f64,
-    pub(crate) next_ms: u64,
+    mean_us: f64,
+    /// The next arrival, µs since the run started.
+    pub(crate) next_us: u64,
 }
 
 impl Arrivals {
     pub(crate) fn new(rate_per_s: f64) -> Arrivals {
         assert!(rate_per_s > 0.0 && rate_per_s.is_finite(), "rate_per_s {rate_per_s}");
-        Arrivals { mean_ms: 1000.0 / rate_per_s, next_ms: 0 }
+        Arrivals { mean_us: 1_000_000.0 / rate_per_s, next_us: 0 }
     }
 
-    /// Draws the first arrival after `now_ms`.
-    pub(crate) fn first(&mut self, rng: &mut Rng, now_ms: u64) -> u64 {
-        self.next_ms = now_ms.saturating_add(rng.exp_ms(self.mean_ms));
-        self.next_ms
+    /// Draws the first arrival after `now_us`.
+    pub(crate) fn first(&mut self, rng: &mut Rng, now_us: u64) -> u64 {
+        self.next_us = now_us.saturating_add(rng.exp_us(self.mean_us));
+        self.next_us
     }
 
     /// Draws the arrival after the current one.
     pub(crate) fn advance(&mut self, rng: &mut Rng) {
-        self.next_ms = self.next_ms.saturating_add(rng.exp_ms(self.mean_ms));
+        self.next_us = self.next_us.saturating_add(rng.exp_us(self.mean_us));
     }
 }
 
-/// The next wake to ask for: the scheduled time, but strictly after now. When the
-/// driver is late, arrivals already due are then replayed 1 ms apart rather than dropped,
+/// The next wake to ask for (µs): the scheduled time, but strictly after now. When the
+/// driver is late, arrivals already due are then replayed 1 µs apart rather than dropped,
 /// so the number of decisions does not depend on how slow the platform was.
-pub(crate) fn after(now_ms: u64, scheduled_ms: u64) -> u64 {
-    let next = scheduled_ms.max(now_ms + 1);
-    assert!(next > now_ms);
+pub(crate) fn after(now_us: u64, scheduled_us: u64) -> u64 {
+    let next = scheduled_us.max(now_us + 1);
+    assert!(next > now_us);
     next
 }
 
@@ -413,7 +414,7 @@ pub(crate) struct Core {
     pub(crate) rng: Rng,
     pub(crate) instrs: Vec<Instr>,
     pub(crate) ledger: Ledger,
-    asked_ms: Option<u64>,
+    asked_us: Option<u64>,
 }
 
 impl Core {
@@ -423,20 +424,20 @@ impl Core {
             rng: Rng::new(seed),
             instrs: symbols.iter().map(Instr::new).collect(),
             ledger: Ledger::default(),
-            asked_ms: None,
+            asked_us: None,
         }
     }
 
     /// Records the wake time the agent asked for.
-    pub(crate) fn ask(&mut self, wake_ms: u64) -> u64 {
-        self.asked_ms = Some(wake_ms);
-        wake_ms
+    pub(crate) fn ask(&mut self, wake_us: u64) -> u64 {
+        self.asked_us = Some(wake_us);
+        wake_us
     }
 
     /// Checks the contract at the top of `wake`, and re-sends unanswered cancels.
     pub(crate) fn begin(&mut self, view: &View<'_>, out: &mut Vec<Intent>) {
-        let asked = self.asked_ms.expect("wake before start");
-        assert!(view.now_ms >= asked, "woken at {} ms, before the asked {asked} ms", view.now_ms);
+        let asked = self.asked_us.expect("wake before start");
+        assert!(view.now_us >= asked, "woken at {} µs, before the asked {asked} µs", view.now_us);
         self.ledger.retry_cancels(out, view.now_ms);
     }
 }
@@ -460,11 +461,11 @@ mod tests {
     fn exponential_waits_have_the_asked_mean() {
         let mut rng = Rng::new(42);
         let n = 20_000u64;
-        let total: u64 = (0..n).map(|_| rng.exp_ms(100.0)).sum();
+        let total: u64 = (0..n).map(|_| rng.exp_us(100.0)).sum();
         // The ceil adds half a ms on average; 3 standard errors is about 2 ms.
         let mean = total / n;
         assert!((98..=103).contains(&mean), "mean wait {mean} ms for 100 ms asked");
-        assert!((0..1000).all(|_| rng.exp_ms(0.001) == 1), "at least 1 ms");
+        assert!((0..1000).all(|_| rng.exp_us(0.001) == 1), "at least 1 µs");
     }
 
     #[test]

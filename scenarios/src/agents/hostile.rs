@@ -202,14 +202,14 @@ impl Hostile {
 }
 
 impl Agent for Hostile {
-    fn start(&mut self, now_ms: u64) -> u64 {
-        self.arrivals.first(&mut self.rng, now_ms)
+    fn start(&mut self, now_us: u64) -> u64 {
+        self.arrivals.first(&mut self.rng, now_us)
     }
 
     fn wake(&mut self, view: &View<'_>, out: &mut Vec<Intent>) -> Option<u64> {
         out.push(Intent::Hostile(self.draw(view.now_ms)));
         self.arrivals.advance(&mut self.rng);
-        Some(after(view.now_ms, self.arrivals.next_ms))
+        Some(after(view.now_us, self.arrivals.next_us))
     }
 
     fn observe(&mut self, _: &Event<'_>) {}

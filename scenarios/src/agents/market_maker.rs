@@ -304,8 +304,8 @@ fn levels(
 }
 
 impl Agent for MarketMaker {
-    fn start(&mut self, now_ms: u64) -> u64 {
-        let first = self.arrivals.first(&mut self.core.rng, now_ms);
+    fn start(&mut self, now_us: u64) -> u64 {
+        let first = self.arrivals.first(&mut self.core.rng, now_us);
         self.core.ask(first)
     }
 
@@ -315,7 +315,7 @@ impl Agent for MarketMaker {
             self.quote(i, view, out);
         }
         self.arrivals.advance(&mut self.core.rng);
-        Some(self.core.ask(after(view.now_ms, self.arrivals.next_ms)))
+        Some(self.core.ask(after(view.now_us, self.arrivals.next_us)))
     }
 
     fn observe(&mut self, event: &Event<'_>) {
@@ -396,7 +396,7 @@ mod tests {
             .iter()
             .any(|i| matches!(i, Intent::Submit { symbol, price_cents: 2_490, .. } if symbol == "BOLT")));
         // Nothing moved: the next wakes (within stale_ms) leave the quotes alone.
-        let until = w.next.unwrap() + 3_000;
+        let until = w.next_ms().unwrap() + 3_000;
         assert_eq!(w.wake_until(until), vec![]);
     }
 
@@ -409,7 +409,7 @@ mod tests {
             w.set_book("ACME", 9_990, 10_010);
             w.wake();
             *w.holdings.get_mut("ACME").unwrap() += extra_shares;
-            let until = w.next.unwrap() + 2_000;
+            let until = w.next_ms().unwrap() + 2_000;
             w.wake_until(until);
             acme_quotes(&w)
         };
@@ -429,13 +429,13 @@ mod tests {
         let mut agent = maker(p.clone(), 3);
         let mut w = Wakes::new(agent.as_mut());
         w.set_book("ACME", 9_990, 10_010);
-        let until = w.next.unwrap() + 1_000;
+        let until = w.next_ms().unwrap() + 1_000;
         w.wake_until(until);
         assert!(w.open.values().filter(|o| o.symbol == "ACME").count() == 4, "{:?}", w.open);
         // A 10% drop.
         w.trade("ACME", 9_000);
         w.set_book("ACME", 8_990, 9_010);
-        let crash_ms = w.next.unwrap();
+        let crash_ms = w.next_ms().unwrap();
         let pulled = w.wake();
         let cancels = pulled.iter().filter(|i| matches!(i, Intent::Cancel { .. })).count();
         assert_eq!(cancels, 4, "{pulled:?}");
@@ -454,16 +454,16 @@ mod tests {
         let mut agent = maker(MarketMakerParams::default(), 4);
         let mut w = Wakes::new(agent.as_mut());
         w.set_book("ACME", 9_990, 10_010);
-        let until = w.next.unwrap() + 1_000;
+        let until = w.next_ms().unwrap() + 1_000;
         w.wake_until(until);
         // A 2% rise: more than widen_move_bps, less than pull_move_bps.
         w.trade("ACME", 10_200);
         w.set_book("ACME", 10_190, 10_210);
-        let until = w.next.unwrap() + 1_000;
+        let until = w.next_ms().unwrap() + 1_000;
         w.wake_until(until);
         assert_eq!(acme_quotes(&w), (10_194, 10_206), "half spread 2 x widen_factor 3");
         // Once the move leaves the window, the spread is back to normal.
-        let until = w.next.unwrap() + 6_000;
+        let until = w.next_ms().unwrap() + 6_000;
         w.wake_until(until);
         assert_eq!(acme_quotes(&w), (10_198, 10_202));
     }
@@ -474,7 +474,7 @@ mod tests {
         let mut w = Wakes::new(agent.as_mut());
         w.set_book("ACME", 19_999, 20_000); // at the band's top
         w.wake();
-        let until = w.next.unwrap() + 30_000;
+        let until = w.next_ms().unwrap() + 30_000;
         for (_, intent) in w.wake_until(until) {
             if let Intent::Submit { symbol, price_cents, .. } = intent {
                 if symbol == "ACME" {

@@ -117,7 +117,9 @@ pub struct SymbolView {
 
 /// Everything an agent may look at when it wakes.
 pub struct View<'a> {
-    /// Simulated/real ms since the run started.
+    /// Simulated/real µs since the run started: when the agent is woken.
+    pub now_us: u64,
+    /// The same moment in whole ms (`now_us / 1000`), for the agents' own ms-grained rules.
     pub now_ms: u64,
     /// By symbol.
     pub market: &'a BTreeMap<String, SymbolView>,
@@ -150,10 +152,10 @@ pub enum Event<'a> {
 
 /// A market participant: decides at the times it asks for, never performs I/O.
 pub trait Agent: Send {
-    /// Called once at the start; returns the time (ms since run start) of the first wake.
-    fn start(&mut self, now_ms: u64) -> u64;
+    /// Called once at the start; returns the time (µs since run start) of the first wake.
+    fn start(&mut self, now_us: u64) -> u64;
     /// Called at (or after, if the driver is late) the requested time; appends intents to `out`
-    /// and returns the time of the next wake (strictly after `view.now_ms`), or None to stop.
+    /// and returns the time (µs) of the next wake (strictly after `view.now_us`), or None to stop.
     fn wake(&mut self, view: &View<'_>, out: &mut Vec<Intent>) -> Option<u64>;
     /// Feedback; may update the agent's state (inventory, momentum signal, …). No intents here:
     /// an agent reacts at its next wake (so reactions are scheduled, keeping the run open-loop).

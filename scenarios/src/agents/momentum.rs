@@ -196,8 +196,8 @@ impl Momentum {
 }
 
 impl Agent for Momentum {
-    fn start(&mut self, now_ms: u64) -> u64 {
-        let first = self.arrivals.first(&mut self.core.rng, now_ms);
+    fn start(&mut self, now_us: u64) -> u64 {
+        let first = self.arrivals.first(&mut self.core.rng, now_us);
         self.core.ask(first)
     }
 
@@ -207,7 +207,7 @@ impl Agent for Momentum {
             self.trade(i, view, out);
         }
         self.arrivals.advance(&mut self.core.rng);
-        Some(self.core.ask(after(view.now_ms, self.arrivals.next_ms)))
+        Some(self.core.ask(after(view.now_us, self.arrivals.next_us)))
     }
 
     fn observe(&mut self, event: &Event<'_>) {
@@ -254,7 +254,7 @@ mod tests {
             let price = from + k * step;
             w.trade("ACME", price);
             w.set_book("ACME", price - 1, price + 1);
-            let now = w.next.unwrap();
+            let now = w.next_ms().unwrap();
             all.extend(w.wake().into_iter().map(|i| (now, i)));
         }
         all

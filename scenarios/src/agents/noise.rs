@@ -172,8 +172,8 @@ impl Noise {
 }
 
 impl Agent for Noise {
-    fn start(&mut self, now_ms: u64) -> u64 {
-        let first = self.arrivals.first(&mut self.core.rng, now_ms);
+    fn start(&mut self, now_us: u64) -> u64 {
+        let first = self.arrivals.first(&mut self.core.rng, now_us);
         self.core.ask(first)
     }
 
@@ -183,7 +183,7 @@ impl Agent for Noise {
             self.submit_one(view, out);
         }
         self.arrivals.advance(&mut self.core.rng);
-        Some(self.core.ask(after(view.now_ms, self.arrivals.next_ms)))
+        Some(self.core.ask(after(view.now_us, self.arrivals.next_us)))
     }
 
     fn observe(&mut self, event: &Event<'_>) {

@@ -133,12 +133,13 @@ impl Harness {
         let mut t = agent.start(0);
         self.trace.push((0, Vec::new(), Some(t)));
         for _ in 0..wakes {
-            let now = if self.rng.percent(self.late_pct) { t + self.rng.range(1, 50) as u64 } else { t };
+            let now = if self.rng.percent(self.late_pct) { t + self.rng.range(1, 50) as u64 * 1_000 } else { t };
             self.evolve_market();
             self.deliver(agent);
             let mut out = Vec::new();
             let view = View {
-                now_ms: now,
+                now_us: now,
+                now_ms: now / 1_000,
                 market: &self.market,
                 cash_cents: self.cash,
                 holdings: &self.holdings,
@@ -150,7 +151,7 @@ impl Harness {
             self.trace.push((now, out, next));
             match next {
                 Some(n) => {
-                    assert!(n > now, "asked to wake at {n} ms, not after {now} ms");
+                    assert!(n > now, "asked to wake at {n} µs, not after {now} µs");
                     t = n;
                 }
                 None => break,
@@ -443,6 +444,11 @@ impl<'a> Wakes<'a> {
         self.pending.push(Pending::Fill { tag, symbol, side, price_cents, qty, remaining });
     }
 
+    /// The wake the agent asked for, in whole ms.
+    pub(crate) fn next_ms(&self) -> Option<u64> {
+        self.next.map(|us| us / 1_000)
+    }
+
     /// Wakes the agent at the time it asked for; returns its intents.
     pub(crate) fn wake(&mut self) -> Vec<Intent> {
         let now = self.next.expect("the agent stopped");
@@ -463,7 +469,8 @@ impl<'a> Wakes<'a> {
         }
         let mut out = Vec::new();
         let view = View {
-            now_ms: now,
+            now_us: now,
+            now_ms: now / 1_000,
             market: &self.market,
             cash_cents: self.cash,
             holdings: &self.holdings,
@@ -471,7 +478,7 @@ impl<'a> Wakes<'a> {
         };
         self.next = self.agent.wake(&view, &mut out);
         if let Some(n) = self.next {
-            assert!(n > now, "asked to wake at {n} ms, not after {now} ms");
+            assert!(n > now, "asked to wake at {n} µs, not after {now} µs");
         }
         for intent in &out {
             match intent {
@@ -500,11 +507,11 @@ impl<'a> Wakes<'a> {
         out
     }
 
-    /// Wakes until the agent's clock reaches `ms`; returns every intent with its wake time.
+    /// Wakes until the agent's clock reaches `ms`; returns every intent with its wake time (ms).
     pub(crate) fn wake_until(&mut self, ms: u64) -> Vec<(u64, Intent)> {
         let mut all = Vec::new();
-        while let Some(now) = self.next.filter(|n| *n < ms) {
-            all.extend(self.wake().into_iter().map(|i| (now, i)));
+        while let Some(now) = self.next.filter(|n| *n < ms.saturating_mul(1_000)) {
+            all.extend(self.wake().into_iter().map(|i| (now / 1_000, i)));
         }
         all
     }

@@ -194,11 +194,11 @@ impl Value {
 }
 
 impl Agent for Value {
-    fn start(&mut self, now_ms: u64) -> u64 {
+    fn start(&mut self, now_us: u64) -> u64 {
         for b in &mut self.beliefs {
-            b.walked_ms = now_ms;
+            b.walked_ms = now_us / 1_000;
         }
-        let first = self.arrivals.first(&mut self.core.rng, now_ms);
+        let first = self.arrivals.first(&mut self.core.rng, now_us);
         self.core.ask(first)
     }
 
@@ -209,7 +209,7 @@ impl Agent for Value {
             self.trade(i, view, out);
         }
         self.arrivals.advance(&mut self.core.rng);
-        Some(self.core.ask(after(view.now_ms, self.arrivals.next_ms)))
+        Some(self.core.ask(after(view.now_us, self.arrivals.next_us)))
     }
 
     fn observe(&mut self, event: &Event<'_>) {
@@ -282,7 +282,7 @@ mod tests {
         let mut agent = value(fixed(), 2);
         let mut w = Wakes::new(agent.as_mut());
         w.set_book("ACME", 8_900, 9_000);
-        let placed_ms = w.next.unwrap();
+        let placed_ms = w.next_ms().unwrap();
         assert_eq!(acme_submits(&w.wake()).len(), 1);
         let all = w.wake_until(placed_ms + 20_000);
         let first_cancel = all.iter().find(|(_, i)| matches!(i, Intent::Cancel { tag: 1 })).expect("canceled");

@@ -167,19 +167,20 @@ impl Whale {
     }
 
     fn next_wake(&self) -> Option<u64> {
-        let arrivals = self.arrivals.as_ref().map(|a| a.next_ms);
-        let plans = self.plans.iter().map(|p| p.next_ms).min();
-        [arrivals, plans, self.at_ms.front().copied()].into_iter().flatten().min()
+        let arrivals = self.arrivals.as_ref().map(|a| a.next_us);
+        let plans = self.plans.iter().map(|p| p.next_ms.saturating_mul(1_000)).min();
+        let at = self.at_ms.front().map(|t| t.saturating_mul(1_000));
+        [arrivals, plans, at].into_iter().flatten().min()
     }
 }
 
 impl Agent for Whale {
-    fn start(&mut self, now_ms: u64) -> u64 {
+    fn start(&mut self, now_us: u64) -> u64 {
         if let Some(a) = &mut self.arrivals {
-            a.first(&mut self.core.rng, now_ms);
+            a.first(&mut self.core.rng, now_us);
         }
         // Nothing to do at all (which `parse` refuses): "never".
-        let first = self.next_wake().map_or(u64::MAX, |t| t.max(now_ms));
+        let first = self.next_wake().map_or(u64::MAX, |t| t.max(now_us));
         self.core.ask(first)
     }
 
@@ -190,7 +191,7 @@ impl Agent for Whale {
             self.at_ms.pop_front();
             self.plan(now);
         }
-        if self.arrivals.as_ref().is_some_and(|a| a.next_ms <= now) {
+        if self.arrivals.as_ref().is_some_and(|a| a.next_us <= view.now_us) {
             self.plan(now);
             self.arrivals.as_mut().expect("checked").advance(&mut self.core.rng);
         }
@@ -200,7 +201,7 @@ impl Agent for Whale {
             }
         }
         self.plans.retain(|p| p.children_left > 0);
-        self.next_wake().map(|t| self.core.ask(after(now, t)))
+        self.next_wake().map(|t| self.core.ask(after(view.now_us, t)))
     }
 
     fn observe(&mut self, event: &Event<'_>) {
@@ -260,7 +261,7 @@ mod tests {
     fn sends_its_big_order_at_its_time_then_stops() {
         let mut agent = whale(dump(), 1);
         let mut w = Wakes::new(agent.as_mut());
-        assert_eq!(w.next, Some(5_000));
+        assert_eq!(w.next_ms(), Some(5_000));
         w.set_book("ACME", 9_990, 10_010);
         let sent = w.wake();
         // 1% below the best bid, rounded down to the tick; 100 lots of 10.
@@ -273,7 +274,7 @@ mod tests {
             qty: 1_000,
         };
         assert_eq!(sent, vec![want]);
-        assert_eq!(w.next, None, "nothing left to do");
+        assert_eq!(w.next_ms(), None, "nothing left to do");
     }
 
     #[test]

@@ -482,7 +482,7 @@ mod real_main {
             tokio::select! {
                 biased;
                 _ = tokio::signal::ctrl_c() => break,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = fafnir_platform::time::sleep(Duration::from_millis(200)) => {}
             }
             if let Some(name) = services.iter().find(|(_, h)| h.is_finished()).map(|(n, _)| n.clone()) {
                 let h = services.remove(&name).expect("found above");

@@ -99,13 +99,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert!(fafnir_platform::time::Instant::now() < deadline, "timed out waiting for {what}");
+        fafnir_platform::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -119,12 +119,12 @@ async fn order_reaches(c: &Client, id: u64, status: OrderStatus) -> Order {
 async fn portfolio_is(c: &Client, cash: i64, reserved: i64, holdings: &[(&str, i64, i64)]) -> PortfolioView {
     let want: Vec<(String, i64, i64)> = holdings.iter().map(|(s, q, r)| (s.to_string(), *q, *r)).collect();
     let mut last = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(20);
     loop {
         // A fault may still be cutting the gateway off from the portfolio: ask again.
         let Ok(p) = c.portfolio().await else {
-            assert!(tokio::time::Instant::now() < deadline, "portfolio of user {} unreachable", c.user_id);
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            assert!(fafnir_platform::time::Instant::now() < deadline, "portfolio of user {} unreachable", c.user_id);
+            fafnir_platform::time::sleep(Duration::from_millis(25)).await;
             continue;
         };
         let got: Vec<(String, i64, i64)> =
@@ -132,14 +132,14 @@ async fn portfolio_is(c: &Client, cash: i64, reserved: i64, holdings: &[(&str, i
         if p.cash_cents == cash && p.reserved_cents == reserved && got == want {
             return p;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if fafnir_platform::time::Instant::now() >= deadline {
             panic!(
                 "portfolio of user {} never became cash {cash} reserved {reserved} holdings {want:?}; last {last:?}",
                 c.user_id
             );
         }
         last = Some(p);
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -176,7 +176,7 @@ pub async fn end_to_end_crossing_limits_and_a_market_order(p: &dyn Platform) {
     let mut fills = Vec::new();
     let mut cursors = Vec::new();
     while fills.len() < 2 {
-        let r = tokio::time::timeout(Duration::from_secs(10), alice_reports.message())
+        let r = fafnir_platform::time::timeout(Duration::from_secs(10), alice_reports.message())
             .await
             .expect("report in time")
             .unwrap()
@@ -195,7 +195,7 @@ pub async fn end_to_end_crossing_limits_and_a_market_order(p: &dyn Platform) {
     assert_eq!((opening.kind, opening.order_id), (None, 0), "the opening report carries only the cursor");
     assert!(opening.cursor >= cursors[1], "{} < {}", opening.cursor, cursors[1]);
     let replayed = loop {
-        let r = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+        let r = fafnir_platform::time::timeout(Duration::from_secs(10), resumed.message())
             .await
             .expect("replayed report in time")
             .unwrap()
@@ -278,7 +278,7 @@ pub async fn a_retried_submit_is_booked_once(p: &dyn Platform) {
 /// Submits, retrying while the platform is (partly) down; the client order id
 /// makes each retry the same order.
 pub async fn submit_retrying(c: &Client, spec: &OrderSpec) -> Order {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(30);
     loop {
         match c.submit(spec).await {
             Ok(o) => return o,
@@ -288,8 +288,12 @@ pub async fn submit_retrying(c: &Client, spec: &OrderSpec) -> Order {
                     Code::Unavailable | Code::Aborted | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
                 ) =>
             {
-                assert!(tokio::time::Instant::now() < deadline, "submit {} never accepted: {s}", spec.client_order_id);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(
+                    fafnir_platform::time::Instant::now() < deadline,
+                    "submit {} never accepted: {s}",
+                    spec.client_order_id
+                );
+                fafnir_platform::time::sleep(Duration::from_millis(50)).await;
             }
             Err(s) => panic!("submit {} refused: {s}", spec.client_order_id),
         }
@@ -510,7 +514,7 @@ pub async fn bad_input_changes_nothing_and_says_why(p: &dyn Platform) {
     assert_eq!(ivy.order(jacks.order_id).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(ivy.cancel(jacks.order_id).await.unwrap_err().code(), Code::NotFound);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fafnir_platform::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ivy.portfolio().await.unwrap(), before, "nothing moved");
     assert!(ivy.orders().await.unwrap().is_empty(), "nothing booked");
     let jacks = jack.order(jacks.order_id).await.unwrap();
@@ -541,12 +545,18 @@ pub async fn market_data_streams_candles_and_roles(p: &dyn Platform) {
     assert_eq!(taker.market_data(&["NOPE"]).await.unwrap_err().code(), Code::InvalidArgument);
 
     maker.submit(&OrderSpec::limit("a", "GLOBX", Side::Sell, 2_005, 50)).await.unwrap();
-    let update =
-        tokio::time::timeout(Duration::from_secs(10), md.message()).await.expect("md in time").unwrap().unwrap();
+    let update = fafnir_platform::time::timeout(Duration::from_secs(10), md.message())
+        .await
+        .expect("md in time")
+        .unwrap()
+        .unwrap();
     assert_eq!((update.symbol.as_str(), update.ask_cents, update.ask_qty, update.bid_qty), ("GLOBX", 2_005, 50, 0));
     taker.submit(&OrderSpec::limit("b", "GLOBX", Side::Buy, 2_010, 20)).await.unwrap();
-    let update =
-        tokio::time::timeout(Duration::from_secs(10), md.message()).await.expect("md in time").unwrap().unwrap();
+    let update = fafnir_platform::time::timeout(Duration::from_secs(10), md.message())
+        .await
+        .expect("md in time")
+        .unwrap()
+        .unwrap();
     assert_eq!(update.trades.len(), 1);
     assert_eq!((update.trades[0].price_cents, update.trades[0].qty), (2_005, 20));
     assert_eq!((update.ask_cents, update.ask_qty), (2_005, 30));
@@ -706,15 +716,15 @@ pub async fn writes_sent_together_are_checked_one_account_at_a_time(p: &dyn Plat
 }
 
 async fn cancel_retrying(c: &Client, order_id: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(30);
     loop {
         match c.cancel(order_id).await {
             Ok(_) => return,
             Err(s)
                 if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded) =>
             {
-                assert!(tokio::time::Instant::now() < deadline, "cancel of {order_id:x} never accepted: {s}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(fafnir_platform::time::Instant::now() < deadline, "cancel of {order_id:x} never accepted: {s}");
+                fafnir_platform::time::sleep(Duration::from_millis(50)).await;
             }
             Err(s) => panic!("cancel of {order_id:x} refused: {s}"),
         }
@@ -726,10 +736,10 @@ async fn next_trade_update(
     md: &mut tonic::Streaming<fafnir_platform::proto::gateway::MarketDataUpdate>,
     within: Duration,
 ) -> fafnir_platform::proto::gateway::MarketDataUpdate {
-    let deadline = tokio::time::Instant::now() + within;
+    let deadline = fafnir_platform::time::Instant::now() + within;
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let update = tokio::time::timeout(left, md.message()).await.expect("market data in time");
+        let left = deadline.saturating_duration_since(fafnir_platform::time::Instant::now());
+        let update = fafnir_platform::time::timeout(left, md.message()).await.expect("market data in time");
         let update = update.expect("market data stream healthy").expect("market data stream open");
         if !update.trades.is_empty() {
             return update;
@@ -784,15 +794,20 @@ pub async fn the_broker_and_redis_restart_mid_trading(p: &dyn Platform) {
     let pat = user(p, "pat").await;
     pat.deposit_shares("GLOBX", 1_000, "p").await.unwrap();
     pat.deposit_cash(1_000_000, "p2").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(10);
     for probe in 0.. {
-        assert!(tokio::time::Instant::now() < deadline, "no market data with a trade within 10 s of the restarts");
+        assert!(
+            fafnir_platform::time::Instant::now() < deadline,
+            "no market data with a trade within 10 s of the restarts"
+        );
         let sell = OrderSpec::limit(&format!("ps{probe}"), "GLOBX", Side::Sell, 2_005, 10);
         let buy = OrderSpec::limit(&format!("pb{probe}"), "GLOBX", Side::Buy, 2_005, 10);
         submit_retrying(&pat, &sell).await;
         submit_retrying(&pat, &buy).await;
-        let next =
-            tokio::time::timeout(Duration::from_millis(500), next_trade_update(&mut md, Duration::from_secs(10)));
+        let next = fafnir_platform::time::timeout(
+            Duration::from_millis(500),
+            next_trade_update(&mut md, Duration::from_secs(10)),
+        );
         if let Ok(update) = next.await {
             let trade = (update.symbol.as_str(), update.trades[0].price_cents, update.trades[0].qty);
             assert!(trade == ("GLOBX", 2_005, 10) || trade == ("ACME", 26_000, 30), "{update:?}");
@@ -800,10 +815,10 @@ pub async fn the_broker_and_redis_restart_mid_trading(p: &dyn Platform) {
         }
     }
     // The report of that fill, on the stream opened before the broker restart.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let report = tokio::time::timeout(left, reports.message()).await.expect("execution report in time");
+        let left = deadline.saturating_duration_since(fafnir_platform::time::Instant::now());
+        let report = fafnir_platform::time::timeout(left, reports.message()).await.expect("execution report in time");
         let report = report.expect("execution stream healthy").expect("execution stream open");
         if report.order_id == b3.order_id && matches!(report.kind, Some(execution_report::Kind::Fill(_))) {
             break;
@@ -905,7 +920,7 @@ async fn next_reports(
 ) -> Vec<(u64, u64, &'static str)> {
     let mut out = Vec::new();
     while out.len() < n {
-        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        let r = fafnir_platform::time::timeout(Duration::from_secs(10), stream.message())
             .await
             .expect("a report in time")
             .expect("the stream stays open")

@@ -154,7 +154,7 @@ pub async fn a_service_says_not_serving_until_it_has_rebuilt(p: &dyn Platform) {
         p.start_held(&name).await;
         until_both(addr, kind.grpc_name(), ServingStatus::NotServing, &format!("{name} to say NOT_SERVING")).await;
         let watch = watch_saying(addr, kind.grpc_name(), ServingStatus::NotServing, &format!("{name}'s watch")).await;
-        let refused = tokio::time::timeout(ANSWERED_WITHIN, call_the_service(p, kind, shard, addr))
+        let refused = fafnir_platform::time::timeout(ANSWERED_WITHIN, call_the_service(p, kind, shard, addr))
             .await
             .unwrap_or_else(|_| panic!("{name} did not answer while held"))
             .expect_err("refused while held");
@@ -162,7 +162,7 @@ pub async fn a_service_says_not_serving_until_it_has_rebuilt(p: &dyn Platform) {
         if kind == ServiceKind::Orders {
             // The order's path (gateway -> orders): refused, not hung.
             let order = OrderSpec::limit("b2", "ACME", Side::Buy, 90, 1);
-            let refused = tokio::time::timeout(ANSWERED_WITHIN, buyer.submit(&order))
+            let refused = fafnir_platform::time::timeout(ANSWERED_WITHIN, buyer.submit(&order))
                 .await
                 .expect("the gateway answers while orders is held")
                 .expect_err("refused while orders is held");
@@ -172,8 +172,9 @@ pub async fn a_service_says_not_serving_until_it_has_rebuilt(p: &dyn Platform) {
         p.release(&name).await;
         until_both(addr, kind.grpc_name(), ServingStatus::Serving, &format!("{name} to say SERVING")).await;
         watch_says_serving(addr, watch, kind, &name).await;
-        let answered =
-            tokio::time::timeout(ANSWERED_WITHIN, call_the_service(p, kind, shard, addr)).await.expect("answered");
+        let answered = fafnir_platform::time::timeout(ANSWERED_WITHIN, call_the_service(p, kind, shard, addr))
+            .await
+            .expect("answered");
         assert!(answered.as_ref().err().is_none_or(|e| e.code() != Code::Unavailable), "{name}: {answered:?}");
     }
 
@@ -187,7 +188,8 @@ pub async fn a_service_says_not_serving_until_it_has_rebuilt(p: &dyn Platform) {
 /// watch says SERVING at once.
 async fn watch_says_serving(addr: SocketAddr, mut watch: Watch, kind: ServiceKind, name: &str) {
     loop {
-        let next = tokio::time::timeout(ANSWERED_WITHIN, watch.message()).await.expect("the watch goes on or ends");
+        let next =
+            fafnir_platform::time::timeout(ANSWERED_WITHIN, watch.message()).await.expect("the watch goes on or ends");
         match next {
             Ok(Some(reply)) if reply.status() == ServingStatus::Serving => return,
             Ok(Some(reply)) => assert_eq!(reply.status(), ServingStatus::NotServing, "{name}'s watch"),
@@ -196,6 +198,6 @@ async fn watch_says_serving(addr: SocketAddr, mut watch: Watch, kind: ServiceKin
     }
     let mut watch = watch_saying(addr, kind.grpc_name(), ServingStatus::Serving, &format!("{name}'s new watch")).await;
     // It goes on: nothing more to say while the service serves.
-    let more = tokio::time::timeout(Duration::from_millis(200), watch.message()).await;
+    let more = fafnir_platform::time::timeout(Duration::from_millis(200), watch.message()).await;
     assert!(more.is_err(), "{name}'s watch said more: {more:?}");
 }

@@ -144,7 +144,7 @@ impl Platform for RealPlatform {
         let h = self.services.lock().unwrap().remove(instance);
         h.unwrap_or_else(|| panic!("{instance} is not running")).kill();
         // Let the killed server release its port.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(50)).await;
     }
 
     async fn start(&self, instance: &str) {
@@ -171,7 +171,7 @@ impl Platform for RealPlatform {
         let (kind, shard) = parse_instance(instance);
         let (deps, services, name) = (self.deps.clone(), self.services.clone(), instance.to_string());
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            fafnir_platform::time::sleep(delay).await;
             let h = launch::spawn(kind, shard, deps);
             services.lock().unwrap().insert(name, h);
         });
@@ -179,7 +179,7 @@ impl Platform for RealPlatform {
 
     async fn restart_all(&self) {
         self.kill_all();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(100)).await;
         *self.services.lock().unwrap() = launch::spawn_all(&self.deps);
         self.wait_serving().await;
     }
@@ -188,7 +188,7 @@ impl Platform for RealPlatform {
         let servers = self.private.as_ref().expect("a flow that restarts the broker runs on private servers");
         let mut servers = servers.lock().await;
         servers.0.kill();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(300)).await;
         tokio::task::block_in_place(|| servers.0.restart()).expect("nats-server restarts");
     }
 
@@ -196,13 +196,13 @@ impl Platform for RealPlatform {
         let servers = self.private.as_ref().expect("a flow that restarts Redis runs on private servers");
         let mut servers = servers.lock().await;
         servers.1.kill();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(300)).await;
         tokio::task::block_in_place(|| servers.1.restart()).expect("redis-server restarts");
     }
 
     async fn restart_all_with_empty_redis(&self) {
         self.kill_all();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(100)).await;
         let wiped = wipe_prefix(self.deps.kv.as_ref(), &format!("{}:", self.deps.cfg.namespace)).await.unwrap();
         assert!(wiped > 0, "the market kept state in Redis");
         *self.services.lock().unwrap() = launch::spawn_all(&self.deps);
@@ -447,8 +447,10 @@ async fn an_event_the_portfolio_cannot_apply_is_named() {
     let event = LedgerEvent { kind: Some(ledger_event::Kind::Deposited(bad)), trades_applied: 0 };
     let subject = names.ledger("deposit");
     deps.bus.publish(&subject, "bad-1", event.encode_to_vec().into()).await.expect("publish");
-    let stopped =
-        tokio::time::timeout(Duration::from_secs(20), launch::spawn(ServiceKind::Portfolio, 0, deps.clone()).join());
+    let stopped = fafnir_platform::time::timeout(
+        Duration::from_secs(20),
+        launch::spawn(ServiceKind::Portfolio, 0, deps.clone()).join(),
+    );
     let err = stopped.await.expect("the portfolio stops").expect_err("it cannot start");
     let text = err.to_string();
     let ledger = names.ledger_stream();
@@ -458,8 +460,10 @@ async fn an_event_the_portfolio_cannot_apply_is_named() {
     nats.delete_streams_with_prefix(&prefix).await.expect("clean up");
     fafnir_platform::services::ensure_streams(&deps).await.expect("streams");
     deps.bus.publish(&subject, "bad-2", bytes::Bytes::from_static(b"\xff\xff not an event")).await.expect("publish");
-    let stopped =
-        tokio::time::timeout(Duration::from_secs(20), launch::spawn(ServiceKind::Portfolio, 0, deps.clone()).join());
+    let stopped = fafnir_platform::time::timeout(
+        Duration::from_secs(20),
+        launch::spawn(ServiceKind::Portfolio, 0, deps.clone()).join(),
+    );
     let text = stopped.await.expect("the portfolio stops").expect_err("it cannot start").to_string();
     assert!(text.contains(&format!("{ledger}#1")) && text.contains("does not decode"), "{text}");
     nats.delete_streams_with_prefix(&prefix).await.expect("clean up");

@@ -99,9 +99,9 @@ async fn a_graceful_stop_ends_open_watches_and_is_not_held_up_by_them() {
     auth.stop(Duration::from_secs(20)).await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "the stop took {took:?}: it waited for the watch");
-    let last = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the watch ends");
+    let last = fafnir_platform::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the watch ends");
     assert_eq!(last.expect("said").expect("one more").status(), ServingStatus::NotServing);
-    let end = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the watch ends");
+    let end = fafnir_platform::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the watch ends");
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     p.cleanup().await;
 }

@@ -57,7 +57,7 @@ impl Platform for SimPlatform {
     fn start_after(&self, instance: &str, delay: Duration) {
         let (world, name) = (self.world.clone(), instance.to_string());
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            fafnir_platform::time::sleep(delay).await;
             world.restart(&name);
         });
     }
@@ -67,7 +67,7 @@ impl Platform for SimPlatform {
         for s in &services {
             self.world.kill(s);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(100)).await;
         for s in &services {
             self.world.restart(s);
         }
@@ -76,7 +76,7 @@ impl Platform for SimPlatform {
 
     async fn restart_broker(&self) {
         self.world.kill("broker");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        fafnir_platform::time::sleep(Duration::from_millis(300)).await;
         self.world.restart("broker");
     }
 
@@ -306,7 +306,7 @@ async fn the_broker_restarts_mid_flow() {
                     w.kill("broker");
                     let w = w.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(800)).await;
+                        fafnir_platform::time::sleep(Duration::from_millis(800)).await;
                         w.restart("broker");
                     });
                 },

@@ -16,8 +16,8 @@ use fafnir_platform::bus::{
     AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, EventBus, PubAck, Publish, StoredMsg, StreamSpec, Tail,
 };
 use fafnir_platform::calls::{Calls, Unanswered};
+use fafnir_platform::time::{sleep, timeout};
 use madsim::net::{Endpoint, Receiver, Sender};
-use madsim::time::{sleep, timeout};
 
 use super::proto::{Reply, ReplyFrame, Request, RequestFrame, Response};
 use super::store::Settle;
@@ -190,7 +190,7 @@ impl EventBus for SimBus {
                 // Some acks never came (the `reply_lost` fault): those publishes
                 // time out, as a real client's ack futures would, after the others.
                 assert_eq!(acks.len(), n, "bus client: a batch publish answered for {} of {n}", acks.len());
-                madsim::time::sleep_until(deadline).await;
+                fafnir_platform::time::sleep_until(deadline).await;
                 let lost = || {
                     let budget = self.timeout;
                     BusError::Timeout(format!("publish at {}: no ack within {budget:?}", self.shared.broker))

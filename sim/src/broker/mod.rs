@@ -58,7 +58,7 @@ mod store;
 
 use std::sync::{Arc, Mutex};
 
-use madsim::time::{Instant, TimeHandle};
+use fafnir_platform::time::Instant;
 
 pub use client::SimBus;
 pub use server::{serve, serve_with};
@@ -96,7 +96,7 @@ impl BrokerDisk {
 
 /// Now, on the simulated clock.
 fn now() -> Instant {
-    TimeHandle::current().now_instant()
+    Instant::now()
 }
 
 impl std::fmt::Debug for BrokerDisk {

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use fafnir_platform::bus::{subject_matches, AckToken, BusError, PubAck, Publish, StoredMsg};
+use fafnir_platform::time::{sleep_until, Instant};
 use madsim::net::{Endpoint, Receiver, Sender};
-use madsim::time::{sleep_until, Instant};
 use tokio::sync::{mpsc, Notify};
 
 use super::proto::{Reply, ReplyFrame, Request, RequestFrame, Response};
@@ -71,9 +71,11 @@ struct Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         // Outside a simulation (a runtime torn down with the node in it) nothing is left to save.
-        let Some(time) = madsim::time::TimeHandle::try_current() else { return };
+        if madsim::time::TimeHandle::try_current().is_none() {
+            return;
+        }
         if let Ok(mut store) = self.disk.store.lock() {
-            store.stop(self.incarnation, time.now_instant());
+            store.stop(self.incarnation, fafnir_platform::time::Instant::now());
         }
     }
 }

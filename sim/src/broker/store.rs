@@ -10,7 +10,7 @@ use std::time::Duration;
 use fafnir_platform::bus::{
     subject_matches, AckToken, BusError, ConsumerLag, ConsumerSpec, Delivery, PubAck, Storage, StoredMsg, StreamSpec,
 };
-use madsim::time::Instant;
+use fafnir_platform::time::Instant;
 
 use crate::fixed_hash::FixedHashMap;
 use crate::trace::Trace;

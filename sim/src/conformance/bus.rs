@@ -23,7 +23,7 @@ use bytes::Bytes;
 use fafnir_platform::bus::{
     read_to_end, BusError, ConsumerSpec, Delivery, EventBus, PubAck, Publish, Storage, StoredMsg, StreamSpec, Tail,
 };
-use tokio::time::{sleep, timeout, Instant};
+use fafnir_platform::time::{sleep, timeout, Instant};
 
 /// Restarts the broker under test on the same storage (a simulated broker
 /// node stopped and started again, or a private nats-server process stopped and

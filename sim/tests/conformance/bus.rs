@@ -11,12 +11,12 @@ mod sim {
     use async_trait::async_trait;
     use bytes::Bytes;
     use fafnir_platform::bus::{BusError, Delivery, EventBus, Storage, StreamSpec};
+    use fafnir_platform::time::{sleep, Instant};
     use fafnir_sim::broker::{self, BrokerDisk, SimBus};
     use fafnir_sim::conformance::bus::{self as cases, BrokerControl};
     use fafnir_sim::trace::Trace;
     use madsim::runtime::{Handle, NodeHandle};
     use madsim::task::NodeId;
-    use tokio::time::{sleep, Instant};
 
     const NS: &str = "conf";
 
@@ -405,7 +405,7 @@ mod sim {
     }
 
     async fn next(tail: &mut Box<dyn fafnir_platform::bus::Tail>) -> Result<fafnir_platform::bus::StoredMsg, BusError> {
-        tokio::time::timeout(Duration::from_secs(10), tail.next()).await.expect("tail stuck")
+        fafnir_platform::time::timeout(Duration::from_secs(10), tail.next()).await.expect("tail stuck")
     }
 
     /// The trace records every stored publish and every durable delivery, and
@@ -557,13 +557,13 @@ mod real {
             "publish to a killed broker: {r:?}"
         );
         server.spawn();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = fafnir_platform::time::Instant::now() + Duration::from_secs(20);
         let ack = loop {
             match bus.publish(&subject, "2", Bytes::from_static(b"2")).await {
                 Ok(ack) => break ack,
-                Err(e) => assert!(tokio::time::Instant::now() < deadline, "publish after the restart: {e}"),
+                Err(e) => assert!(fafnir_platform::time::Instant::now() < deadline, "publish after the restart: {e}"),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            fafnir_platform::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(ack.seq, 2, "stored once, after the first");
     }

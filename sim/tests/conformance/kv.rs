@@ -88,7 +88,7 @@ mod sim {
             if kv.get(&format!("{PREFIX}ping")).await.is_ok() {
                 return;
             }
-            madsim::time::sleep(Duration::from_millis(10)).await;
+            fafnir_platform::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the simulated redis did not answer within 1 s");
     }
@@ -190,7 +190,7 @@ mod sim {
                     let (kv, key) = (kv.clone(), key.clone());
                     async move { kv.get(&key).await }
                 });
-                madsim::time::sleep(Duration::from_micros(200)).await; // sent, not yet answered (latency >= 1 ms)
+                fafnir_platform::time::sleep(Duration::from_micros(200)).await; // sent, not yet answered (latency >= 1 ms)
                 let start = now();
                 Handle::current().kill(redis);
                 assert_unreachable(in_flight.await.expect("the call ran"), "a call in flight");
@@ -403,7 +403,7 @@ mod real {
                 if let Ok(kv) = RedisKv::connect(&self.addr()).await {
                     return kv;
                 }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+                fafnir_platform::time::sleep(Duration::from_millis(25)).await;
             }
             panic!("the private redis-server at {} did not accept a connection within 5 s", self.addr());
         }
@@ -441,7 +441,7 @@ mod real {
                 if self.kv.get("probe-after-restart").await.is_ok() {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+                fafnir_platform::time::sleep(Duration::from_millis(25)).await;
             }
             panic!("the RedisKv did not reconnect to {} within 5 s", self.server.addr());
         }
@@ -463,7 +463,7 @@ mod real {
         kv.set(&key, Bytes::from_static(b"v")).await.unwrap();
         server.kill();
         for _ in 0..3 {
-            let result = tokio::time::timeout(Duration::from_secs(5), kv.get(&key))
+            let result = fafnir_platform::time::timeout(Duration::from_secs(5), kv.get(&key))
                 .await
                 .expect("a call to a dead server returns");
             assert!(matches!(result, Err(KvError::Unreachable { .. })), "want Unreachable, got {result:?}");

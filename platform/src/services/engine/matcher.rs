@@ -136,6 +136,8 @@ impl Matcher {
             ask_qty,
             trades,
             input_seq: seq,
+            // Stamped at publication (`market_data_msg`).
+            ts_us: ts_ms.saturating_mul(1_000),
         }
     }
 }

@@ -120,14 +120,14 @@ async fn publish_event(deps: &Deps, event: &EngineEvent, trace: &Option<String>)
 /// It carries the engine's clock at publication (not the input's), so that
 /// clients can measure fan-out; replays need no byte-identical market data.
 async fn publish_market_data(deps: &Deps, md: &MarketData) {
-    let msg = market_data_msg(deps, md, deps.clock.now_ms());
+    let msg = market_data_msg(deps, md, deps.clock.now_us());
     if let Err(e) = deps.bus.publish(&msg.subject, &msg.msg_id, msg.payload).await {
         tracing::debug!(error = %e, "market data not published");
     }
 }
 
-fn market_data_msg(deps: &Deps, md: &MarketData, now_ms: i64) -> Publish {
-    let md = MarketData { ts_ms: now_ms, ..md.clone() };
+fn market_data_msg(deps: &Deps, md: &MarketData, now_us: i64) -> Publish {
+    let md = MarketData { ts_ms: now_us.div_euclid(1_000), ts_us: now_us, ..md.clone() };
     Publish {
         subject: deps.cfg.names().md_of(&md.symbol),
         msg_id: format!("{}-md{}", md.symbol, md.input_seq),
@@ -165,7 +165,7 @@ async fn publish_outputs(deps: &Deps, mut outputs: Vec<Output>) -> bool {
         // not lose or repeat any.
         let rest = outputs.split_off(outputs.len() / 2);
         let first = publish_pipelined(deps, outputs).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::time::sleep(Duration::from_millis(20)).await;
         publish_pipelined(deps, rest).await && first
     } else {
         publish_pipelined(deps, outputs).await
@@ -173,12 +173,12 @@ async fn publish_outputs(deps: &Deps, mut outputs: Vec<Output>) -> bool {
 }
 
 async fn publish_pipelined(deps: &Deps, outputs: Vec<Output>) -> bool {
-    let now_ms = deps.clock.now_ms();
+    let now_us = deps.clock.now_us();
     let msgs = outputs
         .iter()
         .map(|o| match o {
             Output::Event(e, trace) => event_msg(deps, e, trace.clone()),
-            Output::MarketData(md) => market_data_msg(deps, md, now_ms),
+            Output::MarketData(md) => market_data_msg(deps, md, now_us),
         })
         .collect();
     let results = deps.bus.publish_batch(msgs).await;
@@ -240,16 +240,16 @@ async fn run_symbol(
     // and took the memory stream with it). Otherwise quotes would show a book
     // that is no longer there, or none for a book that is.
     let mut md_behind = true;
-    let mut md_checked = tokio::time::Instant::now();
+    let mut md_checked = crate::time::Instant::now();
     loop {
         if md_behind {
             let top = books.lock().expect("books lock").get(&symbol).expect("own symbol").top_of_book();
-            let msg = market_data_msg(&deps, &top, deps.clock.now_ms());
+            let msg = market_data_msg(&deps, &top, deps.clock.now_us());
             // The stream itself may be what is missing: made again at once, not at the next check.
             let _ = ensure_streams(&deps).await;
             md_behind = deps.bus.publish(&msg.subject, &msg.msg_id, msg.payload).await.is_err();
         } else if md_checked.elapsed() >= MD_CHECK_EVERY {
-            md_checked = tokio::time::Instant::now();
+            md_checked = crate::time::Instant::now();
             let last = deps.bus.last_on_subject(&names.md_stream(), &names.md_of(&symbol)).await;
             md_behind = matches!(last, Ok(None));
         }
@@ -262,7 +262,7 @@ async fn run_symbol(
             Ok(msgs) => msgs,
             Err(e) => {
                 tracing::warn!(symbol, error = %e, "engine read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };

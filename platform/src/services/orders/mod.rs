@@ -246,7 +246,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "orders fetch failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -304,7 +304,7 @@ async fn reconcile(state: Arc<State>, orders_next: u64, shutdown: Shutdown) {
         tokio::select! {
             biased;
             _ = shutdown.clone() => return,
-            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = crate::time::sleep(RECONCILE_EVERY) => {}
         }
     }
 }
@@ -541,7 +541,7 @@ impl OrdersSvc {
         };
         if crate::services::buggify(0.05) {
             // Widen the window between reserving and publishing (a crash here leaves a reservation).
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            crate::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         // Recorded before publishing, so the engine's events never find it missing.
         state
@@ -581,7 +581,7 @@ impl OrdersSvc {
         // However this ends, the reconciler may take the order over.
         let _retrying = RetryingGuard { state: &self.state, id };
         for attempt in 0..60 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            crate::time::sleep(Duration::from_millis(500)).await;
             {
                 let mut records = self.state.records.lock().expect("records lock");
                 if records.by_id.get(&id).is_some_and(|r| r.confirmed) {

@@ -143,7 +143,7 @@ async fn consume(state: Arc<State>, shutdown: Shutdown) -> Result<(), ServiceErr
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "portfolio fetch failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -207,7 +207,7 @@ async fn fill_gap(state: &State, fold: &mut Fold, seq: u64) -> Result<(), Servic
             Ok(msgs) => msgs,
             Err(e) => {
                 tracing::warn!(error = %e, from, "portfolio could not read a TRADES gap; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -332,7 +332,7 @@ async fn commit(state: Arc<State>, mut queued: mpsc::Receiver<Write>, shutdown: 
 /// [`ReservationGauges::EVERY`] (the sum walks every account).
 #[derive(Default)]
 struct ReservationGauges {
-    set: Option<tokio::time::Instant>,
+    set: Option<crate::time::Instant>,
 }
 
 impl ReservationGauges {
@@ -342,7 +342,7 @@ impl ReservationGauges {
         if self.set.is_some_and(|at| at.elapsed() < Self::EVERY) {
             return;
         }
-        self.set = Some(tokio::time::Instant::now());
+        self.set = Some(crate::time::Instant::now());
         let mut cents: i64 = 0;
         let mut shares: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
         for account in ledger.accounts().values() {
@@ -413,7 +413,7 @@ async fn publish_until_answered(state: &State, p: &Publish, first: BusError) -> 
             return Err(bus_status(e));
         }
         tracing::warn!(msg_id = p.msg_id, error = %error, "ledger write unanswered; publishing it again");
-        tokio::time::sleep(backoff).await;
+        crate::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
         match state.deps.bus.publish(&p.subject, &p.msg_id, p.payload.clone()).await {
             Ok(_) => return Ok(()),
