@@ -13,4 +13,11 @@ pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64 {
         self.now_us().div_euclid(1_000)
     }
+
+    /// The CPU time the calling thread has used, where the deployment can
+    /// read it (real: the OS's per-thread clock; None in simulation, where
+    /// CPU work takes no time). Only for measuring (`fafnir calibrate`).
+    fn thread_cpu(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

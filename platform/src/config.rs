@@ -112,6 +112,9 @@ pub struct PlatformConfig {
     /// catches it (a canary). Never set from a scenario file or the command line.
     /// None (always, outside tests) leaves every service's behaviour unchanged.
     pub planted_bug: Option<PlantedBug>,
+    /// Meter the CPU time of every handler's work (`telemetry::cpu_metered`):
+    /// two reads of the thread's CPU clock per poll. Off except in `fafnir calibrate`.
+    pub measure_cpu: bool,
 }
 
 /// The bugs a canary test or a chaos sweep can plant. Each is a realistic
@@ -215,6 +218,7 @@ impl PlatformConfig {
             call_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
             planted_bug: None,
+            measure_cpu: false,
         }
     }
 

@@ -74,6 +74,14 @@ pub const REDIS_ERRORS: &str = "fafnir_redis_errors_total";
 pub const GATEWAY_REFUSALS: &str = "fafnir_gateway_refusals_total";
 /// Orders in flight at the gateway (taken, not yet answered).
 pub const GATEWAY_ORDERS_IN_FLIGHT: &str = "fafnir_gateway_orders_in_flight";
+/// Units of work by handler (`work`, e.g. `orders.submit`, `engine.match`):
+/// one per call of `Deps::work`, the unit a simulated service time models.
+pub const WORK_UNITS: &str = "fafnir_work_units_total";
+/// CPU time spent by the work of each handler (`work`): the thread CPU time of
+/// every poll of its future, summed. Recorded only when the deployment measures
+/// it (`PlatformConfig::measure_cpu`, set by `fafnir calibrate`) and its clock
+/// can read a thread's CPU time (the real one).
+pub const WORK_CPU_NANOS: &str = "fafnir_work_cpu_nanoseconds_total";
 
 /// Histogram bucket bounds, in seconds: 10 µs to 10 s, for every `_seconds` histogram.
 pub const SECONDS_BUCKETS: [f64; 20] = [
@@ -192,7 +200,7 @@ async fn observed<T>(
     counter!(GRPC_STARTED, "grpc_type" => kind, "grpc_service" => service, "grpc_method" => method).increment(1);
     let started = crate::time::Instant::now();
     deps.work(rpc.handler).await;
-    let result = call.await;
+    let result = cpu_metered(deps, rpc.handler, call).await;
     let code = code_name(match &result {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
@@ -202,6 +210,50 @@ async fn observed<T>(
     histogram!(GRPC_HANDLING_SECONDS, "grpc_type" => kind, "grpc_service" => service, "grpc_method" => method)
         .record(started.elapsed().as_secs_f64());
     result
+}
+
+/// Runs `fut`, adding the thread CPU time of each of its polls to
+/// [`WORK_CPU_NANOS`] under `work` when the deployment measures CPU (see
+/// there); otherwise runs it as it is. What one unit of `work` costs is then
+/// `WORK_CPU_NANOS / WORK_UNITS` (what `fafnir calibrate` reads).
+pub async fn cpu_metered<F: Future>(deps: &Deps, work: &'static str, fut: F) -> F::Output {
+    if !deps.cfg.measure_cpu || deps.clock.thread_cpu().is_none() {
+        return fut.await;
+    }
+    CpuMetered { fut: Box::pin(fut), clock: deps.clock.clone(), work, spent: std::time::Duration::ZERO }.await
+}
+
+struct CpuMetered<F> {
+    fut: std::pin::Pin<Box<F>>,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    work: &'static str,
+    /// Not yet recorded.
+    spent: std::time::Duration,
+}
+
+impl<F: Future> Future for CpuMetered<F> {
+    type Output = F::Output;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let before = self.clock.thread_cpu();
+        let poll = self.fut.as_mut().poll(cx);
+        if let (Some(a), Some(b)) = (before, self.clock.thread_cpu()) {
+            self.spent += b.saturating_sub(a);
+        }
+        // Recorded as it goes: a long-lived loop (a consumer) is read while it runs.
+        if !self.spent.is_zero() {
+            counter!(WORK_CPU_NANOS, "work" => self.work).increment(self.spent.as_nanos() as u64);
+            self.spent = std::time::Duration::ZERO;
+        }
+        poll
+    }
+}
+
+impl<F> Drop for CpuMetered<F> {
+    fn drop(&mut self) {
+        if !self.spent.is_zero() {
+            counter!(WORK_CPU_NANOS, "work" => self.work).increment(self.spent.as_nanos() as u64);
+        }
+    }
 }
 
 /// A gRPC code as the conventional `grpc_code` label spells it (Go's `codes.Code.String()`).

@@ -29,12 +29,16 @@
 
 pub mod agents;
 pub mod baselines;
+#[cfg(not(madsim))]
+pub mod calibrate;
 pub mod capacity;
 #[cfg(madsim)]
 pub mod chaos;
 pub mod checker;
 pub mod client;
 pub mod driver;
+#[cfg(not(madsim))]
+pub mod fidelity;
 pub mod hostile_calls;
 pub mod observe;
 #[cfg(all(feature = "otlp", not(madsim)))]

@@ -41,6 +41,7 @@ fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformCon
     // Only this process's platform signs with it (and it dies with the run);
     // with --gateway it is unused: the agents log in to the running platform.
     cfg.jwt_secret = crate::real::random_secret();
+    cfg.measure_cpu = scn.measure_cpu;
     cfg.rate_limit.per_second = 1_000_000;
     cfg.rate_limit.burst = 1_000_000;
     // Every agent registers and logs in from this one address.

@@ -753,8 +753,22 @@ pub fn load(
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
 ) -> Result<(Scenario, String, String), String> {
+    load_calibrated(file, seed, duration, None)
+}
+
+/// [`load`], with the calibration file `calibration` in place of the
+/// scenario's network and service times (`--calibration`).
+pub fn load_calibrated(
+    file: &Path,
+    seed: Option<u64>,
+    duration: Option<std::time::Duration>,
+    calibration: Option<&Path>,
+) -> Result<(Scenario, String, String), String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut scn = Scenario::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    if let Some(c) = calibration {
+        scn = scn.with_calibration(&c.display().to_string())?;
+    }
     if let Some(seed) = seed {
         scn.seed = seed;
     }
@@ -762,8 +776,16 @@ pub fn load(
         scn.duration = d;
         scn.check_faults().map_err(|e| format!("{} with --duration {} ms: {e}", file.display(), d.as_millis()))?;
     }
-    let config_hash = hash_hex(format!("{text}\n{:?}", scn.duration).as_bytes());
-    let rerun = rerun_command(&file.display().to_string(), scn.seed, duration.map(|d| d.as_millis() as u64));
+    let mut config = format!("{text}\n{:?}", scn.duration);
+    if scn.calibration.is_some() {
+        // What the calibration file says is part of the configuration.
+        config.push_str(&format!("\n{:?}\n{:?}\n{:?}", scn.network, scn.service_time, scn.cores));
+    }
+    let config_hash = hash_hex(config.as_bytes());
+    let mut rerun = rerun_command(&file.display().to_string(), scn.seed, duration.map(|d| d.as_millis() as u64));
+    if let Some(c) = calibration {
+        rerun.push_str(&format!(" --calibration {}", c.display()));
+    }
     Ok((scn, config_hash, rerun))
 }
 

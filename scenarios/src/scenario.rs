@@ -33,6 +33,10 @@ struct RawScenario {
     network: Option<RawNetwork>,
     #[serde(default)]
     service_time: BTreeMap<String, RawServiceTime>,
+    /// A calibration file (`fafnir calibrate`): its network, service times
+    /// and cores stand in for the scenario's own (which win where given).
+    #[serde(default)]
+    calibration: Option<String>,
     #[serde(rename = "population")]
     populations: Vec<toml::Table>,
     #[serde(default, rename = "fault")]
@@ -94,6 +98,57 @@ pub struct RawServiceTime {
     pub us: Vec<u64>,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Handlers with a time of their own: the mean in µs of an exponential
+    /// time, by handler (`"orders.submit" = 40`); the others take `dist`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handlers: BTreeMap<String, u64>,
+}
+
+/// A service-time profile measured on a machine (`fafnir calibrate`), which
+/// a scenario names with `calibration = "calibration/<name>.toml"`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// How it was measured (informational).
+    #[serde(default)]
+    pub measured: BTreeMap<String, String>,
+    /// The cores the services share: every service's work queues for them
+    /// (one pool for the whole platform), instead of each service having
+    /// workers of its own. Absent: each service its own `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<usize>,
+    pub network: RawNetwork,
+    pub service_time: BTreeMap<String, RawServiceTime>,
+}
+
+impl Calibration {
+    /// Reads and checks a calibration file; errors name the file and the field.
+    pub fn load(path: &str) -> Result<Calibration, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!("calibration: cannot read {path:?}: {e} (a path relative to where fafnir runs, or absolute)")
+        })?;
+        let cal: Calibration =
+            toml::from_str(&text).map_err(|e| format!("calibration {path:?}: {}", e.to_string().trim_end()))?;
+        let at = |e: String| format!("calibration {path:?}: {e}");
+        check_network(&cal.network).map_err(at)?;
+        for (service, st) in &cal.service_time {
+            validate_service_time(service, st).map_err(at)?;
+        }
+        if cal.cores == Some(0) {
+            return Err(at("cores: must be at least 1".into()));
+        }
+        Ok(cal)
+    }
+}
+
+fn check_network(network: &RawNetwork) -> Result<(), String> {
+    if network.latency_us[0] > network.latency_us[1] {
+        return Err("network.latency_us: [low, high] with low <= high".into());
+    }
+    if network.loss_ppm > 1_000_000 {
+        return Err("network.loss_ppm: at most 1000000".into());
+    }
+    Ok(())
 }
 
 fn default_concurrency() -> usize {
@@ -132,6 +187,10 @@ pub struct Scenario {
     pub engine_shards: Vec<Vec<String>>,
     pub network: RawNetwork,
     pub service_time: BTreeMap<String, RawServiceTime>,
+    /// Cores the services share (from a calibration): see [`Calibration::cores`].
+    pub cores: Option<usize>,
+    /// The calibration file the scenario names, if any.
+    pub calibration: Option<String>,
     pub populations: Vec<Population>,
     pub faults: Vec<Fault>,
     /// Random faults drawn per seed on top of `faults` (when enabled).
@@ -150,9 +209,12 @@ pub struct Scenario {
     pub shared_market_data: bool,
     /// Test-only canary (never read from the file): a bug to plant in the platform.
     pub planted_bug: Option<fafnir_platform::config::PlantedBug>,
+    /// Never read from the file: the platform meters its handlers' CPU
+    /// (`fafnir calibrate`; see `PlatformConfig::measure_cpu`).
+    pub measure_cpu: bool,
 }
 
-const SERVICES: [&str; 6] = ["gateway", "auth", "market", "orders", "engine", "portfolio"];
+pub const SERVICES: [&str; 6] = ["gateway", "auth", "market", "orders", "engine", "portfolio"];
 
 /// The error budget of a scenario that names none: 1 % of requests.
 pub const DEFAULT_ERROR_BUDGET_PPM: u32 = 10_000;
@@ -161,6 +223,19 @@ pub const DEFAULT_ERROR_BUDGET_PPM: u32 = 10_000;
 pub const QUIESCE_MIN_MS: u64 = 2_000;
 
 impl Scenario {
+    /// The scenario with the calibration at `path` in place of its own
+    /// network, service times and cores (`--calibration FILE`).
+    pub fn with_calibration(self, path: &str) -> Result<Scenario, String> {
+        let cal = Calibration::load(path)?;
+        Ok(Scenario {
+            network: cal.network,
+            service_time: cal.service_time,
+            cores: cal.cores,
+            calibration: Some(path.to_string()),
+            ..self
+        })
+    }
+
     /// Parses and validates a scenario file's text.
     pub fn parse(text: &str) -> Result<Scenario, String> {
         let raw: RawScenario = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
@@ -171,16 +246,17 @@ impl Scenario {
             return Err("duration_ms: must be positive".into());
         }
         let (instruments, symbols, engine_shards) = instruments(&raw.instruments)?;
-        let network = raw.network.unwrap_or(RawNetwork { latency_us: [50, 250], loss_ppm: 0 });
-        if network.latency_us[0] > network.latency_us[1] {
-            return Err("network.latency_us: [low, high] with low <= high".into());
-        }
-        if network.loss_ppm > 1_000_000 {
-            return Err("network.loss_ppm: at most 1000000".into());
-        }
         for (service, st) in &raw.service_time {
             validate_service_time(service, st)?;
         }
+        let calibration = raw.calibration.as_deref().map(Calibration::load).transpose()?;
+        let network = raw
+            .network
+            .or(calibration.as_ref().map(|c| c.network))
+            .unwrap_or(RawNetwork { latency_us: [50, 250], loss_ppm: 0 });
+        check_network(&network)?;
+        let mut service_time = calibration.as_ref().map(|c| c.service_time.clone()).unwrap_or_default();
+        service_time.extend(raw.service_time);
         let known: Vec<String> = symbols.iter().map(|s| s.symbol.clone()).collect();
         let populations = raw
             .populations
@@ -224,7 +300,9 @@ impl Scenario {
             symbols,
             engine_shards,
             network,
-            service_time: raw.service_time,
+            service_time,
+            cores: calibration.as_ref().and_then(|c| c.cores),
+            calibration: raw.calibration,
             populations,
             faults: raw.faults,
             nemesis: raw.nemesis.filter(|n| n.enabled),
@@ -234,6 +312,7 @@ impl Scenario {
             error_budget_ppm,
             shared_market_data: raw.shared_market_data,
             planted_bug: None,
+            measure_cpu: false,
         };
         scn.check_faults()?;
         Ok(scn)
@@ -296,8 +375,17 @@ impl Scenario {
             "network: latency {}-{} us, loss {} ppm",
             self.network.latency_us[0], self.network.latency_us[1], self.network.loss_ppm
         ));
+        if let Some(c) = &self.calibration {
+            out.push(format!("calibration: {c}"));
+        }
         for (service, st) in &self.service_time {
             out.push(format!("service time {service}: {} {:?} us, {} at once", st.dist, st.us, st.concurrency));
+            for (handler, mean) in &st.handlers {
+                out.push(format!("service time {handler}: exp mean {mean} us"));
+            }
+        }
+        if let Some(cores) = self.cores {
+            out.push(format!("the services share {cores} cores"));
         }
         out.push("service time of other services: uniform [20, 60] us, 4 at once".into());
         for p in &self.populations {
@@ -428,6 +516,9 @@ fn validate_service_time(service: &str, st: &RawServiceTime) -> Result<(), Strin
     }
     if st.concurrency == 0 {
         return Err(at("concurrency", "must be at least 1"));
+    }
+    if let Some(h) = st.handlers.keys().find(|h| !h.starts_with(&format!("{service}."))) {
+        return Err(at("handlers", &format!("{h:?} is not a handler of {service} (\"{service}.<name>\")")));
     }
     Ok(())
 }

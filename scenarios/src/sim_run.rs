@@ -38,11 +38,14 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
             "uniform" => Dist::Uniform(us(0), us(1)),
             _ => Dist::Exp(us(0)),
         };
+        let handlers =
+            st.handlers.iter().map(|(h, mean)| (h.clone(), Dist::Exp(Duration::from_micros(*mean)))).collect();
         spec.service_time.insert(
             service.clone(),
-            ServiceModel { default: dist, handlers: Default::default(), concurrency: st.concurrency },
+            ServiceModel { default: dist, handlers, concurrency: st.concurrency, cores: None },
         );
     }
+    spec.cores = scn.cores;
     spec
 }
 

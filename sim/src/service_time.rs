@@ -51,6 +51,26 @@ pub struct ServiceModel {
     pub handlers: BTreeMap<String, Dist>,
     /// Calls processed at once; the rest wait.
     pub concurrency: usize,
+    /// The cores the whole platform shares, when the model has them (a
+    /// calibration's `cores`): the calls of every service queue for them,
+    /// and `concurrency` is unused.
+    pub cores: Option<Cores>,
+}
+
+/// Cores shared by services: when each is next free (None: free since the start).
+#[derive(Clone, Debug)]
+pub struct Cores(Arc<Mutex<Vec<Option<Instant>>>>);
+
+impl Cores {
+    pub fn new(n: usize) -> Cores {
+        Cores(Arc::new(Mutex::new(vec![None; n.max(1)])))
+    }
+}
+
+impl PartialEq for Cores {
+    fn eq(&self, other: &Cores) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl ServiceModel {
@@ -60,6 +80,7 @@ impl ServiceModel {
             default: Dist::Uniform(Duration::from_micros(20), Duration::from_micros(60)),
             handlers: BTreeMap::new(),
             concurrency: 4,
+            cores: None,
         }
     }
 
@@ -74,6 +95,7 @@ impl ServiceModel {
             default: scale(self.default),
             handlers: self.handlers.iter().map(|(k, v)| (k.clone(), scale(*v))).collect(),
             concurrency: self.concurrency,
+            cores: self.cores.clone(),
         }
     }
 }
@@ -84,8 +106,8 @@ pub struct Modelled {
     model: ServiceModel,
     rng: Mutex<SplitMix64>,
     /// When each worker is next free (see the module docs); None: free since
-    /// the start.
-    free_at: Mutex<Vec<Option<Instant>>>,
+    /// the start. The platform's shared cores when the model has them.
+    free_at: Cores,
     slow: SlowKnob,
 }
 
@@ -96,13 +118,13 @@ pub type SlowKnob = Arc<AtomicU32>;
 impl Modelled {
     pub fn new(model: ServiceModel, root_seed: u64, instance: &str, slow: SlowKnob) -> Modelled {
         let rng = Mutex::new(SplitMix64::new(derive_seed(root_seed, &format!("service-time/{instance}"))));
-        let free_at = Mutex::new(vec![None; model.concurrency.max(1)]);
+        let free_at = model.cores.clone().unwrap_or_else(|| Cores::new(model.concurrency));
         Modelled { model, rng, free_at, slow }
     }
 
     /// Books one call of `t` on the worker free soonest; returns when it completes.
     fn book(&self, now: Instant, t: Duration) -> Instant {
-        let mut free_at = self.free_at.lock().expect("workers lock");
+        let mut free_at = self.free_at.0.lock().expect("workers lock");
         // None (free since the start) orders before any instant.
         let worker = free_at.iter_mut().min_by_key(|at| **at).expect("at least one worker");
         let done = worker.map_or(now, |free| free.max(now)) + t;
@@ -129,8 +151,12 @@ mod tests {
     use super::*;
 
     fn fixed(us: u64, concurrency: usize) -> Modelled {
-        let model =
-            ServiceModel { default: Dist::Fixed(Duration::from_micros(us)), handlers: BTreeMap::new(), concurrency };
+        let model = ServiceModel {
+            default: Dist::Fixed(Duration::from_micros(us)),
+            handlers: BTreeMap::new(),
+            concurrency,
+            cores: None,
+        };
         Modelled::new(model, 1, "test", SlowKnob::default())
     }
 

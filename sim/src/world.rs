@@ -24,7 +24,7 @@ use crate::faults::{Action, Fault, FaultSchedule};
 use crate::redis::{self, SimKv};
 use crate::reply_loss::ReplyLoss;
 use crate::rng::derive_seed;
-use crate::service_time::{Modelled, ServiceModel, SlowKnob};
+use crate::service_time::{Cores, Modelled, ServiceModel, SlowKnob};
 use crate::trace::Trace;
 
 /// The broker's and Redis's addresses in every world.
@@ -57,6 +57,9 @@ pub struct WorldSpec {
     pub cfg: PlatformConfig,
     /// Processing-time model per service kind; kinds not named run in zero time.
     pub service_time: BTreeMap<String, ServiceModel>,
+    /// The cores every service shares (see `ServiceModel::cores`); None:
+    /// each service has workers of its own.
+    pub cores: Option<usize>,
     pub network: NetworkModel,
     /// Turns on the platform's in-code fault points from the start; see
     /// [`World::set_buggify`].
@@ -107,7 +110,15 @@ impl WorldSpec {
         cfg.jwt_secret = "fafnir-simulation-only-secret".into();
         cfg.password_hashing = PasswordHashing::CHEAP;
         let service_time = ServiceKind::ALL.iter().map(|k| (k.name().to_string(), ServiceModel::typical())).collect();
-        WorldSpec { root_seed, cfg, service_time, network: NetworkModel::LAN, buggify: false, network_buggify: false }
+        WorldSpec {
+            root_seed,
+            cfg,
+            service_time,
+            cores: None,
+            network: NetworkModel::LAN,
+            buggify: false,
+            network_buggify: false,
+        }
     }
 }
 
@@ -194,12 +205,14 @@ impl World {
             .build();
         nodes.insert("redis".to_string(), node.id());
 
+        let cores = spec.cores.map(Cores::new);
         for kind in ServiceKind::ALL {
             let shards = if kind == ServiceKind::Engine { cfg.engine_shards.len() } else { 1 };
             for shard in 0..shards {
                 let name = instance_name(kind, shard);
                 let addr = service_addr(&cfg, kind, shard);
-                let model = spec.service_time.get(kind.name()).cloned();
+                let model =
+                    spec.service_time.get(kind.name()).cloned().map(|m| ServiceModel { cores: cores.clone(), ..m });
                 let knob = SlowKnob::new(1.into());
                 let node = service_node(
                     &handle,

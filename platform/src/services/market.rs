@@ -142,7 +142,9 @@ async fn rebuild(deps: &Deps, shutdown: &Shutdown) -> Result<TaskGroup, ServiceE
         warm_start_counters(deps, &state).await;
     }
     let mut tasks = TaskGroup::default();
-    tasks.spawn(follow_trades(deps.clone(), state.clone(), shutdown.clone()));
+    let trades = follow_trades(deps.clone(), state.clone(), shutdown.clone());
+    let metered = deps.clone();
+    tasks.spawn(async move { crate::telemetry::cpu_metered(&metered, "market.trade", trades).await });
     tasks.spawn(follow_md(deps.clone(), state, md));
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
     Ok(tasks)

@@ -79,6 +79,7 @@ impl Deps {
     /// Takes the modelled processing time of one unit of work of `handler`
     /// (for example `"orders.submit"`). Free for real.
     pub async fn work(&self, handler: &'static str) {
+        metrics::counter!(crate::telemetry::WORK_UNITS, "work" => handler).increment(1);
         if let Some(model) = &self.service_time {
             model.process(handler).await;
         }

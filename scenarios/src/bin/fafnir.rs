@@ -44,6 +44,67 @@ enum Command {
         /// The run directory (default: runs/<scenario>-<seed>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// A calibration file (`fafnir calibrate`) in place of the scenario's
+        /// network and service times (simulation; ignored for real).
+        #[arg(long)]
+        calibration: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        real: RealTarget,
+    },
+    /// Measure this machine for the simulation: run the scenario against an
+    /// in-process real platform that meters the CPU time of every handler's
+    /// work, measure one message's latency through the gRPC stack over
+    /// loopback, and write a calibration file (calibration/<scenario>.toml)
+    /// that a scenario names with `calibration = "..."` (or `fafnir run
+    /// --calibration FILE`) in place of hand-written [service_time] and
+    /// [network] numbers. Real build only (`cargo fafnir-real calibrate ...`).
+    Calibrate {
+        /// The scenario file whose load is measured.
+        file: std::path::PathBuf,
+        /// Where to write the calibration (default: calibration/<scenario>.toml).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Root seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Load-phase length (default: the scenario's `duration_ms`).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        #[command(flatten)]
+        real: RealTarget,
+    },
+    /// How well the simulation predicts the real platform: run the scenario
+    /// with the same seed for real (in-process) and in simulation (the
+    /// simulated build's binary, --sim-bin), print per stage p50 / p90 / p99
+    /// of both and their ratio (simulated / real), draw both spectra on one
+    /// plot, and write fidelity.json. With --knee-rates, also measure the
+    /// capacity knee of both (`fafnir capacity` at those rates). Real build
+    /// only (`cargo fafnir-real fidelity ...`; build the simulated binary
+    /// first: `cargo sim build --release -p fafnir-scenarios --bin fafnir`).
+    Fidelity {
+        /// The scenario file.
+        file: std::path::PathBuf,
+        /// A calibration file for the simulated side (default: the scenario's own, if it names one).
+        #[arg(long)]
+        calibration: Option<std::path::PathBuf>,
+        /// Root seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Load-phase length (default: the scenario's `duration_ms`).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// The directory of both runs and the report (default: runs/fidelity-<scenario>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// The simulated build's fafnir (default: target/sim/release/fafnir beside this binary's target dir).
+        #[arg(long)]
+        sim_bin: Option<std::path::PathBuf>,
+        /// Also measure the capacity knee of both worlds at these offered rates (orders/s).
+        #[arg(long, value_parser = parse_rates)]
+        knee_rates: Option<Rates>,
+        /// Each capacity step's load, with --knee-rates.
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        step: std::time::Duration,
         #[command(flatten)]
         real: RealTarget,
     },
@@ -90,6 +151,10 @@ enum Command {
         /// and the excess is refused at the gateway with RESOURCE_EXHAUSTED.
         #[arg(long)]
         no_overload: bool,
+        /// A calibration file (`fafnir calibrate`) in place of the scenario's
+        /// network and service times (simulation; ignored for real).
+        #[arg(long)]
+        calibration: Option<std::path::PathBuf>,
         #[command(flatten)]
         real: RealTarget,
     },
@@ -530,12 +595,12 @@ mod real_main {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Run { file, seed, duration, out, real } = cli.command {
+    if let Command::Run { file, seed, duration, out, calibration, real } = cli.command {
         if std::env::var_os("RUST_LOG").is_some() {
             // The services' own logs, on stderr (simulated time in simulation).
             init_logs(LogFormat::Text);
         }
-        return match run_scenario(&file, seed, duration, out, real) {
+        return match run_scenario(&file, seed, duration, out, calibration.as_deref(), real) {
             Ok(code) => ExitCode::from(code),
             Err(RunError::Usage(e)) => {
                 eprintln!("fafnir: {e}");
@@ -552,12 +617,20 @@ fn main() -> ExitCode {
         Command::Ci { command } => return ci_command(command),
         Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
-        Command::Capacity { file, rates, step, seed, out, no_overload, real } => {
+        Command::Calibrate { file, out, seed, duration, real } => {
+            return exit_of(calibrate_command(&file, out, seed, duration, real));
+        }
+        Command::Fidelity { file, calibration, seed, duration, out, sim_bin, knee_rates, step, real } => {
+            let args =
+                FidelityArgs { calibration, seed, duration, out, sim_bin, knee_rates: knee_rates.map(|r| r.0), step };
+            return exit_of(fidelity_command(&file, args, real));
+        }
+        Command::Capacity { file, rates, step, seed, out, no_overload, calibration, real } => {
             if std::env::var_os("RUST_LOG").is_some() {
                 // The services' own logs, on stderr, as for `run`.
                 init_logs(LogFormat::Text);
             }
-            return capacity_command(&file, &rates.0, step, seed, out, !no_overload, real);
+            return capacity_command(&file, &rates.0, step, seed, out, !no_overload, calibration.as_deref(), real);
         }
         command => Cli { command },
     };
@@ -576,9 +649,11 @@ fn run_scenario(
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
     out: Option<std::path::PathBuf>,
+    calibration: Option<&std::path::Path>,
     _real: RealTarget,
 ) -> Result<u8, RunError> {
-    let (scn, config_hash, rerun) = load(file, seed, duration)?;
+    let (scn, config_hash, rerun) =
+        fafnir_scenarios::run::load_calibrated(file, seed, duration, calibration).map_err(RunError::Usage)?;
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}", scn.name, scn.seed)));
     println!("fafnir run: scenario {:?}, seed {}, simulation", scn.name, scn.seed);
     print_config(&scn, &config_hash);
@@ -615,6 +690,8 @@ fn run_scenario(
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
     out: Option<std::path::PathBuf>,
+    // The real platform's service times are its own.
+    _calibration: Option<&std::path::Path>,
     real: RealTarget,
 ) -> Result<u8, RunError> {
     let (scn, config_hash, rerun) = load(file, seed, duration)?;
@@ -817,6 +894,8 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Ci { .. }
         | Command::Chaos { .. }
         | Command::Capacity { .. }
+        | Command::Calibrate { .. }
+        | Command::Fidelity { .. }
         | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { .. } => {
             Err("bench-sim runs the simulation: cargo sim run --release -p fafnir-scenarios --bin fafnir -- bench-sim"
@@ -837,6 +916,8 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Ci { .. }
         | Command::Chaos { .. }
         | Command::Capacity { .. }
+        | Command::Calibrate { .. }
+        | Command::Fidelity { .. }
         | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { orders, clients, seed, no_service_time } => {
             println!("bench-sim: seed {seed}, {orders} orders from {clients} client nodes");
@@ -868,12 +949,13 @@ fn capacity_command(
     seed: Option<u64>,
     out: Option<std::path::PathBuf>,
     overload: bool,
+    calibration: Option<&std::path::Path>,
     real: RealTarget,
 ) -> ExitCode {
     use fafnir_scenarios::capacity::{self, Capacity, Step};
-    let loaded = load(file, seed, None).map_err(|e| match e {
-        RunError::Usage(e) | RunError::Failed(e) => e,
-    });
+    // The real platform's service times are its own.
+    let calibration = if cfg!(madsim) { calibration } else { None };
+    let loaded = fafnir_scenarios::run::load_calibrated(file, seed, None, calibration);
     let (scn, config_hash) = match loaded.and_then(|(scn, hash, _)| capacity::check(&scn).map(|()| (scn, hash))) {
         Ok(l) => l,
         Err(e) => {
@@ -1395,4 +1477,163 @@ fn ci_replay(path: &std::path::Path) -> ExitCode {
         println!("ci replay: {failed} regression seeds fail again");
         ExitCode::from(1)
     }
+}
+
+fn exit_of(r: Result<u8, RunError>) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(RunError::Usage(e)) => {
+            eprintln!("fafnir: {e}");
+            ExitCode::from(2)
+        }
+        Err(RunError::Failed(e)) => {
+            eprintln!("fafnir: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(madsim)]
+fn calibrate_command(
+    _: &std::path::Path,
+    _: Option<std::path::PathBuf>,
+    _: Option<u64>,
+    _: Option<std::time::Duration>,
+    _: RealTarget,
+) -> Result<u8, RunError> {
+    Err(RunError::Usage(
+        "calibrate measures the real platform: use the real build, `cargo fafnir-real calibrate ...`".into(),
+    ))
+}
+
+/// `fafnir calibrate`: measure, print, write the calibration file.
+#[cfg(not(madsim))]
+fn calibrate_command(
+    file: &std::path::Path,
+    out: Option<std::path::PathBuf>,
+    seed: Option<u64>,
+    duration: Option<std::time::Duration>,
+    real: RealTarget,
+) -> Result<u8, RunError> {
+    if real.gateway.is_some() {
+        return Err(RunError::Usage("calibrate meters the CPU of an in-process platform: leave out --gateway".into()));
+    }
+    let (scn, _, _) = load(file, seed, duration)?;
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("calibration/{}.toml", scn.name)));
+    println!("fafnir calibrate: scenario {:?}, seed {}, for real on an in-process platform", scn.name, scn.seed);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+    let m = rt
+        .block_on(fafnir_scenarios::calibrate::calibrate(&scn, scn.seed, real.nats, real.redis))
+        .map_err(RunError::Failed)?;
+    print!("{}", fafnir_scenarios::calibrate::table(&m));
+    if !m.run.summary.checker.passed {
+        return Err(RunError::Failed(format!(
+            "the measured run failed its checks ({:?}): a calibration of a broken run is not written",
+            m.run.summary.outcome
+        )));
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| RunError::Failed(format!("{}: {e}", dir.display())))?;
+    }
+    std::fs::write(&out, fafnir_scenarios::calibrate::to_toml(&m.calibration))
+        .map_err(|e| RunError::Failed(format!("{}: {e}", out.display())))?;
+    println!("calibration written: {} (name it from a scenario: calibration = \"{}\")", out.display(), out.display());
+    Ok(0)
+}
+
+/// The options of `fafnir fidelity` past the scenario and the real target.
+struct FidelityArgs {
+    calibration: Option<std::path::PathBuf>,
+    seed: Option<u64>,
+    duration: Option<std::time::Duration>,
+    out: Option<std::path::PathBuf>,
+    sim_bin: Option<std::path::PathBuf>,
+    knee_rates: Option<Vec<u64>>,
+    step: std::time::Duration,
+}
+
+#[cfg(madsim)]
+fn fidelity_command(_: &std::path::Path, _: FidelityArgs, _: RealTarget) -> Result<u8, RunError> {
+    Err(RunError::Usage(
+        "fidelity runs both worlds from the real build: `cargo fafnir-real fidelity ...` (with the simulated binary \
+         built: cargo sim build --release -p fafnir-scenarios --bin fafnir)"
+            .into(),
+    ))
+}
+
+/// `fafnir fidelity`: the scenario in both worlds, compared stage by stage.
+#[cfg(not(madsim))]
+fn fidelity_command(file: &std::path::Path, a: FidelityArgs, real: RealTarget) -> Result<u8, RunError> {
+    use fafnir_scenarios::fidelity;
+    if real.gateway.is_some() {
+        return Err(RunError::Usage("fidelity runs its own in-process platform: leave out --gateway".into()));
+    }
+    let (scn, config_hash, _) = load(file, a.seed, a.duration)?;
+    let sim_bin = match a.sim_bin {
+        Some(p) => p,
+        None => fidelity::default_sim_bin().map_err(RunError::Usage)?,
+    };
+    let out = a.out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/fidelity-{}", scn.name)));
+    let calibration = a.calibration.clone().or_else(|| scn.calibration.clone().map(Into::into));
+    println!(
+        "fafnir fidelity: scenario {:?}, seed {}, {} ms of load; simulation {}",
+        scn.name,
+        scn.seed,
+        scn.duration.as_millis(),
+        calibration
+            .as_ref()
+            .map_or("with the scenario's own service times".to_string(), |c| format!("calibrated by {}", c.display()))
+    );
+    let (real_dir, sim_dir) = (out.join("real"), out.join("sim"));
+    // The simulated side first: a missing or stale binary fails fast.
+    let mut args: Vec<String> = vec!["run".into(), file.display().to_string(), "--seed".into(), scn.seed.to_string()];
+    args.extend([
+        "--duration".into(),
+        format!("{}ms", scn.duration.as_millis()),
+        "--out".into(),
+        sim_dir.display().to_string(),
+    ]);
+    if let Some(c) = &a.calibration {
+        args.extend(["--calibration".into(), c.display().to_string()]);
+    }
+    println!("  simulated run: {} {}", sim_bin.display(), args.join(" "));
+    fidelity::run_quietly(&sim_bin, &args).map_err(RunError::Failed)?;
+    println!("  real run (in-process platform) ...");
+    let target = fafnir_scenarios::real_run::Target {
+        gateway: None,
+        nats: real.nats.clone(),
+        redis: real.redis.clone(),
+        namespace: None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+    let r = rt
+        .block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, "-".into(), None))
+        .map_err(RunError::Failed)?;
+    fafnir_scenarios::run::write_run_dir(&real_dir, &r)
+        .map_err(|e| RunError::Failed(format!("{}: {e}", real_dir.display())))?;
+    let knees = match &a.knee_rates {
+        None => None,
+        Some(rates) => {
+            let k = fidelity::knees(file, &sim_bin, rates, a.step, scn.seed, a.calibration.as_deref(), &out)
+                .map_err(RunError::Failed)?;
+            Some(k)
+        }
+    };
+    let report = fidelity::compare(&sim_dir, &real_dir, knees, calibration.map(|c| c.display().to_string()))
+        .map_err(RunError::Failed)?;
+    print!("{}", report.table());
+    std::fs::write(out.join("fidelity.json"), serde_json::to_string_pretty(&report).expect("serializes"))
+        .map_err(|e| RunError::Failed(format!("{}: {e}", out.display())))?;
+    match fafnir_reports::compare(&sim_dir, &real_dir, &out) {
+        Ok(_) => println!("  both spectra: {}", out.join("compare_spectrum.png").display()),
+        Err(e) => eprintln!("fafnir: the overlay plot was not drawn: {e}"),
+    }
+    println!("  fidelity.json, sim/ and real/ in {}", out.display());
+    Ok(0)
 }

@@ -64,6 +64,9 @@ mod sim {
 
     fn world() -> World {
         let handle = Handle::current();
+        // madsim's default latency (1-10 ms of its clock), in modelled time.
+        let ms = |n| fafnir_platform::time::to_runtime(Duration::from_millis(n));
+        madsim::net::NetSim::current().update_config(|c| c.send_latency = ms(1)..ms(10));
         let addr: SocketAddr = REDIS_ADDR.parse().expect("redis address");
         let trace = Trace::new();
         let server_trace = trace.clone();
@@ -77,9 +80,9 @@ mod sim {
         World { redis, client, addr, trace }
     }
 
-    /// Simulated time since the start of the run.
+    /// Simulated (modelled) time since the start of the run.
     fn now() -> Duration {
-        madsim::time::TimeHandle::current().elapsed()
+        fafnir_platform::time::from_runtime(madsim::time::TimeHandle::current().elapsed())
     }
 
     /// Waits until the Redis answers (its node's init runs when the simulation gets to it).

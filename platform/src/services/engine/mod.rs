@@ -60,7 +60,9 @@ async fn start(deps: &Deps, symbols: &[String], shutdown: &Shutdown) -> Result<(
         let matcher = recover(deps, symbol).await?;
         let next_seq = matcher.last_input_seq + 1;
         books.lock().expect("books lock").insert(symbol.clone(), matcher);
-        tasks.spawn_fallible(run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone()));
+        let run = run_symbol(deps.clone(), books.clone(), symbol.clone(), next_seq, shutdown.clone());
+        let deps = deps.clone();
+        tasks.spawn_fallible(async move { crate::telemetry::cpu_metered(&deps, "engine.match", run).await });
     }
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[], shutdown.clone()));
     Ok((books, tasks))

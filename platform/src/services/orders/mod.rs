@@ -200,7 +200,9 @@ async fn start(deps: &Deps, shutdown: &Shutdown) -> Result<(Arc<State>, TaskGrou
         Arc::new(State { deps: deps.clone(), records: Mutex::new(Records::default()), portfolio, portfolio_mux });
     let orders_next = rebuild(&state).await?;
     let mut tasks = TaskGroup::default();
-    tasks.spawn(consume(state.clone(), shutdown.clone()));
+    let track = consume(state.clone(), shutdown.clone());
+    let metered = deps.clone();
+    tasks.spawn(async move { crate::telemetry::cpu_metered(&metered, "orders.track", track).await });
     tasks.spawn(reconcile(state.clone(), orders_next, shutdown.clone()));
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[DURABLE], shutdown.clone()));
     Ok((state, tasks))

@@ -72,8 +72,11 @@ async fn start(deps: &Deps, shutdown: &Shutdown) -> Result<(Arc<State>, mpsc::Se
     let state = Arc::new(State { deps: deps.clone(), fold: Mutex::new(fold) });
     let (writes, queued) = mpsc::channel(WRITE_QUEUE);
     let mut tasks = TaskGroup::default();
-    tasks.spawn_fallible(consume(state.clone(), shutdown.clone()));
-    tasks.spawn(commit(state.clone(), queued, shutdown.clone()));
+    let (settle, metered) = (consume(state.clone(), shutdown.clone()), deps.clone());
+    tasks.spawn_fallible(async move { crate::telemetry::cpu_metered(&metered, "portfolio.settle", settle).await });
+    // The committer publishes what the reserve and release handlers queued: their work.
+    let (committer, metered) = (commit(state.clone(), queued, shutdown.clone()), deps.clone());
+    tasks.spawn(async move { crate::telemetry::cpu_metered(&metered, "portfolio.reserve", committer).await });
     tasks.spawn(crate::services::keep_streams(deps.clone(), &[DURABLE], shutdown.clone()));
     Ok((state, writes, tasks))
 }

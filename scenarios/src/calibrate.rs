@@ -1,0 +1,204 @@
+//! `fafnir calibrate`: measure this machine's service times and network
+//! latency on the real platform, and write them as a calibration file that a
+//! scenario names (`calibration = "calibration/<name>.toml"`) instead of
+//! hand-written `[service_time]` and `[network]` numbers.
+//!
+//! - **Service times**: the scenario runs against an in-process platform
+//!   that meters the CPU time of every unit of work (`telemetry::cpu_metered`:
+//!   the thread CPU time of each poll of a handler's future, and of the
+//!   consumer loops per message), and each handler's mean CPU time per unit
+//!   becomes the mean of an exponential service time. The platform's other
+//!   CPU, the part no handler's future runs (tonic's and hyper's I/O, the NATS
+//!   and Redis clients' background tasks), is spread over the handlers in
+//!   proportion (`overhead` in the file), so that their sum is what the
+//!   platform's threads used.
+//! - **Network**: a gRPC health check over loopback, sequential, after a
+//!   warm-up: half its round trip is one message's latency, through the whole
+//!   gRPC stack of both ends; its 10th and 90th percentiles are the network
+//!   model's range.
+//! - **Cores**: the machine's; the simulated services then queue for them
+//!   together, as the real ones share the runtime's threads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fafnir_platform::services::health;
+use fafnir_platform::telemetry::{WORK_CPU_NANOS, WORK_UNITS};
+use fafnir_platform::time::Instant;
+
+use crate::real_run::{self, RealRun, Target};
+use crate::scenario::{Calibration, RawNetwork, RawServiceTime, Scenario};
+
+/// Round trips measured for the network model (after as many again to warm up).
+const PINGS: usize = 400;
+
+/// What one handler's work cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkCost {
+    pub work: String,
+    pub units: u64,
+    /// Metered CPU per unit, ns.
+    pub cpu_ns_per_unit: u64,
+}
+
+/// What `calibrate` measured, and the calibration made of it.
+pub struct Measured {
+    pub costs: Vec<WorkCost>,
+    /// One-way latency percentiles (p10, p50, p90), µs.
+    pub one_way_us: [u64; 3],
+    /// Platform CPU over metered CPU (>= 1): the share of the unmetered CPU.
+    pub overhead: f64,
+    pub calibration: Calibration,
+    pub run: RealRun,
+}
+
+/// Half the round trip of `PINGS` sequential health checks to a gRPC server
+/// of this process, after a warm-up; (p10, p50, p90) in µs.
+pub async fn one_way_latency() -> Result<[u64; 3], String> {
+    let port = crate::real::free_ports(1)[0];
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let status = health::Health::new("fafnir.calibrate.Ping").await;
+    status.set_serving().await;
+    let server = tonic::transport::Server::builder().add_service(status.server()).serve(addr);
+    let server = tokio::spawn(server);
+    let mut client = health::client(addr, Duration::from_secs(5));
+    let mut halves = Vec::with_capacity(PINGS);
+    for i in 0..PINGS * 2 {
+        let t0 = Instant::now();
+        health::check(&mut client, "").await.map_err(|e| format!("health check of the ping server: {e}"))?;
+        if i >= PINGS {
+            halves.push((t0.elapsed() / 2).as_micros() as u64);
+        }
+    }
+    server.abort();
+    halves.sort_unstable();
+    let at = |q: usize| halves[(halves.len() - 1) * q / 100].max(1);
+    Ok([at(10), at(50), at(90)])
+}
+
+/// The value at the end of the load phase (the last sample up to it) of
+/// every series of `name`, by the value of its `label`.
+fn last_by_label(run: &RealRun, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let end_s = run.summary.duration_ms.div_ceil(1_000);
+    let mut last: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for s in run.recorder.metrics.samples.iter().filter(|s| s.name == name && s.t_s <= end_s) {
+        if let Some(v) = s.labels.get(label) {
+            let e = last.entry(v.clone()).or_insert((s.t_s, s.value));
+            if s.t_s >= e.0 {
+                *e = (s.t_s, s.value);
+            }
+        }
+    }
+    last.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+/// Runs `scn` on an in-process platform that meters its CPU, measures the
+/// network, and makes the calibration.
+pub async fn calibrate(scn: &Scenario, seed: u64, nats: String, redis: String) -> Result<Measured, String> {
+    let one_way_us = one_way_latency().await?;
+    let mut scn = scn.clone();
+    scn.measure_cpu = true;
+    let target = Target { gateway: None, nats, redis, namespace: None };
+    let run = real_run::run(&scn, seed, target, "-".into(), "-".into(), None).await?;
+    let units = last_by_label(&run, WORK_UNITS, "work");
+    let cpu = last_by_label(&run, WORK_CPU_NANOS, "work");
+    let costs: Vec<WorkCost> = units
+        .iter()
+        .filter(|(_, n)| **n > 0.0)
+        .map(|(work, n)| WorkCost {
+            work: work.clone(),
+            units: *n as u64,
+            cpu_ns_per_unit: (cpu.get(work).copied().unwrap_or(0.0) / n) as u64,
+        })
+        .collect();
+    if costs.iter().all(|c| c.cpu_ns_per_unit == 0) {
+        return Err("no CPU time was metered: this build cannot read a thread's CPU clock".into());
+    }
+    let metered_s: f64 = cpu.values().sum::<f64>() / 1e9;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let overhead = platform_cpu_s(&run, cores).map_or(1.0, |platform| (platform / metered_s.max(1e-9)).max(1.0));
+    let calibration = make(&costs, one_way_us, overhead, cores, &scn, seed);
+    Ok(Measured { costs, one_way_us, overhead, calibration, run })
+}
+
+/// The CPU seconds the in-process platform's threads used over the load
+/// phase (from the run's CPU share).
+fn platform_cpu_s(run: &RealRun, cores: usize) -> Option<f64> {
+    let pct = run.summary.load_generator.cpu?.platform_pct?;
+    let load_s = run.summary.duration_ms as f64 / 1e3;
+    Some(f64::from(pct) / 100.0 * cores as f64 * load_s)
+}
+
+fn make(
+    costs: &[WorkCost],
+    one_way_us: [u64; 3],
+    overhead: f64,
+    cores: usize,
+    scn: &Scenario,
+    seed: u64,
+) -> Calibration {
+    let mut by_service: BTreeMap<String, Vec<&WorkCost>> = BTreeMap::new();
+    for c in costs {
+        let service = c.work.split('.').next().unwrap_or_default().to_string();
+        by_service.entry(service).or_default().push(c);
+    }
+    let us = |ns: f64| ((ns * overhead / 1e3).round() as u64).max(1);
+    let service_time = by_service
+        .into_iter()
+        .filter(|(s, _)| crate::scenario::SERVICES.contains(&s.as_str()))
+        .map(|(service, works)| {
+            let units: u64 = works.iter().map(|w| w.units).sum();
+            let total: f64 = works.iter().map(|w| w.cpu_ns_per_unit as f64 * w.units as f64).sum();
+            let handlers = works.iter().map(|w| (w.work.clone(), us(w.cpu_ns_per_unit as f64))).collect();
+            let st = RawServiceTime {
+                dist: "exp".into(),
+                us: vec![us(total / units.max(1) as f64)],
+                concurrency: cores,
+                handlers,
+            };
+            (service, st)
+        })
+        .collect();
+    let measured = BTreeMap::from([
+        ("by".into(), format!("fafnir calibrate (scenario {:?}, seed {seed})", scn.name)),
+        ("cores".into(), cores.to_string()),
+        ("one_way_latency_us".into(), format!("p10 {} p50 {} p90 {}", one_way_us[0], one_way_us[1], one_way_us[2])),
+        ("overhead".into(), format!("{overhead:.2} (platform CPU / metered handler CPU; folded into the times)")),
+        ("units".into(), costs.iter().map(|c| c.units).sum::<u64>().to_string()),
+    ]);
+    Calibration {
+        measured,
+        cores: Some(cores),
+        network: RawNetwork { latency_us: [one_way_us[0], one_way_us[2]], loss_ppm: 0 },
+        service_time,
+    }
+}
+
+/// The calibration as a file, with a header saying what it is.
+pub fn to_toml(c: &Calibration) -> String {
+    let body = toml::to_string(c).expect("a calibration serializes");
+    format!(
+        "# A service-time profile measured by `fafnir calibrate` on one machine: name it from a\n\
+         # scenario with calibration = \"<this file>\". Service times are exponential with the\n\
+         # measured mean CPU time per unit of work (µs); the network's range is the 10th to\n\
+         # 90th percentile of one message's latency through the gRPC stack over loopback.\n\n{body}"
+    )
+}
+
+/// A table of what was measured, for the terminal.
+pub fn table(m: &Measured) -> String {
+    let mut out = format!(
+        "  network: one-way latency p10 {} µs, p50 {} µs, p90 {} µs (gRPC over loopback)\n",
+        m.one_way_us[0], m.one_way_us[1], m.one_way_us[2]
+    );
+    out.push_str(&format!(
+        "  platform CPU / metered handler CPU: {:.2} (the rest is spread over the handlers)\n",
+        m.overhead
+    ));
+    out.push_str(&format!("  {:<26} {:>9} {:>16}\n", "work", "units", "CPU µs per unit"));
+    for c in &m.costs {
+        out.push_str(&format!("  {:<26} {:>9} {:>16.1}\n", c.work, c.units, c.cpu_ns_per_unit as f64 / 1e3));
+    }
+    out
+}

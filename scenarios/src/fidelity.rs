@@ -1,0 +1,222 @@
+//! `fafnir fidelity`: how well the simulation predicts the real platform.
+//! The same scenario and seed run in both worlds (the real one in this
+//! process, the simulated one by the simulated build's binary); per stage,
+//! p50 / p90 / p99 of both and their ratio, simulated over real, and, when
+//! asked, the capacity knee of both. A ratio within 0.8–1.25 is "within 25 %".
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+/// A ratio within this band of 1 counts as a match (0.8–1.25).
+pub const BAND: (f64, f64) = (0.8, 1.25);
+
+/// One stage in both worlds.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageFidelity {
+    pub stage: String,
+    pub count_sim: u64,
+    pub count_real: u64,
+    /// ns, by quantile name (p50, p90, p99).
+    pub sim_ns: BTreeMap<String, u64>,
+    pub real_ns: BTreeMap<String, u64>,
+    /// Simulated over real, by quantile name.
+    pub ratio: BTreeMap<String, f64>,
+}
+
+/// The capacity knee of both worlds (orders/s; None: no rate met the SLO).
+#[derive(Clone, Debug, Serialize)]
+pub struct Knees {
+    pub rates: Vec<u64>,
+    pub sim: Option<u64>,
+    pub real: Option<u64>,
+    pub ratio: Option<f64>,
+}
+
+/// What `fafnir fidelity` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fidelity {
+    pub scenario: String,
+    pub seed: u64,
+    pub calibration: Option<String>,
+    pub stages: Vec<StageFidelity>,
+    pub knees: Option<Knees>,
+    /// Stages whose p50 and p99 ratios are both within [`BAND`].
+    pub within_band: Vec<String>,
+    pub outside_band: Vec<String>,
+}
+
+const QUANTILES: [(&str, &str); 3] = [("p50", "p50_ns"), ("p90", "p90_ns"), ("p99", "p99_ns")];
+
+fn summary(dir: &Path) -> Result<serde_json::Value, String> {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Compares the run directories `sim` and `real`.
+pub fn compare(sim: &Path, real: &Path, knees: Option<Knees>, calibration: Option<String>) -> Result<Fidelity, String> {
+    let (s, r) = (summary(sim)?, summary(real)?);
+    let mut stages = Vec::new();
+    let (mut within_band, mut outside_band) = (Vec::new(), Vec::new());
+    let empty = serde_json::Map::new();
+    let stages_of = |v: &serde_json::Value| v["stages"].as_object().cloned().unwrap_or_else(|| empty.clone());
+    let (ss, rs) = (stages_of(&s), stages_of(&r));
+    for (stage, sv) in &ss {
+        let Some(rv) = rs.get(stage) else { continue };
+        let count = |v: &serde_json::Value| v["count"].as_u64().unwrap_or(0);
+        if count(sv) == 0 || count(rv) == 0 {
+            continue;
+        }
+        let mut f = StageFidelity {
+            stage: stage.clone(),
+            count_sim: count(sv),
+            count_real: count(rv),
+            sim_ns: BTreeMap::new(),
+            real_ns: BTreeMap::new(),
+            ratio: BTreeMap::new(),
+        };
+        for (q, field) in QUANTILES {
+            let (a, b) = (sv[field].as_u64().unwrap_or(0), rv[field].as_u64().unwrap_or(0));
+            f.sim_ns.insert(q.into(), a);
+            f.real_ns.insert(q.into(), b);
+            f.ratio.insert(q.into(), a as f64 / b.max(1) as f64);
+        }
+        let inside = |q: &str| f.ratio.get(q).is_some_and(|r| (BAND.0..=BAND.1).contains(r));
+        if inside("p50") && inside("p99") {
+            within_band.push(stage.clone());
+        } else {
+            outside_band.push(stage.clone());
+        }
+        stages.push(f);
+    }
+    Ok(Fidelity {
+        scenario: r["scenario"].as_str().unwrap_or_default().to_string(),
+        seed: r["seed"].as_u64().unwrap_or(0),
+        calibration,
+        stages,
+        knees,
+        within_band,
+        outside_band,
+    })
+}
+
+impl Fidelity {
+    /// The terminal table.
+    pub fn table(&self) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let mut out = format!(
+            "  {:<22} {:>19} {:>19} {:>19}\n  {:<22} {:>19} {:>19} {:>19}\n",
+            "stage (ms)", "p50", "p90", "p99", "", "sim / real  ratio", "sim / real  ratio", "sim / real  ratio"
+        );
+        for f in &self.stages {
+            out.push_str(&format!("  {:<22}", f.stage));
+            for (q, _) in QUANTILES {
+                out.push_str(&format!(" {:>7.3} /{:>7.3} {:>4.2}", ms(f.sim_ns[q]), ms(f.real_ns[q]), f.ratio[q]));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "  within 25 % at p50 and p99 (ratio {}-{}): {} of {} stages{}\n",
+            BAND.0,
+            BAND.1,
+            self.within_band.len(),
+            self.stages.len(),
+            if self.outside_band.is_empty() {
+                String::new()
+            } else {
+                format!("; outside: {}", self.outside_band.join(", "))
+            }
+        ));
+        if let Some(k) = &self.knees {
+            let show = |v: Option<u64>| v.map_or("none".to_string(), |v| format!("{v}/s"));
+            out.push_str(&format!(
+                "  capacity knee at rates {:?}: simulated {}, real {}{}\n",
+                k.rates,
+                show(k.sim),
+                show(k.real),
+                k.ratio.map_or(String::new(), |r| format!(" (ratio {r:.2})"))
+            ));
+        }
+        out
+    }
+}
+
+/// The simulated build's binary beside this one: `<target>/sim/release/fafnir`
+/// when this is `<target>/release/fafnir`.
+pub fn default_sim_bin() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("where this binary is: {e}"))?;
+    let target = exe.parent().and_then(Path::parent).ok_or("this binary is not in a target directory")?;
+    let bin = target.join("sim/release/fafnir");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "the simulated build's binary is not at {}: build it with `cargo sim build --release -p \
+             fafnir-scenarios --bin fafnir`, or name it with --sim-bin",
+            bin.display()
+        ))
+    }
+}
+
+/// Runs `bin args` to the end; fine whatever its exit code when it wrote
+/// its run directory (an SLO missed is a measurement), an error otherwise.
+pub fn run_quietly(bin: &Path, args: &[String]) -> Result<(), String> {
+    let out = Command::new(bin).args(args).output().map_err(|e| format!("{}: {e}", bin.display()))?;
+    match out.status.code() {
+        Some(0 | 3..=7) => Ok(()),
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
+            Err(format!(
+                "{} {} failed ({}): {}",
+                bin.display(),
+                args.join(" "),
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ))
+        }
+    }
+}
+
+fn knee_of(dir: &Path) -> Result<Option<u64>, String> {
+    let path = dir.join("capacity.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(v["knee_orders_per_s"].as_u64())
+}
+
+/// The capacity knee of both worlds: `fafnir capacity` of this binary (real,
+/// in-process) and of the simulated one, at `rates`, without the overload step.
+pub fn knees(
+    file: &Path,
+    sim_bin: &Path,
+    rates: &[u64],
+    step: std::time::Duration,
+    seed: u64,
+    calibration: Option<&Path>,
+    out: &Path,
+) -> Result<Knees, String> {
+    let rates_arg = rates.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let args = |dir: &Path| -> Vec<String> {
+        let mut a = vec!["capacity".into(), file.display().to_string(), "--rates".into(), rates_arg.clone()];
+        a.extend(["--step".into(), format!("{}ms", step.as_millis()), "--seed".into(), seed.to_string()]);
+        a.extend(["--no-overload".into(), "--out".into(), dir.display().to_string()]);
+        a
+    };
+    let (sim_dir, real_dir) = (out.join("capacity-sim"), out.join("capacity-real"));
+    let mut sim_args = args(&sim_dir);
+    if let Some(c) = calibration {
+        sim_args.extend(["--calibration".into(), c.display().to_string()]);
+    }
+    println!("  simulated capacity: {} {}", sim_bin.display(), sim_args.join(" "));
+    run_quietly(sim_bin, &sim_args)?;
+    let me = std::env::current_exe().map_err(|e| format!("where this binary is: {e}"))?;
+    println!("  real capacity: {} {}", me.display(), args(&real_dir).join(" "));
+    run_quietly(&me, &args(&real_dir))?;
+    let (sim, real) = (knee_of(&sim_dir)?, knee_of(&real_dir)?);
+    let ratio = sim.zip(real).map(|(s, r)| s as f64 / r.max(1) as f64);
+    Ok(Knees { rates: rates.to_vec(), sim, real, ratio })
+}
