@@ -112,6 +112,24 @@ pub struct PlatformConfig {
     /// catches it (a canary). Never set from a scenario file or the command line.
     /// None (always, outside tests) leaves every service's behaviour unchanged.
     pub planted_bug: Option<PlantedBug>,
+    /// Test-only: a known CPU cost to plant, so that the CPU-cost guard
+    /// (`ci/cpu-cost`) can show it catches a slowed handler. Never set from
+    /// a scenario file; None (always, outside that guard) leaves every
+    /// service's code path unchanged. Unlike a [`PlantedBug`] it changes no
+    /// behaviour, only the instructions spent.
+    pub planted_cost: Option<PlantedCost>,
+}
+
+/// Slowdowns the CPU-cost guard plants to show it notices one: each costs
+/// instructions on the order path and changes nothing else (every output,
+/// and the simulated time, stay the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedCost {
+    /// The engine lists its whole book (every resting order of the symbol)
+    /// after each input it matches and sums the resting quantity, as a
+    /// careless per-input gauge would: an O(n) scan per order, n the
+    /// symbol's resting orders.
+    BookScanPerOrder,
 }
 
 /// The bugs a canary test or a chaos sweep can plant. Each is a realistic
@@ -215,6 +233,7 @@ impl PlatformConfig {
             call_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
             planted_bug: None,
+            planted_cost: None,
         }
     }
 
