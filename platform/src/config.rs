@@ -115,6 +115,24 @@ pub struct PlatformConfig {
     /// Meter the CPU time of every handler's work (`telemetry::cpu_metered`):
     /// two reads of the thread's CPU clock per poll. Off except in `fafnir calibrate`.
     pub measure_cpu: bool,
+    /// Test-only: a known CPU cost to plant, so that the CPU-cost guard
+    /// (`ci/cpu-cost`) can show it catches a slowed handler. Never set from
+    /// a scenario file; None (always, outside that guard) leaves every
+    /// service's code path unchanged. Unlike a [`PlantedBug`] it changes no
+    /// behaviour, only the instructions spent.
+    pub planted_cost: Option<PlantedCost>,
+}
+
+/// Slowdowns the CPU-cost guard plants to show it notices one: each costs
+/// instructions on the order path and changes nothing else (every output,
+/// and the simulated time, stay the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedCost {
+    /// The engine lists its whole book (every resting order of the symbol)
+    /// after each input it matches and sums the resting quantity, as a
+    /// careless per-input gauge would: an O(n) scan per order, n the
+    /// symbol's resting orders.
+    BookScanPerOrder,
 }
 
 /// The bugs a canary test or a chaos sweep can plant. Each is a realistic
@@ -219,6 +237,7 @@ impl PlatformConfig {
             duplicate_window: Duration::from_secs(120),
             planted_bug: None,
             measure_cpu: false,
+            planted_cost: None,
         }
     }
 

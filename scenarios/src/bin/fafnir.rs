@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fafnir_platform::config::PlantedCost;
 
 #[derive(Parser)]
 #[command(
@@ -182,6 +183,15 @@ enum Command {
         /// Run every handler in zero simulated time (no service-time model).
         #[arg(long)]
         no_service_time: bool,
+        /// Orders placed first, away from the crossing price, that rest in
+        /// the books for the whole run (half a symbol): the book depth the
+        /// crossing orders are matched at.
+        #[arg(long, default_value_t = 0)]
+        resting: u64,
+        /// Test-only: plant a CPU cost (`book-scan`: the engine lists its
+        /// whole book after every input), for ci/cpu-cost to show it catches one.
+        #[arg(long, hide = true, value_parser = parse_planted_cost)]
+        plant_cost: Option<PlantedCost>,
     },
     /// Draw a run directory's plots and index.html again, or compare two runs.
     /// (`fafnir run` writes the report itself.)
@@ -376,6 +386,14 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "s" => Ok(std::time::Duration::from_secs(n)),
         "m" => Ok(std::time::Duration::from_secs(n * 60)),
         u => Err(format!("unknown unit {u:?}: use ms, s or m")),
+    }
+}
+
+/// `bench-sim --plant-cost` (test-only, for ci/cpu-cost).
+fn parse_planted_cost(text: &str) -> Result<PlantedCost, String> {
+    match text {
+        "book-scan" => Ok(PlantedCost::BookScanPerOrder),
+        _ => Err(format!("unknown planted cost {text:?}: the one there is is book-scan")),
     }
 }
 
@@ -919,23 +937,36 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Calibrate { .. }
         | Command::Fidelity { .. }
         | Command::Shrink { .. } => unreachable!("handled in main"),
-        Command::BenchSim { orders, clients, seed, no_service_time } => {
-            println!("bench-sim: seed {seed}, {orders} orders from {clients} client nodes");
-            let r = fafnir_scenarios::simbench::run(seed, orders, clients, !no_service_time);
+        Command::BenchSim { orders, clients, seed, no_service_time, resting, plant_cost } => {
+            let spec = fafnir_scenarios::simbench::BenchSpec {
+                seed,
+                orders,
+                clients,
+                service_time: !no_service_time,
+                resting,
+                planted_cost: plant_cost,
+            };
+            let rest = if resting > 0 { format!(" after {resting} resting ones") } else { String::new() };
+            let planted = if plant_cost.is_some() { " (planted cost: book-scan)" } else { "" };
+            println!("bench-sim: seed {seed}, {orders} orders{rest} from {clients} client nodes{planted}");
+            let r = fafnir_scenarios::simbench::run(&spec);
+            let all = r.orders + r.resting;
+            let placed = if r.resting > 0 { format!(" (and {} resting)", r.resting) } else { String::new() };
             println!(
-                "{} orders in {:.2} s wall, {:.3} s simulated: {:.0} orders per wall second, \
+                "{} orders{placed} in {:.2} s wall, {:.3} s simulated: {:.0} orders per wall second, \
                  {:.2} simulated s per wall s; {} network messages ({:.1} per order, {:.0} per wall s); \
                  trace hash {:016x}",
                 r.orders,
                 r.wall.as_secs_f64(),
                 r.simulated.as_secs_f64(),
-                r.orders_per_wall_second(),
+                all as f64 / r.wall.as_secs_f64(),
                 r.simulated_per_wall_second(),
                 r.messages,
-                r.messages as f64 / r.orders as f64,
+                r.messages as f64 / all as f64,
                 r.messages as f64 / r.wall.as_secs_f64(),
                 r.trace_hash
             );
+            println!("{} orders rest in the books at the end", r.book_orders);
             Ok(())
         }
     }

@@ -278,6 +278,9 @@ async fn run_symbol(
             let trace = m.trace_parent.as_deref().map(|t| trace::child(t, "engine"));
             let out = telemetry::hop("engine.match", m.trace_parent.as_deref()).in_scope(|| {
                 let out = books.lock().expect("books lock").get_mut(&symbol).expect("own symbol").apply(m.seq, &input);
+                if deps.cfg.planted_cost == Some(crate::config::PlantedCost::BookScanPerOrder) {
+                    planted_book_scan(books.lock().expect("books lock").get(&symbol).expect("own symbol"));
+                }
                 if let Some(t) = &trace {
                     let events = out.events.len();
                     tracing::debug!(trace_id = trace::trace_id(t), symbol, seq = m.seq, events, "engine: matched");
@@ -293,6 +296,14 @@ async fn run_symbol(
         md_behind |= !publish_outputs(&deps, outputs).await;
         next_seq = last_seq + 1;
     }
+}
+
+/// Planted cost [`crate::config::PlantedCost::BookScanPerOrder`]: the whole
+/// book listed and its resting quantity summed, once per input. The sum goes
+/// through `black_box`, so that the optimiser cannot drop the scan.
+fn planted_book_scan(matcher: &Matcher) {
+    let resting: i64 = matcher.book.resting_orders().iter().map(|&(.., remaining)| remaining.0).sum();
+    std::hint::black_box(resting);
 }
 
 /// Counts the fills among one input's events, and their notional in cents.
