@@ -64,6 +64,10 @@ impl Instant {
         d.checked_mul(DILATION).and_then(|r| self.0.checked_add(r)).map(Instant)
     }
 
+    pub fn checked_sub(&self, d: Duration) -> Option<Instant> {
+        d.checked_mul(DILATION).and_then(|r| self.0.checked_sub(r)).map(Instant)
+    }
+
     /// The runtime's instant, for an API that takes one.
     pub fn into_runtime(self) -> tokio::time::Instant {
         self.0

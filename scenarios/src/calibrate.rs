@@ -12,6 +12,10 @@
 //!   and Redis clients' background tasks), is spread over the handlers in
 //!   proportion (`overhead` in the file), so that their sum is what the
 //!   platform's threads used.
+//! - **Broker and Redis**: a publish's and a Redis command's mean latency as
+//!   the platform saw it (`fafnir_bus_publish_seconds`, single publishes, and
+//!   `fafnir_redis_call_seconds`), less the two network legs: what the
+//!   server itself took, modelled as `broker.publish` and `redis.command`.
 //! - **Network**: a gRPC health check over loopback, sequential, after a
 //!   warm-up: half its round trip is one message's latency, through the whole
 //!   gRPC stack of both ends; its 10th and 90th percentiles are the network
@@ -45,6 +49,9 @@ pub struct WorkCost {
 /// What `calibrate` measured, and the calibration made of it.
 pub struct Measured {
     pub costs: Vec<WorkCost>,
+    /// The broker's and Redis's own time per publish or command (not CPU:
+    /// latency less the network's legs).
+    pub servers: Vec<WorkCost>,
     /// One-way latency percentiles (p10, p50, p90), µs.
     pub one_way_us: [u64; 3],
     /// Platform CPU over metered CPU (>= 1): the share of the unmetered CPU.
@@ -81,16 +88,21 @@ pub async fn one_way_latency() -> Result<[u64; 3], String> {
 /// every series of `name`, by the value of its `label`.
 fn last_by_label(run: &RealRun, name: &str, label: &str) -> BTreeMap<String, f64> {
     let end_s = run.summary.duration_ms.div_ceil(1_000);
-    let mut last: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    // The last value of each series (a set of labels), then summed by `label`.
+    let mut last: BTreeMap<Vec<(&String, &String)>, (u64, f64)> = BTreeMap::new();
     for s in run.recorder.metrics.samples.iter().filter(|s| s.name == name && s.t_s <= end_s) {
-        if let Some(v) = s.labels.get(label) {
-            let e = last.entry(v.clone()).or_insert((s.t_s, s.value));
-            if s.t_s >= e.0 {
-                *e = (s.t_s, s.value);
-            }
+        let e = last.entry(s.labels.iter().collect()).or_insert((s.t_s, s.value));
+        if s.t_s >= e.0 {
+            *e = (s.t_s, s.value);
         }
     }
-    last.into_iter().map(|(k, (_, v))| (k, v)).collect()
+    let mut by: BTreeMap<String, f64> = BTreeMap::new();
+    for (labels, (_, v)) in last {
+        if let Some((_, value)) = labels.iter().find(|(k, _)| k.as_str() == label) {
+            *by.entry((*value).clone()).or_default() += v;
+        }
+    }
+    by
 }
 
 /// Runs `scn` on an in-process platform that meters its CPU, measures the
@@ -118,8 +130,33 @@ pub async fn calibrate(scn: &Scenario, seed: u64, nats: String, redis: String) -
     let metered_s: f64 = cpu.values().sum::<f64>() / 1e9;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let overhead = platform_cpu_s(&run, cores).map_or(1.0, |platform| (platform / metered_s.max(1e-9)).max(1.0));
-    let calibration = make(&costs, one_way_us, overhead, cores, &scn, seed);
-    Ok(Measured { costs, one_way_us, overhead, calibration, run })
+    let servers = server_costs(&run, one_way_us[1]);
+    let calibration = make(&costs, &servers, one_way_us, overhead, cores, &scn, seed);
+    Ok(Measured { costs, servers, one_way_us, overhead, calibration, run })
+}
+
+/// The broker's time per publish and Redis's per command: their mean latency
+/// less two one-way network legs (at least 1 µs).
+fn server_costs(run: &RealRun, one_way_us: u64) -> Vec<WorkCost> {
+    let mean = |name: &str, op: Option<&str>| -> Option<(u64, f64)> {
+        let sum_of = |suffix: &str| -> f64 {
+            let series = format!("{name}_{suffix}");
+            let by_op = last_by_label(run, &series, "op");
+            by_op.iter().filter(|(k, _)| op.is_none_or(|o| o == k.as_str())).map(|(_, v)| v).sum()
+        };
+        let (sum, count) = (sum_of("sum"), sum_of("count"));
+        (count > 0.0).then(|| (count as u64, sum / count * 1e9))
+    };
+    let mut out = Vec::new();
+    let legs_ns = 2.0 * one_way_us as f64 * 1e3;
+    let publish = mean(fafnir_platform::telemetry::BUS_PUBLISH_SECONDS, Some("publish"));
+    let redis = mean(fafnir_platform::telemetry::REDIS_CALL_SECONDS, None);
+    for (work, m) in [("broker.publish", publish), ("redis.command", redis)] {
+        if let Some((units, ns)) = m {
+            out.push(WorkCost { work: work.into(), units, cpu_ns_per_unit: (ns - legs_ns).max(1e3) as u64 });
+        }
+    }
+    out
 }
 
 /// The CPU seconds the in-process platform's threads used over the load
@@ -132,25 +169,28 @@ fn platform_cpu_s(run: &RealRun, cores: usize) -> Option<f64> {
 
 fn make(
     costs: &[WorkCost],
+    servers: &[WorkCost],
     one_way_us: [u64; 3],
     overhead: f64,
     cores: usize,
     scn: &Scenario,
     seed: u64,
 ) -> Calibration {
-    let mut by_service: BTreeMap<String, Vec<&WorkCost>> = BTreeMap::new();
-    for c in costs {
+    let mut by_service: BTreeMap<String, Vec<(&WorkCost, f64)>> = BTreeMap::new();
+    // The platform's unmetered CPU is spread over its handlers; the broker's
+    // and Redis's times are what they are.
+    for (c, scale) in costs.iter().map(|c| (c, overhead)).chain(servers.iter().map(|c| (c, 1.0))) {
         let service = c.work.split('.').next().unwrap_or_default().to_string();
-        by_service.entry(service).or_default().push(c);
+        by_service.entry(service).or_default().push((c, scale));
     }
-    let us = |ns: f64| ((ns * overhead / 1e3).round() as u64).max(1);
+    let us = |ns: f64| ((ns / 1e3).round() as u64).max(1);
     let service_time = by_service
         .into_iter()
         .filter(|(s, _)| crate::scenario::SERVICES.contains(&s.as_str()))
         .map(|(service, works)| {
-            let units: u64 = works.iter().map(|w| w.units).sum();
-            let total: f64 = works.iter().map(|w| w.cpu_ns_per_unit as f64 * w.units as f64).sum();
-            let handlers = works.iter().map(|w| (w.work.clone(), us(w.cpu_ns_per_unit as f64))).collect();
+            let units: u64 = works.iter().map(|(w, _)| w.units).sum();
+            let total: f64 = works.iter().map(|(w, s)| w.cpu_ns_per_unit as f64 * s * w.units as f64).sum();
+            let handlers = works.iter().map(|(w, s)| (w.work.clone(), us(w.cpu_ns_per_unit as f64 * s))).collect();
             let st = RawServiceTime {
                 dist: "exp".into(),
                 us: vec![us(total / units.max(1) as f64)],
@@ -199,6 +239,14 @@ pub fn table(m: &Measured) -> String {
     out.push_str(&format!("  {:<26} {:>9} {:>16}\n", "work", "units", "CPU µs per unit"));
     for c in &m.costs {
         out.push_str(&format!("  {:<26} {:>9} {:>16.1}\n", c.work, c.units, c.cpu_ns_per_unit as f64 / 1e3));
+    }
+    for c in &m.servers {
+        out.push_str(&format!(
+            "  {:<26} {:>9} {:>16.1}  (latency less the network's legs)\n",
+            c.work,
+            c.units,
+            c.cpu_ns_per_unit as f64 / 1e3
+        ));
     }
     out
 }

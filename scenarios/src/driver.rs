@@ -538,6 +538,10 @@ pub async fn run_agent(
     let mut intents = Vec::new();
     while next < end_us {
         let intended = t0 + Duration::from_micros(next);
+        // For real, finer than tokio's 1 ms timer wheel (see `precise`).
+        #[cfg(not(madsim))]
+        crate::precise::sleep_until(intended).await;
+        #[cfg(madsim)]
         fafnir_platform::time::sleep_until(intended).await;
         let lag = Instant::now().saturating_duration_since(intended).as_nanos().max(1) as u64;
         rec.lock().expect("recorder").send_lag.saturating_record(lag);

@@ -43,6 +43,8 @@ pub mod hostile_calls;
 pub mod observe;
 #[cfg(all(feature = "otlp", not(madsim)))]
 pub mod otlp;
+#[cfg(not(madsim))]
+pub mod precise;
 pub mod progress;
 #[cfg(not(madsim))]
 pub mod real;

@@ -214,7 +214,9 @@ pub struct Scenario {
     pub measure_cpu: bool,
 }
 
-pub const SERVICES: [&str; 6] = ["gateway", "auth", "market", "orders", "engine", "portfolio"];
+/// What a `[service_time.<name>]` may model: the services, and the broker
+/// and Redis (whose times a calibration measures; they take none otherwise).
+pub const SERVICES: [&str; 8] = ["gateway", "auth", "market", "orders", "engine", "portfolio", "broker", "redis"];
 
 /// The error budget of a scenario that names none: 1 % of requests.
 pub const DEFAULT_ERROR_BUDGET_PPM: u32 = 10_000;

@@ -47,6 +47,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fafnir_platform::calls::{Calls, Unanswered};
 use fafnir_platform::kv::{Kv, KvError};
+use fafnir_platform::services::ServiceTime;
 use madsim::net::{Endpoint, Receiver, Sender};
 use madsim::task::NodeId;
 
@@ -76,6 +77,12 @@ const HSET_ARITY: &str = "ERR wrong number of arguments for 'hmset' command";
 /// HSET or HINCRBY that succeeded) is recorded into `trace` under [`TRACE_KIND`],
 /// in the order the server applies them.
 pub async fn serve(addr: SocketAddr, trace: Trace) {
+    serve_modelled(addr, trace, None).await;
+}
+
+/// [`serve`], each command taking the modelled processing time of
+/// `redis.command` first (a calibration's `[service_time.redis]`).
+pub async fn serve_modelled(addr: SocketAddr, trace: Trace, service_time: Option<Arc<dyn ServiceTime>>) {
     let endpoint = bind(addr).await;
     // Created here, in the node's task, so that a crash (which drops the task) loses it.
     let store = Arc::new(Mutex::new(Store::default()));
@@ -84,7 +91,7 @@ pub async fn serve(addr: SocketAddr, trace: Trace) {
         let (tx, rx, peer) =
             endpoint.accept1().await.unwrap_or_else(|e| panic!("simulated redis at {addr} stopped accepting: {e}"));
         tracing::trace!(%addr, %peer, "kv connection");
-        tokio::spawn(serve_connection(tx, rx, store.clone(), trace.clone()));
+        tokio::spawn(serve_connection(tx, rx, store.clone(), trace.clone(), service_time.clone()));
     }
 }
 
@@ -105,9 +112,18 @@ async fn bind(addr: SocketAddr) -> Endpoint {
 }
 
 /// Applies one connection's requests in order, replying to each, until the client goes away.
-async fn serve_connection(tx: Sender, mut rx: Receiver, store: Arc<Mutex<Store>>, trace: Trace) {
+async fn serve_connection(
+    tx: Sender,
+    mut rx: Receiver,
+    store: Arc<Mutex<Store>>,
+    trace: Trace,
+    service_time: Option<Arc<dyn ServiceTime>>,
+) {
     while let Ok(payload) = rx.recv().await {
         let Request { id, command } = *payload.downcast::<Request>().expect("a kv connection carries only kv requests");
+        if let Some(model) = &service_time {
+            model.process("redis.command").await;
+        }
         let reply = lock(&store).apply(command, &trace);
         if tx.send(Box::new(Response { id, reply })).await.is_err() {
             return;

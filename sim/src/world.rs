@@ -185,27 +185,40 @@ impl World {
             }
             lost
         })));
+        let cores = spec.cores.map(Cores::new);
+        // The broker's and Redis's own processing time, when the spec models
+        // it (a calibration does; otherwise they answer in no time).
+        let server_model = |name: &str| {
+            let model = spec.service_time.get(name).cloned().map(|m| ServiceModel { cores: cores.clone(), ..m });
+            let root_seed = spec.root_seed;
+            let name = name.to_string();
+            move || -> Option<Arc<dyn fafnir_platform::services::ServiceTime>> {
+                let model = model.clone()?;
+                Some(Arc::new(Modelled::new(model, root_seed, &name, SlowKnob::default())))
+            }
+        };
         let disk = BrokerDisk::default();
         let broker_disk = disk.clone();
-        let (broker_trace, broker_loss) = (trace.clone(), reply_loss.clone());
+        let (broker_trace, broker_loss, broker_model) = (trace.clone(), reply_loss.clone(), server_model("broker"));
         let node = handle
             .create_node()
             .name("broker")
             .ip(BROKER.ip())
-            .init(move || broker::serve_with(BROKER, disk.clone(), broker_trace.clone(), broker_loss.clone()))
+            .init(move || {
+                broker::serve_modelled(BROKER, disk.clone(), broker_trace.clone(), broker_loss.clone(), broker_model())
+            })
             .build();
         nodes.insert("broker".to_string(), node.id());
 
-        let redis_trace = trace.clone();
+        let (redis_trace, redis_model) = (trace.clone(), server_model("redis"));
         let node = handle
             .create_node()
             .name("redis")
             .ip(REDIS.ip())
-            .init(move || redis::serve(REDIS, redis_trace.clone()))
+            .init(move || redis::serve_modelled(REDIS, redis_trace.clone(), redis_model()))
             .build();
         nodes.insert("redis".to_string(), node.id());
 
-        let cores = spec.cores.map(Cores::new);
         for kind in ServiceKind::ALL {
             let shards = if kind == ServiceKind::Engine { cfg.engine_shards.len() } else { 1 };
             for shard in 0..shards {

@@ -1576,6 +1576,7 @@ fn calibrate_command(
 }
 
 /// The options of `fafnir fidelity` past the scenario and the real target.
+#[cfg_attr(madsim, allow(dead_code))]
 struct FidelityArgs {
     calibration: Option<std::path::PathBuf>,
     seed: Option<u64>,

@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex};
 use fafnir_platform::time::Instant;
 
 pub use client::SimBus;
-pub use server::{serve, serve_with};
+pub use server::{serve, serve_modelled, serve_with};
 pub use store::CONSUMER_SAVE_EVERY;
 
 /// What survives a broker restart: file-storage streams (messages, the Msg-Id dedupe

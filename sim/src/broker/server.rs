@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use fafnir_platform::bus::{subject_matches, AckToken, BusError, PubAck, Publish, StoredMsg};
+use fafnir_platform::services::ServiceTime;
 use fafnir_platform::time::{sleep_until, Instant};
 use madsim::net::{Endpoint, Receiver, Sender};
 use tokio::sync::{mpsc, Notify};
@@ -28,6 +29,19 @@ pub async fn serve(addr: SocketAddr, disk: BrokerDisk, trace: Trace) {
 
 /// [`serve`], dropping the replies `loss` says are lost (the `reply_lost` fault).
 pub async fn serve_with(addr: SocketAddr, disk: BrokerDisk, trace: Trace, loss: ReplyLoss) {
+    serve_modelled(addr, disk, trace, loss, None).await;
+}
+
+/// [`serve_with`], each publish (or pipelined batch) taking the modelled
+/// processing time of `broker.publish` first (a calibration's `[service_time.broker]`), so that
+/// a publish is acknowledged, and delivered, only after it.
+pub async fn serve_modelled(
+    addr: SocketAddr,
+    disk: BrokerDisk,
+    trace: Trace,
+    loss: ReplyLoss,
+    service_time: Option<Arc<dyn ServiceTime>>,
+) {
     // What a process start finds on its disk: file streams, and their
     // consumers as last saved (see `Store::start`).
     let incarnation = disk.lock().start(super::now());
@@ -45,7 +59,8 @@ pub async fn serve_with(addr: SocketAddr, disk: BrokerDisk, trace: Trace, loss: 
         Err(e) => panic!("broker: cannot listen on {addr}: {e}"),
     };
     tracing::debug!(%addr, "broker listening");
-    let broker = Arc::new(Broker { disk, trace, loss, changed: Mutex::default(), tails: Mutex::default() });
+    let broker =
+        Arc::new(Broker { disk, trace, loss, service_time, changed: Mutex::default(), tails: Mutex::default() });
     loop {
         match endpoint.accept1().await {
             Ok((tx, rx, peer)) => {
@@ -85,6 +100,8 @@ struct Broker {
     trace: Trace,
     /// Drops replies while the `reply_lost` fault is in force.
     loss: ReplyLoss,
+    /// The modelled time of each publish (None: none).
+    service_time: Option<Arc<dyn ServiceTime>>,
     /// Per stream: notified when something a waiting fetch or read may want changes.
     changed: Mutex<BTreeMap<String, Arc<Notify>>>,
     /// Open tails by id, each with the channel its connection task forwards.
@@ -147,6 +164,12 @@ impl Broker {
                 Request::Settle { token, how } => self.settle(&token, how),
                 Request::AckMany(tokens) => tokens.iter().for_each(|token| self.settle(token, Settle::Ack)),
                 other => {
+                    // A batch is pipelined on one connection, as a NATS
+                    // client's publishes are: it costs the broker one unit.
+                    if let (Some(model), Request::Publish(_) | Request::PublishBatch(_)) = (&self.service_time, &other)
+                    {
+                        model.process("broker.publish").await;
+                    }
                     let reply = self.handle(other);
                     self.reply(&tx, id, reply).await;
                 }
