@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! tolerance_pct = 10   # a percentile may grow this much ...
-//! slack_ms = 2         # ... plus this, before it counts as a regression
+//! slack_us = 100       # ... plus this, before it counts as a regression
 //!
 //! [[run]]
 //! scenario = "scenarios/baseline.toml"
@@ -14,6 +14,7 @@
 //! duration_ms = 5000   # optional: shorten the scenario's load
 //! noise_rate_per_s = 500   # optional: a capacity step (the noise traders scaled to
 //!                          # this many decisions a second, about 340 orders a second here)
+//! calibration = "calibration/baseline.toml"   # optional: `fafnir run --calibration`
 //! [run.percentiles]    # written by `fafnir ci bless`, in ns
 //! "submit_to_ack.p99" = 79167487
 //! ```
@@ -34,10 +35,10 @@ pub const TRACKED: [&str; 3] = ["p50", "p99", "p999"];
 pub struct Baselines {
     /// How much (percent) a percentile may grow before it is a regression.
     pub tolerance_pct: u32,
-    /// Absolute slack (ms) on top of the tolerance, so that tiny values
-    /// (a few simulated ms) do not fail on one message's worth of change.
+    /// Absolute slack (µs) on top of the tolerance, so that tiny values
+    /// (tens of simulated µs) do not fail on one message's worth of change.
     #[serde(default)]
-    pub slack_ms: u64,
+    pub slack_us: u64,
     #[serde(rename = "run")]
     pub runs: Vec<BaselineRun>,
 }
@@ -60,6 +61,10 @@ pub struct BaselineRun {
     /// Per-run override of the file's tolerance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance_pct: Option<u32>,
+    /// A calibration file (relative to the repository root) in place of the
+    /// scenario's network and service times, as `fafnir run --calibration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
     /// "<stage>.<quantile>" -> nanoseconds.
     #[serde(default)]
     pub percentiles: BTreeMap<String, u64>,
@@ -69,10 +74,14 @@ impl BaselineRun {
     /// "baseline.toml seed 1".
     pub fn label(&self) -> String {
         let file = self.scenario.rsplit('/').next().unwrap_or(&self.scenario);
-        match self.noise_rate_per_s {
+        let mut label = match self.noise_rate_per_s {
             Some(rate) => format!("{file} seed {} at {rate} noise decisions/s", self.seed),
             None => format!("{file} seed {}", self.seed),
+        };
+        if let Some(c) = &self.calibration {
+            label.push_str(&format!(" calibrated by {}", c.rsplit('/').next().unwrap_or(c)));
         }
+        label
     }
 }
 
@@ -128,7 +137,9 @@ pub fn run_all(
     let mut out = Vec::new();
     for run in &baselines.runs {
         let duration = run.duration_ms.map(std::time::Duration::from_millis);
-        let (mut scn, hash, rerun) = crate::run::load(&root.join(&run.scenario), Some(run.seed), duration)?;
+        let calibration = run.calibration.as_ref().map(|c| root.join(c));
+        let (mut scn, hash, rerun) =
+            crate::run::load_calibrated(&root.join(&run.scenario), Some(run.seed), duration, calibration.as_deref())?;
         if let Some(rate) = run.noise_rate_per_s {
             crate::capacity::check(&scn).map_err(|e| format!("{}: {e}", run.label()))?;
             scn = crate::capacity::scaled(&scn, rate, scn.duration).map_err(|e| format!("{}: {e}", run.label()))?;
@@ -218,7 +229,7 @@ impl Check {
 /// Compares each run's measurements with its baseline.
 pub fn check(baselines: &Baselines, measured: &[Summary]) -> Check {
     let mut c = Check::default();
-    let slack_ns = baselines.slack_ms * 1_000_000;
+    let slack_ns = baselines.slack_us * 1_000;
     for (run, m) in baselines.runs.iter().zip(measured) {
         let label = run.label();
         if let Some(why) = &m.stopped {
@@ -244,11 +255,11 @@ pub fn check(baselines: &Baselines, measured: &[Summary]) -> Check {
             let row = Row { run: label.clone(), key: key.clone(), baseline_ns: *base, measured_ns, limit_ns };
             if row.regressed() {
                 c.failures.push(format!(
-                    "{label}: {key} regressed: {:.3} ms, baseline {:.3} ms, limit {:.3} ms (+{tolerance}% +{} ms)",
+                    "{label}: {key} regressed: {:.3} ms, baseline {:.3} ms, limit {:.3} ms (+{tolerance}% +{} µs)",
                     measured_ns as f64 / 1e6,
                     *base as f64 / 1e6,
                     limit_ns as f64 / 1e6,
-                    baselines.slack_ms
+                    baselines.slack_us
                 ));
             } else if measured_ns + measured_ns * tolerance / 100 + slack_ns < *base {
                 c.notes.push(format!("{label}: {key} improved beyond the tolerance; `fafnir ci bless` tightens it"));
@@ -304,7 +315,7 @@ mod tests {
     }
 
     fn file() -> Baselines {
-        Baselines::parse("tolerance_pct = 10\nslack_ms = 1\n[[run]]\nscenario = \"scenarios/a.toml\"\nseed = 3\n")
+        Baselines::parse("tolerance_pct = 10\nslack_us = 1000\n[[run]]\nscenario = \"scenarios/a.toml\"\nseed = 3\n")
             .unwrap()
     }
 

@@ -16,6 +16,9 @@
 //!   the platform saw it (`fafnir_bus_publish_seconds`, single publishes, and
 //!   `fafnir_redis_call_seconds`), less the two network legs: what the
 //!   server itself took, modelled as `broker.publish` and `redis.command`.
+//! - **Load generator**: its CPU per request (its threads' share of the
+//!   machine over the load phase), which the simulation spends on the same
+//!   cores before each request, as the real one competes for them.
 //! - **Network**: a gRPC health check over loopback, sequential, after a
 //!   warm-up: half its round trip is one message's latency, through the whole
 //!   gRPC stack of both ends; its 10th and 90th percentiles are the network
@@ -129,10 +132,25 @@ pub async fn calibrate(scn: &Scenario, seed: u64, nats: String, redis: String) -
     }
     let metered_s: f64 = cpu.values().sum::<f64>() / 1e9;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let overhead = platform_cpu_s(&run, cores).map_or(1.0, |platform| (platform / metered_s.max(1e-9)).max(1.0));
-    let servers = server_costs(&run, one_way_us[1]);
+    let overhead = platform_cpu_s(&run).map_or(1.0, |platform| (platform / metered_s.max(1e-9)).max(1.0));
+    let mut servers = server_costs(&run, one_way_us[1]);
+    servers.extend(loadgen_cost(&run));
     let calibration = make(&costs, &servers, one_way_us, overhead, cores, &scn, seed);
     Ok(Measured { costs, servers, one_way_us, overhead, calibration, run })
+}
+
+/// The load generator's CPU per request (submit or cancel): it shares the
+/// machine's cores with the platform, and at high rates takes a good part of them.
+fn loadgen_cost(run: &RealRun) -> Option<WorkCost> {
+    let cpu_ms = run.summary.load_generator.cpu?.load_generator_cpu_ms;
+    let c = &run.summary.counts;
+    let requests = c.submitted + c.cancels;
+    let cpu_ns = cpu_ms as f64 * 1e6;
+    (requests > 0 && cpu_ms > 0).then(|| WorkCost {
+        work: "loadgen.request".into(),
+        units: requests,
+        cpu_ns_per_unit: (cpu_ns / requests as f64) as u64,
+    })
 }
 
 /// The broker's time per publish and Redis's per command: their mean latency
@@ -161,10 +179,8 @@ fn server_costs(run: &RealRun, one_way_us: u64) -> Vec<WorkCost> {
 
 /// The CPU seconds the in-process platform's threads used over the load
 /// phase (from the run's CPU share).
-fn platform_cpu_s(run: &RealRun, cores: usize) -> Option<f64> {
-    let pct = run.summary.load_generator.cpu?.platform_pct?;
-    let load_s = run.summary.duration_ms as f64 / 1e3;
-    Some(f64::from(pct) / 100.0 * cores as f64 * load_s)
+fn platform_cpu_s(run: &RealRun) -> Option<f64> {
+    Some(run.summary.load_generator.cpu?.platform_cpu_ms? as f64 / 1e3)
 }
 
 fn make(
@@ -241,12 +257,8 @@ pub fn table(m: &Measured) -> String {
         out.push_str(&format!("  {:<26} {:>9} {:>16.1}\n", c.work, c.units, c.cpu_ns_per_unit as f64 / 1e3));
     }
     for c in &m.servers {
-        out.push_str(&format!(
-            "  {:<26} {:>9} {:>16.1}  (latency less the network's legs)\n",
-            c.work,
-            c.units,
-            c.cpu_ns_per_unit as f64 / 1e3
-        ));
+        let what = if c.work.starts_with("loadgen") { "CPU" } else { "latency less the network's legs" };
+        out.push_str(&format!("  {:<26} {:>9} {:>16.1}  ({what})\n", c.work, c.units, c.cpu_ns_per_unit as f64 / 1e3));
     }
     out
 }

@@ -114,6 +114,9 @@ pub struct CpuShare {
     pub load_generator_pct: u32,
     /// The in-process platform's (None: the platform runs elsewhere, --gateway).
     pub platform_pct: Option<u32>,
+    /// The same, as CPU time (ms) over the load phase.
+    pub load_generator_cpu_ms: u64,
+    pub platform_cpu_ms: Option<u64>,
 }
 
 impl Recorder {
@@ -602,7 +605,35 @@ impl Drop for InFlight {
     }
 }
 
+#[cfg(madsim)]
+thread_local! {
+    /// The load generator's modelled time per request in the simulated world
+    /// on this thread (see `World::loadgen`); None: it takes none.
+    static LOADGEN_TIME: std::cell::RefCell<Option<Arc<dyn fafnir_platform::services::ServiceTime>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Sets (or clears) the load generator's modelled time per request for the
+/// simulation on this thread.
+#[cfg(madsim)]
+pub fn set_loadgen_time(model: Option<Arc<dyn fafnir_platform::services::ServiceTime>>) {
+    LOADGEN_TIME.with(|m| *m.borrow_mut() = model);
+}
+
+/// The load generator's own work for one request: its modelled time in
+/// simulation (it shares the machine's cores with the platform for real).
+async fn loadgen_work() {
+    #[cfg(madsim)]
+    {
+        let model = LOADGEN_TIME.with(|m| m.borrow().clone());
+        if let Some(model) = model {
+            model.process("loadgen.request").await;
+        }
+    }
+}
+
 async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Recorder>>, intended: Instant) {
+    loadgen_work().await;
     match intent {
         Intent::Submit { tag, symbol, side, kind, price_cents, qty } => {
             let coid = format!("t{tag}");

@@ -26,13 +26,24 @@ pub struct StageFidelity {
     pub ratio: BTreeMap<String, f64>,
 }
 
-/// The capacity knee of both worlds (orders/s; None: no rate met the SLO).
+/// The capacity knee of both worlds (orders/s; None: no rate met the SLO),
+/// and every step's stages side by side.
 #[derive(Clone, Debug, Serialize)]
 pub struct Knees {
     pub rates: Vec<u64>,
     pub sim: Option<u64>,
     pub real: Option<u64>,
     pub ratio: Option<f64>,
+    pub steps: Vec<StepFidelity>,
+}
+
+/// One capacity step (an offered rate) in both worlds.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepFidelity {
+    pub target_per_s: u64,
+    pub achieved_sim: u64,
+    pub achieved_real: u64,
+    pub stages: Vec<StageFidelity>,
 }
 
 /// What `fafnir fidelity` found.
@@ -59,12 +70,29 @@ fn summary(dir: &Path) -> Result<serde_json::Value, String> {
 /// Compares the run directories `sim` and `real`.
 pub fn compare(sim: &Path, real: &Path, knees: Option<Knees>, calibration: Option<String>) -> Result<Fidelity, String> {
     let (s, r) = (summary(sim)?, summary(real)?);
+    let stages = compare_stages(&s["stages"], &r["stages"]);
+    let inside = |f: &StageFidelity, q: &str| f.ratio.get(q).is_some_and(|r| (BAND.0..=BAND.1).contains(r));
+    let (within, outside): (Vec<&StageFidelity>, Vec<&StageFidelity>) =
+        stages.iter().partition(|f| inside(f, "p50") && inside(f, "p99"));
+    let name = |v: Vec<&StageFidelity>| v.into_iter().map(|f| f.stage.clone()).collect();
+    let (within_band, outside_band) = (name(within), name(outside));
+    Ok(Fidelity {
+        scenario: r["scenario"].as_str().unwrap_or_default().to_string(),
+        seed: r["seed"].as_u64().unwrap_or(0),
+        calibration,
+        stages,
+        knees,
+        within_band,
+        outside_band,
+    })
+}
+
+/// The stages both `stages` objects (summary.json's, or a capacity step's) have samples of.
+fn compare_stages(sim: &serde_json::Value, real: &serde_json::Value) -> Vec<StageFidelity> {
     let mut stages = Vec::new();
-    let (mut within_band, mut outside_band) = (Vec::new(), Vec::new());
     let empty = serde_json::Map::new();
-    let stages_of = |v: &serde_json::Value| v["stages"].as_object().cloned().unwrap_or_else(|| empty.clone());
-    let (ss, rs) = (stages_of(&s), stages_of(&r));
-    for (stage, sv) in &ss {
+    let (ss, rs) = (sim.as_object().unwrap_or(&empty), real.as_object().unwrap_or(&empty));
+    for (stage, sv) in ss {
         let Some(rv) = rs.get(stage) else { continue };
         let count = |v: &serde_json::Value| v["count"].as_u64().unwrap_or(0);
         if count(sv) == 0 || count(rv) == 0 {
@@ -84,23 +112,9 @@ pub fn compare(sim: &Path, real: &Path, knees: Option<Knees>, calibration: Optio
             f.real_ns.insert(q.into(), b);
             f.ratio.insert(q.into(), a as f64 / b.max(1) as f64);
         }
-        let inside = |q: &str| f.ratio.get(q).is_some_and(|r| (BAND.0..=BAND.1).contains(r));
-        if inside("p50") && inside("p99") {
-            within_band.push(stage.clone());
-        } else {
-            outside_band.push(stage.clone());
-        }
         stages.push(f);
     }
-    Ok(Fidelity {
-        scenario: r["scenario"].as_str().unwrap_or_default().to_string(),
-        seed: r["seed"].as_u64().unwrap_or(0),
-        calibration,
-        stages,
-        knees,
-        within_band,
-        outside_band,
-    })
+    stages
 }
 
 impl Fidelity {
@@ -139,6 +153,16 @@ impl Fidelity {
                 show(k.real),
                 k.ratio.map_or(String::new(), |r| format!(" (ratio {r:.2})"))
             ));
+            for step in &k.steps {
+                out.push_str(&format!(
+                    "    {:>6}/s offered (achieved sim {}/s, real {}/s), p50 / p99 ratio:",
+                    step.target_per_s, step.achieved_sim, step.achieved_real
+                ));
+                for f in step.stages.iter().filter(|f| !f.stage.starts_with("submit_to_f")) {
+                    out.push_str(&format!(" {} {:.2} / {:.2};", f.stage, f.ratio["p50"], f.ratio["p99"]));
+                }
+                out.push('\n');
+            }
         }
         out
     }
@@ -181,11 +205,10 @@ pub fn run_quietly(bin: &Path, args: &[String]) -> Result<(), String> {
     }
 }
 
-fn knee_of(dir: &Path) -> Result<Option<u64>, String> {
+fn capacity_json(dir: &Path) -> Result<serde_json::Value, String> {
     let path = dir.join("capacity.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(v["knee_orders_per_s"].as_u64())
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The capacity knee of both worlds: `fafnir capacity` of this binary (real,
@@ -216,7 +239,23 @@ pub fn knees(
     let me = std::env::current_exe().map_err(|e| format!("where this binary is: {e}"))?;
     println!("  real capacity: {} {}", me.display(), args(&real_dir).join(" "));
     run_quietly(&me, &args(&real_dir))?;
-    let (sim, real) = (knee_of(&sim_dir)?, knee_of(&real_dir)?);
+    let (s, r) = (capacity_json(&sim_dir)?, capacity_json(&real_dir)?);
+    let (sim, real) = (s["knee_orders_per_s"].as_u64(), r["knee_orders_per_s"].as_u64());
     let ratio = sim.zip(real).map(|(s, r)| s as f64 / r.max(1) as f64);
-    Ok(Knees { rates: rates.to_vec(), sim, real, ratio })
+    let none = Vec::new();
+    let (ss, rs) = (s["steps"].as_array().unwrap_or(&none), r["steps"].as_array().unwrap_or(&none));
+    let steps = ss
+        .iter()
+        .filter_map(|a| {
+            let target = a["target_per_s"].as_u64()?;
+            let b = rs.iter().find(|b| b["target_per_s"].as_u64() == Some(target))?;
+            Some(StepFidelity {
+                target_per_s: target,
+                achieved_sim: a["achieved_per_s"].as_u64().unwrap_or(0),
+                achieved_real: b["achieved_per_s"].as_u64().unwrap_or(0),
+                stages: compare_stages(&a["stages"], &b["stages"]),
+            })
+        })
+        .collect();
+    Ok(Knees { rates: rates.to_vec(), sim, real, ratio, steps })
 }

@@ -219,7 +219,13 @@ impl CpuMeter {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let wall_ms = (self.at.elapsed().as_millis() as u64).max(1);
         let pct = |ticks: u64| (ticks * 10 * 100 / (wall_ms * cores)) as u32;
-        crate::driver::CpuShare { load_generator_pct: pct(rest), platform_pct: platform.map(pct) }
+        // Clock ticks are 10 ms (USER_HZ 100).
+        crate::driver::CpuShare {
+            load_generator_pct: pct(rest),
+            platform_pct: platform.map(pct),
+            load_generator_cpu_ms: rest * 10,
+            platform_cpu_ms: platform.map(|t| t * 10),
+        }
     }
 }
 

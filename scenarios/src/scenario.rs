@@ -122,10 +122,25 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// `path` as given when it exists or is absolute; else the first directory
+    /// above the working one that has it (a test runs in its crate's directory,
+    /// and a scenario names `calibration/...` from the repository root).
+    fn find(path: &str) -> std::path::PathBuf {
+        let given = std::path::PathBuf::from(path);
+        if given.exists() || given.is_absolute() {
+            return given;
+        }
+        let cwd = std::env::current_dir().unwrap_or_default();
+        cwd.ancestors().map(|dir| dir.join(path)).find(|p| p.is_file()).unwrap_or(given)
+    }
+
     /// Reads and checks a calibration file; errors name the file and the field.
     pub fn load(path: &str) -> Result<Calibration, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!("calibration: cannot read {path:?}: {e} (a path relative to where fafnir runs, or absolute)")
+        let text = std::fs::read_to_string(Calibration::find(path)).map_err(|e| {
+            format!(
+                "calibration: cannot read {path:?}: {e} (a path relative to where fafnir runs or a directory \
+                 above it, or absolute)"
+            )
         })?;
         let cal: Calibration =
             toml::from_str(&text).map_err(|e| format!("calibration {path:?}: {}", e.to_string().trim_end()))?;
@@ -214,9 +229,11 @@ pub struct Scenario {
     pub measure_cpu: bool,
 }
 
-/// What a `[service_time.<name>]` may model: the services, and the broker
-/// and Redis (whose times a calibration measures; they take none otherwise).
-pub const SERVICES: [&str; 8] = ["gateway", "auth", "market", "orders", "engine", "portfolio", "broker", "redis"];
+/// What a `[service_time.<name>]` may model: the services, the broker and
+/// Redis, and the load generator (whose times a calibration measures; they
+/// take none otherwise).
+pub const SERVICES: [&str; 9] =
+    ["gateway", "auth", "market", "orders", "engine", "portfolio", "broker", "redis", "loadgen"];
 
 /// The error budget of a scenario that names none: 1 % of requests.
 pub const DEFAULT_ERROR_BUDGET_PPM: u32 = 10_000;

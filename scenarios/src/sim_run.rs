@@ -121,6 +121,7 @@ fn run_observed(
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let world = Arc::new(World::build(world_spec(&scn_, seed)));
+            crate::driver::set_loadgen_time(world.loadgen.clone());
             let schedule = FaultSchedule { faults: scn_.faults.clone() };
             schedule.validate(&world.node_names()).map_err(|e| format!("fault: {e}"))?;
             let driver_node = world.client_node("driver");
@@ -131,6 +132,7 @@ fn run_observed(
             let trace_hash = format!("{:016x}", world.trace.hash());
             // Every task of the world dropped before the runtime is (a sweep runs world after world).
             world.tear_down();
+            crate::driver::set_loadgen_time(None);
             fafnir_platform::time::sleep(Duration::from_millis(1)).await;
             let outcome = outcome.map_err(|e| run::Stopped::Crash(format!("the driver crashed: {e}")));
             Ok((outcome.and_then(|r| r), trace_hash))

@@ -39,13 +39,14 @@ mod sim {
         let (mut scn, _, _) = run::load(&path, Some(4), Some(std::time::Duration::from_secs(3))).unwrap();
         let file = Baselines {
             tolerance_pct: 10,
-            slack_ms: 2,
+            slack_us: 100,
             runs: vec![BaselineRun {
                 scenario: "scenarios/baseline.toml".into(),
                 seed: 4,
                 duration_ms: Some(3_000),
                 noise_rate_per_s: None,
                 tolerance_pct: None,
+                calibration: None,
                 percentiles: Default::default(),
             }],
         };

@@ -144,6 +144,10 @@ pub struct World {
     pub nodes: BTreeMap<String, NodeId>,
     pub network: NetworkModel,
     pub clock: SimClock,
+    /// The load generator's own processing time per request, on the
+    /// platform's cores, when the spec models it (`[service_time.loadgen]`,
+    /// a calibration's: the real load generator shares the machine).
+    pub loadgen: Option<Arc<dyn fafnir_platform::services::ServiceTime>>,
     slow: BTreeMap<String, SlowKnob>,
     next_client: std::sync::atomic::AtomicU32,
     /// The client nodes made so far (see [`World::tear_down`]).
@@ -256,6 +260,7 @@ impl World {
             clients,
             buggify_seed,
             root_seed,
+            loadgen: server_model("loadgen")(),
             reply_loss,
             broker_disk,
         }
