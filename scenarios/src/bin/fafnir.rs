@@ -648,7 +648,8 @@ fn main() -> ExitCode {
                 // The services' own logs, on stderr, as for `run`.
                 init_logs(LogFormat::Text);
             }
-            return capacity_command(&file, &rates.0, step, seed, out, !no_overload, calibration.as_deref(), real);
+            let options = CapacityOptions { step, seed, out, overload: !no_overload, calibration };
+            return capacity_command(&file, &rates.0, options, real);
         }
         command => Cli { command },
     };
@@ -973,19 +974,20 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// `fafnir capacity`: one run a rate, then the table, capacity.json and the page.
-fn capacity_command(
-    file: &std::path::Path,
-    rates: &[u64],
+/// `fafnir capacity`'s options past the scenario, the rates and the real target.
+struct CapacityOptions {
     step: std::time::Duration,
     seed: Option<u64>,
     out: Option<std::path::PathBuf>,
     overload: bool,
-    calibration: Option<&std::path::Path>,
-    real: RealTarget,
-) -> ExitCode {
+    calibration: Option<std::path::PathBuf>,
+}
+
+fn capacity_command(file: &std::path::Path, rates: &[u64], options: CapacityOptions, real: RealTarget) -> ExitCode {
     use fafnir_scenarios::capacity::{self, Capacity, Step};
+    let CapacityOptions { step, seed, out, overload, calibration } = options;
     // The real platform's service times are its own.
-    let calibration = if cfg!(madsim) { calibration } else { None };
+    let calibration = if cfg!(madsim) { calibration.as_deref() } else { None };
     let loaded = fafnir_scenarios::run::load_calibrated(file, seed, None, calibration);
     let (scn, config_hash) = match loaded.and_then(|(scn, hash, _)| capacity::check(&scn).map(|()| (scn, hash))) {
         Ok(l) => l,
