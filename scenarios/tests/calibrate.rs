@@ -1,0 +1,110 @@
+//! `fafnir calibrate` and `fafnir fidelity`'s comparison. Calibrating runs a
+//! short baseline against an in-process platform on the real NATS and Redis
+//! (127.0.0.1:4222 and :6379, as ci/test starts them) and checks that every
+//! handler on the order path was metered, the broker, Redis and the load
+//! generator measured, and the file it writes is one a scenario can name.
+#![cfg(not(madsim))]
+
+use std::time::Duration;
+
+use fafnir_scenarios::scenario::{Calibration, Scenario};
+
+fn baseline(seconds: u64) -> Scenario {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/baseline.toml");
+    let mut scn = Scenario::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    scn.duration = Duration::from_secs(seconds);
+    scn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name() {
+    let scn = baseline(3);
+    let m = fafnir_scenarios::calibrate::calibrate(&scn, 5, "127.0.0.1:4222".into(), "127.0.0.1:6379".into())
+        .await
+        .unwrap_or_else(|e| panic!("real servers needed: {e}"));
+    assert!(m.run.summary.checker.passed, "{:#?}", m.run.summary.checker);
+    let cost =
+        |work: &str| m.costs.iter().chain(&m.servers).find(|c| c.work == work).map(|c| (c.units, c.cpu_ns_per_unit));
+    for work in ["gateway.submit_order", "orders.submit", "portfolio.reserve", "engine.match", "portfolio.settle"] {
+        let (units, ns) = cost(work).unwrap_or_else(|| panic!("{work} not metered: {:?}", m.costs));
+        assert!(units > 10 && ns > 0, "{work}: {units} units of {ns} ns");
+    }
+    for work in ["broker.publish", "redis.command", "loadgen.request"] {
+        assert!(cost(work).is_some_and(|(units, ns)| units > 0 && ns >= 1_000), "{work}: {:?}", m.servers);
+    }
+    assert!(m.one_way_us[0] >= 1 && m.one_way_us[0] <= m.one_way_us[1] && m.one_way_us[1] <= m.one_way_us[2]);
+    assert!(m.overhead >= 1.0, "{}", m.overhead);
+
+    // The file: written, read back the same, named by a scenario.
+    let dir = std::env::temp_dir().join(format!("fafnir-calibrate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("baseline.toml");
+    std::fs::write(&path, fafnir_scenarios::calibrate::to_toml(&m.calibration)).unwrap();
+    let read = Calibration::load(path.to_str().unwrap()).unwrap();
+    assert_eq!(read, m.calibration);
+    assert_eq!(read.cores, Some(std::thread::available_parallelism().unwrap().get()));
+    let orders = &read.service_time["orders"];
+    assert!(orders.handlers["orders.submit"] >= 1, "{orders:?}");
+    let named = baseline(1).with_calibration(path.to_str().unwrap()).unwrap();
+    assert_eq!((named.network, named.cores), (read.network, read.cores));
+    assert_eq!(named.service_time, read.service_time);
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/baseline.toml")).unwrap();
+    let with_key = format!("calibration = {:?}\n{text}", path.display().to_string());
+    // Named from the file: the calibration stands in where the scenario says
+    // nothing (gateway), and the scenario's own sections win (orders).
+    let keyed = Scenario::parse(&with_key).unwrap();
+    assert_eq!(keyed.service_time["gateway"], read.service_time["gateway"]);
+    assert_eq!(keyed.service_time["orders"], baseline(1).service_time["orders"]);
+    assert_eq!((keyed.network, keyed.cores), (baseline(1).network, read.cores));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_calibration_file_that_is_wrong_names_the_file_and_the_field() {
+    let dir = std::env::temp_dir().join(format!("fafnir-calibration-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = [
+        ("cores = 2\n[network]\nlatency_us = [9, 3]\n[service_time]\n", "network.latency_us"),
+        ("[network]\nlatency_us = [1, 3]\n[service_time.ledger]\ndist = \"exp\"\nus = [5]\n", "unknown service"),
+        (
+            "[network]\nlatency_us = [1, 3]\n[service_time.orders]\ndist = \"exp\"\nus = [5]\nhandlers = { \"engine.match\" = 3 }\n",
+            "not a handler of orders",
+        ),
+        ("cores = 0\n[network]\nlatency_us = [1, 3]\n[service_time]\n", "cores"),
+        ("[network]\nlatency_us = [1, 3]\n", "service_time"),
+    ];
+    for (i, (text, want)) in bad.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let e = Calibration::load(path.to_str().unwrap()).unwrap_err();
+        assert!(e.contains(want) && e.contains(&format!("bad{i}.toml")), "{text}: {e}");
+    }
+    let e = Calibration::load("no/such/calibration.toml").unwrap_err();
+    assert!(e.contains("cannot read") && e.contains("no/such/calibration.toml"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The comparison: ratios are simulated over real, and a stage is within
+/// the band only when its p50 and p99 both are.
+#[test]
+fn fidelity_compares_stage_by_stage() {
+    let dir = std::env::temp_dir().join(format!("fafnir-fidelity-{}", std::process::id()));
+    let write = |world: &str, p50: u64, p99: u64| {
+        let d = dir.join(world);
+        std::fs::create_dir_all(&d).unwrap();
+        let stage = |p50: u64, p99: u64| serde_json::json!({"count": 100, "p50_ns": p50, "p90_ns": p50, "p99_ns": p99});
+        let summary = serde_json::json!({
+            "scenario": "baseline", "seed": 1,
+            "stages": {"submit_to_ack": stage(p50, p99), "md_fanout": stage(1_000, 2_000)},
+        });
+        std::fs::write(d.join("summary.json"), summary.to_string()).unwrap();
+        d
+    };
+    let (sim, real) = (write("sim", 1_100, 2_000), write("real", 1_000, 4_000));
+    let f = fafnir_scenarios::fidelity::compare(&sim, &real, None, None).unwrap();
+    let ack = f.stages.iter().find(|s| s.stage == "submit_to_ack").unwrap();
+    assert!((ack.ratio["p50"] - 1.1).abs() < 1e-9 && (ack.ratio["p99"] - 0.5).abs() < 1e-9, "{ack:?}");
+    assert_eq!((&f.within_band, &f.outside_band), (&vec!["md_fanout".to_string()], &vec!["submit_to_ack".to_string()]));
+    assert!(f.table().contains("1 of 2 stages"), "{}", f.table());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
