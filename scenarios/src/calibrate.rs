@@ -91,21 +91,16 @@ pub async fn one_way_latency() -> Result<[u64; 3], String> {
 /// every series of `name`, by the value of its `label`.
 fn last_by_label(run: &RealRun, name: &str, label: &str) -> BTreeMap<String, f64> {
     let end_s = run.summary.duration_ms.div_ceil(1_000);
-    // The last value of each series (a set of labels), then summed by `label`.
-    let mut last: BTreeMap<Vec<(&String, &String)>, (u64, f64)> = BTreeMap::new();
-    for s in run.recorder.metrics.samples.iter().filter(|s| s.name == name && s.t_s <= end_s) {
-        let e = last.entry(s.labels.iter().collect()).or_insert((s.t_s, s.value));
-        if s.t_s >= e.0 {
-            *e = (s.t_s, s.value);
-        }
-    }
-    let mut by: BTreeMap<String, f64> = BTreeMap::new();
-    for (labels, (_, v)) in last {
-        if let Some((_, value)) = labels.iter().find(|(k, _)| k.as_str() == label) {
-            *by.entry((*value).clone()).or_default() += v;
-        }
-    }
-    by
+    let log = &run.recorder.metrics;
+    let values: std::collections::BTreeSet<&String> =
+        log.samples.iter().filter(|s| s.name == name).filter_map(|s| s.labels.get(label)).collect();
+    values
+        .into_iter()
+        .filter_map(|v| {
+            let last = log.series(name, &[(label, v)]).into_iter().rfind(|(t, _)| *t <= end_s)?;
+            Some((v.clone(), last.1))
+        })
+        .collect()
 }
 
 /// Runs `scn` on an in-process platform that meters its CPU, measures the

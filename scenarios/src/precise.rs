@@ -9,8 +9,7 @@
 //! Real build only (the simulated build's time is exact already, see
 //! `fafnir_platform::time`).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -23,27 +22,8 @@ const HANDOVER: Duration = Duration::from_millis(2);
 /// Waiters by deadline; `seq` keeps equal deadlines apart.
 #[derive(Default)]
 struct Queue {
-    waiting: BinaryHeap<Reverse<(Instant, u64, WakerBox)>>,
+    waiting: BTreeMap<(Instant, u64), Waker>,
     seq: u64,
-}
-
-struct WakerBox(Waker);
-
-impl PartialEq for WakerBox {
-    fn eq(&self, _: &WakerBox) -> bool {
-        true
-    }
-}
-impl Eq for WakerBox {}
-impl PartialOrd for WakerBox {
-    fn partial_cmp(&self, other: &WakerBox) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for WakerBox {
-    fn cmp(&self, _: &WakerBox) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
 }
 
 struct Timer {
@@ -70,12 +50,12 @@ fn run(t: &'static Timer) {
     let mut q = t.queue.lock().expect("timer lock");
     loop {
         let now = Instant::now();
-        while q.waiting.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
-            let Reverse((_, _, waker)) = q.waiting.pop().expect("peeked");
-            waker.0.wake();
+        while q.waiting.first_key_value().is_some_and(|((at, _), _)| *at <= now) {
+            let (_, waker) = q.waiting.pop_first().expect("looked at");
+            waker.wake();
         }
-        q = match q.waiting.peek() {
-            Some(Reverse((at, _, _))) => {
+        q = match q.waiting.first_key_value() {
+            Some(((at, _), _)) => {
                 let wait = at.saturating_duration_since(now);
                 t.changed.wait_timeout(q, wait).expect("timer lock").0
             }
@@ -110,7 +90,7 @@ impl Future for Precise {
         let mut q = t.queue.lock().expect("timer lock");
         q.seq += 1;
         let seq = q.seq;
-        q.waiting.push(Reverse((self.deadline, seq, WakerBox(cx.waker().clone()))));
+        q.waiting.insert((self.deadline, seq), cx.waker().clone());
         drop(q);
         t.changed.notify_one();
         Poll::Pending

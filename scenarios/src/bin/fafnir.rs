@@ -618,17 +618,7 @@ fn main() -> ExitCode {
             // The services' own logs, on stderr (simulated time in simulation).
             init_logs(LogFormat::Text);
         }
-        return match run_scenario(&file, seed, duration, out, calibration.as_deref(), real) {
-            Ok(code) => ExitCode::from(code),
-            Err(RunError::Usage(e)) => {
-                eprintln!("fafnir: {e}");
-                ExitCode::from(2)
-            }
-            Err(RunError::Failed(e)) => {
-                eprintln!("fafnir: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return exit_of(run_scenario(&file, seed, duration, out, calibration.as_deref(), real));
     }
     let cli = match cli.command {
         Command::Report { command } => return report_command(command),
