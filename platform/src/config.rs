@@ -36,6 +36,50 @@ impl ServiceAddrs {
     }
 }
 
+/// How a service reaches the others it calls (the gateway its four
+/// backends, the orders service the portfolio). Real build only: the
+/// simulation always dials [`ServiceAddrs`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Peers {
+    /// At their listening addresses ([`ServiceAddrs`]): every service on
+    /// one host, as `fafnir up` runs them.
+    #[default]
+    Local,
+    /// By name: each peer at the host named after it (`auth`, `market`,
+    /// `orders`, `portfolio`, `engine-0`, ...) and its port in
+    /// [`ServiceAddrs`], resolved at every connection, as a Compose stack's
+    /// containers or a Kubernetes namespace's Services are found. A peer
+    /// that moves (a container recreated with a new address) is found again.
+    ByName,
+}
+
+impl Peers {
+    pub fn parse(text: &str) -> Option<Peers> {
+        match text {
+            "local" => Some(Peers::Local),
+            "by-name" => Some(Peers::ByName),
+            _ => None,
+        }
+    }
+}
+
+/// The symbols of `instruments` dealt over `shards` engine shards in turn
+/// (the first to shard 0, the second to shard 1, ...). Every shard gets at
+/// least one symbol, so there are at most as many shards as instruments.
+pub fn deal_shards(instruments: &[Instrument], shards: usize) -> Result<Vec<Vec<String>>, String> {
+    if shards == 0 || shards > instruments.len() {
+        return Err(format!(
+            "engine shards: {shards} for {} instruments; between 1 and the number of instruments",
+            instruments.len()
+        ));
+    }
+    let mut dealt = vec![Vec::new(); shards];
+    for (i, inst) in instruments.iter().enumerate() {
+        dealt[i % shards].push(inst.symbol.clone());
+    }
+    Ok(dealt)
+}
+
 /// Argon2id cost parameters. Production-like defaults; a simulation or a test
 /// may use cheap ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +125,8 @@ pub struct PlatformConfig {
     /// The symbols of each engine shard; every instrument in exactly one shard.
     pub engine_shards: Vec<Vec<String>>,
     pub addrs: ServiceAddrs,
+    /// How services dial each other (real build).
+    pub peers: Peers,
     pub nats_addr: String,
     pub redis_addr: String,
     /// HMAC-SHA256 key of the JWTs. No default: each deployment brings its
@@ -108,6 +154,9 @@ pub struct PlatformConfig {
     pub call_timeout: Duration,
     /// JetStream's duplicate window on the streams this deployment creates.
     pub duplicate_window: Duration,
+    /// Copies JetStream keeps of each stream this deployment creates (1, or
+    /// 3 or 5 on a NATS cluster of at least as many servers).
+    pub stream_replicas: usize,
     /// Test-only: a known bug to plant, so that a test can show the checker
     /// catches it (a canary). Never set from a scenario file or the command line.
     /// None (always, outside tests) leaves every service's behaviour unchanged.
@@ -223,6 +272,7 @@ impl PlatformConfig {
             instruments,
             engine_shards,
             addrs: ServiceAddrs::local([127, 0, 0, 1].into(), 50051, 1),
+            peers: Peers::Local,
             nats_addr: "127.0.0.1:4222".into(),
             redis_addr: "127.0.0.1:6379".into(),
             jwt_secret: String::new(),
@@ -235,6 +285,7 @@ impl PlatformConfig {
             max_orders_in_flight: 64,
             call_timeout: Duration::from_secs(5),
             duplicate_window: Duration::from_secs(120),
+            stream_replicas: 1,
             planted_bug: None,
             measure_cpu: false,
             planted_cost: None,
@@ -271,6 +322,9 @@ impl PlatformConfig {
         if self.execution_window == 0 {
             return Err("execution_window: at least 1".into());
         }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(format!("stream_replicas: {}; between 1 and 5 (JetStream's limit)", self.stream_replicas));
+        }
         if self.max_orders_in_flight == 0 {
             return Err("max_orders_in_flight: at least 1".into());
         }
@@ -299,6 +353,24 @@ impl PlatformConfig {
             }
         }
         Ok(())
+    }
+
+    /// The URI a service dials `peer` at: "auth", "market", "orders" or
+    /// "portfolio" (see [`Peers`]).
+    pub fn dial(&self, peer: &str) -> String {
+        let a = &self.addrs;
+        let addr = match peer {
+            "auth" => a.auth,
+            "market" => a.market,
+            "orders" => a.orders,
+            "portfolio" => a.portfolio,
+            "gateway" => a.gateway,
+            _ => unreachable!("a service dials only auth, market, orders, portfolio or gateway, not {peer:?}"),
+        };
+        match self.peers {
+            Peers::Local => format!("http://{addr}"),
+            Peers::ByName => format!("http://{peer}:{}", addr.port()),
+        }
     }
 
     /// Stream names, subjects and key prefixes of this deployment.
@@ -374,5 +446,43 @@ impl Names {
     }
     pub fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instruments_are_dealt_over_the_shards_in_turn() {
+        let cfg = PlatformConfig::local_default();
+        assert_eq!(deal_shards(&cfg.instruments, 1).unwrap(), [vec!["ACME".to_string(), "GLOBX".to_string()]]);
+        assert_eq!(deal_shards(&cfg.instruments, 2).unwrap(), [vec!["ACME".to_string()], vec!["GLOBX".to_string()]]);
+        assert!(deal_shards(&cfg.instruments, 0).unwrap_err().contains("between 1 and"));
+        assert!(deal_shards(&cfg.instruments, 3).unwrap_err().contains("3 for 2 instruments"));
+    }
+
+    #[test]
+    fn peers_are_dialled_at_their_addresses_or_by_their_names() {
+        let mut cfg = PlatformConfig::local_default();
+        cfg.addrs = ServiceAddrs::local([0, 0, 0, 0].into(), 60000, 1);
+        assert_eq!(cfg.dial("portfolio"), "http://0.0.0.0:60004");
+        cfg.peers = Peers::ByName;
+        assert_eq!(cfg.dial("auth"), "http://auth:60001");
+        assert_eq!(cfg.dial("portfolio"), "http://portfolio:60004");
+        assert_eq!(Peers::parse("by-name"), Some(Peers::ByName));
+        assert_eq!(Peers::parse("dns"), None);
+    }
+
+    #[test]
+    fn stream_replicas_are_those_jetstream_allows() {
+        let mut cfg = PlatformConfig::local_default();
+        cfg.jwt_secret = "k".repeat(32);
+        cfg.stream_replicas = 3;
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.stream_replicas = 0;
+        assert!(cfg.validate().unwrap_err().starts_with("stream_replicas"));
+        cfg.stream_replicas = 6;
+        assert!(cfg.validate().unwrap_err().starts_with("stream_replicas"));
     }
 }

@@ -39,6 +39,8 @@ pub struct StreamSpec {
     pub duplicate_window: Duration,
     /// Oldest messages are dropped beyond this many; 0 keeps everything.
     pub max_msgs: i64,
+    /// Copies the broker keeps (servers of a cluster that store the stream).
+    pub replicas: usize,
 }
 
 /// A durable pull consumer to create (or find) at start-up.

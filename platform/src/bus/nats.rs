@@ -224,6 +224,7 @@ impl NatsBus {
             duplicate_window: spec.duplicate_window,
             max_messages: if spec.max_msgs > 0 { spec.max_msgs } else { -1 },
             allow_direct: true,
+            num_replicas: spec.replicas,
             ..Default::default()
         };
         self.js.get_or_create_stream(config).await.map_err(|e| self.err("create stream", e))?;

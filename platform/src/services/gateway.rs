@@ -32,7 +32,7 @@ use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::{auth, market, orders, portfolio};
 use crate::services::front::Front;
 use crate::services::{
-    auth as auth_svc, channel, jwt, shown, Deps, Follower, ServiceError, ServiceKind, Shutdown, TaskGroup,
+    auth as auth_svc, channel_to, jwt, shown, Deps, Follower, ServiceError, ServiceKind, Shutdown, TaskGroup,
 };
 use crate::telemetry::{self, grpc_call, trace, Rpc};
 
@@ -134,11 +134,11 @@ async fn start(deps: &Deps, shutdown: &Shutdown) -> Result<(Arc<State>, TaskGrou
     let names = cfg.names();
     let t = cfg.call_timeout;
     let state = Arc::new(State {
-        auth: AuthClient::new(channel(cfg.addrs.auth, t)),
-        orders: OrdersClient::new(channel(cfg.addrs.orders, t)),
+        auth: AuthClient::new(channel_to(cfg.dial("auth"), t)),
+        orders: OrdersClient::new(channel_to(cfg.dial("orders"), t)),
         orders_mux: crate::rpc::Mux::new(cfg.addrs.orders, t),
-        portfolio: PortfolioClient::new(channel(cfg.addrs.portfolio, t)),
-        market: MarketClient::new(channel(cfg.addrs.market, t)),
+        portfolio: PortfolioClient::new(channel_to(cfg.dial("portfolio"), t)),
+        market: MarketClient::new(channel_to(cfg.dial("market"), t)),
         buckets: Mutex::new(Buckets::new(cfg.rate_limit, USER_BUCKETS_MAX)),
         peers: Mutex::new(Buckets::new(cfg.peer_rate_limit, PEER_BUCKETS_MAX)),
         tokens: jwt::Verifier::new(&cfg.jwt_secret),

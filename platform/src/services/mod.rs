@@ -180,6 +180,7 @@ pub async fn ensure_streams(deps: &Deps) -> Result<(), BusError> {
         storage,
         duplicate_window: window,
         max_msgs,
+        replicas: deps.cfg.stream_replicas,
     };
     // Planted bug: the system of record for accepted orders kept in memory.
     let orders_storage =
@@ -541,10 +542,18 @@ pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
 
 /// A lazily connected gRPC channel to `addr`.
 pub fn channel(addr: std::net::SocketAddr, timeout: Duration) -> tonic::transport::Channel {
+    channel_to(format!("http://{addr}"), timeout)
+}
+
+/// A lazily connected gRPC channel to `uri` (`http://host:port`; a host
+/// name is resolved at every connection), as [`PlatformConfig::dial`] gives.
+///
+/// [`PlatformConfig::dial`]: crate::config::PlatformConfig::dial
+pub fn channel_to(uri: String, timeout: Duration) -> tonic::transport::Channel {
     // The endpoint keeps its own clock: it takes the runtime's duration.
     let timeout = crate::time::to_runtime(timeout);
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a valid URI")
+    tonic::transport::Endpoint::from_shared(uri)
+        .expect("http://host:port is a valid URI")
         .timeout(timeout)
         .connect_timeout(timeout)
         .connect_lazy()

@@ -239,6 +239,21 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Ask a service whether it is serving (the gRPC health protocol):
+    /// exit 0 when it answers SERVING, 1 otherwise (NOT_SERVING while it
+    /// rebuilds its state, or no answer within --timeout). A container's
+    /// health check. Real build only.
+    Health {
+        /// The service's gRPC address, HOST:PORT (default: the gateway on this host).
+        #[arg(default_value = "127.0.0.1:50051", value_parser = parse_gateway)]
+        addr: std::net::SocketAddr,
+        /// The service name asked about ("" is the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long to wait for the answer.
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        timeout: std::time::Duration,
+    },
     /// Run one service alone.
     Serve {
         /// gateway, auth, market, orders, engine or portfolio
@@ -307,12 +322,27 @@ struct Common {
     /// Prefix of this deployment's streams, subjects and Redis keys.
     #[arg(long, env = "FAFNIR_NAMESPACE", default_value = "fafnir")]
     namespace: String,
-    /// Address the services listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address the services listen on (0.0.0.0 in a container).
+    #[arg(long, env = "FAFNIR_HOST", default_value = "127.0.0.1")]
     host: IpAddr,
     /// Ports from here: gateway, auth, market, orders, portfolio, then each engine shard.
-    #[arg(long, default_value_t = 50051)]
+    #[arg(long, env = "FAFNIR_BASE_PORT", default_value_t = 50051)]
     base_port: u16,
+    /// Engine shards: the instruments are dealt over them in turn (ACME to
+    /// shard 0, GLOBX to shard 1, ...). Every service of a deployment must
+    /// be given the same number.
+    #[arg(long, env = "FAFNIR_ENGINE_SHARDS", default_value_t = 1)]
+    engine_shards: usize,
+    /// How services dial each other: `local` (at --host and their ports, as
+    /// `fafnir up` runs them) or `by-name` (each at the host named after it,
+    /// auth, market, orders, portfolio, on its port: a Compose stack's
+    /// containers, a Kubernetes namespace's Services).
+    #[arg(long, env = "FAFNIR_PEERS", default_value = "local", value_parser = parse_peers)]
+    peers: fafnir_platform::config::Peers,
+    /// Copies JetStream keeps of each stream this deployment creates: 1 on
+    /// one nats-server, 3 on a NATS cluster of three (Kubernetes).
+    #[arg(long, env = "FAFNIR_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
     /// HMAC key of the JWTs: required, at least 32 bytes, the same for every
     /// service of a deployment (make one with `openssl rand -hex 32`). Prefer
     /// --jwt-secret-file: a command line is visible to every user of the machine.
@@ -349,9 +379,23 @@ enum LogFormat {
     Json,
 }
 
+/// `HOST:PORT` or `http://HOST:PORT`; a host name (a Compose service, a
+/// Kubernetes Service) is resolved once, here, to its first address.
 fn parse_gateway(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
     let bare = text.trim_start_matches("http://").trim_end_matches('/');
-    bare.parse().map_err(|_| format!("{text:?} is not http://HOST:PORT with an IP address host"))
+    if let Ok(addr) = bare.parse() {
+        return Ok(addr);
+    }
+    if bare.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        return Err(format!("{text:?} is not HOST:PORT (or http://HOST:PORT)"));
+    }
+    let mut addrs = bare.to_socket_addrs().map_err(|e| format!("{text:?}: cannot resolve its host: {e}"))?;
+    addrs.next().ok_or_else(|| format!("{text:?}: its host has no address"))
+}
+
+fn parse_peers(text: &str) -> Result<fafnir_platform::config::Peers, String> {
+    fafnir_platform::config::Peers::parse(text).ok_or_else(|| format!("{text:?}: expected local or by-name"))
 }
 
 fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -490,7 +534,15 @@ mod real_main {
         cfg.nats_addr = c.nats.clone();
         cfg.redis_addr = c.redis.clone();
         cfg.namespace = c.namespace.clone();
+        cfg.engine_shards = fafnir_platform::config::deal_shards(&cfg.instruments, c.engine_shards)
+            .map_err(|e| format!("--engine-shards: {e}"))?;
+        let last_port = usize::from(c.base_port) + 4 + c.engine_shards;
+        if last_port > usize::from(u16::MAX) {
+            return Err(format!("--base-port {}: the last service's port would be {last_port}", c.base_port));
+        }
         cfg.addrs = ServiceAddrs::local(c.host, c.base_port, cfg.engine_shards.len());
+        cfg.peers = c.peers.clone();
+        cfg.stream_replicas = c.stream_replicas;
         cfg.jwt_secret = fafnir_scenarios::real::jwt_secret(c.jwt_secret.clone(), c.jwt_secret_file.as_deref())?;
         if let Some(n) = c.max_orders_in_flight {
             cfg.max_orders_in_flight = n;
@@ -560,11 +612,13 @@ mod real_main {
             println!("  engine-{i}  {e}  symbols {:?}", deps.cfg.engine_shards[i]);
         }
         serve_metrics(metrics, &deps, &fafnir_platform::services::DURABLES).await?;
-        println!("Ctrl-C stops it.");
+        println!("Ctrl-C (or SIGTERM) stops it.");
+        let stop = stop_signal();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 biased;
-                _ = tokio::signal::ctrl_c() => break,
+                () = &mut stop => break,
                 _ = fafnir_platform::time::sleep(Duration::from_millis(200)) => {}
             }
             if let Some(name) = services.iter().find(|(_, h)| h.is_finished()).map(|(n, _)| n.clone()) {
@@ -604,10 +658,27 @@ mod real_main {
             _ => &[],
         };
         serve_metrics(metrics, &deps, durables).await?;
-        let shutdown = shutdown_on(async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+        let shutdown = shutdown_on(stop_signal());
         launch::serve(kind, shard, deps, shutdown).await.map_err(|e| e.to_string())
+    }
+
+    /// Ctrl-C, or SIGTERM (what `docker stop` and Kubernetes send to stop a
+    /// container): a graceful stop. A process that is a container's PID 1
+    /// has no default action for SIGTERM, so without this it would be killed
+    /// only when the grace period ran out.
+    async fn stop_signal() {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
 
@@ -625,6 +696,7 @@ fn main() -> ExitCode {
         Command::Ci { command } => return ci_command(command),
         Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
+        Command::Health { addr, service, timeout } => return health_command(addr, &service, timeout),
         Command::Calibrate { file, out, seed, duration, real } => {
             return exit_of(calibrate_command(&file, out, seed, duration, real));
         }
@@ -905,6 +977,7 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Capacity { .. }
         | Command::Calibrate { .. }
         | Command::Fidelity { .. }
+        | Command::Health { .. }
         | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { .. } => {
             Err("bench-sim runs the simulation: cargo sim run --release -p fafnir-scenarios --bin fafnir -- bench-sim"
@@ -920,6 +993,7 @@ fn run(cli: Cli) -> Result<(), String> {
             init_logs(c.log_format);
             Err("`up` and `serve` run against real NATS and Redis: use the real build, `cargo fafnir-real up`".into())
         }
+
         Command::Run { .. }
         | Command::Report { .. }
         | Command::Ci { .. }
@@ -927,6 +1001,7 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Capacity { .. }
         | Command::Calibrate { .. }
         | Command::Fidelity { .. }
+        | Command::Health { .. }
         | Command::Shrink { .. } => unreachable!("handled in main"),
         Command::BenchSim { orders, clients, seed, no_service_time, resting, plant_cost } => {
             let spec = fafnir_scenarios::simbench::BenchSpec {
@@ -959,6 +1034,43 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             println!("{} orders rest in the books at the end", r.book_orders);
             Ok(())
+        }
+    }
+}
+
+/// `fafnir health`: 0 when the service answers SERVING, 1 when it answers
+/// anything else or nothing, 2 in the simulated build.
+fn health_command(addr: std::net::SocketAddr, service: &str, timeout: std::time::Duration) -> ExitCode {
+    #[cfg(madsim)]
+    {
+        let _ = (addr, service, timeout);
+        eprintln!("fafnir: `health` asks a real service: use the real build, `cargo fafnir-real health`");
+        ExitCode::from(2)
+    }
+    #[cfg(not(madsim))]
+    {
+        use fafnir_platform::services::health::{self, ServingStatus};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        let answer = rt.block_on(async {
+            let mut client = health::client(addr, timeout);
+            match fafnir_platform::time::timeout(timeout, health::check(&mut client, service)).await {
+                Ok(answer) => answer.map_err(|e| e.message().to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            }
+        });
+        match answer {
+            Ok(ServingStatus::Serving) => {
+                println!("{addr}: SERVING");
+                ExitCode::SUCCESS
+            }
+            Ok(status) => {
+                eprintln!("fafnir: {addr}: {}", status.as_str_name());
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("fafnir: {addr}: no answer: {e}");
+                ExitCode::from(1)
+            }
         }
     }
 }

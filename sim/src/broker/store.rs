@@ -175,6 +175,13 @@ impl Store {
         if spec.name.is_empty() || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(other(format!("invalid stream name {:?}", spec.name)));
         }
+        if spec.replicas > 1 {
+            // The simulated broker is one server, as nats-server without a cluster.
+            return Err(other(format!(
+                "stream {}: {} replicas, but this broker is one server (replicas > 1 need a cluster)",
+                spec.name, spec.replicas
+            )));
+        }
         let mut spec = spec.clone();
         if spec.subjects.is_empty() {
             spec.subjects = vec![spec.name.clone()];
@@ -667,6 +674,7 @@ mod tests {
             storage: Storage::Memory,
             duplicate_window: Duration::from_secs(1),
             max_msgs,
+            replicas: 1,
         }
     }
 

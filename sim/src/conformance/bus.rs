@@ -65,6 +65,7 @@ fn stream(ns: &str, name: &str, subjects: &[&str], storage: Storage) -> StreamSp
         storage,
         duplicate_window: Duration::from_secs(120),
         max_msgs: 0,
+        replicas: 1,
     }
 }
 
@@ -208,7 +209,8 @@ pub async fn wildcard_streams(bus: &dyn EventBus, ns: &str) {
 
 /// `ensure_stream` and `ensure_consumer` are idempotent: a second call changes
 /// nothing (messages and the consumer's position stay); a stream whose
-/// subjects overlap another's is refused, as is a consumer on a missing stream.
+/// subjects overlap another's is refused, as is a stream of more replicas
+/// than the one server can keep, and a consumer on a missing stream.
 pub async fn ensure_is_idempotent(bus: &dyn EventBus, ns: &str) {
     let s = stream(ns, "idem", &["idem.>"], Storage::File);
     ensure_stream(bus, &s).await;
@@ -233,6 +235,9 @@ pub async fn ensure_is_idempotent(bus: &dyn EventBus, ns: &str) {
 
     let overlap = stream(ns, "overlap", &["idem.a"], Storage::Memory);
     assert!(bus.ensure_stream(&overlap).await.is_err(), "a stream overlapping {} must be refused", s.name);
+    let replicated = StreamSpec { replicas: 3, ..stream(ns, "replicated", &["replicated.*"], Storage::File) };
+    assert!(bus.ensure_stream(&replicated).await.is_err(), "one server cannot keep 3 replicas of a stream");
+    assert!(bus.last_seq(&replicated.name).await.is_err(), "a refused stream is not created");
     let changed = ConsumerSpec { filter: format!("{ns}.idem.b"), max_ack_pending: 1, ..c.clone() };
     ensure_consumer(bus, &changed).await;
     publish(bus, &subject, "i4", "m4").await;

@@ -245,6 +245,7 @@ mod sim {
             storage: Storage::Memory,
             duplicate_window: Duration::from_secs(120),
             max_msgs: 0,
+            replicas: 1,
         }
     }
 
@@ -546,6 +547,7 @@ mod real {
             storage: Storage::File,
             duplicate_window: Duration::from_secs(120),
             max_msgs: 0,
+            replicas: 1,
         };
         bus.ensure_stream(&spec).await.expect("ensure");
         let subject = format!("{ns}.k.a");

@@ -36,8 +36,9 @@ use crate::proto::portfolio::portfolio_client::PortfolioClient;
 use crate::proto::portfolio::{ReleaseRequest, ReserveRequest};
 use crate::services::front::Front;
 use crate::services::{
-    bus_status, channel, close_reason_from_proto, decode, ensure_streams, order_type_from_proto, order_type_to_proto,
-    shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, ServiceKind, Shutdown, TaskGroup,
+    bus_status, channel_to, close_reason_from_proto, decode, ensure_streams, order_type_from_proto,
+    order_type_to_proto, shown, side_from_proto, side_to_proto, status_to_proto, Deps, ServiceError, ServiceKind,
+    Shutdown, TaskGroup,
 };
 use crate::telemetry::{grpc_call, trace, Rpc};
 
@@ -194,7 +195,7 @@ pub async fn serve(deps: Deps, shutdown: Shutdown) -> Result<(), ServiceError> {
 async fn start(deps: &Deps, shutdown: &Shutdown) -> Result<(Arc<State>, TaskGroup), ServiceError> {
     ensure_streams(deps).await?;
     crate::services::ensure_trades_consumer(deps, DURABLE).await?;
-    let portfolio = PortfolioClient::new(channel(deps.cfg.addrs.portfolio, deps.cfg.call_timeout));
+    let portfolio = PortfolioClient::new(channel_to(deps.cfg.dial("portfolio"), deps.cfg.call_timeout));
     let portfolio_mux = crate::rpc::Mux::new(deps.cfg.addrs.portfolio, deps.cfg.call_timeout);
     let state =
         Arc::new(State { deps: deps.clone(), records: Mutex::new(Records::default()), portfolio, portfolio_mux });
