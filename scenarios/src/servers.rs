@@ -74,6 +74,41 @@ impl Server {
         Server::start_new("nats-server", "nats-server", &args, port, dir)
     }
 
+    /// A NATS cluster of `n` nats-servers with JetStream (named n1, n2, ...,
+    /// routed to each other on loopback), each with a store of its own.
+    /// Clients may connect to any of them.
+    pub fn nats_cluster(n: usize) -> Result<Vec<Server>, String> {
+        let ports = crate::real::free_ports(2 * n);
+        let (clients, routes) = ports.split_at(n);
+        let routes_arg = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut servers = Vec::with_capacity(n);
+        for (i, (port, route)) in clients.iter().zip(routes).enumerate() {
+            let dir = ScratchDir::new("nats-cluster")?;
+            let store = dir.0.join("store").display().to_string();
+            let (port_arg, name, cluster) =
+                (port.to_string(), format!("n{}", i + 1), format!("nats://127.0.0.1:{route}"));
+            let args = [
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port_arg,
+                "-js",
+                "-sd",
+                &store,
+                "-n",
+                &name,
+                "--cluster_name",
+                "fafnir",
+                "--cluster",
+                &cluster,
+                "--routes",
+                &routes_arg,
+            ];
+            servers.push(Server::start_new("nats-server", "nats-server", &args, *port, dir)?);
+        }
+        Ok(servers)
+    }
+
     /// A redis-server without persistence: a restart comes back empty.
     pub fn redis() -> Result<Server, String> {
         let port = crate::real::free_ports(1)[0];

@@ -39,6 +39,11 @@ pub struct NatsBus {
     reconnects: watch::Receiver<u64>,
 }
 
+/// How long one attempt of an idempotent request waits for its answer...
+const IDEMPOTENT_ATTEMPT: Duration = Duration::from_millis(2500);
+/// ...and how many attempts it makes: as long in all as one request's timeout.
+const IDEMPOTENT_ATTEMPTS: u32 = 4;
+
 /// Between attempts to reconnect to a nats-server that went away: short,
 /// since the platform stalls meanwhile (async-nats's default backs off to
 /// seconds, so a server back after a few seconds was found seconds late).
@@ -106,6 +111,34 @@ impl NatsBus {
                 addr: self.addr.clone(),
                 reason: format!("{what}: the connection was lost and made again while waiting"),
             }),
+        }
+    }
+
+    /// An idempotent request (creating or finding a stream or a consumer,
+    /// reading what is stored), tried again when it goes unanswered: each
+    /// attempt waits [`IDEMPOTENT_ATTEMPT`], [`IDEMPOTENT_ATTEMPTS`] in all.
+    /// A NATS cluster leaves a request unanswered now and then, while a
+    /// stream's replicas are being placed or a leader elected (seen with
+    /// nats-server 2.9: of several services creating the same replicated
+    /// streams at once, some heard nothing for the whole request timeout and
+    /// stopped), and the same request made again is answered at once.
+    async fn idempotent<T, F, Fut>(&self, what: &str, call: F) -> Result<T, BusError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BusError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let result = match crate::time::timeout(IDEMPOTENT_ATTEMPT, self.unless_reconnected(what, call())).await {
+                Ok(result) => result,
+                Err(_) => {
+                    Err(BusError::Timeout(format!("{what} at {}: no answer within {IDEMPOTENT_ATTEMPT:?}", self.addr)))
+                }
+            };
+            match result {
+                Err(BusError::Timeout(_)) if attempt < IDEMPOTENT_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
         }
     }
 
@@ -223,7 +256,12 @@ impl NatsBus {
             },
             duplicate_window: spec.duplicate_window,
             max_messages: if spec.max_msgs > 0 { spec.max_msgs } else { -1 },
-            allow_direct: true,
+            // Direct gets are answered by any replica, a follower that has not
+            // caught up among them (stale, or on a stream just created no
+            // answer at all: seen with nats-server 2.9 as reads timing out at
+            // start-up). With one replica it is the leader; with more, reads
+            // go through the stream's leader (STREAM.MSG.GET).
+            allow_direct: spec.replicas <= 1,
             num_replicas: spec.replicas,
             ..Default::default()
         };
@@ -498,11 +536,11 @@ impl NatsBus {
 #[async_trait]
 impl EventBus for NatsBus {
     async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), BusError> {
-        self.unless_reconnected("ensure_stream", self.ensure_stream_now(spec)).await
+        self.idempotent("ensure_stream", || self.ensure_stream_now(spec)).await
     }
 
     async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
-        self.unless_reconnected("ensure_consumer", self.ensure_consumer_now(spec)).await
+        self.idempotent("ensure_consumer", || self.ensure_consumer_now(spec)).await
     }
 
     async fn publish(&self, subject: &str, msg_id: &str, payload: Bytes) -> Result<PubAck, BusError> {
@@ -554,15 +592,15 @@ impl EventBus for NatsBus {
     }
 
     async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<Option<StoredMsg>, BusError> {
-        self.unless_reconnected("last_on_subject", self.last_on_subject_now(stream, subject)).await
+        self.idempotent("last_on_subject", || self.last_on_subject_now(stream, subject)).await
     }
 
     async fn consumer_lag(&self, stream: &str, durable: &str) -> Result<ConsumerLag, BusError> {
-        self.unless_reconnected("consumer_lag", self.consumer_lag_now(stream, durable)).await
+        self.idempotent("consumer_lag", || self.consumer_lag_now(stream, durable)).await
     }
 
     async fn last_seq(&self, stream: &str) -> Result<u64, BusError> {
-        self.unless_reconnected("last_seq", self.last_seq_now(stream)).await
+        self.idempotent("last_seq", || self.last_seq_now(stream)).await
     }
 
     async fn tail(&self, stream: &str, filter: &str) -> Result<Box<dyn Tail>, BusError> {
