@@ -22,6 +22,7 @@ pub mod auth;
 pub mod engine;
 pub mod front;
 pub mod gateway;
+pub mod graphql;
 pub mod health;
 pub mod jwt;
 pub mod launch;

@@ -256,7 +256,8 @@ enum Command {
     },
     /// Run one service alone.
     Serve {
-        /// gateway, auth, market, orders, engine or portfolio
+        /// gateway, auth, market, orders, engine, portfolio, or graphql (the
+        /// GraphQL API, a client of the gateway)
         service: String,
         /// For the engine: which shard of symbols to run (0-based).
         #[arg(long, default_value_t = 0)]
@@ -361,6 +362,12 @@ struct Common {
     /// + 1000, all services on one endpoint), on --host.
     #[arg(long, env = "FAFNIR_METRICS_ADDR")]
     metrics_addr: Option<String>,
+    /// Where the GraphQL API listens (HTTP, and WebSocket subscriptions):
+    /// HOST:PORT, or "off". Default: --host, port 8080. `fafnir up` serves
+    /// it with the rest; `fafnir serve graphql` alone (it dials the gateway
+    /// as --peers says).
+    #[arg(long, env = "FAFNIR_GRAPHQL_ADDR")]
+    graphql_addr: Option<String>,
     /// Log format. Every hop of an order logs its trace_id at debug
     /// (RUST_LOG=fafnir_platform=debug).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -529,7 +536,9 @@ mod real_main {
     use fafnir_platform::services::{launch, shutdown_on, ServiceKind};
     use std::time::Duration;
 
-    fn config(c: &Common) -> Result<PlatformConfig, String> {
+    /// Where every service is and how they find each other: all of the
+    /// configuration but the JWT secret.
+    fn addressing(c: &Common) -> Result<PlatformConfig, String> {
         let mut cfg = PlatformConfig::local_default();
         cfg.nats_addr = c.nats.clone();
         cfg.redis_addr = c.redis.clone();
@@ -543,6 +552,11 @@ mod real_main {
         cfg.addrs = ServiceAddrs::local(c.host, c.base_port, cfg.engine_shards.len());
         cfg.peers = c.peers.clone();
         cfg.stream_replicas = c.stream_replicas;
+        Ok(cfg)
+    }
+
+    fn config(c: &Common) -> Result<PlatformConfig, String> {
+        let mut cfg = addressing(c)?;
         cfg.jwt_secret = fafnir_scenarios::real::jwt_secret(c.jwt_secret.clone(), c.jwt_secret_file.as_deref())?;
         if let Some(n) = c.max_orders_in_flight {
             cfg.max_orders_in_flight = n;
@@ -612,8 +626,24 @@ mod real_main {
             println!("  engine-{i}  {e}  symbols {:?}", deps.cfg.engine_shards[i]);
         }
         serve_metrics(metrics, &deps, &fafnir_platform::services::DURABLES).await?;
+        let stop = futures::FutureExt::shared(Box::pin(stop_signal()));
+        let mut graphql = None;
+        if let Some(addr) = graphql_addr(&c)? {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("graphql: cannot listen on {addr}: {e} (--graphql-addr HOST:PORT or off)"))?;
+            drop(listener);
+            let limits = fafnir_platform::services::graphql::Limits::DEFAULT;
+            let served = fafnir_platform::services::graphql::serve(
+                addr,
+                deps.cfg.dial("gateway"),
+                limits,
+                shutdown_on(stop.clone()),
+            );
+            graphql = Some(tokio::spawn(served));
+            println!("  graphql   http://{addr}/graphql  (WebSocket subscriptions on the same path)");
+        }
         println!("Ctrl-C (or SIGTERM) stops it.");
-        let stop = stop_signal();
+        let stop = stop.clone();
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -637,12 +667,44 @@ mod real_main {
         for (_, h) in services {
             h.stop(Duration::from_secs(5)).await;
         }
+        if let Some(graphql) = graphql {
+            graphql.abort();
+        }
         Ok(())
     }
 
+    /// Where `fafnir up` and `fafnir serve graphql` serve the GraphQL API (None: off).
+    fn graphql_addr(c: &Common) -> Result<Option<std::net::SocketAddr>, String> {
+        match c.graphql_addr.as_deref() {
+            Some("off") => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("--graphql-addr {text:?}: expected HOST:PORT with an IP address host, or off")),
+            None => Ok(Some(std::net::SocketAddr::new(c.host, 8080))),
+        }
+    }
+
+    /// The GraphQL API alone: a client of the gateway (its address from
+    /// --base-port and --peers), needing neither NATS, Redis nor the secret.
+    async fn serve_graphql(c: Common) -> Result<(), String> {
+        let cfg = addressing(&c)?;
+        let addr = graphql_addr(&c)?.ok_or("--graphql-addr off: `serve graphql` has nothing to serve")?;
+        let gateway = cfg.dial("gateway");
+        println!("graphql   http://{addr}/graphql  (queries, mutations; WebSocket subscriptions) -> gateway {gateway}");
+        let shutdown = shutdown_on(stop_signal());
+        let limits = fafnir_platform::services::graphql::Limits::DEFAULT;
+        fafnir_platform::services::graphql::serve(addr, gateway, limits, shutdown).await
+    }
+
     pub async fn serve(service: &str, shard: usize, c: Common) -> Result<(), String> {
+        if service == "graphql" {
+            return serve_graphql(c).await;
+        }
         let kind = ServiceKind::parse(service).ok_or_else(|| {
-            format!("unknown service {service:?}: expected one of gateway, auth, market, orders, engine, portfolio")
+            format!(
+                "unknown service {service:?}: expected one of gateway, auth, market, orders, engine, portfolio, graphql"
+            )
         })?;
         let cfg = config(&c)?;
         let name = if kind == ServiceKind::Engine { format!("engine-{shard}") } else { service.to_string() };

@@ -20,6 +20,7 @@ use tonic::Code;
 
 use crate::Platform;
 
+pub use crate::graphql::graphql_users_trade_and_resume_their_executions;
 pub use crate::health::{a_service_says_not_serving_until_it_has_rebuilt, every_service_says_serving_under_its_name};
 pub use crate::hostile::hostile_requests_are_refused_without_effect;
 

@@ -11,6 +11,7 @@ use fafnir_platform::bus::EventBus;
 use fafnir_platform::config::PlatformConfig;
 
 mod flows;
+mod graphql;
 mod health;
 mod hostile;
 #[cfg(not(madsim))]

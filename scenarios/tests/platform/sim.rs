@@ -211,6 +211,7 @@ sim_flows!(
     hostile_requests_are_refused_without_effect,
     passwords_are_salted_per_user_and_survive_an_auth_restart,
     a_resumed_stream_gets_what_it_missed_across_a_gateway_restart,
+    graphql_users_trade_and_resume_their_executions,
     every_service_says_serving_under_its_name,
     a_service_says_not_serving_until_it_has_rebuilt,
     an_order_carries_one_trace_through_every_stream,
