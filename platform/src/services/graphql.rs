@@ -719,7 +719,8 @@ pub fn sdl() -> String {
 /// (the `Authorization: Bearer` header carries the token), WebSocket
 /// subscriptions on `GET /graphql` (graphql-transport-ws, or the older
 /// graphql-ws; the token in connection_init's payload as `Authorization`,
-/// `authorization` or `token`), a note on `GET /`, and `GET /healthz`.
+/// `authorization` or `token`), a note on `GET /`, and `GET /healthz`
+/// (200 when the gateway says SERVING, 503 otherwise).
 #[cfg(not(madsim))]
 pub async fn serve(
     addr: std::net::SocketAddr,
@@ -735,8 +736,23 @@ pub async fn serve(
     use axum::response::{IntoResponse, Response};
     use axum::routing::get;
 
-    let gateway = GatewayClient::new(crate::services::channel_to(gateway_uri, std::time::Duration::from_secs(10)));
-    let schema = schema(gateway, limits);
+    let channel = crate::services::channel_to(gateway_uri, std::time::Duration::from_secs(10));
+    let schema = schema(GatewayClient::new(channel.clone()), limits);
+    let gateway_health = crate::services::health::proto::health_client::HealthClient::new(channel);
+
+    /// 200 when the gateway this API calls says SERVING, 503 otherwise:
+    /// the container's or the load balancer's health check.
+    async fn healthz(
+        axum::Extension(mut gateway): axum::Extension<
+            crate::services::health::proto::health_client::HealthClient<Channel>,
+        >,
+    ) -> (StatusCode, String) {
+        match crate::services::health::check(&mut gateway, "").await {
+            Ok(crate::services::health::ServingStatus::Serving) => (StatusCode::OK, "SERVING\n".into()),
+            Ok(status) => (StatusCode::SERVICE_UNAVAILABLE, format!("the gateway says {}\n", status.as_str_name())),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("the gateway does not answer: {}\n", e.message())),
+        }
+    }
 
     /// Reads the body itself (axum's `Bytes` keeps to the body limit,
     /// answering 413 beyond it) and answers 400 to what is not a GraphQL
@@ -773,8 +789,9 @@ pub async fn serve(
     let app = axum::Router::new()
         .route("/graphql", get(subscribe).post(execute))
         .route("/", get(index))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::Extension(gateway_health))
         .with_state(schema);
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("graphql: cannot listen on {addr}: {e}"))?;

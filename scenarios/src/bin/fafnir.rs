@@ -244,9 +244,11 @@ enum Command {
     /// rebuilds its state, or no answer within --timeout). A container's
     /// health check. Real build only.
     Health {
-        /// The service's gRPC address, HOST:PORT (default: the gateway on this host).
-        #[arg(default_value = "127.0.0.1:50051", value_parser = parse_gateway)]
-        addr: std::net::SocketAddr,
+        /// The service's gRPC address, HOST:PORT (default: the gateway on
+        /// this host); or an http:// URL (the GraphQL API's
+        /// http://HOST:8080/healthz), healthy when it answers 200.
+        #[arg(default_value = "127.0.0.1:50051")]
+        addr: String,
         /// The service name asked about ("" is the whole server).
         #[arg(long, default_value = "")]
         service: String,
@@ -758,7 +760,7 @@ fn main() -> ExitCode {
         Command::Ci { command } => return ci_command(command),
         Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
-        Command::Health { addr, service, timeout } => return health_command(addr, &service, timeout),
+        Command::Health { addr, service, timeout } => return health_command(&addr, &service, timeout),
         Command::Calibrate { file, out, seed, duration, real } => {
             return exit_of(calibrate_command(&file, out, seed, duration, real));
         }
@@ -1102,7 +1104,7 @@ fn run(cli: Cli) -> Result<(), String> {
 
 /// `fafnir health`: 0 when the service answers SERVING, 1 when it answers
 /// anything else or nothing, 2 in the simulated build.
-fn health_command(addr: std::net::SocketAddr, service: &str, timeout: std::time::Duration) -> ExitCode {
+fn health_command(addr: &str, service: &str, timeout: std::time::Duration) -> ExitCode {
     #[cfg(madsim)]
     {
         let _ = (addr, service, timeout);
@@ -1113,6 +1115,25 @@ fn health_command(addr: std::net::SocketAddr, service: &str, timeout: std::time:
     {
         use fafnir_platform::services::health::{self, ServingStatus};
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        if addr.starts_with("http://") && addr.trim_start_matches("http://").contains('/') {
+            return match rt.block_on(http_health(addr, timeout)) {
+                Ok(body) => {
+                    println!("{addr}: {}", body.trim());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fafnir: {addr}: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        let addr = match parse_gateway(addr) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("fafnir: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let answer = rt.block_on(async {
             let mut client = health::client(addr, timeout);
             match fafnir_platform::time::timeout(timeout, health::check(&mut client, service)).await {
@@ -1134,6 +1155,27 @@ fn health_command(addr: std::net::SocketAddr, service: &str, timeout: std::time:
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+/// GET `url`: Ok(its body) when it answers 200 within `timeout`.
+#[cfg(not(madsim))]
+async fn http_health(url: &str, timeout: std::time::Duration) -> Result<String, String> {
+    use http_body_util::BodyExt as _;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let answer = fafnir_platform::time::timeout(timeout, async {
+        let response = client.get(uri).await.map_err(|e| format!("no answer: {e}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .await
+    .map_err(|_| format!("no answer within {timeout:?}"))??;
+    match answer {
+        (status, body) if status == hyper::StatusCode::OK => Ok(body),
+        (status, body) => Err(format!("{status}: {}", body.trim())),
     }
 }
 
