@@ -735,6 +735,7 @@ mod real_main {
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
+                    biased;
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
