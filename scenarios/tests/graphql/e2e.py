@@ -72,11 +72,17 @@ EXECUTIONS = """subscription($after: Int64){ executions(afterCursor: $after){
   kind cursor orderId symbol fill { priceCents qty remaining } closed { reason } settledMatchSeq } }"""
 
 
-class Subscription:
-    """One graphql-transport-ws connection with one `executions` subscription."""
+MARKET_DATA = """subscription($s: [String!]!){ marketData(symbols: $s){
+  symbol bidCents askCents trades { priceCents qty } } }"""
 
-    def __init__(self, token, after=None):
+
+class Subscription:
+    """One graphql-transport-ws connection with one subscription: the
+    caller's `executions` (after a cursor), or with `query` another one."""
+
+    def __init__(self, token, after=None, query=EXECUTIONS, variables=None, field="executions"):
         self.token, self.after = token, after
+        self.query, self.variables, self.field = query, variables, field
         self.reports = []
 
     async def __aenter__(self):
@@ -85,9 +91,9 @@ class Subscription:
         await self.ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {self.token}"}}))
         ack = json.loads(await asyncio.wait_for(self.ws.recv(), 5))
         check(ack["type"] == "connection_ack", "connection_init is acknowledged")
-        variables = {"after": str(self.after)} if self.after is not None else {}
+        variables = self.variables or ({"after": str(self.after)} if self.after is not None else {})
         await self.ws.send(json.dumps({"id": "1", "type": "subscribe",
-                                       "payload": {"query": EXECUTIONS, "variables": variables}}))
+                                       "payload": {"query": self.query, "variables": variables}}))
         self.reader = asyncio.create_task(self.read())
         return self
 
@@ -98,7 +104,7 @@ class Subscription:
                 if msg["payload"].get("errors"):
                     self.reports.append({"error": msg["payload"]["errors"]})
                 else:
-                    self.reports.append(msg["payload"]["data"]["executions"])
+                    self.reports.append(msg["payload"]["data"][self.field])
             elif msg["type"] == "ping":
                 await self.ws.send(json.dumps({"type": "pong"}))
 
@@ -134,7 +140,8 @@ async def trading():
     me = gql("{ me { id role } }", token=bob)["data"]["me"]
     check(me == {"id": bob_id, "role": "TRADER"}, f"me is bob: {me}")
 
-    async with Subscription(alice) as a_sub, Subscription(bob) as b_sub:
+    market = Subscription(bob, query=MARKET_DATA, variables={"s": ["ACME"]}, field="marketData")
+    async with Subscription(alice) as a_sub, Subscription(bob) as b_sub, market as md:
         await a_sub.until("opening report", lambda r: r.get("kind") == "OPENED")
         await b_sub.until("opening report", lambda r: r.get("kind") == "OPENED")
         sell = submit(alice, "a-1", "SELL", 10000, 10)
@@ -146,6 +153,9 @@ async def trading():
         check(b_fill["fill"] == {"priceCents": "10000", "qty": "10", "remaining": "0"}, f"bob's fill: {b_fill}")
         check(isinstance(a_fill["cursor"], str) and int(a_fill["cursor"]) > 0, "a fill has a cursor (Int64 as a string)")
         await a_sub.until("alice's settlement", lambda r: r.get("kind") == "SETTLED")
+        traded = await md.until("the trade in ACME's market data",
+                                lambda u: {"priceCents": "10000", "qty": "10"} in (u.get("trades") or []))
+        check(traded[0]["symbol"] == "ACME", f"marketData delivers the trade: {traded[0]}")
         alice_cursor = a_sub.last_cursor()
 
     # Alice is away: a second trade happens without her.
