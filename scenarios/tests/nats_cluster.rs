@@ -43,7 +43,7 @@ fn up(nats: &str, redis: &str, namespace: &str, base_port: u16, within: Duration
     let base = base_port.to_string();
     let child = Command::new(env!("CARGO_BIN_EXE_fafnir"))
         .args(["up", "--nats", nats, "--redis", redis, "--namespace", namespace, "--jwt-secret", SECRET])
-        .args(["--base-port", &base, "--stream-replicas", "3", "--engine-shards", "2"])
+        .args(["--base-port", &base, "--stream-replicas", "3", "--engine-shards", "2", "--graphql-addr", "off"])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log"))

@@ -66,7 +66,7 @@ impl Up {
         let args = ["up", "--nats", nats, "--redis", redis, "--namespace", NAMESPACE, "--jwt-secret", SECRET]
             .map(String::from)
             .into_iter()
-            .chain(["--base-port".to_string(), base_port.to_string()])
+            .chain(["--base-port".to_string(), base_port.to_string(), "--graphql-addr".into(), "off".into()])
             .collect();
         let logs = std::env::temp_dir().join(format!("fafnir-real-chaos-{}", std::process::id()));
         std::fs::create_dir_all(&logs).expect("log dir");

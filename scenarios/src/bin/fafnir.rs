@@ -611,6 +611,11 @@ mod real_main {
         let metrics = metrics_addr(&c, c.base_port)?;
         let (deps, _) = fafnir_scenarios::real::connect(config(&c)?).await?;
         fafnir_scenarios::real::check_can_listen(&listen_addrs(&deps.cfg))?;
+        let graphql_at = graphql_addr(&c)?;
+        if let Some(addr) = graphql_at {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("graphql cannot listen on {addr}: {e} (--graphql-addr HOST:PORT, or off)"))?;
+        }
         let mut services = launch::spawn_all(&deps);
         launch::wait_until_serving_or_stopped(&deps, &mut services, Duration::from_secs(30)).await?;
         let a = &deps.cfg.addrs;
@@ -630,10 +635,7 @@ mod real_main {
         serve_metrics(metrics, &deps, &fafnir_platform::services::DURABLES).await?;
         let stop = futures::FutureExt::shared(Box::pin(stop_signal()));
         let mut graphql = None;
-        if let Some(addr) = graphql_addr(&c)? {
-            let listener = std::net::TcpListener::bind(addr)
-                .map_err(|e| format!("graphql: cannot listen on {addr}: {e} (--graphql-addr HOST:PORT or off)"))?;
-            drop(listener);
+        if let Some(addr) = graphql_at {
             let limits = fafnir_platform::services::graphql::Limits::DEFAULT;
             let served = fafnir_platform::services::graphql::serve(
                 addr,

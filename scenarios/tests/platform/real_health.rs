@@ -129,7 +129,7 @@ async fn fafnir_up_says_it_is_ready_when_every_service_says_serving() {
     let base_port = free_port_block(5 + shards);
     cfg.addrs = fafnir_platform::config::ServiceAddrs::local([127, 0, 0, 1].into(), base_port, shards);
     let mut child = Command::new(env!("CARGO_BIN_EXE_fafnir"))
-        .args(["up", "--namespace", &cfg.namespace, "--base-port", &base_port.to_string()])
+        .args(["up", "--namespace", &cfg.namespace, "--base-port", &base_port.to_string(), "--graphql-addr", "off"])
         .args(["--jwt-secret", SECRET, "--metrics-addr", "off"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

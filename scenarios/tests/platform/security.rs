@@ -54,7 +54,10 @@ fn fafnir_up_names_a_port_in_use() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
     let port = held.local_addr().unwrap().port();
     let namespace = format!("t-port-{}", std::process::id());
-    let out = fafnir(&["up", "--base-port", &port.to_string(), "--namespace", &namespace], Some(SECRET));
+    let out = fafnir(
+        &["up", "--base-port", &port.to_string(), "--namespace", &namespace, "--graphql-addr", "off"],
+        Some(SECRET),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("gateway cannot listen on 127.0.0.1:{port}")), "{stderr}");
