@@ -73,6 +73,15 @@ pub async fn one_way_latency() -> Result<[u64; 3], String> {
     let server = tonic::transport::Server::builder().add_service(status.server()).serve(addr);
     let server = tokio::spawn(server);
     let mut client = health::client(addr, Duration::from_secs(5));
+    // The spawned server binds its port when first polled: until then a
+    // check is refused. Wait for its first answer (up to 5 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = health::check(&mut client, "").await {
+        if Instant::now() > deadline {
+            return Err(format!("health check of the ping server: {e}"));
+        }
+        fafnir_platform::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut halves = Vec::with_capacity(PINGS);
     for i in 0..PINGS * 2 {
         let t0 = Instant::now();
