@@ -11,7 +11,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fafnir_platform::bus::EventBus as _;
@@ -21,65 +20,25 @@ use fafnir_scenarios::client::{Client, OrderSpec};
 use fafnir_scenarios::real_run::{self, Target};
 use fafnir_scenarios::servers::Server;
 
+#[path = "support/up.rs"]
+mod up;
+use up::{free_port_block, Up};
+
 const SECRET: &str = "nats-cluster-test-secret-0123456789abcdef";
-
-struct Up(Child, std::path::PathBuf);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn log_text(log: &std::path::Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// `fafnir up` on the cluster's first node, ready (every service SERVING) within `within`.
-fn up(nats: &str, redis: &str, namespace: &str, base_port: u16, within: Duration) -> Up {
-    let log = std::env::temp_dir().join(format!("fafnir-nats-cluster-{}-{namespace}.log", std::process::id()));
-    let out = std::fs::File::create(&log).expect("log file");
-    let base = base_port.to_string();
-    let child = Command::new(env!("CARGO_BIN_EXE_fafnir"))
-        .args(["up", "--nats", nats, "--redis", redis, "--namespace", namespace, "--jwt-secret", SECRET])
-        .args(["--base-port", &base, "--stream-replicas", "3", "--engine-shards", "2", "--graphql-addr", "off"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start fafnir up");
-    let mut up = Up(child, log);
-    let deadline = Instant::now() + within;
-    while !log_text(&up.1).contains("fafnir is up and ready") {
-        let exited = up.0.try_wait().ok().flatten();
-        assert!(exited.is_none(), "fafnir up exited ({exited:?}):\n{}", log_text(&up.1));
-        assert!(Instant::now() < deadline, "fafnir up not ready after {within:?}:\n{}", log_text(&up.1));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    up
-}
-
-/// A block of 7 free consecutive ports (gateway, auth, market, orders, portfolio, 2 engines).
-fn free_port_block() -> u16 {
-    loop {
-        let base = fafnir_scenarios::real::free_ports(1)[0];
-        if base < 60_000 && (base..base + 7).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_runs_on_a_nats_cluster_with_replicated_streams() {
     let mut cluster = Server::nats_cluster(3).expect("a 3-node NATS cluster");
     let redis = std::env::var("FAFNIR_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
     let namespace = format!("cluster{}", std::process::id());
-    let base_port = free_port_block();
+    let base_port = free_port_block(7);
+    let base = base_port.to_string();
+    let nats = cluster[0].addr();
     // The cluster elects its JetStream leader within seconds of starting:
     // the services' first requests may meet it still electing.
-    let _up = up(&cluster[0].addr(), &redis, &namespace, base_port, Duration::from_secs(60));
+    let args = ["--nats", &nats, "--redis", &redis, "--namespace", &namespace, "--jwt-secret", SECRET];
+    let more = ["--base-port", &base, "--stream-replicas", "3", "--engine-shards", "2", "--graphql-addr", "off"];
+    let _up = Up::start("nats-cluster", &[&args[..], &more[..]].concat(), Duration::from_secs(60));
     let gateway: SocketAddr = ([127, 0, 0, 1], base_port).into();
 
     // Drive it through the second node: the checker reads every stream there.
