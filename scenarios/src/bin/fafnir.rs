@@ -580,16 +580,27 @@ mod real_main {
         all
     }
 
-    /// Where --metrics-addr says to serve metrics (None: off); `port` by default.
-    fn metrics_addr(c: &Common, port: u16) -> Result<Option<std::net::SocketAddr>, String> {
-        match c.metrics_addr.as_deref() {
+    /// An address option's value: HOST:PORT, "off" (None), or `default` when not given.
+    fn listen_option(
+        flag: &str,
+        given: Option<&str>,
+        default: impl FnOnce() -> Result<std::net::SocketAddr, String>,
+    ) -> Result<Option<std::net::SocketAddr>, String> {
+        match given {
             Some("off") => Ok(None),
             Some(text) => text
                 .parse()
                 .map(Some)
-                .map_err(|_| format!("--metrics-addr {text:?}: expected HOST:PORT with an IP address host, or off")),
-            None => Ok(Some(std::net::SocketAddr::new(c.host, port.checked_add(1000).ok_or("--base-port too high")?))),
+                .map_err(|_| format!("{flag} {text:?}: expected HOST:PORT with an IP address host, or off")),
+            None => default().map(Some),
         }
+    }
+
+    /// Where --metrics-addr says to serve metrics (None: off); `port` + 1000 by default.
+    fn metrics_addr(c: &Common, port: u16) -> Result<Option<std::net::SocketAddr>, String> {
+        listen_option("--metrics-addr", c.metrics_addr.as_deref(), || {
+            Ok(std::net::SocketAddr::new(c.host, port.checked_add(1000).ok_or("--base-port too high")?))
+        })
     }
 
     /// Serves the process's metrics at `addr`, the lag of `durables` read at each scrape.
@@ -634,7 +645,8 @@ mod real_main {
         }
         serve_metrics(metrics, &deps, &fafnir_platform::services::DURABLES).await?;
         let stop = futures::FutureExt::shared(Box::pin(stop_signal()));
-        let mut graphql = None;
+        // Aborted when dropped: on every way out of `up`.
+        let mut graphql = fafnir_platform::services::TaskGroup::default();
         if let Some(addr) = graphql_at {
             let limits = fafnir_platform::services::graphql::Limits::DEFAULT;
             let served = fafnir_platform::services::graphql::serve(
@@ -643,11 +655,14 @@ mod real_main {
                 limits,
                 shutdown_on(stop.clone()),
             );
-            graphql = Some(tokio::spawn(served));
+            graphql.spawn(async move {
+                if let Err(e) = served.await {
+                    eprintln!("fafnir: {e}");
+                }
+            });
             println!("  graphql   http://{addr}/graphql  (WebSocket subscriptions on the same path)");
         }
         println!("Ctrl-C (or SIGTERM) stops it.");
-        let stop = stop.clone();
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -671,22 +686,13 @@ mod real_main {
         for (_, h) in services {
             h.stop(Duration::from_secs(5)).await;
         }
-        if let Some(graphql) = graphql {
-            graphql.abort();
-        }
+        drop(graphql);
         Ok(())
     }
 
     /// Where `fafnir up` and `fafnir serve graphql` serve the GraphQL API (None: off).
     fn graphql_addr(c: &Common) -> Result<Option<std::net::SocketAddr>, String> {
-        match c.graphql_addr.as_deref() {
-            Some("off") => Ok(None),
-            Some(text) => text
-                .parse()
-                .map(Some)
-                .map_err(|_| format!("--graphql-addr {text:?}: expected HOST:PORT with an IP address host, or off")),
-            None => Ok(Some(std::net::SocketAddr::new(c.host, 8080))),
-        }
+        listen_option("--graphql-addr", c.graphql_addr.as_deref(), || Ok(std::net::SocketAddr::new(c.host, 8080)))
     }
 
     /// The GraphQL API alone: a client of the gateway (its address from
