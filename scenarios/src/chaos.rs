@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use fafnir_sim::faults::Fault;
@@ -17,61 +17,7 @@ use fafnir_sim::faults::Fault;
 use crate::run::{Outcome, RunResult};
 use crate::scenario::Scenario;
 
-/// How a seed failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    /// A panic or an error that stopped the run.
-    Crash,
-    /// The platform did not catch up after the faults ended.
-    Liveness,
-    /// The fill checker found a violation.
-    Correctness,
-    /// More requests failed or timed out than the error budget allows.
-    ErrorBudget,
-    /// An SLO was violated (every fill was right).
-    Slo,
-}
-
-impl FailureKind {
-    pub const ALL: [FailureKind; 5] = [
-        FailureKind::Crash,
-        FailureKind::Liveness,
-        FailureKind::Correctness,
-        FailureKind::ErrorBudget,
-        FailureKind::Slo,
-    ];
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FailureKind::Crash => "crash",
-            FailureKind::Liveness => "liveness",
-            FailureKind::Correctness => "correctness",
-            FailureKind::ErrorBudget => "error_budget",
-            FailureKind::Slo => "slo",
-        })
-    }
-}
-
-/// What failed: the kind, and for correctness and SLO failures which checks
-/// or SLOs. "The same way" means the same kind and at least one of the same
-/// checks (or SLOs) failing.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub failed: BTreeSet<String>,
-    /// One line for a person.
-    pub detail: String,
-}
-
-impl Failure {
-    /// Whether `self` fails the way `other` did.
-    pub fn same_way(&self, other: &Failure) -> bool {
-        self.kind == other.kind && (other.failed.is_empty() || !self.failed.is_disjoint(&other.failed))
-    }
-}
+pub use crate::sweep::{Failure, FailureKind, SeedOutcome};
 
 /// One seed of a sweep.
 pub struct SeedRun {
@@ -144,22 +90,6 @@ pub fn classify(r: &RunResult) -> Option<Failure> {
     }
 }
 
-/// What a sweep keeps of one seed once `each` has seen it: enough for the
-/// sweep's table, a few hundred bytes, whatever the run measured (a whole
-/// run, its latency samples and checker input, is megabytes: a sweep that
-/// kept them grew by about 5 MB a seed).
-#[derive(Clone, Debug)]
-pub struct SeedOutcome {
-    pub seed: u64,
-    pub failure: Option<Failure>,
-    /// The faults that fired, by kind, and the orders in flight when they did
-    /// (empty when the run did not finish).
-    pub coverage: crate::run::Coverage,
-    /// The run's submit_to_ack p99 (None when it did not finish).
-    pub submit_to_ack_p99_ns: Option<u64>,
-    pub trace_hash: Option<String>,
-}
-
 impl SeedRun {
     /// What a sweep keeps of this run.
     pub fn outcome(&self) -> SeedOutcome {
@@ -180,25 +110,23 @@ impl SeedRun {
 /// order, so that its memory does not grow with the runs' size.
 pub fn sweep(
     scn: &Scenario,
-    seeds: std::ops::Range<u64>,
+    seeds: &[u64],
     jobs: usize,
     rerun_of: &(dyn Fn(u64) -> String + Sync),
     each: &(dyn Fn(&SeedRun) + Sync),
 ) -> Vec<SeedOutcome> {
-    let next = AtomicU64::new(seeds.start);
+    let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= seeds.end {
-                    break;
+            s.spawn(|| {
+                while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let r = run_seed(scn, seed, &rerun_of(seed));
+                    each(&r);
+                    let kept = r.outcome();
+                    drop(r);
+                    done.lock().expect("results").push(kept);
                 }
-                let r = run_seed(scn, seed, &rerun_of(seed));
-                each(&r);
-                let kept = r.outcome();
-                drop(r);
-                done.lock().expect("results").push(kept);
             });
         }
     });

@@ -8,6 +8,9 @@
 //!
 //! - [`baselines`]: ci/baselines.toml, latency percentiles guarded by `fafnir ci check`.
 //! - `chaos` (simulated build): seed sweeps, failure classes, replay files, shrinking.
+//! - [`sweep`]: what a sweep keeps of each seed, `--shard`, and the table it ends with (both builds).
+//! - `queue`, `worker`, `distributed` (real build): the JetStream work queue, `fafnir worker`,
+//!   and the coordinators of sweeps and runs spread over workers.
 //! - [`regressions`]: ci/regressions.toml, seeds that once found bugs, replayed by `fafnir ci replay`.
 //! - [`agents`]: the market agents (noise, market maker, momentum, value, whale).
 //! - [`checker`]: the fill checker and its reference book.
@@ -36,6 +39,8 @@ pub mod capacity;
 pub mod chaos;
 pub mod checker;
 pub mod client;
+#[cfg(not(madsim))]
+pub mod distributed;
 pub mod driver;
 #[cfg(not(madsim))]
 pub mod fidelity;
@@ -46,6 +51,8 @@ pub mod otlp;
 #[cfg(not(madsim))]
 pub mod precise;
 pub mod progress;
+#[cfg(not(madsim))]
+pub mod queue;
 #[cfg(not(madsim))]
 pub mod real;
 #[cfg(not(madsim))]
@@ -59,4 +66,7 @@ pub mod servers;
 pub mod sim_run;
 #[cfg(madsim)]
 pub mod simbench;
+pub mod sweep;
 pub mod timeline;
+#[cfg(not(madsim))]
+pub mod worker;

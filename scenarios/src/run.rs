@@ -199,7 +199,7 @@ impl LoadGenerator {
 
 /// What a run's faults covered: how many of each kind fired, and how many
 /// submitted orders were awaiting their answer when they did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Coverage {
     pub fired: BTreeMap<String, u32>,
     pub orders_in_flight: BTreeMap<String, u64>,

@@ -108,7 +108,7 @@ fn the_sweep_at_load_is_clean_with_no_bug_planted() {
 }
 
 fn sweep_is_clean(scn: Scenario) {
-    let runs = chaos::sweep(&scn, SEEDS, 2, &|_| String::new(), &|_| {});
+    let runs = chaos::sweep(&scn, &SEEDS.collect::<Vec<_>>(), 2, &|_| String::new(), &|_| {});
     let failures: Vec<String> = runs
         .iter()
         .filter_map(|r| r.failure.as_ref().map(|f| format!("seed {}: {} {}", r.seed, f.kind, f.detail)))
@@ -152,7 +152,7 @@ fn only_lost_answers_find_the_fresh_id_republish() {
     let others = Kind::ALL.iter().filter(|k| **k != Kind::ReplyLost).map(|k| k.name().to_string());
     nemesis.kinds = Some(others.collect());
     let planted = Scenario { planted_bug: Some(bug), nemesis: Some(nemesis), ..scn };
-    let runs = chaos::sweep(&planted, SEEDS, 2, &|_| String::new(), &|_| {});
+    let runs = chaos::sweep(&planted, &SEEDS.collect::<Vec<_>>(), 2, &|_| String::new(), &|_| {});
     let failures: Vec<String> = runs
         .iter()
         .filter_map(|r| r.failure.as_ref().map(|f| format!("seed {}: {} {}", r.seed, f.kind, f.detail)))

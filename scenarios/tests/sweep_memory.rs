@@ -28,7 +28,7 @@ fn a_2000_seed_sweep_stays_under_its_memory_bound() {
     let scn = Scenario::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let before = peak_rss_kb();
     let failing = std::sync::atomic::AtomicU64::new(0);
-    let runs = chaos::sweep(&scn, 1..2001, 2, &|_| String::new(), &|r| {
+    let runs = chaos::sweep(&scn, &(1..2001).collect::<Vec<_>>(), 2, &|_| String::new(), &|r| {
         if r.failure.is_some() {
             failing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

@@ -211,7 +211,15 @@ enum Command {
     /// Prints one line per failing seed with its rerun command and saves the
     /// failure's run directory with replay.toml (its faults inline, no
     /// nemesis); ends with a table. Exit 0 when every seed passed, 4 when
-    /// some failed. Simulated build only (`cargo fafnir chaos ...`).
+    /// some failed. Runs in the simulated build (`cargo fafnir chaos ...`).
+    ///
+    /// With --nats the sweep is spread over `fafnir worker`s instead: the real
+    /// build (`cargo fafnir-real chaos ... --nats URL`) publishes it as jobs
+    /// of --batch seeds to the namespace's JetStream work queue, waits for
+    /// every result and prints the same lines and table; it also writes
+    /// outcomes.jsonl (every seed's outcome and trace hash) and sweep.json
+    /// (which worker ran which seeds, when, for how long) into --out. Exit 1
+    /// when jobs could not be run (the queue gave up on them).
     Chaos {
         /// The scenario file.
         file: std::path::PathBuf,
@@ -227,6 +235,51 @@ enum Command {
         /// Where failing seeds' run directories go (default: runs/chaos-<scenario>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Only the I-th of N interleaved parts of --seeds (seed s when
+        /// (s - A) % N == I), for a sweep split without a queue (each pod of
+        /// a Kubernetes Indexed Job runs its part).
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<fafnir_scenarios::sweep::Shard>,
+        /// Also write every seed's outcome (failure, coverage, p99, trace
+        /// hash) to this file, one JSON line per seed in seed order.
+        #[arg(long)]
+        outcomes: Option<std::path::PathBuf>,
+        /// The scenario's path as rerun commands name it (a worker runs a
+        /// copy of the coordinator's file).
+        #[arg(long, hide = true)]
+        as_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        spread: SpreadArgs,
+    },
+    /// Take jobs from the JetStream work queue and run them: batches of a
+    /// sweep's seeds (`fafnir chaos --nats`), run by the simulated build's
+    /// binary. Start any number, on any number of machines, against the same
+    /// NATS and namespace; they share one durable consumer. A worker that
+    /// dies loses nothing: its job goes to another worker when the ack wait
+    /// ends. A job whose run fails is retried with a growing delay and
+    /// reported as failed after 4 attempts. Stops on SIGTERM or Ctrl-C,
+    /// giving its running jobs back. Real build only.
+    Worker {
+        /// NATS server with JetStream.
+        #[arg(long, env = "FAFNIR_NATS", default_value = "127.0.0.1:4222")]
+        nats: String,
+        /// The queue's namespace (its streams are <NS>_JOBS and <NS>_RESULTS).
+        #[arg(long, env = "FAFNIR_NAMESPACE", default_value = "fafnir")]
+        namespace: String,
+        /// Jobs at a time (each runs one child process: about one core).
+        #[arg(long, env = "FAFNIR_WORKER_JOBS", default_value_t = 1)]
+        jobs: usize,
+        /// The simulated build's binary (default: fafnir-sim beside this
+        /// binary, else target/sim/release/fafnir).
+        #[arg(long, env = "FAFNIR_SIM_BIN")]
+        sim_bin: Option<std::path::PathBuf>,
+        /// How long a job may go unanswered before it goes to another worker
+        /// (a running job reports progress every third of it).
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        ack_wait: std::time::Duration,
+        /// The name its results carry (default: <host>/<pid>).
+        #[arg(long, env = "FAFNIR_WORKER_NAME")]
+        name: Option<String>,
     },
     /// Shrink a failing run while it keeps failing the same way: fewer faults
     /// (delta debugging over the schedule), a shorter load, fewer agents and
@@ -312,6 +365,29 @@ enum CiCommand {
         #[arg(long, default_value = "ci/baselines.toml")]
         baselines: std::path::PathBuf,
     },
+}
+
+/// Spreading a sweep over workers (`fafnir chaos --nats`).
+#[derive(Args, Clone)]
+struct SpreadArgs {
+    /// Spread the sweep over the workers on this NATS server (real build).
+    #[arg(long)]
+    nats: Option<String>,
+    /// The queue's namespace (as the workers' --namespace).
+    #[arg(long, env = "FAFNIR_NAMESPACE", default_value = "fafnir")]
+    namespace: String,
+    /// Seeds per job (a chaos.toml seed takes some 80 ms of a core: 20 make
+    /// a job of a couple of seconds, whose start-up costs little).
+    #[arg(long, default_value_t = 20)]
+    batch: u64,
+    /// Pick up a sweep that ran before (its id is printed when it starts):
+    /// the results it has are read, only the jobs without one run again.
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
+fn parse_shard(text: &str) -> Result<fafnir_scenarios::sweep::Shard, String> {
+    fafnir_scenarios::sweep::Shard::parse(text)
 }
 
 #[derive(Args, Clone)]
@@ -738,7 +814,7 @@ mod real_main {
     /// container): a graceful stop. A process that is a container's PID 1
     /// has no default action for SIGTERM, so without this it would be killed
     /// only when the grace period ran out.
-    async fn stop_signal() {
+    pub(super) async fn stop_signal() {
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
@@ -767,7 +843,13 @@ fn main() -> ExitCode {
     let cli = match cli.command {
         Command::Report { command } => return report_command(command),
         Command::Ci { command } => return ci_command(command),
-        Command::Chaos { file, seeds, jobs, duration, out } => return chaos_command(&file, seeds, jobs, duration, out),
+        Command::Chaos { file, seeds, jobs, duration, out, shard, outcomes, as_file, spread } => {
+            let sweep = SweepArgs { seeds, jobs, duration, out, shard, outcomes, as_file, spread };
+            return chaos_command(&file, sweep);
+        }
+        Command::Worker { nats, namespace, jobs, sim_bin, ack_wait, name } => {
+            return worker_command(nats, namespace, jobs, sim_bin, ack_wait, name);
+        }
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
         Command::Health { addr, service, timeout } => return health_command(&addr, &service, timeout),
         Command::Calibrate { file, out, seed, duration, real } => {
@@ -1047,6 +1129,7 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Report { .. }
         | Command::Ci { .. }
         | Command::Chaos { .. }
+        | Command::Worker { .. }
         | Command::Capacity { .. }
         | Command::Calibrate { .. }
         | Command::Fidelity { .. }
@@ -1071,6 +1154,7 @@ fn run(cli: Cli) -> Result<(), String> {
         | Command::Report { .. }
         | Command::Ci { .. }
         | Command::Chaos { .. }
+        | Command::Worker { .. }
         | Command::Capacity { .. }
         | Command::Calibrate { .. }
         | Command::Fidelity { .. }
@@ -1509,16 +1593,138 @@ fn ci_command(command: CiCommand) -> ExitCode {
     }
 }
 
+/// `fafnir chaos`'s options beside the scenario file.
+struct SweepArgs {
+    seeds: std::ops::Range<u64>,
+    jobs: usize,
+    duration: Option<std::time::Duration>,
+    out: Option<std::path::PathBuf>,
+    shard: Option<fafnir_scenarios::sweep::Shard>,
+    outcomes: Option<std::path::PathBuf>,
+    as_file: Option<std::path::PathBuf>,
+    spread: SpreadArgs,
+}
+
+/// `fafnir chaos --nats`: the coordinator of a sweep spread over workers.
 #[cfg(not(madsim))]
-fn chaos_command(
-    _: &std::path::Path,
-    _: std::ops::Range<u64>,
+fn chaos_command(file: &std::path::Path, a: SweepArgs) -> ExitCode {
+    let Some(nats) = a.spread.nats.clone() else {
+        eprintln!(
+            "fafnir: `chaos` sweeps seeds of the simulation: use the simulated build, `cargo fafnir chaos ...`, or \
+             spread the sweep over workers with --nats URL"
+        );
+        return ExitCode::from(2);
+    };
+    if a.jobs != 2 {
+        eprintln!("fafnir chaos: --jobs is ignored with --nats: each worker runs its own --jobs at a time");
+    }
+    if a.shard.is_some() || a.outcomes.is_some() || a.as_file.is_some() {
+        eprintln!(
+            "fafnir: --shard and --outcomes are the simulated build's (a distributed sweep writes outcomes.jsonl)"
+        );
+        return ExitCode::from(2);
+    }
+    let (scn, _, _) = match load(file, None, a.duration) {
+        Ok(l) => l,
+        Err(RunError::Usage(e) | RunError::Failed(e)) => {
+            eprintln!("fafnir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = a.out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/chaos-{}", scn.name)));
+    let sweep = fafnir_scenarios::distributed::Sweep {
+        file: file.to_path_buf(),
+        seeds: a.seeds,
+        duration: a.duration,
+        out,
+        nats,
+        namespace: a.spread.namespace,
+        batch: a.spread.batch,
+        run_id: a.spread.run_id,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fafnir: a tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ran = rt.block_on(async {
+        tokio::select! {
+            biased;
+            r = fafnir_scenarios::distributed::sweep(sweep, &scn.name, scn.nemesis.is_some()) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    match ran {
+        Some(Ok(code)) => ExitCode::from(code),
+        Some(Err(e)) => {
+            eprintln!("fafnir: {e}");
+            ExitCode::from(1)
+        }
+        None => {
+            eprintln!("fafnir chaos: interrupted; the workers go on with the jobs, --run-id picks up their results");
+            ExitCode::from(130)
+        }
+    }
+}
+
+#[cfg(madsim)]
+fn worker_command(
+    _: String,
+    _: String,
     _: usize,
-    _: Option<std::time::Duration>,
     _: Option<std::path::PathBuf>,
+    _: std::time::Duration,
+    _: Option<String>,
 ) -> ExitCode {
-    eprintln!("fafnir: `chaos` sweeps seeds of the simulation: use the simulated build, `cargo fafnir chaos ...`");
+    eprintln!("fafnir: `worker` takes jobs from NATS: use the real build, `cargo fafnir-real worker ...`");
     ExitCode::from(2)
+}
+
+/// `fafnir worker`: runs jobs until SIGTERM or Ctrl-C.
+#[cfg(not(madsim))]
+fn worker_command(
+    nats: String,
+    namespace: String,
+    jobs: usize,
+    sim_bin: Option<std::path::PathBuf>,
+    ack_wait: std::time::Duration,
+    name: Option<String>,
+) -> ExitCode {
+    let sim_bin = match sim_bin.map(Ok).unwrap_or_else(fafnir_scenarios::worker::default_sim_bin) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if jobs == 0 {
+        eprintln!("fafnir: --jobs must be at least 1");
+        return ExitCode::from(2);
+    }
+    let opts = fafnir_scenarios::worker::Options {
+        nats,
+        namespace,
+        jobs,
+        sim_bin,
+        ack_wait,
+        name: name.unwrap_or_else(fafnir_scenarios::worker::default_name),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fafnir: a tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(fafnir_scenarios::worker::run(opts, real_main::stop_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fafnir: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[cfg(not(madsim))]
@@ -1528,15 +1734,16 @@ fn shrink_command(_: &std::path::Path, _: Option<u64>) -> ExitCode {
 }
 
 #[cfg(madsim)]
-fn chaos_command(
-    file: &std::path::Path,
-    seeds: std::ops::Range<u64>,
-    jobs: usize,
-    duration: Option<std::time::Duration>,
-    out: Option<std::path::PathBuf>,
-) -> ExitCode {
-    use fafnir_scenarios::chaos::{self, FailureKind};
-    use std::collections::BTreeMap;
+fn chaos_command(file: &std::path::Path, a: SweepArgs) -> ExitCode {
+    use fafnir_scenarios::chaos;
+    if a.spread.nats.is_some() {
+        eprintln!(
+            "fafnir: a sweep spread over workers is coordinated by the real build (it speaks NATS): \
+             `cargo fafnir-real chaos ... --nats URL`"
+        );
+        return ExitCode::from(2);
+    }
+    let SweepArgs { seeds, jobs, duration, out, shard, outcomes, as_file, .. } = a;
     let (scn, _, _) = match load(file, None, duration) {
         Ok(l) => l,
         Err(RunError::Usage(e) | RunError::Failed(e)) => {
@@ -1546,18 +1753,21 @@ fn chaos_command(
     };
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/chaos-{}", scn.name)));
-    let total = seeds.end - seeds.start;
+    let list: Vec<u64> = match shard {
+        Some(shard) => shard.seeds(seeds.clone()),
+        None => seeds.clone().collect(),
+    };
+    let total = list.len() as u64;
+    let part = shard.map(|s| format!(", shard {}/{}", s.index, s.of)).unwrap_or_default();
     println!(
-        "fafnir chaos: scenario {:?}, seeds {}..{} ({total} runs, {jobs} at a time), nemesis {}",
+        "fafnir chaos: scenario {:?}, seeds {}..{}{part} ({total} runs, {jobs} at a time), nemesis {}",
         scn.name,
         seeds.start,
         seeds.end,
         if scn.nemesis.is_some() { "on" } else { "off (only the scenario's own faults)" }
     );
-    let rerun_of = |seed: u64| {
-        let d = duration.map(|d| format!(" --duration {}ms", d.as_millis())).unwrap_or_default();
-        format!("cargo fafnir run {} --seed {seed}{d}", file.display())
-    };
+    let shown = as_file.as_deref().unwrap_or(file);
+    let rerun_of = |seed: u64| fafnir_scenarios::sweep::rerun_command(shown, seed, duration);
     let done = std::sync::atomic::AtomicU64::new(0);
     let save = |r: &chaos::SeedRun| -> Result<std::path::PathBuf, String> {
         let dir = out.join(format!("seed-{}", r.seed));
@@ -1579,55 +1789,18 @@ fn chaos_command(
             Ok(dir) => dir.display().to_string(),
             Err(e) => format!("(not saved: {e})"),
         };
-        println!("[{n}/{total}] seed {} FAILED {}: {}", r.seed, f.kind, f.detail);
-        println!("    rerun: {}", rerun_of(r.seed));
-        println!(
-            "    replay without the nemesis: cargo fafnir run {dir}/replay.toml; shrink: cargo fafnir shrink {dir}"
-        );
+        println!("{}", fafnir_scenarios::sweep::failure_lines(n, total, r.seed, f, &rerun_of(r.seed), &dir));
     };
-    let runs = chaos::sweep(&scn, seeds, jobs, &rerun_of, &each);
-    let mut by_kind: BTreeMap<FailureKind, u64> = BTreeMap::new();
-    let mut fired: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for r in &runs {
-        if let Some(f) = &r.failure {
-            *by_kind.entry(f.kind).or_default() += 1;
-        }
-        for (k, n) in &r.coverage.fired {
-            let e = fired.entry(k.clone()).or_default();
-            e.0 += u64::from(*n);
-            e.1 += r.coverage.orders_in_flight.get(k).copied().unwrap_or(0);
+    let runs = chaos::sweep(&scn, &list, jobs, &rerun_of, &each);
+    if let Some(path) = &outcomes {
+        if let Err(e) = std::fs::write(path, fafnir_scenarios::sweep::outcomes_jsonl(&runs)) {
+            eprintln!("fafnir: {}: {e}", path.display());
+            return ExitCode::from(1);
         }
     }
-    let failures: u64 = by_kind.values().sum();
-    println!("\n{:<22} {:>6}", "runs", runs.len());
-    for kind in FailureKind::ALL {
-        println!("{:<22} {:>6}", format!("{kind} failures"), by_kind.get(&kind).copied().unwrap_or(0));
-    }
-    println!("\nfaults fired over the sweep (and submitted orders in flight when they did):");
-    if fired.is_empty() {
-        println!("  none");
-    }
-    for (k, (n, inflight)) in &fired {
-        println!("  {k:<18} {n:>6} fired, {inflight:>7} orders in flight");
-    }
-    let mut slowest: Vec<(u64, u64)> =
-        runs.iter().filter_map(|r| r.submit_to_ack_p99_ns.map(|p99| (p99, r.seed))).collect();
-    slowest.sort_by(|a, b| b.cmp(a));
-    println!("\nslowest submit_to_ack p99:");
-    for (p99, seed) in slowest.iter().take(5) {
-        println!("  seed {seed:<8} {:>10.3} ms", *p99 as f64 / 1e6);
-    }
-    if failures == 0 {
-        println!("\nchaos: all {} seeds passed", runs.len());
-        ExitCode::SUCCESS
-    } else {
-        println!(
-            "\nchaos: {failures} of {} seeds failed; their run directories are under {}",
-            runs.len(),
-            out.display()
-        );
-        ExitCode::from(4)
-    }
+    let (table, failures) = fafnir_scenarios::sweep::table(&runs, &out);
+    println!("{table}");
+    ExitCode::from(if failures == 0 { 0 } else { 4 })
 }
 
 #[cfg(madsim)]

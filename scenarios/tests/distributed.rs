@@ -1,0 +1,289 @@
+//! Sweeps spread over `fafnir worker` processes through a private
+//! nats-server's JetStream: seed for seed the same outcomes and trace hashes
+//! as the simulated build's `chaos --jobs` on one machine, also when a worker
+//! is killed mid-job; a restarted coordinator picks up the stored results;
+//! a job whose run keeps failing is reported, not retried forever.
+//!
+//! They run the simulated build's binary (target/sim/release/fafnir) from
+//! the release build's workers, so ci/test runs them after building both:
+//! `cargo test --release -p fafnir-scenarios --test distributed -- --ignored`.
+#![cfg(not(madsim))]
+#![allow(clippy::disallowed_methods)] // a test of processes reads the wall clock
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fafnir_scenarios::servers::Server;
+use fafnir_scenarios::sweep::{parse_outcomes, FailureKind, SeedOutcome};
+
+const FAFNIR: &str = env!("CARGO_BIN_EXE_fafnir");
+
+fn sim_bin() -> PathBuf {
+    // target/release/fafnir -> target/sim/release/fafnir
+    let target = Path::new(FAFNIR).parent().and_then(Path::parent).expect("a target directory");
+    let bin = target.join("sim/release/fafnir");
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo sim build --release -p fafnir-scenarios --bin fafnir` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("fafnir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A process killed on drop, its output in a log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(bin: &Path, args: &[String], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        Proc { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit, at most `within`; its exit code.
+    fn wait(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "still running after {within:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// scenarios/chaos.toml with an SLO that some seeds' faults break and others'
+/// do not: the sweep has failures (whose run directories travel back) and passes.
+fn scenario(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/chaos.toml")).unwrap();
+    let text = text.replace("\"submit_to_ack.p99 < 10s\"", "\"submit_to_ack.p99 < 100ms\"");
+    let path = dir.join("chaos-tight.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+fn worker(nats: &str, ns: &str, name: &str, sim: &Path, dir: &Path) -> Proc {
+    let args = [
+        s("worker"),
+        s("--nats"),
+        s(nats),
+        s("--namespace"),
+        s(ns),
+        s("--jobs"),
+        s(1),
+        s("--ack-wait"),
+        s("3s"),
+        s("--sim-bin"),
+        sim.display().to_string(),
+        s("--name"),
+        s(name),
+    ];
+    Proc::start(Path::new(FAFNIR), &args, dir.join(format!("{name}.log")))
+}
+
+fn outcomes(path: &Path) -> Vec<SeedOutcome> {
+    parse_outcomes(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+const SEEDS: &str = "0..12";
+
+#[test]
+#[ignore = "runs the release builds' binaries: ci/test runs it in release"]
+fn a_sweep_over_three_workers_matches_one_machine_also_when_a_worker_is_killed() {
+    let sim = sim_bin();
+    let dir = Scratch::new("distributed");
+    let scn = scenario(&dir.0);
+    let scn_arg = scn.display().to_string();
+
+    // The same sweep on one machine.
+    let local_out = dir.0.join("local");
+    let local_jsonl = dir.0.join("local.jsonl");
+    let args = [
+        s("chaos"),
+        scn_arg.clone(),
+        s("--seeds"),
+        s(SEEDS),
+        s("--jobs"),
+        s(2),
+        s("--duration"),
+        s("2s"),
+        s("--out"),
+        local_out.display().to_string(),
+        s("--outcomes"),
+        local_jsonl.display().to_string(),
+    ];
+    let mut local = Proc::start(&sim, &args, dir.0.join("local.log"));
+    let local_code = local.wait(Duration::from_secs(300));
+    let local_runs = outcomes(&local_jsonl);
+    assert_eq!(local_runs.len(), 12);
+    let failing: Vec<u64> = local_runs.iter().filter(|r| r.failure.is_some()).map(|r| r.seed).collect();
+    assert!(
+        !failing.is_empty() && failing.len() < 12,
+        "the test wants failing and passing seeds, got failures at {failing:?}:\n{}",
+        local.log()
+    );
+    assert_eq!(local_code, 4);
+
+    // Over three workers, one killed while it runs a job.
+    let nats = Server::nats().unwrap();
+    let ns = format!("t{}", std::process::id());
+    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&nats.addr(), &ns, &format!("w{i}"), &sim, &dir.0)).collect();
+    let dist_out = dir.0.join("dist");
+    let coordinator_args = |extra: &[String]| {
+        let mut a = vec![
+            s("chaos"),
+            scn_arg.clone(),
+            s("--seeds"),
+            s(SEEDS),
+            s("--duration"),
+            s("2s"),
+            s("--nats"),
+            nats.addr(),
+            s("--namespace"),
+            ns.clone(),
+            s("--batch"),
+            s(2),
+            s("--out"),
+            dist_out.display().to_string(),
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let mut coordinator = Proc::start(Path::new(FAFNIR), &coordinator_args(&[]), dir.0.join("coordinator.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !workers[0].log().contains(", attempt ") {
+        assert!(Instant::now() < deadline, "w0 took no job:\n{}", workers[0].log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    workers[0].kill();
+    assert!(!workers[0].log().contains(" done in "), "w0 was to be killed mid-job:\n{}", workers[0].log());
+    let code = coordinator.wait(Duration::from_secs(300));
+    let log = coordinator.log();
+    assert_eq!(code, local_code, "{log}");
+    let dist_runs = outcomes(&dist_out.join("outcomes.jsonl"));
+    assert_eq!(dist_runs, local_runs, "seed for seed the same outcomes and trace hashes");
+    assert!(dist_runs.iter().all(|r| r.trace_hash.is_some()));
+
+    // The same lines and table as the local sweep.
+    let local_log = local.log();
+    let table =
+        |log: &str| log[log.find("\nruns ").expect("a table")..].replace(&local_out.display().to_string(), "OUT");
+    assert_eq!(table(&log).replace(&dist_out.display().to_string(), "OUT"), table(&local_log), "{log}");
+    for seed in &failing {
+        assert!(log.contains(&format!("seed {seed} FAILED")), "{log}");
+        let seed_dir = dist_out.join(format!("seed-{seed}"));
+        for file in ["replay.toml", "failure.json", "summary.json"] {
+            let (got, want) = (seed_dir.join(file), local_out.join(format!("seed-{seed}")).join(file));
+            assert!(got.is_file(), "{} missing", got.display());
+            if file != "summary.json" {
+                assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&want).unwrap(), "{file} of seed {seed}");
+            }
+        }
+    }
+
+    // Which worker ran what: the killed worker's job ran again elsewhere.
+    let sweep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dist_out.join("sweep.json")).unwrap()).unwrap();
+    let jobs = sweep["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 6);
+    assert!(jobs.iter().all(|j| j["error"].is_null() && j["worker"] != "w0"), "{sweep:#}");
+    assert!(jobs.iter().any(|j| j["attempt"].as_i64() > Some(1)), "the killed worker's job redelivered: {sweep:#}");
+    assert!(sweep["workers"].as_object().unwrap().len() >= 2, "{sweep:#}");
+
+    // A coordinator started again on the same sweep picks up its results,
+    // with no worker left to run anything.
+    for w in &mut workers {
+        w.kill();
+    }
+    let run_id = log.lines().find_map(|l| l.strip_prefix("sweep ")).and_then(|l| l.split(' ').next()).unwrap();
+    let again = dir.0.join("again");
+    let mut args = coordinator_args(&[s("--run-id"), s(run_id)]);
+    let out_at = args.iter().position(|a| a == "--out").unwrap() + 1;
+    args[out_at] = again.display().to_string();
+    let mut resumed = Proc::start(Path::new(FAFNIR), &args, dir.0.join("resumed.log"));
+    assert_eq!(resumed.wait(Duration::from_secs(60)), local_code, "{}", resumed.log());
+    assert!(resumed.log().contains("picked up 6 finished jobs of 6"), "{}", resumed.log());
+    assert_eq!(outcomes(&again.join("outcomes.jsonl")), local_runs);
+    assert!(local_runs.iter().any(|r| r.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Slo)));
+}
+
+#[test]
+#[ignore = "runs the release build's binary: ci/test runs it in release"]
+fn a_job_whose_run_keeps_failing_is_reported_and_not_retried_forever() {
+    let dir = Scratch::new("distributed-failing");
+    let scn = scenario(&dir.0);
+    let nats = Server::nats().unwrap();
+    let ns = format!("f{}", std::process::id());
+    // A "simulated build" that fails every run.
+    let _w = worker(&nats.addr(), &ns, "broken", Path::new("/bin/false"), &dir.0);
+    let out = dir.0.join("out");
+    let args = [
+        s("chaos"),
+        scn.display().to_string(),
+        s("--seeds"),
+        s("0..2"),
+        s("--nats"),
+        nats.addr(),
+        s("--namespace"),
+        ns.clone(),
+        s("--out"),
+        out.display().to_string(),
+    ];
+    let mut coordinator = Proc::start(Path::new(FAFNIR), &args, dir.0.join("coordinator.log"));
+    let code = coordinator.wait(Duration::from_secs(60));
+    let log = coordinator.log();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("job 0 (seeds 0..2) could not be run (4 attempts, last on broken)"), "{log}");
+    assert!(log.contains("1 jobs (2 seeds) could not be run"), "{log}");
+    let sweep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap();
+    assert!(sweep["jobs"][0]["error"].as_str().unwrap().contains("/bin/false"), "{sweep:#}");
+}
