@@ -37,7 +37,11 @@ const RETRY_AFTER: [u32; 3] = [1, 5, 15];
 
 /// Runs jobs until `stop` resolves; a job running then is given back to the
 /// queue at once (and its child killed).
-pub async fn run(opts: Options, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+pub async fn run(mut opts: Options, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+    // Its jobs run in directories of their own: a relative path would not be found there.
+    if let Ok(path) = std::fs::canonicalize(&opts.sim_bin) {
+        opts.sim_bin = path;
+    }
     if !opts.sim_bin.is_file() {
         return Err(format!(
             "the simulated build's binary is not at {}: build it with `cargo sim build --release -p fafnir-scenarios \
