@@ -93,7 +93,8 @@ pub struct ShareFigures {
     /// may arrive until the platform has quiesced: see
     /// [`ShareResult::counts`]).
     pub fills_reported: u64,
-    /// Registering the agents, their deposits and opening their streams.
+    /// Registering the agents, their deposits and opening their streams
+    /// (with the 200 ms the streams get before a load starts).
     pub setup_ms: u64,
     /// When its load started (ms since the Unix epoch, its own clock).
     pub t0_unix_ms: u64,
@@ -255,7 +256,7 @@ pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
 impl LoadJob {
     fn check(&self) -> Result<(), String> {
         if self.shares == 0 || self.share >= self.shares {
-            return Err(format!("share {} of {}: a share is 0 to shares - 1", self.share, self.shares));
+            return Err("a job's share is 0 to shares - 1, and shares at least 1".into());
         }
         Ok(())
     }
@@ -277,16 +278,9 @@ impl LoadJob {
 /// (the message starts with "liveness:") or ends after the barrier (it
 /// says by how much).
 pub async fn run_share(job: &LoadJob) -> Result<LoadedShare, String> {
-    job.check()?;
     let at = |e: String| format!("{}: {e}", job.describe());
-    let scn = Scenario::parse(&job.scenario_text).map_err(|e| at(format!("the scenario: {e}")))?;
-    real_run::refuse_faults(&scn).map_err(at)?;
+    let (scn, plan, users) = share_of(job).map_err(at)?;
     let gateway = resolve(&job.gateway).await.map_err(at)?;
-    let all_users = user_names(&scn, job.seed, &job.run_id).map_err(at)?;
-    let all = run::agent_plan(&scn, job.seed);
-    let places: Vec<usize> = share_places(all.len(), job.share, job.shares).collect();
-    let plan: Vec<_> = places.iter().map(|&p| all[p].clone()).collect();
-    let users: Vec<String> = places.iter().map(|&p| all_users[p].clone()).collect();
     crate::observe::install_global();
     let clock: Arc<dyn fafnir_platform::clock::Clock> = Arc::new(crate::real::SystemClock);
     let set_up_at = fafnir_platform::time::Instant::now();
@@ -350,6 +344,21 @@ pub async fn run_share(job: &LoadJob) -> Result<LoadedShare, String> {
     Ok(share)
 }
 
+/// The job's scenario, and the agents of its share with their users.
+type Share = (Scenario, Vec<(String, usize, u32, u64)>, Vec<String>);
+
+fn share_of(job: &LoadJob) -> Result<Share, String> {
+    job.check()?;
+    let scn = Scenario::parse(&job.scenario_text).map_err(|e| format!("the scenario: {e}"))?;
+    real_run::refuse_faults(&scn)?;
+    let all_users = user_names(&scn, job.seed, &job.run_id)?;
+    let all = run::agent_plan(&scn, job.seed);
+    let places: Vec<usize> = share_places(all.len(), job.share, job.shares).collect();
+    let plan = places.iter().map(|&p| all[p].clone()).collect();
+    let users = places.iter().map(|&p| all_users[p].clone()).collect();
+    Ok((scn, plan, users))
+}
+
 /// The address of `gateway` (HOST:PORT, the host a name or an address).
 async fn resolve(gateway: &str) -> Result<SocketAddr, String> {
     let mut addrs = tokio::net::lookup_host(gateway).await.map_err(|e| format!("the gateway {gateway:?}: {e}"))?;
@@ -374,7 +383,11 @@ impl LoadedShare {
         for l in self.listeners.drain(..) {
             l.abort();
         }
-        let rec = self.rec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let rec = {
+            // Taken, not copied: nothing records into it any more.
+            let mut r = self.rec.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *r, Recorder::new(fafnir_platform::time::Instant::now()))
+        };
         let mut views: Vec<AgentView> =
             self.handles.iter().map(|h| h.state.lock().expect("agent state").view()).collect();
         drop_repeated_market_data(&mut views);
