@@ -26,7 +26,7 @@ use crate::observe::loadgen;
 use crate::scenario::STAGES;
 
 /// Outcome counts of a run's requests.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub submitted: u64,
     pub accepted: u64,
@@ -48,7 +48,7 @@ pub struct Counts {
 }
 
 /// The requests that failed or timed out with one request kind and code.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorKind {
     pub count: u64,
     /// The first distinct messages (the reasons), up to [`ErrorKind::EXAMPLES`].
@@ -60,10 +60,20 @@ impl ErrorKind {
     pub const EXAMPLES: usize = 3;
     /// How much of each message is kept.
     const MESSAGE_CHARS: usize = 200;
+
+    /// Adds `other`'s count, and its messages this one lacks while there is room.
+    pub fn merge(&mut self, other: &ErrorKind) {
+        self.count += other.count;
+        for message in &other.first {
+            if self.first.len() < ErrorKind::EXAMPLES && !self.first.contains(message) {
+                self.first.push(message.clone());
+            }
+        }
+    }
 }
 
 /// Outcome counts of one slot of the run's timeline.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SlotCounts {
     pub submitted: u64,
     pub accepted: u64,
@@ -71,6 +81,51 @@ pub struct SlotCounts {
     pub failed: u64,
     pub timed_out: u64,
     pub fills: u64,
+}
+
+impl Counts {
+    /// Adds every count of `other` (the counts of another part of the same run).
+    pub fn add(&mut self, other: &Counts) {
+        let Counts {
+            submitted,
+            accepted,
+            rejected,
+            failed,
+            timed_out,
+            cancels,
+            cancels_acked,
+            cancels_rejected,
+            cancels_failed,
+            cancels_timed_out,
+            fills_reported,
+            md_updates,
+        } = other;
+        self.submitted += submitted;
+        self.accepted += accepted;
+        self.rejected += rejected;
+        self.failed += failed;
+        self.timed_out += timed_out;
+        self.cancels += cancels;
+        self.cancels_acked += cancels_acked;
+        self.cancels_rejected += cancels_rejected;
+        self.cancels_failed += cancels_failed;
+        self.cancels_timed_out += cancels_timed_out;
+        self.fills_reported += fills_reported;
+        self.md_updates += md_updates;
+    }
+}
+
+impl SlotCounts {
+    /// Adds every count of `other` (the same slot in another part of the same run).
+    pub fn add(&mut self, other: &SlotCounts) {
+        let SlotCounts { submitted, accepted, rejected, failed, timed_out, fills } = other;
+        self.submitted += submitted;
+        self.accepted += accepted;
+        self.rejected += rejected;
+        self.failed += failed;
+        self.timed_out += timed_out;
+        self.fills += fills;
+    }
 }
 
 /// Width of a timeline slot: counts and samples are kept at this resolution.
@@ -109,7 +164,7 @@ pub struct Recorder {
 
 /// The share of the machine's CPU (all its cores) a real run's processes
 /// used over the load phase, in percent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuShare {
     pub load_generator_pct: u32,
     /// The in-process platform's (None: the platform runs elsewhere, --gateway).
@@ -119,12 +174,15 @@ pub struct CpuShare {
     pub platform_cpu_ms: Option<u64>,
 }
 
+/// An empty latency histogram as the recorder keeps them: 1 ns to an hour,
+/// three significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
 impl Recorder {
     pub fn new(t0: Instant) -> Recorder {
-        let histograms = STAGES
-            .iter()
-            .map(|s| (*s, Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")))
-            .collect();
+        let histograms = STAGES.iter().map(|s| (*s, latency_histogram())).collect();
         Recorder {
             histograms,
             counts: Counts::default(),
@@ -134,7 +192,7 @@ impl Recorder {
             t0_clock_ms: 0,
             hostile: Default::default(),
             errors: BTreeMap::new(),
-            send_lag: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds"),
+            send_lag: latency_histogram(),
             cpu: None,
             metrics: Default::default(),
             t0,
@@ -196,7 +254,7 @@ struct Tracked {
 /// report, and a digest of its market data (each distinct top of book and
 /// trade once, however often it arrived), so that memory grows with what
 /// the platform did, not with how often it was sent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Received {
     /// (order id, kind, cursor) of every execution report.
     pub reports: BTreeSet<(u64, ReportKind, u64)>,
@@ -260,11 +318,42 @@ pub struct AgentState {
     pub hostile: bool,
 }
 
+/// What the checker needs of one agent's own world: its account, what it
+/// was told of its orders, what it received, what it deposited at set-up
+/// and whether it sent hostile requests. Serde, so that a worker of a
+/// distributed run can hand it to the coordinator that checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentView {
+    pub user: u64,
+    pub told: BTreeMap<u64, ToldOrder>,
+    pub received: Received,
+    pub setup: (i64, BTreeMap<String, i64>),
+    pub hostile: bool,
+}
+
+impl AgentState {
+    /// A copy of what the checker needs of this agent.
+    pub fn view(&self) -> AgentView {
+        AgentView {
+            user: self.user,
+            told: self.told.clone(),
+            received: self.received.clone(),
+            setup: self.setup.clone(),
+            hostile: self.hostile,
+        }
+    }
+}
+
 enum OwnedEvent {
     Fill { tag: u64, symbol: String, side: Side, price_cents: i64, qty: i64, remaining: i64 },
     Done { tag: u64 },
     Trade { symbol: String, price_cents: i64, qty: i64 },
 }
+
+/// The password of every agent's account (they are the harness's own
+/// throwaway users; a coordinator of a distributed run logs in as them
+/// again to check their accounts).
+pub const AGENT_PASSWORD: &str = "agent-password";
 
 /// A logged-in agent, its client and its shared state.
 pub struct AgentHandle {
@@ -282,7 +371,7 @@ impl AgentHandle {
         holdings: &BTreeMap<String, i64>,
     ) -> Result<AgentHandle, String> {
         let role = fafnir_platform::proto::common::Role::Trader;
-        let client = retry(|| Client::register_or_login(gateway, name, "agent-password", role))
+        let client = retry(|| Client::register_or_login(gateway, name, AGENT_PASSWORD, role))
             .await
             .map_err(|s| format!("{name}: register: {s}"))?;
         if cash_cents > 0 {

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use fafnir_platform::domain::{order_id_for, UserId};
 use fafnir_platform::proto::gateway::*;
 use fafnir_platform::services::jwt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::{Code, Request, Status};
 
 use crate::agents::HostileRequest;
 use crate::client::Client;
 
 /// What a hostile agent's requests met.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostileLog {
     /// Requests sent, by kind.
     pub sent: BTreeMap<String, u64>,

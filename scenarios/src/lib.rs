@@ -27,6 +27,7 @@
 //! - [`client`]: a logged-in user of the public gateway API.
 //! - [`real`]: connect a deployment to real NATS and Redis; pick local ports.
 //! - `servers` (real build): private nats-server and redis-server processes that tests kill and restart.
+//! - `split_load` (real build): a run's agents split over workers, their measurements merged exactly, one check.
 //! - `simbench` (simulated build): the simulation's speed benchmark.
 //! - `src/bin/fafnir.rs`: the command line (`up`, `serve`).
 
@@ -66,6 +67,8 @@ pub mod servers;
 pub mod sim_run;
 #[cfg(madsim)]
 pub mod simbench;
+#[cfg(not(madsim))]
+pub mod split_load;
 pub mod sweep;
 pub mod timeline;
 #[cfg(not(madsim))]

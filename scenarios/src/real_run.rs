@@ -59,6 +59,98 @@ fn platform_config(scn: &Scenario, target: &Target, run_id: &str) -> PlatformCon
     cfg
 }
 
+/// Refuses what only the simulation can play: a fault schedule, a nemesis, buggify.
+pub fn refuse_faults(scn: &Scenario) -> Result<(), String> {
+    if scn.nemesis.is_some() || scn.buggify || scn.buggify_network {
+        return Err("the scenario has a [nemesis] or buggify: faults run in the simulation (cargo fafnir run …)".into());
+    }
+    if !scn.faults.is_empty() {
+        return Err(format!(
+            "the scenario has {} faults: fault schedules run in the simulation (cargo fafnir run …)",
+            scn.faults.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The platform a run drives: started in this process under a fresh
+/// namespace ([`Platform::start`]), or already running at `--gateway`
+/// ([`Platform::attach`]).
+pub struct Platform {
+    deps: Deps,
+    nats: Arc<fafnir_platform::bus::nats::NatsBus>,
+    /// The in-process platform's services and runtime (None: attached).
+    local: Option<(BTreeMap<String, launch::ServiceHandle>, PlatformRuntime)>,
+}
+
+impl Platform {
+    /// Starts the platform in this process, on threads of its own (so that
+    /// the CPU it uses and the load generator's can be told apart), on the
+    /// NATS and Redis at `nats` and `redis`, under the fresh namespace
+    /// `run-<run_id>`; returns once every service is serving.
+    pub async fn start(scn: &Scenario, nats: &str, redis: &str, run_id: &str) -> Result<Platform, String> {
+        let target = Target { gateway: None, nats: nats.into(), redis: redis.into(), namespace: None };
+        let cfg = platform_config(scn, &target, run_id);
+        let rt = PlatformRuntime::new()?;
+        let (deps, nats) = rt.handle().spawn(crate::real::connect(cfg)).await.map_err(|e| e.to_string())??;
+        let mut services = {
+            let _on_platform_threads = rt.handle().enter();
+            launch::spawn_all(&deps)
+        };
+        launch::wait_until_serving_or_stopped(&deps, &mut services, Duration::from_secs(30)).await?;
+        Ok(Platform { deps, nats, local: Some((services, rt)) })
+    }
+
+    /// Connects to the NATS and Redis of the platform at `target.gateway`,
+    /// under `target.namespace` (`run-<run_id>` when it has none).
+    pub async fn attach(scn: &Scenario, target: &Target, run_id: &str) -> Result<Platform, String> {
+        let cfg = platform_config(scn, target, run_id);
+        let (deps, nats) = crate::real::connect(cfg).await?;
+        Ok(Platform { deps, nats, local: None })
+    }
+
+    /// What the platform's services are given: its configuration (the
+    /// gateway's address, the namespace), its bus, its store and its clock.
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// Refuses a platform that has been traded on before: the checker
+    /// verifies every account and order in the streams, and it holds the
+    /// tokens of this run's agents only (another run's accounts would read
+    /// as reporting no portfolio, their orders as never finished: a
+    /// violation the platform did not commit).
+    pub async fn refuse_if_traded(&self) -> Result<(), String> {
+        let names = self.deps.cfg.names();
+        let orders = names.orders_stream();
+        // No stream (an error): nothing was traded under this namespace; the
+        // run's own set-up says what is wrong with the platform if anything is.
+        let held = self.deps.bus.last_seq(&orders).await.unwrap_or(0);
+        if held > 0 {
+            return Err(format!(
+                "the platform at --gateway (namespace {}) has been traded on before ({orders} holds {held} events): \
+                 the checker can verify only a platform this run is the first to trade on; start it afresh \
+                 or under a new namespace (fafnir up --namespace <new>) and pass that --namespace",
+                self.deps.cfg.namespace
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops the in-process platform and drops its streams and keys (the
+    /// run directory keeps what the run measured and the checker's
+    /// verdict); leaves a platform it attached to as it is.
+    pub async fn stop(self) {
+        let Some((services, _rt)) = self.local else { return };
+        for (_, h) in services {
+            h.stop(Duration::from_secs(2)).await;
+        }
+        let prefix = self.deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
+        let _ = self.nats.delete_streams_with_prefix(&prefix).await;
+        let _ = fafnir_platform::kv::wipe_prefix(self.deps.kv.as_ref(), &self.deps.cfg.names().key_prefix()).await;
+    }
+}
+
 /// Runs `scn` against real servers, reporting progress to `progress` every
 /// [`PROGRESS_EVERY`] of wall time while the load and liveness phases last.
 ///
@@ -75,45 +167,19 @@ pub async fn run(
     progress: Option<ProgressFn>,
 ) -> Result<RealRun, String> {
     use futures::FutureExt as _;
-    if scn.nemesis.is_some() || scn.buggify || scn.buggify_network {
-        return Err("the scenario has a [nemesis] or buggify: faults run in the simulation (cargo fafnir run …)".into());
-    }
-    if !scn.faults.is_empty() {
-        return Err(format!(
-            "the scenario has {} faults: fault schedules run in the simulation (cargo fafnir run …)",
-            scn.faults.len()
-        ));
-    }
+    refuse_faults(scn)?;
     // Unique per run of this process too: a capacity measurement runs one a step.
     let nth = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let run_id = format!("{}-{seed}-{}-{nth}", scn.name, std::process::id());
-    let cfg = platform_config(scn, &target, &run_id);
-    // The in-process platform runs on threads of its own, so that the CPU
-    // it uses and the load generator's can be told apart.
-    let platform_rt = match target.gateway {
-        Some(_) => None,
-        None => Some(PlatformRuntime::new()?),
-    };
-    let (deps, nats) = match &platform_rt {
-        Some(rt) => {
-            rt.0.as_ref().expect("running").spawn(crate::real::connect(cfg)).await.map_err(|e| e.to_string())??
+    let platform = match target.gateway {
+        Some(_) => {
+            let p = Platform::attach(scn, &target, &run_id).await?;
+            p.refuse_if_traded().await?;
+            p
         }
-        None => crate::real::connect(cfg).await?,
+        None => Platform::start(scn, &target.nats, &target.redis, &run_id).await?,
     };
-    if target.gateway.is_some() {
-        fresh_platform(&deps).await?;
-    }
-    let services = match &platform_rt {
-        Some(rt) => {
-            let mut s = {
-                let _on_platform_threads = rt.0.as_ref().expect("running").enter();
-                launch::spawn_all(&deps)
-            };
-            launch::wait_until_serving_or_stopped(&deps, &mut s, Duration::from_secs(30)).await?;
-            s
-        }
-        None => Default::default(),
-    };
+    let deps = platform.deps();
     let meta = run::RunMeta {
         mode: format!("real (namespace {})", deps.cfg.namespace),
         seed,
@@ -125,7 +191,7 @@ pub async fn run(
     };
     crate::observe::install_global();
     let rec = Arc::new(Mutex::new(Recorder::new(fafnir_platform::time::Instant::now())));
-    let measured = std::panic::AssertUnwindSafe(measure(scn, seed, &deps, &rec, meta.clone(), progress, nth));
+    let measured = std::panic::AssertUnwindSafe(measure(scn, seed, deps, &rec, meta.clone(), progress, nth));
     let result = match measured.catch_unwind().await {
         Ok(Ok(result)) => result,
         Ok(Err(stopped)) => run::stopped(scn, meta, snapshot(&rec), stopped),
@@ -134,16 +200,7 @@ pub async fn run(
             run::stopped(scn, meta, snapshot(&rec), why)
         }
     };
-    if target.gateway.is_none() {
-        for (_, h) in services {
-            h.stop(Duration::from_secs(2)).await;
-        }
-        // The in-process platform is gone: drop its streams and keys (the run
-        // directory keeps what the run measured and the checker's verdict).
-        let prefix = deps.cfg.names().orders_stream().trim_end_matches("ORDERS").to_string();
-        let _ = nats.delete_streams_with_prefix(&prefix).await;
-        let _ = fafnir_platform::kv::wipe_prefix(deps.kv.as_ref(), &deps.cfg.names().key_prefix()).await;
-    }
+    platform.stop().await;
     Ok(result)
 }
 
@@ -162,6 +219,10 @@ impl PlatformRuntime {
             .build()
             .map_err(|e| format!("the platform's runtime: {e}"))?;
         Ok(PlatformRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
     }
 }
 
@@ -193,20 +254,20 @@ fn threads() -> BTreeMap<u64, (bool, u64)> {
 }
 
 /// The CPU this process uses from the moment it is made.
-struct CpuMeter {
+pub(crate) struct CpuMeter {
     start: BTreeMap<u64, (bool, u64)>,
     at: fafnir_platform::time::Instant,
 }
 
 impl CpuMeter {
-    fn start() -> CpuMeter {
+    pub(crate) fn start() -> CpuMeter {
         CpuMeter { start: threads(), at: fafnir_platform::time::Instant::now() }
     }
 
     /// The share of the machine's CPU used since the start, each thread's
     /// own (threads that have exited meanwhile are not counted): the
     /// platform's threads', when it runs in this process, and the rest's.
-    fn share(&self) -> crate::driver::CpuShare {
+    pub(crate) fn share(&self) -> crate::driver::CpuShare {
         let (mut platform, mut rest) = (None, 0);
         for (tid, (is_platform, ticks)) in threads() {
             let used = ticks.saturating_sub(self.start.get(&tid).map_or(0, |s| s.1));
@@ -229,28 +290,6 @@ impl CpuMeter {
     }
 }
 
-/// Refuses a platform at --gateway that has been traded on before: the
-/// checker verifies every account and order in the streams, and it holds the
-/// tokens of this run's agents only (another run's accounts would read as
-/// reporting no portfolio, their orders as never finished: a violation the
-/// platform did not commit).
-async fn fresh_platform(deps: &fafnir_platform::services::Deps) -> Result<(), String> {
-    let names = deps.cfg.names();
-    let orders = names.orders_stream();
-    // No stream (an error): nothing was traded under this namespace; the
-    // run's own set-up says what is wrong with the platform if anything is.
-    let held = deps.bus.last_seq(&orders).await.unwrap_or(0);
-    if held > 0 {
-        return Err(format!(
-            "the platform at --gateway (namespace {}) has been traded on before ({orders} holds {held} events): \
-             the checker can verify only a platform this run is the first to trade on; start it afresh \
-             or under a new namespace (fafnir up --namespace <new>) and pass that --namespace",
-            deps.cfg.namespace
-        ));
-    }
-    Ok(())
-}
-
 /// What the recorder holds (a panic may have poisoned its lock; each update
 /// is made whole under it, so it is read all the same).
 fn snapshot(rec: &Mutex<Recorder>) -> Recorder {
@@ -267,51 +306,21 @@ async fn measure(
     progress: Option<ProgressFn>,
     nth: u64,
 ) -> Result<RealRun, run::Stopped> {
-    let gateway = deps.cfg.addrs.gateway;
     let plan = run::agent_plan(scn, seed);
-    let mut agents = Vec::new();
-    for (name, p, _, _) in &plan {
-        let pop = &scn.populations[*p];
-        // Unique per run, so a running platform can host many runs (and
-        // within the 32 bytes of a username: "market-maker-0-12-4242r3").
-        let user = format!("{name}-{}r{nth}", std::process::id());
-        let handle = AgentHandle::setup(gateway, &user, pop.cash_cents, &pop.holdings)
-            .await
-            .map_err(|e| run::Stopped::Liveness(format!("liveness: the set-up of {name} failed: {e}")))?;
-        let handle = Arc::new(handle);
-        let (h, r) = (handle.clone(), rec.clone());
-        tokio::spawn(driver::keep_following_executions(h, r));
-        if !scn.shared_market_data {
-            let (h, r, clock) = (handle.clone(), rec.clone(), deps.clock.clone());
-            tokio::spawn(async move {
-                if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
-                    driver::follow_market_data(s, vec![h.state.clone()], r, clock).await;
-                }
-            });
-        }
-        agents.push(handle);
-    }
-    if let (true, Some(first)) = (scn.shared_market_data, agents.first()) {
-        // One subscription for the whole load generator.
-        let (h, r, clock) = (first.clone(), rec.clone(), deps.clock.clone());
-        let states = agents.iter().map(|a| a.state.clone()).collect();
-        tokio::spawn(async move {
-            if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
-                driver::follow_market_data(s, states, r, clock).await;
-            }
-        });
-    }
-    fafnir_platform::time::sleep(Duration::from_millis(200)).await;
+    // Unique per run, so a running platform can host many runs (and
+    // within the 32 bytes of a username: "market-maker-0-12-4242r3").
+    let users: Vec<String> = plan.iter().map(|(name, ..)| format!("{name}-{}r{nth}", std::process::id())).collect();
+    let agents = set_up_agents(scn, deps.cfg.addrs.gateway, &plan, &users, rec, deps.clock.clone()).await?.handles;
+    fafnir_platform::time::sleep(SUBSCRIPTIONS_SETTLE).await;
     let t0 = fafnir_platform::time::Instant::now();
-    {
-        let mut r = rec.lock().expect("recorder");
-        *r = Recorder::new(t0);
-        r.t0_clock_ms = deps.clock.now_ms();
-    }
+    start_recording(rec, t0, deps.clock.now_ms());
     let ticker = progress.map(|report| tokio::spawn(tick(rec.clone(), t0, scn.duration, report)));
     let refresh = crate::observe::Refresh::of(deps.bus.clone(), &deps.cfg.names());
     let sampler = tokio::spawn(sample_metrics(rec.clone(), t0, refresh));
-    let load = load_and_quiesce(scn, deps, &agents, &plan, rec, t0).await;
+    let load = match drive(scn, &agents, &plan, rec, t0).await {
+        Ok(()) => liveness_phase(scn, deps).await,
+        Err(crashed) => Err(crashed),
+    };
     sampler.abort();
     let _ = sampler.await;
     let lags = crate::observe::Refresh::of(deps.bus.clone(), &deps.cfg.names()).consumer_lags().await;
@@ -328,16 +337,91 @@ async fn measure(
     Ok(run::finish(scn, meta, recorder, &input))
 }
 
-/// The load phase (every agent trades for the scenario's duration from `t0`),
-/// then the liveness phase (the platform settles within the quiesce time).
-async fn load_and_quiesce(
+/// How long the streams the agents opened at set-up get to be open before
+/// the load starts.
+pub(crate) const SUBSCRIPTIONS_SETTLE: Duration = Duration::from_millis(200);
+
+/// A run's agents, set up at the gateway and listening.
+pub(crate) struct Agents {
+    /// In the order of the plan they were set up from.
+    pub(crate) handles: Vec<Arc<AgentHandle>>,
+    /// The tasks that follow their execution reports and market data: they
+    /// run (reconnecting when a stream breaks) until aborted.
+    pub(crate) listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Registers each agent of `plan` at the gateway as the user of the same
+/// place in `users`, deposits its starting cash and shares and opens its
+/// streams (one market-data subscription for them all when the scenario
+/// shares it), which record into `rec`. A set-up that fails is a liveness
+/// failure of the platform.
+pub(crate) async fn set_up_agents(
     scn: &Scenario,
-    deps: &Deps,
+    gateway: SocketAddr,
+    plan: &[(String, usize, u32, u64)],
+    users: &[String],
+    rec: &Arc<Mutex<Recorder>>,
+    clock: Arc<dyn fafnir_platform::clock::Clock>,
+) -> Result<Agents, run::Stopped> {
+    assert_eq!(plan.len(), users.len(), "one user per agent");
+    let mut agents = Agents { handles: Vec::new(), listeners: Vec::new() };
+    for ((name, p, _, _), user) in plan.iter().zip(users) {
+        let pop = &scn.populations[*p];
+        let handle = match AgentHandle::setup(gateway, user, pop.cash_cents, &pop.holdings).await {
+            Ok(handle) => handle,
+            Err(e) => {
+                // Stop the listeners already started: a worker outlives a failed share.
+                agents.listeners.iter().for_each(|l| l.abort());
+                return Err(run::Stopped::Liveness(format!("liveness: the set-up of {name} failed: {e}")));
+            }
+        };
+        let handle = Arc::new(handle);
+        let (h, r) = (handle.clone(), rec.clone());
+        agents.listeners.push(tokio::spawn(driver::keep_following_executions(h, r)));
+        if !scn.shared_market_data {
+            let (h, r, clock) = (handle.clone(), rec.clone(), clock.clone());
+            agents.listeners.push(tokio::spawn(async move {
+                if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
+                    driver::follow_market_data(s, vec![h.state.clone()], r, clock).await;
+                }
+            }));
+        }
+        agents.handles.push(handle);
+    }
+    if let (true, Some(first)) = (scn.shared_market_data, agents.handles.first()) {
+        // One subscription for the whole load generator.
+        let (h, r) = (first.clone(), rec.clone());
+        let states = agents.handles.iter().map(|a| a.state.clone()).collect();
+        agents.listeners.push(tokio::spawn(async move {
+            if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
+                driver::follow_market_data(s, states, r, clock).await;
+            }
+        }));
+    }
+    Ok(agents)
+}
+
+/// Starts the recorder afresh at `t0`, the start of the load (what set-up
+/// received is not part of the run), when the platform's clock read
+/// `t0_clock_ms`.
+pub(crate) fn start_recording(rec: &Mutex<Recorder>, t0: fafnir_platform::time::Instant, t0_clock_ms: i64) {
+    let mut r = rec.lock().expect("recorder");
+    *r = Recorder::new(t0);
+    r.t0_clock_ms = t0_clock_ms;
+}
+
+/// The load phase: every agent of `plan` (with its handle at the same
+/// place in `agents`) trades for the scenario's duration from `t0`; returns
+/// when every request has been answered or has timed out, with the CPU the
+/// process used meanwhile in the recorder.
+pub(crate) async fn drive(
+    scn: &Scenario,
     agents: &[Arc<AgentHandle>],
     plan: &[(String, usize, u32, u64)],
     rec: &Arc<Mutex<Recorder>>,
     t0: fafnir_platform::time::Instant,
 ) -> Result<(), run::Stopped> {
+    assert_eq!(agents.len(), plan.len(), "one handle per agent");
     let cpu = CpuMeter::start();
     let mut runs = Vec::new();
     for (handle, (_, p, i, agent_seed)) in agents.iter().zip(plan) {
@@ -348,6 +432,11 @@ async fn load_and_quiesce(
         r.await.map_err(|e| run::Stopped::Crash(format!("an agent crashed: {e}")))?;
     }
     rec.lock().expect("recorder").cpu = Some(cpu.share());
+    Ok(())
+}
+
+/// The liveness phase: the platform settles within the scenario's quiesce time.
+pub(crate) async fn liveness_phase(scn: &Scenario, deps: &Deps) -> Result<(), run::Stopped> {
     if let Err(why) = run::quiesce(deps.bus.as_ref(), &deps.cfg, scn.quiesce, Duration::from_secs(1)).await {
         return Err(run::Stopped::Liveness(format!(
             "liveness: the platform did not quiesce within {:?}: {why}",

@@ -15,7 +15,8 @@ use prost::Message as _;
 use serde::Serialize;
 
 use crate::checker::{CheckInput, ReceivedReport, ReceivedTop, ReceivedTrade, Served, Verdict};
-use crate::driver::{retry, AgentHandle, Counts, Received, Recorder};
+use crate::client::Client;
+use crate::driver::{retry, AgentHandle, AgentView, Counts, Received, Recorder};
 use crate::scenario::{Scenario, Slo};
 use crate::timeline::Timeline;
 
@@ -491,6 +492,51 @@ pub async fn gather(
     cfg: &fafnir_platform::config::PlatformConfig,
     agents: &[std::sync::Arc<AgentHandle>],
 ) -> Result<CheckInput, String> {
+    let accounts: Vec<(&str, &Client)> = agents.iter().map(|a| (a.name.as_str(), &a.client)).collect();
+    let mut input = gather_platform(bus, cfg, &accounts).await?;
+    let mut digest = Digest::default();
+    for a in agents {
+        let s = a.state.lock().expect("agent state");
+        digest.add(&mut input, s.user, &s.told, &s.received, s.hostile, &s.setup);
+    }
+    digest.finish(&mut input);
+    Ok(input)
+}
+
+/// [`gather`] for agents that ran elsewhere (the workers of a distributed
+/// run): `accounts` are clients logged in as them, in the order of `views`,
+/// the views what each agent saw.
+pub async fn gather_views(
+    bus: &dyn EventBus,
+    cfg: &fafnir_platform::config::PlatformConfig,
+    accounts: &[(&str, &Client)],
+    views: &[AgentView],
+) -> Result<CheckInput, String> {
+    assert_eq!(accounts.len(), views.len(), "one client per agent view");
+    for ((name, client), view) in accounts.iter().zip(views) {
+        if client.user_id != view.user {
+            return Err(format!(
+                "{name} logged in as account {}, its view is of account {}",
+                client.user_id, view.user
+            ));
+        }
+    }
+    let mut input = gather_platform(bus, cfg, accounts).await?;
+    let mut digest = Digest::default();
+    for v in views {
+        digest.add(&mut input, v.user, &v.told, &v.received, v.hostile, &v.setup);
+    }
+    digest.finish(&mut input);
+    Ok(input)
+}
+
+/// What the platform stored (the streams) and reports to each of
+/// `accounts` (its portfolio and orders; the market as the first sees it).
+async fn gather_platform(
+    bus: &dyn EventBus,
+    cfg: &fafnir_platform::config::PlatformConfig,
+    accounts: &[(&str, &Client)],
+) -> Result<CheckInput, String> {
     let names = cfg.names();
     let orders_stream: Vec<(u64, OrderEvent)> = decoded(bus, &names.orders_stream()).await?;
     let trades_stream: Vec<(u64, EngineEvent)> = decoded(bus, &names.trades_stream()).await?;
@@ -502,50 +548,71 @@ pub async fn gather(
         ledger_stream,
         ..CheckInput::default()
     };
-    for a in agents {
-        let portfolio = retry(|| a.client.portfolio()).await.map_err(|s| format!("{}: portfolio: {s}", a.name))?;
-        input.portfolios.insert(a.client.user_id, portfolio);
-        for o in retry(|| a.client.orders()).await.map_err(|s| format!("{}: orders: {s}", a.name))? {
+    for (name, client) in accounts {
+        let portfolio = retry(|| client.portfolio()).await.map_err(|s| format!("{name}: portfolio: {s}"))?;
+        input.portfolios.insert(client.user_id, portfolio);
+        for o in retry(|| client.orders()).await.map_err(|s| format!("{name}: orders: {s}"))? {
             input.orders.insert(o.order_id, o);
         }
     }
-    if let Some(a) = agents.first() {
-        input.market = Some(served_market(a, &input).await?);
+    if let Some(first) = accounts.first() {
+        input.market = Some(served_market(*first, &input).await?);
     }
-    let mut tops = BTreeMap::new();
-    let mut trades = BTreeMap::new();
-    for a in agents {
-        let s = a.state.lock().expect("agent state");
-        input.told.extend(s.told.iter().map(|(k, v)| (*k, v.clone())));
-        if s.hostile {
-            input.hostile_accounts.insert(a.client.user_id, s.setup.clone());
-        }
-        add_received(&mut input, s.user, &s.received, &mut tops, &mut trades);
-    }
-    input.md_tops = tops
-        .into_iter()
-        .map(|((symbol, input_seq, t), account)| ReceivedTop {
-            account,
-            symbol,
-            input_seq,
-            bid_cents: t[0],
-            bid_qty: t[1],
-            ask_cents: t[2],
-            ask_qty: t[3],
-        })
-        .collect();
-    input.md_trades = trades
-        .into_iter()
-        .map(|((symbol, match_seq, input_seq, price_cents, qty), account)| ReceivedTrade {
-            account,
-            symbol,
-            input_seq,
-            match_seq,
-            price_cents,
-            qty,
-        })
-        .collect();
     Ok(input)
+}
+
+/// The agents' own views, added to a [`CheckInput`] one by one: what each
+/// was told and received, each distinct top of book and trade kept once.
+#[derive(Default)]
+struct Digest {
+    tops: BTreeMap<TopKey, u64>,
+    trades: BTreeMap<TradeKey, u64>,
+}
+
+impl Digest {
+    fn add(
+        &mut self,
+        input: &mut CheckInput,
+        account: u64,
+        told: &BTreeMap<u64, crate::checker::ToldOrder>,
+        received: &Received,
+        hostile: bool,
+        setup: &(i64, BTreeMap<String, i64>),
+    ) {
+        input.told.extend(told.iter().map(|(k, v)| (*k, v.clone())));
+        if hostile {
+            input.hostile_accounts.insert(account, setup.clone());
+        }
+        add_received(input, account, received, &mut self.tops, &mut self.trades);
+    }
+
+    fn finish(self, input: &mut CheckInput) {
+        input.md_tops = self
+            .tops
+            .into_iter()
+            .map(|((symbol, input_seq, t), account)| ReceivedTop {
+                account,
+                symbol,
+                input_seq,
+                bid_cents: t[0],
+                bid_qty: t[1],
+                ask_cents: t[2],
+                ask_qty: t[3],
+            })
+            .collect();
+        input.md_trades = self
+            .trades
+            .into_iter()
+            .map(|((symbol, match_seq, input_seq, price_cents, qty), account)| ReceivedTrade {
+                account,
+                symbol,
+                input_seq,
+                match_seq,
+                price_cents,
+                qty,
+            })
+            .collect();
+    }
 }
 
 type TopKey = (String, u64, [i64; 4]);
@@ -613,12 +680,15 @@ fn market_ends(input: &CheckInput) -> BTreeMap<&str, (u64, u64)> {
 /// market derives them from TRADES and MD by itself, so the liveness phase,
 /// which waits for the consumers of TRADES, does not wait for it.) A market
 /// that does not catch up within [`MARKET_WAIT`] fails the liveness phase.
-async fn served_market(agent: &AgentHandle, input: &CheckInput) -> Result<BTreeMap<String, Served>, String> {
+async fn served_market(
+    (name, client): (&str, &Client),
+    input: &CheckInput,
+) -> Result<BTreeMap<String, Served>, String> {
     let ends = market_ends(input);
     let deadline = fafnir_platform::time::Instant::now() + MARKET_WAIT;
     let quote = |symbol: &str| {
         let symbol = symbol.to_string();
-        async move { retry(|| agent.client.quote(&symbol)).await.map_err(|s| format!("{}: quote: {s}", agent.name)) }
+        async move { retry(|| client.quote(&symbol)).await.map_err(|s| format!("{name}: quote: {s}")) }
     };
     let mut served = BTreeMap::new();
     for (&symbol, &(fill, input_seq)) in &ends {
@@ -634,8 +704,7 @@ async fn served_market(agent: &AgentHandle, input: &CheckInput) -> Result<BTreeM
             fafnir_platform::time::sleep(std::time::Duration::from_millis(100)).await;
             q = quote(symbol).await?;
         }
-        let candles =
-            retry(|| agent.client.candles(symbol)).await.map_err(|s| format!("{}: candles: {s}", agent.name))?;
+        let candles = retry(|| client.candles(symbol)).await.map_err(|s| format!("{name}: candles: {s}"))?;
         served.insert(symbol.to_string(), Served { quote: q, candles });
     }
     Ok(served)

@@ -47,11 +47,11 @@ use std::collections::BTreeMap;
 use fafnir_platform::domain::Instrument;
 use fafnir_platform::proto::common::{Candle, Order, PortfolioView, Quote};
 use fafnir_platform::proto::events::{EngineEvent, LedgerEvent, OrderEvent};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What an agent was told about one of its orders, from its execution reports
 /// and submit/cancel replies.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToldOrder {
     pub account: u64,
     pub symbol: String,
@@ -108,7 +108,7 @@ pub struct ReceivedReport {
 }
 
 /// What an execution report said, as far as whose it is goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ReportKind {
     /// A stream's first report: no order, only the cursor it starts after.
     Opening,
