@@ -215,6 +215,9 @@ impl<'a> State<'a> {
         let Some(seeds) = jobs.get(r.job as usize) else {
             return Err(format!("a result of job {} of a sweep of {} jobs: not this sweep's", r.job, jobs.len()));
         };
+        if matches!(r.outcome, JobOutcome::Loaded(_) | JobOutcome::Load(_)) {
+            return Err(format!("a load share's result among sweep {}'s", self.run_id));
+        }
         if !self.finished.insert(r.job) {
             return Ok(());
         }
@@ -246,6 +249,7 @@ impl<'a> State<'a> {
                     self.runs.push(d.outcome);
                 }
             }
+            JobOutcome::Loaded(_) | JobOutcome::Load(_) => {}
             JobOutcome::Failed { error, attempts } => {
                 println!(
                     "job {} (seeds {}..{}) could not be run ({attempts} attempts, last on {}): {error}",
@@ -342,4 +346,161 @@ async fn fetch_dir(queue: &Queue, dir: &Path, files: &BTreeMap<String, String>) 
         std::fs::write(&at, data).map_err(|e| format!("{}: {e}", at.display()))?;
     }
     Ok(())
+}
+
+/// A real run's load spread over workers (`fafnir run --gateway ... --workers N`).
+pub struct LoadRun<'a> {
+    pub scn: &'a crate::scenario::Scenario,
+    /// The scenario's text, with the command line's overrides applied (the
+    /// workers parse it).
+    pub scenario_text: String,
+    pub seed: u64,
+    /// The platform (its gateway and namespace are required).
+    pub target: crate::real_run::Target,
+    pub shares: u32,
+    /// The workers' namespace (their --namespace).
+    pub queue: String,
+    pub meta: crate::run::RunMeta,
+    /// A capacity step: `scn` is `scenario_text` scaled so (the workers scale it alike).
+    pub capacity: Option<crate::split_load::CapacityStep>,
+}
+
+/// Which worker ran which share of a load run (workers.json).
+#[derive(Clone, Debug, Serialize)]
+pub struct ShareRecord {
+    pub share: u32,
+    pub worker: String,
+    pub started_unix_ms: u64,
+    pub elapsed_ms: u64,
+    pub figures: Option<crate::split_load::ShareFigures>,
+}
+
+/// How long, at least, the coordinator gives the workers to set their agents
+/// up before the load starts (more with more agents a share).
+const BARRIER_LEAD: Duration = Duration::from_secs(3);
+const BARRIER_PER_AGENT: Duration = Duration::from_millis(150);
+/// How long past a share's expected end it may stay silent.
+const SHARE_SLACK: Duration = Duration::from_secs(60);
+
+/// Runs a load over `shares` workers: one barrier, one liveness phase on the
+/// platform, one check of every fill, histograms merged exactly.
+pub async fn load_run(r: LoadRun<'_>) -> Result<(crate::run::RunResult, Vec<ShareRecord>), String> {
+    use crate::queue::JobOutcome as O;
+    use crate::split_load;
+    if r.shares == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    let run_id = split_load::new_run_id();
+    split_load::preflight(r.scn, r.seed, &run_id, &r.target).await?;
+    let queue = Queue::connect(&r.target.nats, &r.queue).await?;
+    let agents = crate::run::agent_plan(r.scn, r.seed).len() as u32;
+    let per_share = agents.div_ceil(r.shares);
+    let lead = BARRIER_LEAD + BARRIER_PER_AGENT * per_share;
+    let start_at = crate::queue::unix_ms() + lead.as_millis() as u64;
+    let gateway = r.target.gateway.ok_or("a run over workers drives a running platform: give --gateway")?;
+    let jobs: Vec<Job> = (0..r.shares)
+        .map(|share| Job {
+            run_id: run_id.clone(),
+            job: share,
+            jobs: r.shares,
+            work: Work::Load(split_load::LoadJob {
+                run_id: run_id.clone(),
+                scenario_text: r.scenario_text.clone(),
+                seed: r.seed,
+                gateway: gateway.to_string(),
+                share,
+                shares: r.shares,
+                start_at_unix_ms: start_at,
+                capacity: r.capacity,
+            }),
+        })
+        .collect();
+    println!(
+        "  run {run_id}: {agents} agents over {} workers of namespace {} at {} (up to {per_share} each); the load \
+         starts in {:.1} s",
+        r.shares,
+        r.queue,
+        r.target.nats,
+        lead.as_secs_f64()
+    );
+    let mut results = Box::pin(queue.results(&run_id).await?);
+    queue.submit(&jobs).await?;
+    let mut records: BTreeMap<u32, ShareRecord> = BTreeMap::new();
+    let end_by = fafnir_platform::time::Instant::now() + lead + r.scn.duration + SHARE_SLACK;
+    // The load: every share says when its own is over.
+    let failed = loop {
+        if records.values().filter(|s| s.figures.is_some()).count() == r.shares as usize {
+            break None;
+        }
+        let left = end_by.saturating_duration_since(fafnir_platform::time::Instant::now());
+        let next = fafnir_platform::time::timeout(left, results.next()).await;
+        let Ok(next) = next else {
+            let heard = records.len();
+            break Some(format!(
+                "{heard} of {} shares reported the end of their load in time: are {} worker job slots free on \
+                 namespace {}? (fafnir worker --nats {} --namespace {})",
+                r.shares, r.shares, r.queue, r.target.nats, r.queue
+            ));
+        };
+        let res = next.ok_or("the results stream ended")??;
+        match res.outcome {
+            O::Loaded(figures) => {
+                println!(
+                    "  share {} on {}: {} agents set up in {} ms, {} orders submitted",
+                    res.job, res.worker, figures.agents, figures.setup_ms, figures.submitted
+                );
+                records.insert(
+                    res.job,
+                    ShareRecord {
+                        share: res.job,
+                        worker: res.worker,
+                        started_unix_ms: res.started_unix_ms,
+                        elapsed_ms: 0,
+                        figures: Some(figures),
+                    },
+                );
+            }
+            O::Failed { error, .. } => break Some(format!("share {} on {}: {error}", res.job, res.worker)),
+            _ => {}
+        }
+    };
+    if let Some(why) = failed {
+        let _ = queue.cancel(&run_id).await;
+        let _ = queue.settled(&run_id).await;
+        return Err(why);
+    }
+    // One liveness phase on the platform, then every share's result.
+    let quiesced = split_load::quiesce(r.scn, &r.target).await;
+    let mut shares = Vec::new();
+    let mut word = fafnir_platform::time::interval(Duration::from_secs(1));
+    let deadline = fafnir_platform::time::Instant::now() + SHARE_SLACK;
+    while shares.len() < r.shares as usize {
+        let res = tokio::select! {
+            biased;
+            next = results.next() => next.ok_or("the results stream ended")??,
+            _ = word.tick() => {
+                if fafnir_platform::time::Instant::now() > deadline {
+                    return Err(format!("{} of {} shares sent their results", shares.len(), r.shares));
+                }
+                // Said again each second: a share subscribed late still hears it.
+                queue.settled(&run_id).await?;
+                continue;
+            }
+        };
+        match res.outcome {
+            O::Load(result) => {
+                if let Some(rec) = records.get_mut(&res.job) {
+                    rec.elapsed_ms = res.elapsed_ms.max(crate::queue::unix_ms().saturating_sub(rec.started_unix_ms));
+                }
+                if !shares.iter().any(|s: &split_load::ShareResult| s.figures.share == result.figures.share) {
+                    shares.push(*result);
+                }
+            }
+            O::Failed { error, .. } => return Err(format!("share {} on {}: {error}", res.job, res.worker)),
+            _ => {}
+        }
+    }
+    let merged = split_load::merge(shares)?;
+    let result = split_load::finish(r.scn, r.seed, r.target, merged, quiesced, r.meta).await?;
+    Ok((result, records.into_values().collect()))
 }

@@ -55,6 +55,8 @@ pub struct Job {
 pub enum Work {
     /// Run these seeds of a scenario in simulation.
     Seeds(SeedBatch),
+    /// Drive a share of a real run's agents against its gateway.
+    Load(crate::split_load::LoadJob),
 }
 
 /// Seeds of a sweep, with the scenario inline.
@@ -94,6 +96,11 @@ pub struct JobResult {
 pub enum JobOutcome {
     /// Every seed of the batch ran (whether or not it found a failure).
     Seeds(Vec<SeedDone>),
+    /// A load share's load is over; its agents listen until the coordinator
+    /// says the platform has settled ([`Queue::settled`]).
+    Loaded(crate::split_load::ShareFigures),
+    /// A load share's measurements and its agents' views.
+    Load(Box<crate::split_load::ShareResult>),
     /// The job could not be run, `attempts` times: it is not retried again.
     Failed { error: String, attempts: i64 },
 }
@@ -157,6 +164,10 @@ impl Queue {
 
     fn results_subject(&self, run_id: &str) -> String {
         format!("fafnir.{}.results.{run_id}", self.namespace)
+    }
+
+    fn control_subject(&self, run_id: &str) -> String {
+        format!("fafnir.{}.control.{run_id}", self.namespace)
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> String {
@@ -251,7 +262,8 @@ impl Queue {
     pub async fn publish_result(&self, r: &JobResult) -> Result<(), String> {
         let body = serde_json::to_vec(r).expect("a result serializes");
         let subject = self.results_subject(&r.run_id);
-        let msg_id = format!("{}/{}/{}", r.run_id, r.job, r.attempt);
+        let step = if matches!(r.outcome, JobOutcome::Loaded(_)) { "/loaded" } else { "" };
+        let msg_id = format!("{}/{}/{}{step}", r.run_id, r.job, r.attempt);
         let msg = if body.len() > INLINE_MAX {
             let name = format!("results/{msg_id}.json");
             self.put_file(&name, &body).await?;
@@ -330,6 +342,29 @@ impl Queue {
         let mut data = Vec::new();
         object.read_to_end(&mut data).await.map_err(|e| self.err(&format!("read {name}"), e))?;
         Ok(data)
+    }
+
+    /// Subscribes to the word that run `run_id`'s platform has settled (a
+    /// load share's agents listen until it comes).
+    pub async fn await_settled(&self, run_id: &str) -> Result<async_nats::Subscriber, String> {
+        self.client.subscribe(self.control_subject(run_id)).await.map_err(|e| self.err("subscribe", e))
+    }
+
+    /// Says that run `run_id`'s platform has settled (or will not): its
+    /// load shares stop listening and send their results.
+    pub async fn settled(&self, run_id: &str) -> Result<(), String> {
+        self.client
+            .publish(self.control_subject(run_id), Bytes::from_static(b"settled"))
+            .await
+            .map_err(|e| self.err("publish", e))?;
+        self.client.flush().await.map_err(|e| self.err("flush", e))
+    }
+
+    /// Removes run `run_id`'s jobs that no worker has taken.
+    pub async fn cancel(&self, run_id: &str) -> Result<(), String> {
+        let stream = self.js.get_stream(self.jobs_stream()).await.map_err(|e| self.err("the jobs stream", e))?;
+        stream.purge().filter(self.jobs_subject(run_id)).await.map_err(|e| self.err("cancel jobs", e))?;
+        Ok(())
     }
 
     /// The job stored at `seq` of the jobs stream, if it is still there.

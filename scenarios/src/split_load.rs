@@ -79,6 +79,18 @@ pub struct LoadJob {
     /// The barrier: every share's load starts at this wall-clock time (ms
     /// since the Unix epoch).
     pub start_at_unix_ms: u64,
+    /// A capacity step: the scenario scaled as `fafnir capacity` scales it
+    /// ([`crate::capacity::scaled`]) before it is split.
+    #[serde(default)]
+    pub capacity: Option<CapacityStep>,
+}
+
+/// A capacity step's scaling of the scenario (see [`crate::capacity::scaled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacityStep {
+    /// The agents' decisions a second the step asks for.
+    pub decisions_per_s: u64,
+    pub step_ms: u64,
 }
 
 /// What one share did, for "which worker ran what"; also what a worker
@@ -349,7 +361,11 @@ type Share = (Scenario, Vec<(String, usize, u32, u64)>, Vec<String>);
 
 fn share_of(job: &LoadJob) -> Result<Share, String> {
     job.check()?;
-    let scn = Scenario::parse(&job.scenario_text).map_err(|e| format!("the scenario: {e}"))?;
+    let mut scn = Scenario::parse(&job.scenario_text).map_err(|e| format!("the scenario: {e}"))?;
+    if let Some(c) = job.capacity {
+        let step = std::time::Duration::from_millis(c.step_ms);
+        scn = crate::capacity::scaled(&scn, c.decisions_per_s, step).map_err(|e| format!("the capacity step: {e}"))?;
+    }
     real_run::refuse_faults(&scn)?;
     let all_users = user_names(&scn, job.seed, &job.run_id)?;
     let all = run::agent_plan(&scn, job.seed);

@@ -170,6 +170,7 @@ async fn take_jobs(
 fn describe(job: &Job) -> String {
     match &job.work {
         Work::Seeds(b) => format!("{} seeds {}..{}", b.file, b.seeds.start, b.seeds.end),
+        Work::Load(l) => format!("load share {} of {} against {}", l.share, l.shares, l.gateway),
     }
 }
 
@@ -178,6 +179,11 @@ async fn run_job(slot: usize, queue: &Queue, taken: &Taken, job: &Job, opts: &Op
     let work = async {
         match &job.work {
             Work::Seeds(batch) => run_seeds(slot, queue, taken.seq, job, batch, opts).await.map(JobOutcome::Seeds),
+            // A share's barrier passes once: it is never retried.
+            Work::Load(load) => Ok(match run_load(queue, taken, job, load, opts).await {
+                Ok(result) => JobOutcome::Load(Box::new(result)),
+                Err(error) => JobOutcome::Failed { error, attempts: taken.attempt },
+            }),
         }
     };
     let beat = async {
@@ -194,6 +200,43 @@ async fn run_job(slot: usize, queue: &Queue, taken: &Taken, job: &Job, opts: &Op
         biased;
         r = work => r,
         _ = beat => unreachable!("the heartbeat never ends"),
+    }
+}
+
+/// How long a load share's agents listen for the word that the platform
+/// has settled, beyond its quiesce time.
+const SETTLE_WAIT_SLACK: Duration = Duration::from_secs(120);
+
+/// Runs a share of a real run's load: sets up its agents, meets the
+/// barrier, drives them, says so, and listens until the coordinator says
+/// the platform has settled.
+async fn run_load(
+    queue: &Queue,
+    taken: &Taken,
+    job: &Job,
+    load: &crate::split_load::LoadJob,
+    opts: &Options,
+) -> Result<crate::split_load::ShareResult, String> {
+    use futures::StreamExt as _;
+    let scn = crate::scenario::Scenario::parse(&load.scenario_text).map_err(|e| format!("the scenario: {e}"))?;
+    let mut settled = queue.await_settled(&job.run_id).await?;
+    let started = crate::queue::unix_ms();
+    let loaded = crate::split_load::run_share(load).await?;
+    let said = JobResult {
+        run_id: job.run_id.clone(),
+        job: job.job,
+        worker: opts.name.clone(),
+        attempt: taken.attempt,
+        started_unix_ms: started,
+        elapsed_ms: crate::queue::unix_ms().saturating_sub(started),
+        outcome: JobOutcome::Loaded(loaded.figures().clone()),
+    };
+    queue.publish_result(&said).await?;
+    let wait = scn.quiesce + SETTLE_WAIT_SLACK;
+    match fafnir_platform::time::timeout(wait, settled.next()).await {
+        Ok(Some(_)) => Ok(loaded.result()),
+        Ok(None) => Err("the coordinator's word was lost (the subscription ended)".into()),
+        Err(_) => Err(format!("no word from the coordinator within {wait:?} of the load's end")),
     }
 }
 

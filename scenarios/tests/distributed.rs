@@ -2,7 +2,9 @@
 //! nats-server's JetStream: seed for seed the same outcomes and trace hashes
 //! as the simulated build's `chaos --jobs` on one machine, also when a worker
 //! is killed mid-job; a restarted coordinator picks up the stored results;
-//! a job whose run keeps failing is reported, not retried forever.
+//! a job whose run keeps failing is reported, not retried forever. And a
+//! real run's load split over 1 and 3 workers: the same orders, histograms
+//! merged whole, the checker passing.
 //!
 //! They run the simulated build's binary (target/sim/release/fafnir) from
 //! the release build's workers, so ci/test runs them after building both:
@@ -10,9 +12,13 @@
 #![cfg(not(madsim))]
 #![allow(clippy::disallowed_methods)] // a test of processes reads the wall clock
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/up.rs"]
+mod up;
 
 use fafnir_scenarios::servers::Server;
 use fafnir_scenarios::sweep::{parse_outcomes, FailureKind, SeedOutcome};
@@ -286,4 +292,105 @@ fn a_job_whose_run_keeps_failing_is_reported_and_not_retried_forever() {
     let sweep: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap();
     assert!(sweep["jobs"][0]["error"].as_str().unwrap().contains("/bin/false"), "{sweep:#}");
+}
+
+/// Noise traders only, who never cancel nor run out of cash or shares: every
+/// wake submits one order, so the seed fixes the orders however the agents
+/// are split.
+const NOISE: &str = r#"
+name = "spread-noise"
+description = "Noise traders whose number of orders the seed fixes"
+seed = 5
+duration_ms = 2000
+quiesce_ms = 15000
+slos = ["submit_to_ack.p99 < 10s"]
+
+[[instrument]]
+symbol = "ACME"
+tick_cents = 1
+lot_shares = 1
+start_price_cents = 10000
+min_price_cents = 100
+max_price_cents = 1000000
+
+[[population]]
+kind = "noise"
+count = 6
+cash_cents = 20000000
+holdings = { ACME = 2000 }
+rate_per_s = 20.0
+cancel_pct = 0
+cancel_min_age_ms = 86400000
+max_open = 10000
+"#;
+
+/// What `fafnir run --workers n` against a fresh `fafnir up` wrote.
+fn run_over_workers(n: u32, scn: &Path, queue: &str, dir: &Path) -> (serde_json::Value, serde_json::Value) {
+    let base = up::free_port_block(6);
+    let namespace = format!("spread{n}x{}", std::process::id());
+    let base_arg = base.to_string();
+    let args = [
+        "--namespace",
+        &namespace,
+        "--jwt-secret",
+        "spread-test-secret-0123456789abcdefghijkl",
+        "--base-port",
+        &base_arg,
+        "--graphql-addr",
+        "off",
+        "--metrics-addr",
+        "off",
+    ];
+    let _up = up::Up::start(&format!("spread{n}"), &args, Duration::from_secs(30));
+    let out = dir.join(format!("run{n}"));
+    let args = [
+        s("run"),
+        scn.display().to_string(),
+        s("--gateway"),
+        format!("127.0.0.1:{base}"),
+        s("--namespace"),
+        namespace,
+        s("--workers"),
+        s(n),
+        s("--queue"),
+        s(queue),
+        s("--out"),
+        out.display().to_string(),
+    ];
+    let mut run = Proc::start(Path::new(FAFNIR), &args, dir.join(format!("run{n}.log")));
+    let code = run.wait(Duration::from_secs(120));
+    assert_eq!(code, 0, "{}", run.log());
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))).unwrap()
+    };
+    (read("summary.json"), read("workers.json"))
+}
+
+#[test]
+#[ignore = "runs the release build's binaries against the real NATS and Redis: ci/test runs it in release"]
+fn a_run_over_one_and_three_workers_submits_the_same_orders_and_merges_every_part() {
+    let dir = Scratch::new("spread-load");
+    let scn = dir.0.join("noise.toml");
+    std::fs::write(&scn, NOISE).unwrap();
+    let queue = format!("spread{}", std::process::id());
+    let _workers: Vec<Proc> =
+        (0..3).map(|i| worker("127.0.0.1:4222", &queue, &format!("l{i}"), &sim_bin(), &dir.0)).collect();
+    let (one, one_shares) = run_over_workers(1, &scn, &queue, &dir.0);
+    let (three, three_shares) = run_over_workers(3, &scn, &queue, &dir.0);
+    let submitted = |s: &serde_json::Value| s["counts"]["submitted"].as_u64().unwrap();
+    assert!(submitted(&one) > 100, "{one:#}");
+    assert_eq!(submitted(&one), submitted(&three), "the same orders split or not");
+    for (summary, shares, n) in [(&one, &one_shares, 1), (&three, &three_shares, 3)] {
+        let shares = shares.as_array().unwrap();
+        assert_eq!(shares.len(), n);
+        let workers: BTreeSet<&str> = shares.iter().map(|s| s["worker"].as_str().unwrap()).collect();
+        assert_eq!(workers.len(), n, "each share on a worker of its own: {shares:#?}");
+        let sum = |f: &str| shares.iter().map(|s| s["figures"][f].as_u64().unwrap()).sum::<u64>();
+        assert_eq!(sum("submitted"), submitted(summary));
+        // The merged submit_to_ack histogram holds every share's answers.
+        let accepted = summary["counts"]["accepted"].as_u64().unwrap();
+        assert_eq!(sum("accepted"), accepted);
+        assert_eq!(summary["stages"]["submit_to_ack"]["count"].as_u64(), Some(accepted), "{summary:#}");
+        assert!(summary["checker"]["checks"].as_array().unwrap().iter().all(|c| c["passed"] == true));
+    }
 }

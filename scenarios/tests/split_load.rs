@@ -86,6 +86,7 @@ async fn distributed(text: &str, seed: u64, shares: u32) -> Distributed {
                 gateway: platform.deps().cfg.addrs.gateway.to_string(),
                 share,
                 shares,
+                capacity: None,
                 start_at_unix_ms,
             };
             // Through JSON, as a job travels.
@@ -199,6 +200,7 @@ async fn a_share_set_up_after_the_barrier_says_by_how_much() {
         gateway: platform.deps().cfg.addrs.gateway.to_string(),
         share: 1,
         shares: 3,
+        capacity: None,
         start_at_unix_ms: unix_ms(),
     };
     let err = split_load::run_share(&job).await.err().expect("too late");

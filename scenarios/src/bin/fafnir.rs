@@ -558,6 +558,17 @@ struct RealTarget {
     /// In simulation every run writes them to metrics.jsonl instead.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Real build only, with --gateway and --namespace: split the agents
+    /// over N `fafnir worker`s (on --nats, namespace --queue) instead of
+    /// driving them from this process. Every share sets its agents up, all
+    /// start at one barrier time, and this process merges their histograms
+    /// exactly, runs the liveness phase and the checker once, and writes the
+    /// run directory with workers.json (which worker ran which share).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// The workers' namespace (their --namespace).
+    #[arg(long, default_value = "fafnir")]
+    queue: String,
 }
 
 /// Why `fafnir` failed, and so its exit code.
@@ -886,8 +897,13 @@ fn run_scenario(
     duration: Option<std::time::Duration>,
     out: Option<std::path::PathBuf>,
     calibration: Option<&std::path::Path>,
-    _real: RealTarget,
+    real: RealTarget,
 ) -> Result<u8, RunError> {
+    if real.workers.is_some() {
+        return Err(RunError::Usage(
+            "--workers spreads a real run's load over workers: use the real build, `cargo fafnir-real run ...`".into(),
+        ));
+    }
     let (scn, config_hash, rerun) =
         fafnir_scenarios::run::load_calibrated(file, seed, duration, calibration).map_err(RunError::Usage)?;
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{}-{}", scn.name, scn.seed)));
@@ -951,20 +967,91 @@ fn run_scenario(
         rt.block_on(fafnir_scenarios::observe::serve(addr, handle, None)).map_err(RunError::Failed)?;
         println!("metrics: http://{addr}/metrics");
     }
-    let bar = progress_bar();
-    let result =
-        rt.block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone(), bar.clone()));
-    if bar.is_some() {
-        eprintln!();
-    }
+    let (result, shares) = match real.workers {
+        Some(workers) => {
+            let text = scenario_text_for_workers(file, duration).map_err(RunError::Usage)?;
+            let spread = spread_load(&scn, text, target, (workers, real.queue), None, config_hash, rerun.clone());
+            match rt.block_on(spread) {
+                Ok((r, shares)) => (Ok(r), Some(shares)),
+                Err(e) => (Err(e), None),
+            }
+        }
+        None => {
+            let bar = progress_bar();
+            let run = fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, rerun.clone(), bar.clone());
+            let result = rt.block_on(run);
+            if bar.is_some() {
+                eprintln!();
+            }
+            (result, None)
+        }
+    };
     let r = result.map_err(|e| RunError::Failed(format!("{e}\n  replay: {rerun}")))?;
-    let written = fafnir_scenarios::run::write_run_dir(&out, &r);
+    let written = fafnir_scenarios::run::write_run_dir(&out, &r).and_then(|()| write_shares(&out, shares.as_deref()));
     if written.is_ok() {
         render(&out);
     }
     report(&r.summary, &out);
     written.map_err(|e| RunError::Failed(format!("the run directory {} was not written: {e}", out.display())))?;
     Ok(r.summary.outcome.exit_code())
+}
+
+/// The scenario's text as workers get it: the file with the command line's
+/// --duration written into it (the seed travels beside it).
+#[cfg(not(madsim))]
+fn scenario_text_for_workers(file: &std::path::Path, duration: Option<std::time::Duration>) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let Some(d) = duration else { return Ok(text) };
+    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    doc.insert("duration_ms".into(), toml::Value::Integer(d.as_millis() as i64));
+    toml::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// A real run's load over workers (`--workers N`).
+#[cfg(not(madsim))]
+async fn spread_load(
+    scn: &fafnir_scenarios::scenario::Scenario,
+    scenario_text: String,
+    target: fafnir_scenarios::real_run::Target,
+    (workers, queue): (u32, String),
+    capacity: Option<fafnir_scenarios::split_load::CapacityStep>,
+    config_hash: String,
+    rerun: String,
+) -> Result<(fafnir_scenarios::run::RunResult, Vec<fafnir_scenarios::distributed::ShareRecord>), String> {
+    if target.gateway.is_none() || target.namespace.is_none() {
+        return Err("--workers drives a running platform that the workers reach: give --gateway and --namespace".into());
+    }
+    let meta = fafnir_scenarios::run::RunMeta {
+        mode: format!(
+            "real (namespace {}), load over {workers} workers",
+            target.namespace.as_deref().unwrap_or_default()
+        ),
+        seed: scn.seed,
+        config_hash,
+        trace_hash: "-".into(),
+        rerun,
+        agents: fafnir_scenarios::run::agent_plan(scn, scn.seed).len() as u64,
+        nemesis: None,
+    };
+    let run = fafnir_scenarios::distributed::LoadRun {
+        scn,
+        scenario_text,
+        seed: scn.seed,
+        target,
+        shares: workers,
+        queue,
+        meta,
+        capacity,
+    };
+    fafnir_scenarios::distributed::load_run(run).await
+}
+
+/// `workers.json`: which worker ran which share of a load over workers.
+#[cfg(not(madsim))]
+fn write_shares<T: serde::Serialize>(out: &std::path::Path, shares: Option<&[T]>) -> Result<(), String> {
+    let Some(shares) = shares else { return Ok(()) };
+    let text = serde_json::to_string_pretty(shares).expect("shares serialize");
+    std::fs::write(out.join("workers.json"), text + "\n").map_err(|e| format!("workers.json: {e}"))
 }
 
 /// Writes `replay.toml`: the scenario with every fault it played inline and
@@ -1298,7 +1385,7 @@ fn capacity_command(file: &std::path::Path, rates: &[u64], options: CapacityOpti
     let slo = capacity::knee_slo(&scn).expect("checked").clone();
     let suffix = if cfg!(madsim) { "" } else { "-real" };
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/capacity-{}{suffix}", scn.name)));
-    let step_runner = match StepRunner::new(real) {
+    let step_runner = match StepRunner::new(real, file) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fafnir: {e}");
@@ -1343,7 +1430,8 @@ fn capacity_command(file: &std::path::Path, rates: &[u64], options: CapacityOpti
                 }
             };
             metrics::gauge!(fafnir_scenarios::observe::loadgen::TARGET_RATE).set(rate as f64);
-            let r = match step_runner.run(&scaled, config_hash.clone(), rerun.clone()) {
+            let decisions = calibration.decisions_for(rate);
+            let r = match step_runner.run(&scaled, (decisions, step), config_hash.clone(), rerun.clone()) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("fafnir: the step at {rate} orders/s could not run: {e}\n  replay: {rerun}");
@@ -1417,10 +1505,11 @@ struct StepRunner;
 
 #[cfg(madsim)]
 impl StepRunner {
-    fn new(real: RealTarget) -> Result<StepRunner, String> {
-        if real.gateway.is_some() || real.namespace.is_some() {
+    fn new(real: RealTarget, _file: &std::path::Path) -> Result<StepRunner, String> {
+        if real.gateway.is_some() || real.namespace.is_some() || real.workers.is_some() {
             return Err(
-                "--gateway and --namespace drive a real platform: use the real build, `cargo fafnir-real capacity`"
+                "--gateway, --namespace and --workers drive a real platform: use the real build, `cargo fafnir-real \
+                 capacity`"
                     .into(),
             );
         }
@@ -1438,6 +1527,7 @@ impl StepRunner {
     fn run(
         &self,
         scn: &fafnir_scenarios::scenario::Scenario,
+        _scaled: (u64, std::time::Duration),
         config_hash: String,
         rerun: String,
     ) -> Result<fafnir_scenarios::run::RunResult, String> {
@@ -1451,18 +1541,24 @@ impl StepRunner {
 struct StepRunner {
     real: RealTarget,
     rt: tokio::runtime::Runtime,
+    /// With --workers: the scenario's text, which the workers scale as each step does.
+    text: Option<String>,
 }
 
 #[cfg(not(madsim))]
 impl StepRunner {
-    fn new(real: RealTarget) -> Result<StepRunner, String> {
+    fn new(real: RealTarget, file: &std::path::Path) -> Result<StepRunner, String> {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let text = match real.workers {
+            Some(_) => Some(scenario_text_for_workers(file, None)?),
+            None => None,
+        };
         if let Some(addr) = real.metrics_addr {
             let handle = fafnir_scenarios::observe::install_global();
             rt.block_on(fafnir_scenarios::observe::serve(addr, handle, None))?;
             println!("metrics: http://{addr}/metrics");
         }
-        Ok(StepRunner { real, rt })
+        Ok(StepRunner { real, rt, text })
     }
 
     /// Whether every step would trade on one platform (--gateway): the
@@ -1472,8 +1568,9 @@ impl StepRunner {
     }
 
     fn mode(&self) -> String {
+        let over = self.real.workers.map(|n| format!(", the load over {n} workers")).unwrap_or_default();
         match self.real.gateway {
-            Some(g) => format!("real, the platform at {g}"),
+            Some(g) => format!("real, the platform at {g}{over}"),
             None => "real, an in-process platform".into(),
         }
     }
@@ -1481,6 +1578,7 @@ impl StepRunner {
     fn run(
         &self,
         scn: &fafnir_scenarios::scenario::Scenario,
+        (decisions_per_s, step): (u64, std::time::Duration),
         config_hash: String,
         rerun: String,
     ) -> Result<fafnir_scenarios::run::RunResult, String> {
@@ -1490,6 +1588,13 @@ impl StepRunner {
             redis: self.real.redis.clone(),
             namespace: self.real.namespace.clone(),
         };
+        if let (Some(workers), Some(text)) = (self.real.workers, &self.text) {
+            let capacity =
+                fafnir_scenarios::split_load::CapacityStep { decisions_per_s, step_ms: step.as_millis() as u64 };
+            let queue = self.real.queue.clone();
+            let spread = spread_load(scn, text.clone(), target, (workers, queue), Some(capacity), config_hash, rerun);
+            return self.rt.block_on(spread).map(|(r, _)| r);
+        }
         self.rt.block_on(fafnir_scenarios::real_run::run(scn, scn.seed, target, config_hash, rerun, None))
     }
 }
