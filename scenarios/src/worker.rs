@@ -240,16 +240,36 @@ async fn run_load(
     }
 }
 
-/// A child process killed when dropped (the worker's job was cancelled).
-struct Child(std::process::Child);
+/// Kills a child process when dropped before it ended (the worker's job
+/// was cancelled); a thread of its own waits for it meanwhile.
+struct KillOnDrop {
+    pid: libc::pid_t,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
-impl Drop for Child {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if !self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: kill(2) on the child's pid. The pid is free for reuse only
+            // once the waiting thread has reaped the child, in the instant
+            // before that thread sets `ended`.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
         }
     }
+}
+
+/// Waits for `child` to end without polling (a job's end is seen at once).
+async fn wait_for(mut child: std::process::Child) -> Result<std::process::ExitStatus, String> {
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _kill = KillOnDrop { pid: child.id() as libc::pid_t, ended: ended.clone() };
+    let waiter = tokio::task::spawn_blocking(move || {
+        let status = child.wait();
+        ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        status
+    });
+    waiter.await.map_err(|e| format!("waiting for the run: {e}"))?.map_err(|e| format!("waiting for the run: {e}"))
 }
 
 async fn run_seeds(
@@ -300,13 +320,7 @@ async fn run_seeds(
         .stderr(log);
     die_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(|e| format!("{}: {e}", opts.sim_bin.display()))?;
-    let mut child = Child(child);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().map_err(|e| format!("{}: {e}", opts.sim_bin.display()))? {
-            break status;
-        }
-        fafnir_platform::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_for(child).await?;
     // 0: every seed passed; 4: some failed (findings). Anything else: the run itself failed.
     if !matches!(status.code(), Some(0 | 4)) {
         let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
