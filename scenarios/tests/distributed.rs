@@ -294,35 +294,8 @@ fn a_job_whose_run_keeps_failing_is_reported_and_not_retried_forever() {
     assert!(sweep["jobs"][0]["error"].as_str().unwrap().contains("/bin/false"), "{sweep:#}");
 }
 
-/// Noise traders only, who never cancel nor run out of cash or shares: every
-/// wake submits one order, so the seed fixes the orders however the agents
-/// are split.
-const NOISE: &str = r#"
-name = "spread-noise"
-description = "Noise traders whose number of orders the seed fixes"
-seed = 5
-duration_ms = 2000
-quiesce_ms = 15000
-slos = ["submit_to_ack.p99 < 10s"]
-
-[[instrument]]
-symbol = "ACME"
-tick_cents = 1
-lot_shares = 1
-start_price_cents = 10000
-min_price_cents = 100
-max_price_cents = 1000000
-
-[[population]]
-kind = "noise"
-count = 6
-cash_cents = 20000000
-holdings = { ACME = 2000 }
-rate_per_s = 20.0
-cancel_pct = 0
-cancel_min_age_ms = 86400000
-max_open = 10000
-"#;
+/// Noise traders whose orders the seed fixes, however they are split.
+const NOISE: &str = include_str!("support/split-noise.toml");
 
 /// What `fafnir run --workers n` against a fresh `fafnir up` wrote.
 fn run_over_workers(n: u32, scn: &Path, queue: &str, dir: &Path) -> (serde_json::Value, serde_json::Value) {

@@ -16,35 +16,8 @@ use fafnir_scenarios::split_load::{self, LoadJob, Merged, ShareResult};
 const NATS: &str = "127.0.0.1:4222";
 const REDIS: &str = "127.0.0.1:6379";
 
-/// Noise traders only, none of whom ever cancels or runs out of cash or
-/// shares (a noise trader draws as many random numbers at every wake
-/// whatever the market did): every wake submits one order, so the orders
-/// submitted are fixed by the seed, however the run is split.
-const SCENARIO: &str = r#"
-name = "split-noise"
-description = "Noise traders whose number of orders the seed fixes"
-duration_ms = 2000
-quiesce_ms = 15000
-slos = ["submit_to_ack.p99 < 10s"]
-
-[[instrument]]
-symbol = "ACME"
-tick_cents = 1
-lot_shares = 1
-start_price_cents = 10000
-min_price_cents = 100
-max_price_cents = 1000000
-
-[[population]]
-kind = "noise"
-count = 7
-cash_cents = 20000000
-holdings = { ACME = 2000 }
-rate_per_s = 20.0
-cancel_pct = 0
-cancel_min_age_ms = 86400000
-max_open = 10000
-"#;
+/// Noise traders whose orders the seed fixes, however they are split.
+const SCENARIO: &str = include_str!("support/split-noise.toml");
 
 const SEED: u64 = 11;
 
