@@ -4,7 +4,8 @@
 //!
 //! A sweep is known by its run id: a coordinator given `--run-id` of a sweep
 //! that already ran (or still runs) reads the results already stored,
-//! submits only the batches that have none, and waits for the rest.
+//! submits the batches that have none and are not queued (those that could
+//! not run before run again), and waits for the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -125,21 +126,24 @@ pub async fn sweep(s: Sweep, scenario_name: &str, nemesis: bool) -> Result<u8, S
 
     // Results already stored (a coordinator started again): taken before
     // any job is submitted, so that only the jobs without one are.
+    // A job that could not run then runs again now.
     let stored = queue.stored_results(&run_id).await?;
     for _ in 0..stored {
         match results.next().await {
+            Some(Ok(r)) if matches!(r.outcome, JobOutcome::Failed { .. }) => {}
             Some(Ok(r)) => state.take(&queue, r, &jobs).await?,
             Some(Err(e)) => eprintln!("fafnir chaos: {e}"),
             None => break,
         }
     }
-    if stored > 0 {
-        println!("picked up {} finished jobs of {}", state.finished.len(), jobs.len());
+    let queued = queue.queued_jobs(&run_id).await?;
+    if s.run_id.is_some() {
+        println!("picked up {} finished jobs of {}; {} still queued", state.finished.len(), jobs.len(), queued.len());
     }
     let todo: Vec<Job> = jobs
         .iter()
         .enumerate()
-        .filter(|(i, _)| !state.finished.contains(&(*i as u32)))
+        .filter(|(i, _)| !state.finished.contains(&(*i as u32)) && !queued.contains(&(*i as u32)))
         .map(|(i, seeds)| Job {
             run_id: run_id.clone(),
             job: i as u32,

@@ -6,9 +6,10 @@
 //!   stored until a worker acknowledges it. Every worker pulls through one
 //!   shared durable consumer, `workers`: a job goes to one worker at a time;
 //!   one not acknowledged within the ack wait (its worker died) goes to
-//!   another; a job is delivered at most [`MAX_DELIVER`] times. A job's
-//!   message id is `<run id>/<job id>`, so a coordinator that restarts and
-//!   submits its jobs again within the duplicate window adds none twice.
+//!   another; a job is delivered at most [`MAX_DELIVER`] times. Each job has
+//!   a subject of its own (`...<run id>.<job>`), so a coordinator that
+//!   restarts sees which of its jobs are still queued and submits only the
+//!   others.
 //! - `NS_RESULTS`, a stream of results (`fafnir.NS.results.<run id>`), kept
 //!   for [`KEEP`]: a restarted coordinator reads every result its run already
 //!   has.
@@ -18,6 +19,7 @@
 //! Only the real build has a NATS client; the simulated build's binary is
 //! what a worker runs a sweep's seeds with.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -158,8 +160,12 @@ impl Queue {
         format!("{}_FILES", self.namespace)
     }
 
-    fn jobs_subject(&self, run_id: &str) -> String {
-        format!("fafnir.{}.jobs.{run_id}", self.namespace)
+    fn job_subject(&self, run_id: &str, job: u32) -> String {
+        format!("fafnir.{}.jobs.{run_id}.{job}", self.namespace)
+    }
+
+    fn jobs_subjects(&self, run_id: &str) -> String {
+        format!("fafnir.{}.jobs.{run_id}.*", self.namespace)
     }
 
     fn results_subject(&self, run_id: &str) -> String {
@@ -180,7 +186,6 @@ impl Queue {
             subjects: vec![format!("fafnir.{}.jobs.>", self.namespace)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(3600),
             ..Default::default()
         };
         self.js.get_or_create_stream(jobs).await.map_err(|e| self.err("the jobs stream", e))?;
@@ -223,18 +228,20 @@ impl Queue {
         Ok(c)
     }
 
-    /// Submits `jobs` (those already in the queue within the duplicate
-    /// window are not added again). Returns each job's stream sequence.
+    /// Submits `jobs`. Returns each job's stream sequence.
     pub async fn submit(&self, jobs: &[Job]) -> Result<Vec<u64>, String> {
         let mut acks = Vec::with_capacity(jobs.len());
         for job in jobs {
             let payload = serde_json::to_vec(job).expect("a job serializes");
-            let msg = jetstream::message::PublishMessage::build()
-                .payload(payload.into())
-                .message_id(format!("{}/{}", job.run_id, job.job));
+            let msg = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(format!(
+                "{}/{}/{}",
+                job.run_id,
+                job.job,
+                unix_ms()
+            ));
             acks.push(
                 self.js
-                    .send_publish(self.jobs_subject(&job.run_id), msg)
+                    .send_publish(self.job_subject(&job.run_id, job.job), msg)
                     .await
                     .map_err(|e| self.err("submit a job", e))?,
             );
@@ -248,8 +255,10 @@ impl Queue {
 
     /// Takes the next job, waiting up to `wait` for one.
     pub async fn take(&self, c: &consumer::PullConsumer, wait: Duration) -> Result<Option<Taken>, String> {
+        // A pull request that waits for a job up to `wait` (a fetch asks
+        // for what is there now).
         let mut batch =
-            c.fetch().max_messages(1).expires(wait).messages().await.map_err(|e| self.err("take a job", e))?;
+            c.batch().max_messages(1).expires(wait).messages().await.map_err(|e| self.err("take a job", e))?;
         let Some(msg) = batch.next().await else { return Ok(None) };
         let msg = msg.map_err(|e| self.err("take a job", e))?;
         let info = msg.info().map_err(|e| self.err("a job's delivery", e))?;
@@ -311,6 +320,22 @@ impl Queue {
         }))
     }
 
+    /// The jobs of `run_id` still in the queue (waiting, or taken and not
+    /// yet acknowledged).
+    pub async fn queued_jobs(&self, run_id: &str) -> Result<BTreeSet<u32>, String> {
+        let stream = self.js.get_stream(self.jobs_stream()).await.map_err(|e| self.err("the jobs stream", e))?;
+        let mut subjects =
+            stream.info_with_subjects(self.jobs_subjects(run_id)).await.map_err(|e| self.err("list jobs", e))?;
+        let mut queued = BTreeSet::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(|e| self.err("list jobs", e))?;
+            if let Some(job) = subject.rsplit('.').next().and_then(|j| j.parse().ok()) {
+                queued.insert(job);
+            }
+        }
+        Ok(queued)
+    }
+
     /// How many results of `run_id` are stored.
     pub async fn stored_results(&self, run_id: &str) -> Result<usize, String> {
         let stream = self.js.get_stream(self.results_stream()).await.map_err(|e| self.err("the results stream", e))?;
@@ -363,7 +388,7 @@ impl Queue {
     /// Removes run `run_id`'s jobs that no worker has taken.
     pub async fn cancel(&self, run_id: &str) -> Result<(), String> {
         let stream = self.js.get_stream(self.jobs_stream()).await.map_err(|e| self.err("the jobs stream", e))?;
-        stream.purge().filter(self.jobs_subject(run_id)).await.map_err(|e| self.err("cancel jobs", e))?;
+        stream.purge().filter(self.jobs_subjects(run_id)).await.map_err(|e| self.err("cancel jobs", e))?;
         Ok(())
     }
 

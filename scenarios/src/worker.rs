@@ -62,6 +62,7 @@ pub async fn run(mut opts: Options, stop: impl std::future::Future<Output = ()>)
     );
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut slots = Vec::new();
+    slots.push(tokio::spawn(report_given_up(queue.clone(), opts.name.clone(), rx.clone())));
     for slot in 0..opts.jobs.max(1) {
         let (queue, consumer, opts, rx) = (queue.clone(), consumer.clone(), opts.clone(), rx.clone());
         slots.push(tokio::spawn(async move { take_jobs(slot, &queue, &consumer, &opts, rx).await }));
@@ -73,6 +74,42 @@ pub async fn run(mut opts: Options, stop: impl std::future::Future<Output = ()>)
         let _ = s.await;
     }
     Ok(())
+}
+
+/// Turns each job the queue gives up on (delivered [`MAX_DELIVER`] times,
+/// every worker that took it died) into a stored failed result, so that a
+/// coordinator sees it whenever it reads the results; every worker does
+/// this, and the results stream keeps one of each (same message id).
+async fn report_given_up(queue: Queue, name: String, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use futures::StreamExt as _;
+    let Ok(given_up) = queue.given_up().await else { return };
+    let mut given_up = Box::pin(given_up);
+    loop {
+        let seq = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            seq = given_up.next() => match seq {
+                Some(seq) => seq,
+                None => return,
+            },
+        };
+        let Some(job) = queue.job_at(seq).await else { continue };
+        let error = format!(
+            "delivered {MAX_DELIVER} times and never finished: each worker that took it died or stopped answering"
+        );
+        let result = JobResult {
+            run_id: job.run_id.clone(),
+            job: job.job,
+            worker: name.clone(),
+            attempt: MAX_DELIVER,
+            started_unix_ms: crate::queue::unix_ms(),
+            elapsed_ms: 0,
+            outcome: JobOutcome::Failed { error, attempts: MAX_DELIVER },
+        };
+        if queue.publish_result(&result).await.is_ok() {
+            queue.drop_job(seq).await;
+        }
+    }
 }
 
 async fn take_jobs(

@@ -182,6 +182,14 @@ fn a_sweep_over_three_workers_matches_one_machine_also_when_a_worker_is_killed()
     let nats = Server::nats().unwrap();
     let ns = format!("t{}", std::process::id());
     let mut workers: Vec<Proc> = (0..3).map(|i| worker(&nats.addr(), &ns, &format!("w{i}"), &sim, &dir.0)).collect();
+    // Every worker pulling before the jobs come: each takes one at once.
+    for w in &workers {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !w.log().contains("taking jobs") {
+            assert!(Instant::now() < deadline, "a worker did not start:\n{}", w.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let dist_out = dir.0.join("dist");
     let coordinator_args = |extra: &[String]| {
         let mut a = vec![
@@ -242,7 +250,8 @@ fn a_sweep_over_three_workers_matches_one_machine_also_when_a_worker_is_killed()
     assert_eq!(jobs.len(), 6);
     assert!(jobs.iter().all(|j| j["error"].is_null() && j["worker"] != "w0"), "{sweep:#}");
     assert!(jobs.iter().any(|j| j["attempt"].as_i64() > Some(1)), "the killed worker's job redelivered: {sweep:#}");
-    assert!(sweep["workers"].as_object().unwrap().len() >= 2, "{sweep:#}");
+    let logs: Vec<String> = workers.iter().map(|w| w.log()).collect();
+    assert!(sweep["workers"].as_object().unwrap().len() >= 2, "{sweep:#}\n{}", logs.join("\n"));
 
     // A coordinator started again on the same sweep picks up its results,
     // with no worker left to run anything.
@@ -332,7 +341,10 @@ fn run_over_workers(n: u32, scn: &Path, queue: &str, dir: &Path) -> (serde_json:
     ];
     let mut run = Proc::start(Path::new(FAFNIR), &args, dir.join(format!("run{n}.log")));
     let code = run.wait(Duration::from_secs(120));
-    assert_eq!(code, 0, "{}", run.log());
+    let worker_logs = || {
+        (0..3).map(|i| std::fs::read_to_string(dir.join(format!("l{i}.log"))).unwrap_or_default()).collect::<Vec<_>>()
+    };
+    assert_eq!(code, 0, "{}\nworkers:\n{}", run.log(), worker_logs().join("\n"));
     let read = |f: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))).unwrap()
     };
@@ -366,4 +378,75 @@ fn a_run_over_one_and_three_workers_submits_the_same_orders_and_merges_every_par
         assert_eq!(summary["stages"]["submit_to_ack"]["count"].as_u64(), Some(accepted), "{summary:#}");
         assert!(summary["checker"]["checks"].as_array().unwrap().iter().all(|c| c["passed"] == true));
     }
+}
+
+#[test]
+#[ignore = "runs the release builds' binaries: ci/test runs it in release"]
+fn a_job_whose_every_taker_dies_is_reported_then_runs_again_when_the_sweep_resumes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = Scratch::new("distributed-dying");
+    let scn = scenario(&dir.0);
+    // A "simulated build" that never ends: the worker reports progress until it is killed.
+    let hang = dir.0.join("hang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nats = Server::nats().unwrap();
+    let ns = format!("d{}", std::process::id());
+    let out = dir.0.join("out");
+    let args = [
+        s("chaos"),
+        scn.display().to_string(),
+        s("--seeds"),
+        s("0..2"),
+        s("--duration"),
+        s("2s"),
+        s("--nats"),
+        nats.addr(),
+        s("--namespace"),
+        ns.clone(),
+        s("--out"),
+        out.display().to_string(),
+    ];
+    let mut coordinator = Proc::start(Path::new(FAFNIR), &args, dir.0.join("coordinator.log"));
+    // Every delivery's taker dies while it runs the job (a delivery may
+    // also go to a pull request the last killed worker left behind).
+    let attempt_of = |log: &str| {
+        log.split(", attempt ").nth(1).and_then(|a| a.split_whitespace().next()).and_then(|a| a.parse::<u32>().ok())
+    };
+    for n in 1.. {
+        assert!(n <= 8, "the job was not delivered 4 times");
+        let mut w = worker(&nats.addr(), &ns, &format!("dies{n}"), &hang, &dir.0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let attempt = loop {
+            if let Some(a) = attempt_of(&w.log()) {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "no delivery taken:\n{}\ncoordinator:\n{}", w.log(), coordinator.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        w.kill();
+        if attempt >= 4 {
+            break;
+        }
+    }
+    // A worker alive when the queue gives up on the job stores its failure.
+    let _witness = worker(&nats.addr(), &ns, "witness", &hang, &dir.0);
+    let code = coordinator.wait(Duration::from_secs(60));
+    let log = coordinator.log();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("job 0 (seeds 0..2) could not be run"), "{log}");
+    assert!(log.contains("delivered 4 times and never finished"), "{log}");
+
+    // Resumed with a worker that can run it: the job runs again.
+    drop(_witness);
+    let run_id = log.lines().find_map(|l| l.strip_prefix("sweep ")).and_then(|l| l.split(' ').next()).unwrap();
+    let _healthy = worker(&nats.addr(), &ns, "healthy", &sim_bin(), &dir.0);
+    let mut args = args.to_vec();
+    args.extend([s("--run-id"), s(run_id)]);
+    let mut resumed = Proc::start(Path::new(FAFNIR), &args, dir.0.join("resumed.log"));
+    let code = resumed.wait(Duration::from_secs(120));
+    assert!(code == 0 || code == 4, "{}", resumed.log());
+    assert!(resumed.log().contains("picked up 0 finished jobs of 1; 0 still queued"), "{}", resumed.log());
+    let runs = outcomes(&out.join("outcomes.jsonl"));
+    assert_eq!(runs.iter().map(|r| r.seed).collect::<Vec<_>>(), vec![0, 1]);
 }
