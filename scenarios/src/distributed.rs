@@ -120,7 +120,6 @@ pub async fn sweep(s: Sweep, scenario_name: &str, nemesis: bool) -> Result<u8, S
     );
     println!("sweep {run_id} (a coordinator started again with --run-id {run_id} picks up its results)");
     let t0 = fafnir_platform::time::Instant::now();
-    let mut given_up = Box::pin(queue.given_up().await?);
     let mut results = Box::pin(queue.results(&run_id).await?);
     let mut state = State::new(&s, &run_id, jobs.len());
 
@@ -156,8 +155,9 @@ pub async fn sweep(s: Sweep, scenario_name: &str, nemesis: bool) -> Result<u8, S
             }),
         })
         .collect();
-    let seqs = queue.submit(&todo).await?;
-    let job_of_seq: BTreeMap<u64, u32> = seqs.iter().zip(&todo).map(|(seq, j)| (*seq, j.job)).collect();
+    // A job the queue gives up on comes back as a failed result too: the
+    // workers store one when JetStream announces it.
+    queue.submit(&todo).await?;
 
     let mut report = fafnir_platform::time::interval(Duration::from_secs(10));
     report.tick().await;
@@ -168,17 +168,6 @@ pub async fn sweep(s: Sweep, scenario_name: &str, nemesis: bool) -> Result<u8, S
                 Some(Ok(r)) => state.take(&queue, r, &jobs).await?,
                 Some(Err(e)) => eprintln!("fafnir chaos: {e}"),
                 None => return Err("the results stream ended".into()),
-            },
-            seq = given_up.next() => {
-                let Some(seq) = seq else { return Err("the queue's advisories ended".into()) };
-                let job = match job_of_seq.get(&seq) {
-                    Some(j) => Some(*j),
-                    None => queue.job_at(seq).await.filter(|j| j.run_id == run_id).map(|j| j.job),
-                };
-                if let Some(job) = job {
-                    state.given_up(job, &jobs);
-                    queue.drop_job(seq).await;
-                }
             },
             _ = report.tick() => {
                 eprintln!(
@@ -264,28 +253,6 @@ impl<'a> State<'a> {
         }
         self.records.push(record);
         Ok(())
-    }
-
-    /// The queue gave up on a job: no worker finished it in every delivery.
-    fn given_up(&mut self, job: u32, jobs: &[std::ops::Range<u64>]) {
-        if !self.finished.insert(job) {
-            return;
-        }
-        let seeds = jobs[job as usize].clone();
-        let error = format!(
-            "delivered {} times and never finished: each worker that took it died or stopped answering",
-            crate::queue::MAX_DELIVER
-        );
-        println!("job {job} (seeds {}..{}) could not be run: {error}", seeds.start, seeds.end);
-        self.records.push(JobRecord {
-            job,
-            seeds,
-            worker: "-".into(),
-            attempt: crate::queue::MAX_DELIVER,
-            started_unix_ms: 0,
-            elapsed_ms: 0,
-            error: Some(error),
-        });
     }
 
     fn finish(mut self, s: &Sweep, run_id: &str, scenario: &str, wall_ms: u64) -> Result<u8, String> {

@@ -228,8 +228,8 @@ impl Queue {
         Ok(c)
     }
 
-    /// Submits `jobs`. Returns each job's stream sequence.
-    pub async fn submit(&self, jobs: &[Job]) -> Result<Vec<u64>, String> {
+    /// Submits `jobs`.
+    pub async fn submit(&self, jobs: &[Job]) -> Result<(), String> {
         let mut acks = Vec::with_capacity(jobs.len());
         for job in jobs {
             let payload = serde_json::to_vec(job).expect("a job serializes");
@@ -246,11 +246,10 @@ impl Queue {
                     .map_err(|e| self.err("submit a job", e))?,
             );
         }
-        let mut seqs = Vec::with_capacity(acks.len());
         for ack in acks {
-            seqs.push(ack.await.map_err(|e| self.err("submit a job", e))?.sequence);
+            ack.await.map_err(|e| self.err("submit a job", e))?;
         }
-        Ok(seqs)
+        Ok(())
     }
 
     /// Takes the next job, waiting up to `wait` for one.

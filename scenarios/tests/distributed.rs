@@ -135,6 +135,24 @@ fn worker(nats: &str, ns: &str, name: &str, sim: &Path, dir: &Path) -> Proc {
     Proc::start(Path::new(FAFNIR), &args, dir.join(format!("{name}.log")))
 }
 
+/// `fafnir chaos FILE --seeds SEEDS --nats NATS --namespace NS --out OUT`, then `extra`.
+fn coordinator_args(scn: &Path, seeds: &str, nats: &str, ns: &str, out: &Path, extra: &[String]) -> Vec<String> {
+    let mut a = vec![
+        s("chaos"),
+        scn.display().to_string(),
+        s("--seeds"),
+        s(seeds),
+        s("--nats"),
+        s(nats),
+        s("--namespace"),
+        s(ns),
+        s("--out"),
+        out.display().to_string(),
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 fn outcomes(path: &Path) -> Vec<SeedOutcome> {
     parse_outcomes(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
@@ -191,27 +209,11 @@ fn a_sweep_over_three_workers_matches_one_machine_also_when_a_worker_is_killed()
         }
     }
     let dist_out = dir.0.join("dist");
-    let coordinator_args = |extra: &[String]| {
-        let mut a = vec![
-            s("chaos"),
-            scn_arg.clone(),
-            s("--seeds"),
-            s(SEEDS),
-            s("--duration"),
-            s("2s"),
-            s("--nats"),
-            nats.addr(),
-            s("--namespace"),
-            ns.clone(),
-            s("--batch"),
-            s(2),
-            s("--out"),
-            dist_out.display().to_string(),
-        ];
-        a.extend_from_slice(extra);
-        a
+    let sweep_args = |out: &Path, extra: &[String]| {
+        let extra = [&[s("--duration"), s("2s"), s("--batch"), s(2)], extra].concat();
+        coordinator_args(&scn, SEEDS, &nats.addr(), &ns, out, &extra)
     };
-    let mut coordinator = Proc::start(Path::new(FAFNIR), &coordinator_args(&[]), dir.0.join("coordinator.log"));
+    let mut coordinator = Proc::start(Path::new(FAFNIR), &sweep_args(&dist_out, &[]), dir.0.join("coordinator.log"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !workers[0].log().contains(", attempt ") {
         assert!(Instant::now() < deadline, "w0 took no job:\n{}", workers[0].log());
@@ -260,9 +262,7 @@ fn a_sweep_over_three_workers_matches_one_machine_also_when_a_worker_is_killed()
     }
     let run_id = log.lines().find_map(|l| l.strip_prefix("sweep ")).and_then(|l| l.split(' ').next()).unwrap();
     let again = dir.0.join("again");
-    let mut args = coordinator_args(&[s("--run-id"), s(run_id)]);
-    let out_at = args.iter().position(|a| a == "--out").unwrap() + 1;
-    args[out_at] = again.display().to_string();
+    let args = sweep_args(&again, &[s("--run-id"), s(run_id)]);
     let mut resumed = Proc::start(Path::new(FAFNIR), &args, dir.0.join("resumed.log"));
     assert_eq!(resumed.wait(Duration::from_secs(60)), local_code, "{}", resumed.log());
     assert!(resumed.log().contains("picked up 6 finished jobs of 6"), "{}", resumed.log());
@@ -280,18 +280,7 @@ fn a_job_whose_run_keeps_failing_is_reported_and_not_retried_forever() {
     // A "simulated build" that fails every run.
     let _w = worker(&nats.addr(), &ns, "broken", Path::new("/bin/false"), &dir.0);
     let out = dir.0.join("out");
-    let args = [
-        s("chaos"),
-        scn.display().to_string(),
-        s("--seeds"),
-        s("0..2"),
-        s("--nats"),
-        nats.addr(),
-        s("--namespace"),
-        ns.clone(),
-        s("--out"),
-        out.display().to_string(),
-    ];
+    let args = coordinator_args(&scn, "0..2", &nats.addr(), &ns, &out, &[]);
     let mut coordinator = Proc::start(Path::new(FAFNIR), &args, dir.0.join("coordinator.log"));
     let code = coordinator.wait(Duration::from_secs(60));
     let log = coordinator.log();
@@ -393,20 +382,7 @@ fn a_job_whose_every_taker_dies_is_reported_then_runs_again_when_the_sweep_resum
     let nats = Server::nats().unwrap();
     let ns = format!("d{}", std::process::id());
     let out = dir.0.join("out");
-    let args = [
-        s("chaos"),
-        scn.display().to_string(),
-        s("--seeds"),
-        s("0..2"),
-        s("--duration"),
-        s("2s"),
-        s("--nats"),
-        nats.addr(),
-        s("--namespace"),
-        ns.clone(),
-        s("--out"),
-        out.display().to_string(),
-    ];
+    let args = coordinator_args(&scn, "0..2", &nats.addr(), &ns, &out, &[s("--duration"), s("2s")]);
     let mut coordinator = Proc::start(Path::new(FAFNIR), &args, dir.0.join("coordinator.log"));
     // Every delivery's taker dies while it runs the job (a delivery may
     // also go to a pull request the last killed worker left behind).
@@ -441,8 +417,7 @@ fn a_job_whose_every_taker_dies_is_reported_then_runs_again_when_the_sweep_resum
     drop(_witness);
     let run_id = log.lines().find_map(|l| l.strip_prefix("sweep ")).and_then(|l| l.split(' ').next()).unwrap();
     let _healthy = worker(&nats.addr(), &ns, "healthy", &sim_bin(), &dir.0);
-    let mut args = args.to_vec();
-    args.extend([s("--run-id"), s(run_id)]);
+    let args = [args, vec![s("--run-id"), s(run_id)]].concat();
     let mut resumed = Proc::start(Path::new(FAFNIR), &args, dir.0.join("resumed.log"));
     let code = resumed.wait(Duration::from_secs(120));
     assert!(code == 0 || code == 4, "{}", resumed.log());
