@@ -90,6 +90,9 @@ struct State {
     /// A write to Redis failed, so one given up on may still land until
     /// then (see [`LATE_WRITES_FOR`]): till then Redis is checked each round.
     late_writes_until: Option<crate::time::Instant>,
+    /// When Redis was last compared with what the market derived (at most
+    /// once per [`LATE_WRITES_CHECK_EVERY`]).
+    late_writes_checked: Option<crate::time::Instant>,
 }
 
 impl State {
@@ -107,6 +110,14 @@ impl State {
 /// a closed connection had sent): without the check, a quote's top of book
 /// stayed at an update the market had given up on (chaos seeds 413 and 872).
 const LATE_WRITES_FOR: Duration = Duration::from_secs(30);
+
+/// How often, during [`LATE_WRITES_FOR`], Redis is compared with what the
+/// market derived. Each comparison reads a symbol's quote and all its
+/// candles back; done on every read of TRADES (hundreds a second under
+/// load, and every platform is in its first 30 s after a start) it cost
+/// more than the writes themselves. A late write is found this much later
+/// at most, beyond the next read (which waits at most 500 ms).
+const LATE_WRITES_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// What a read of TRADES changed: per symbol, whether the quote's trade
 /// fields did and which candles.
@@ -260,10 +271,15 @@ async fn store(deps: &Deps, state: &mut State, changes: &Changes) -> Result<(), 
 /// everything written again when they differ.
 async fn check_late_writes(deps: &Deps, state: &mut State) -> Result<(), KvError> {
     let Some(until) = state.late_writes_until else { return Ok(()) };
-    if crate::time::Instant::now() >= until {
+    let now = crate::time::Instant::now();
+    if now >= until {
         state.late_writes_until = None;
         return Ok(());
     }
+    if state.late_writes_checked.is_some_and(|at| now < at + LATE_WRITES_CHECK_EVERY) {
+        return Ok(());
+    }
+    state.late_writes_checked = Some(now);
     let names = deps.cfg.names();
     for (symbol, s) in &state.symbols {
         let quote = deps.kv.hgetall(&names.key(&format!("market:quote:{symbol}"))).await?;
