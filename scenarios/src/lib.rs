@@ -34,6 +34,8 @@
 pub mod agents;
 pub mod baselines;
 #[cfg(not(madsim))]
+pub mod broker_probe;
+#[cfg(not(madsim))]
 pub mod calibrate;
 pub mod capacity;
 #[cfg(madsim)]

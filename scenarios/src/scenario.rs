@@ -102,6 +102,25 @@ pub struct RawServiceTime {
     /// time, by handler (`"orders.submit" = 40`); the others take `dist`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub handlers: BTreeMap<String, u64>,
+    /// The broker only: what share of `broker.wake` waking up after an idle
+    /// gap costs it, as points `[gap µs, thousandths]` interpolated between
+    /// (what `fafnir calibrate`'s probe of nats-server measures). With it,
+    /// the broker is modelled per message: `broker.publish`,
+    /// `broker.deliver` and `broker.ack` each message, and the share of the
+    /// wake-up its idle gap calls for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_curve: Option<Vec<[u64; 2]>>,
+}
+
+/// How `fafnir calibrate` models the simulated broker (`--broker-model`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerModel {
+    /// A publish's mean latency as the platform saw it, less the network's
+    /// two legs, for each publish request (a pipelined batch is one).
+    Latency,
+    /// nats-server's CPU per message published, delivered and acknowledged,
+    /// and its wake-up after an idle gap (the broker probe's figures).
+    PerMessage,
 }
 
 /// A service-time profile measured on a machine (`fafnir calibrate`), which
@@ -538,6 +557,17 @@ fn validate_service_time(service: &str, st: &RawServiceTime) -> Result<(), Strin
     }
     if let Some(h) = st.handlers.keys().find(|h| !h.starts_with(&format!("{service}."))) {
         return Err(at("handlers", &format!("{h:?} is not a handler of {service} (\"{service}.<name>\")")));
+    }
+    if let Some(curve) = &st.wake_curve {
+        if service != "broker" {
+            return Err(at("wake_curve", "only the broker is modelled per message (its wake-up after an idle gap)"));
+        }
+        if curve.is_empty() || curve.windows(2).any(|w| w[0][0] >= w[1][0]) {
+            return Err(at("wake_curve", "[gap µs, thousandths] points, at least one, gaps increasing"));
+        }
+        if curve.iter().any(|p| p[1] > 1_000) {
+            return Err(at("wake_curve", "a share is at most 1000 thousandths"));
+        }
     }
     Ok(())
 }

@@ -42,7 +42,15 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
             st.handlers.iter().map(|(h, mean)| (h.clone(), Dist::Exp(Duration::from_micros(*mean)))).collect();
         spec.service_time.insert(
             service.clone(),
-            ServiceModel { default: dist, handlers, concurrency: st.concurrency, cores: None },
+            ServiceModel {
+                default: dist,
+                handlers,
+                concurrency: st.concurrency,
+                cores: None,
+                warm: st.wake_curve.as_ref().map(|points| {
+                    points.iter().map(|[gap, share]| (Duration::from_micros(*gap), *share as u32)).collect()
+                }),
+            },
         );
     }
     spec.cores = scn.cores;

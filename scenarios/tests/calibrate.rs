@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use fafnir_scenarios::scenario::{Calibration, Scenario};
+use fafnir_scenarios::scenario::{BrokerModel, Calibration, Scenario};
 
 fn baseline(seconds: u64) -> Scenario {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/baseline.toml");
@@ -19,9 +19,16 @@ fn baseline(seconds: u64) -> Scenario {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name() {
     let scn = baseline(3);
-    let m = fafnir_scenarios::calibrate::calibrate(&scn, 5, "127.0.0.1:4222".into(), "127.0.0.1:6379".into())
-        .await
-        .unwrap_or_else(|e| panic!("real servers needed: {e}"));
+    let calibrate = |model| {
+        fafnir_scenarios::calibrate::calibrate(&scn, 5, "127.0.0.1:4222".into(), "127.0.0.1:6379".into(), model)
+    };
+    // By default the broker is its publish latency less the network's legs,
+    // and the probe's figures are recorded beside.
+    let m = calibrate(BrokerModel::Latency).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
+    assert!(m.servers.iter().any(|c| c.work == "broker.publish" && c.cpu_ns_per_unit >= 1_000), "{:?}", m.servers);
+    assert_eq!(m.calibration.service_time["broker"].wake_curve, None);
+    assert!(m.calibration.measured["broker_probe"].contains("CPU µs per message"), "{:?}", m.calibration.measured);
+    let m = calibrate(BrokerModel::PerMessage).await.unwrap_or_else(|e| panic!("real servers needed: {e}"));
     assert!(m.run.summary.checker.passed, "{:#?}", m.run.summary.checker);
     let cost =
         |work: &str| m.costs.iter().chain(&m.servers).find(|c| c.work == work).map(|c| (c.units, c.cpu_ns_per_unit));
@@ -29,9 +36,21 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
         let (units, ns) = cost(work).unwrap_or_else(|| panic!("{work} not metered: {:?}", m.costs));
         assert!(units > 10 && ns > 0, "{work}: {units} units of {ns} ns");
     }
-    for work in ["broker.publish", "redis.command", "loadgen.request"] {
+    for work in ["redis.command", "loadgen.request"] {
         assert!(cost(work).is_some_and(|(units, ns)| units > 0 && ns >= 1_000), "{work}: {:?}", m.servers);
     }
+    // The broker: nats-server runs here (ci/test starts it), so the probe
+    // measured its CPU per message, and the broker is modelled per message.
+    let b = m.broker.as_ref().expect("the probe finds the local nats-server by its port");
+    assert!(b.publish_ns > 0 && b.deliver_ns > 0 && b.wake_ns > 0, "{b:?}");
+    assert_eq!(b.curve.len(), b.wake_curve.len());
+    assert!(b.wake_curve.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{b:?}");
+    assert!(cost("broker.publish").is_none(), "measured per message, not by latency: {:?}", m.servers);
+    let broker = &m.calibration.service_time["broker"];
+    for h in ["broker.publish", "broker.deliver", "broker.ack", "broker.wake"] {
+        assert!(broker.handlers.get(h).is_some_and(|us| *us >= 1), "{h}: {broker:?}");
+    }
+    assert_eq!(broker.wake_curve.as_ref().map(Vec::len), Some(b.wake_curve.len()));
     assert!(m.one_way_us[0] >= 1 && m.one_way_us[0] <= m.one_way_us[1] && m.one_way_us[1] <= m.one_way_us[2]);
     assert!(m.overhead >= 1.0, "{}", m.overhead);
 
@@ -71,6 +90,18 @@ fn a_calibration_file_that_is_wrong_names_the_file_and_the_field() {
             "not a handler of orders",
         ),
         ("cores = 0\n[network]\nlatency_us = [1, 3]\n[service_time]\n", "cores"),
+        (
+            "[network]\nlatency_us = [1, 3]\n[service_time.broker]\ndist = \"exp\"\nus = [5]\nwake_curve = [[50, 100], [25, 900]]\n",
+            "service_time.broker.wake_curve: [gap µs, thousandths] points, at least one, gaps increasing",
+        ),
+        (
+            "[network]\nlatency_us = [1, 3]\n[service_time.broker]\ndist = \"exp\"\nus = [5]\nwake_curve = [[50, 1001]]\n",
+            "service_time.broker.wake_curve: a share is at most 1000",
+        ),
+        (
+            "[network]\nlatency_us = [1, 3]\n[service_time.orders]\ndist = \"exp\"\nus = [5]\nwake_curve = [[50, 100]]\n",
+            "service_time.orders.wake_curve: only the broker",
+        ),
         ("[network]\nlatency_us = [1, 3]\n", "service_time"),
     ];
     for (i, (text, want)) in bad.iter().enumerate() {

@@ -18,6 +18,24 @@ use fafnir_platform::time::Instant;
 
 use crate::rng::{derive_seed, SplitMix64};
 
+/// The share, in thousandths, of a wake-up that an idle `gap` calls for:
+/// interpolated between the `curve`'s points (gap, thousandths), from none
+/// at no gap; past the last point, the last share.
+pub fn wake_share(curve: &[(Duration, u32)], gap: Duration) -> u32 {
+    let mut below = (Duration::ZERO, 0u32);
+    for &(at, share) in curve {
+        if gap <= at {
+            let span = (at - below.0).as_nanos().max(1);
+            let into = (gap - below.0).as_nanos();
+            let (lo, hi) = (u128::from(below.1), u128::from(share));
+            let value = if hi >= lo { lo + (hi - lo) * into / span } else { lo - (lo - hi) * into / span };
+            return value as u32;
+        }
+        below = (at, share);
+    }
+    below.1
+}
+
 /// A distribution of processing times.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Dist {
@@ -29,6 +47,14 @@ pub enum Dist {
 }
 
 impl Dist {
+    /// The mean time.
+    pub fn mean(&self) -> Duration {
+        match *self {
+            Dist::Fixed(d) | Dist::Exp(d) => d,
+            Dist::Uniform(lo, hi) => (lo + hi) / 2,
+        }
+    }
+
     fn draw(&self, rng: &mut SplitMix64) -> Duration {
         match *self {
             Dist::Fixed(d) => d,
@@ -55,6 +81,13 @@ pub struct ServiceModel {
     /// calibration's `cores`): the calls of every service queue for them,
     /// and `concurrency` is unused.
     pub cores: Option<Cores>,
+    /// For a server whose cost per message falls when messages come close
+    /// together (nats-server: measured, a publish after an idle gap costs
+    /// it ten times one of a back-to-back stream): the share of the `wake`
+    /// handler's time [`Modelled::process_many`] adds after an idle gap, as
+    /// points (gap, thousandths) it interpolates between, from none at no
+    /// gap; past the last point, the last share. None: no wake-up cost.
+    pub warm: Option<Vec<(Duration, u32)>>,
 }
 
 /// Cores shared by services: when each is next free (None: free since the start).
@@ -81,6 +114,7 @@ impl ServiceModel {
             handlers: BTreeMap::new(),
             concurrency: 4,
             cores: None,
+            warm: None,
         }
     }
 
@@ -96,6 +130,7 @@ impl ServiceModel {
             handlers: self.handlers.iter().map(|(k, v)| (k.clone(), scale(*v))).collect(),
             concurrency: self.concurrency,
             cores: self.cores.clone(),
+            warm: self.warm.clone(),
         }
     }
 }
@@ -109,6 +144,8 @@ pub struct Modelled {
     /// the start. The platform's shared cores when the model has them.
     free_at: Cores,
     slow: SlowKnob,
+    /// When this instance's last booked work completes (see [`Modelled::process_many`]).
+    last_done: Mutex<Option<Instant>>,
 }
 
 /// A multiplier of one instance's service time, turned by `slow` faults. It
@@ -119,7 +156,44 @@ impl Modelled {
     pub fn new(model: ServiceModel, root_seed: u64, instance: &str, slow: SlowKnob) -> Modelled {
         let rng = Mutex::new(SplitMix64::new(derive_seed(root_seed, &format!("service-time/{instance}"))));
         let free_at = model.cores.clone().unwrap_or_else(|| Cores::new(model.concurrency));
-        Modelled { model, rng, free_at, slow }
+        Modelled { model, rng, free_at, slow, last_done: Mutex::new(None) }
+    }
+
+    /// The model has a wake-up cost: its server is modelled per message.
+    pub fn per_message(&self) -> bool {
+        self.model.warm.is_some()
+    }
+
+    /// `n` messages of `handler` processed together (a pipelined batch of
+    /// publishes, a frame of deliveries, a run of acks): one draw of its
+    /// time, and its mean for each of the others. When the server has been
+    /// idle since its last work, it first pays the share of `wake`'s mean
+    /// time the gap calls for (see [`ServiceModel::warm`]). A handler the model
+    /// does not name costs nothing.
+    pub async fn process_many(&self, handler: &'static str, wake: &'static str, n: usize) {
+        let Some(dist) = self.model.handlers.get(handler).copied() else { return };
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let t = {
+            let mut rng = self.rng.lock().expect("rng lock");
+            let mut t = dist.draw(&mut rng) + dist.mean() * (n as u32 - 1);
+            if let (Some(curve), Some(w)) = (&self.model.warm, self.model.handlers.get(wake)) {
+                let last = *self.last_done.lock().expect("last_done lock");
+                let gap = last.map_or(Duration::MAX, |done| now.saturating_duration_since(done));
+                // Its mean: waking up is the same machinery each time, not an
+                // amount of work (an exponential draw gave the simulated
+                // broker a tail of up to 20 wake-ups the real one lacks).
+                t += w.mean() * wake_share(curve, gap) / 1_000;
+            }
+            t * self.slow.load(Ordering::Relaxed).max(1)
+        };
+        let done = self.book(now, t);
+        *self.last_done.lock().expect("last_done lock") = Some(done);
+        if done > now {
+            fafnir_platform::time::sleep_until(done).await;
+        }
     }
 
     /// Books one call of `t` on the worker free soonest; returns when it completes.
@@ -156,6 +230,7 @@ mod tests {
             handlers: BTreeMap::new(),
             concurrency,
             cores: None,
+            warm: None,
         };
         Modelled::new(model, 1, "test", SlowKnob::default())
     }
@@ -212,5 +287,62 @@ mod tests {
         let start = Instant::now();
         m.process("x").await;
         assert_eq!(start.elapsed(), Duration::from_millis(5));
+    }
+
+    /// A server modelled per message: 10 µs a message, 100 µs to wake up
+    /// after an idle gap of 200 µs or more, none after 25 µs or less.
+    fn per_message() -> Modelled {
+        let model = ServiceModel {
+            default: Dist::Fixed(Duration::from_micros(1_000)),
+            handlers: BTreeMap::from([
+                ("b.msg".to_string(), Dist::Fixed(Duration::from_micros(10))),
+                ("b.wake".to_string(), Dist::Fixed(Duration::from_micros(100))),
+            ]),
+            concurrency: 1,
+            cores: None,
+            warm: Some(vec![(Duration::from_micros(25), 0), (Duration::from_micros(200), 1_000)]),
+        };
+        Modelled::new(model, 1, "test", SlowKnob::default())
+    }
+
+    async fn timed(m: &Modelled, n: usize) -> Duration {
+        let start = Instant::now();
+        m.process_many("b.msg", "b.wake", n).await;
+        start.elapsed()
+    }
+
+    #[test]
+    fn the_wake_share_is_interpolated_between_the_measured_points() {
+        let us = Duration::from_micros;
+        let curve = [(us(25), 100), (us(100), 600), (us(200), 1_000)];
+        assert_eq!(wake_share(&curve, us(0)), 0);
+        assert_eq!(wake_share(&curve, Duration::from_nanos(12_500)), 50);
+        assert_eq!(wake_share(&curve, us(25)), 100);
+        assert_eq!(wake_share(&curve, us(50)), 266);
+        assert_eq!(wake_share(&curve, us(150)), 800);
+        assert_eq!(wake_share(&curve, us(5_000)), 1_000);
+        assert_eq!(wake_share(&curve, Duration::MAX), 1_000);
+        assert_eq!(wake_share(&[], us(50)), 0);
+    }
+
+    #[madsim::test]
+    async fn messages_close_together_cost_less_than_after_an_idle_gap() {
+        let m = per_message();
+        assert!(m.per_message());
+        // Never worked: a wake-up and the message.
+        assert_eq!(timed(&m, 1).await, Duration::from_micros(110));
+        // At once after it: the message alone; a batch of five, five messages.
+        assert_eq!(timed(&m, 1).await, Duration::from_micros(10));
+        assert_eq!(timed(&m, 5).await, Duration::from_micros(50));
+        // Idle for 112.5 µs, half-way through the warm range: half a wake-up.
+        fafnir_platform::time::sleep(Duration::from_nanos(112_500)).await;
+        assert_eq!(timed(&m, 1).await, Duration::from_micros(60));
+        // Idle for a millisecond: all of it.
+        fafnir_platform::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(timed(&m, 1).await, Duration::from_micros(110));
+        // A handler the model does not name costs nothing (not the default).
+        let start = Instant::now();
+        m.process_many("b.other", "b.wake", 3).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

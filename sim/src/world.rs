@@ -203,7 +203,13 @@ impl World {
         };
         let disk = BrokerDisk::default();
         let broker_disk = disk.clone();
-        let (broker_trace, broker_loss, broker_model) = (trace.clone(), reply_loss.clone(), server_model("broker"));
+        let broker_model = {
+            // The broker's model is its own type: it may be per message (see `broker::serve_modelled`).
+            let model = spec.service_time.get("broker").cloned().map(|m| ServiceModel { cores: cores.clone(), ..m });
+            let root_seed = spec.root_seed;
+            move || model.clone().map(|m| Arc::new(Modelled::new(m, root_seed, "broker", SlowKnob::default())))
+        };
+        let (broker_trace, broker_loss) = (trace.clone(), reply_loss.clone());
         let node = handle
             .create_node()
             .name("broker")

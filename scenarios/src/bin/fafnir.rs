@@ -71,6 +71,14 @@ enum Command {
         /// Load-phase length (default: the scenario's `duration_ms`).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
+        /// How the simulated broker is modelled: `latency` (a publish's
+        /// latency less the network's legs, per publish request) or
+        /// `per-message` (nats-server's CPU per message published,
+        /// delivered and acknowledged, and its wake-up after an idle gap, as
+        /// the broker probe measures them; needs nats-server on this
+        /// machine). The probe runs, and its figures are recorded, either way.
+        #[arg(long, value_enum, default_value_t = fafnir_scenarios::scenario::BrokerModel::Latency)]
+        broker_model: fafnir_scenarios::scenario::BrokerModel,
         #[command(flatten)]
         real: RealTarget,
     },
@@ -863,8 +871,8 @@ fn main() -> ExitCode {
         }
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
         Command::Health { addr, service, timeout } => return health_command(&addr, &service, timeout),
-        Command::Calibrate { file, out, seed, duration, real } => {
-            return exit_of(calibrate_command(&file, out, seed, duration, real));
+        Command::Calibrate { file, out, seed, duration, broker_model, real } => {
+            return exit_of(calibrate_command(&file, out, seed, duration, broker_model, real));
         }
         Command::Fidelity { file, calibration, seed, duration, out, sim_bin, knee_rates, step, real } => {
             let args =
@@ -2025,6 +2033,7 @@ fn calibrate_command(
     _: Option<std::path::PathBuf>,
     _: Option<u64>,
     _: Option<std::time::Duration>,
+    _: fafnir_scenarios::scenario::BrokerModel,
     _: RealTarget,
 ) -> Result<u8, RunError> {
     Err(RunError::Usage(
@@ -2039,6 +2048,7 @@ fn calibrate_command(
     out: Option<std::path::PathBuf>,
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
+    broker_model: fafnir_scenarios::scenario::BrokerModel,
     real: RealTarget,
 ) -> Result<u8, RunError> {
     if real.gateway.is_some() {
@@ -2052,7 +2062,7 @@ fn calibrate_command(
         .build()
         .map_err(|e| RunError::Failed(e.to_string()))?;
     let m = rt
-        .block_on(fafnir_scenarios::calibrate::calibrate(&scn, scn.seed, real.nats, real.redis))
+        .block_on(fafnir_scenarios::calibrate::calibrate(&scn, scn.seed, real.nats, real.redis, broker_model))
         .map_err(RunError::Failed)?;
     print!("{}", fafnir_scenarios::calibrate::table(&m));
     if !m.run.summary.checker.passed {

@@ -20,6 +20,7 @@ use super::proto::{Reply, ReplyFrame, Request, RequestFrame, Response};
 use super::store::{Settle, Store};
 use super::BrokerDisk;
 use crate::reply_loss::ReplyLoss;
+use crate::service_time::Modelled;
 use crate::trace::Trace;
 
 /// Runs the broker on the current madsim node, listening on `addr`, until the node is killed.
@@ -32,15 +33,24 @@ pub async fn serve_with(addr: SocketAddr, disk: BrokerDisk, trace: Trace, loss: 
     serve_modelled(addr, disk, trace, loss, None).await;
 }
 
-/// [`serve_with`], each publish (or pipelined batch) taking the modelled
-/// processing time of `broker.publish` first (a calibration's `[service_time.broker]`), so that
-/// a publish is acknowledged, and delivered, only after it.
+/// [`serve_with`], with the broker's modelled processing time (a
+/// calibration's `[service_time.broker]`), on the cores the platform shares.
+///
+/// A model with a warm range (see `ServiceModel::warm`) is per message, as
+/// `fafnir calibrate`'s probe measures nats-server: each published message
+/// costs `broker.publish` before it is acknowledged (and can be delivered),
+/// each message delivered (a fetch's or a read's answer, a tail's frame)
+/// `broker.deliver` before it is sent, each ack, nak or term `broker.ack`;
+/// and work after an idle gap first pays (a part of) `broker.wake`, so that
+/// a busy broker's messages cost less each, as real ones do. Any other
+/// model (an older calibration) costs `broker.publish` once per publish
+/// request and nothing else.
 pub async fn serve_modelled(
     addr: SocketAddr,
     disk: BrokerDisk,
     trace: Trace,
     loss: ReplyLoss,
-    service_time: Option<Arc<dyn ServiceTime>>,
+    service_time: Option<Arc<Modelled>>,
 ) {
     // What a process start finds on its disk: file streams, and their
     // consumers as last saved (see `Store::start`).
@@ -100,8 +110,8 @@ struct Broker {
     trace: Trace,
     /// Drops replies while the `reply_lost` fault is in force.
     loss: ReplyLoss,
-    /// The modelled time of each publish (None: none).
-    service_time: Option<Arc<dyn ServiceTime>>,
+    /// The modelled processing time (None: none); see [`serve_modelled`].
+    service_time: Option<Arc<Modelled>>,
     /// Per stream: notified when something a waiting fetch or read may want changes.
     changed: Mutex<BTreeMap<String, Arc<Notify>>>,
     /// Open tails by id, each with the channel its connection task forwards.
@@ -140,10 +150,10 @@ impl Broker {
                             let tx = tx.clone();
                             tokio::spawn(async move {
                                 let reply = me.fetch_wait(&tx, &stream, &durable, max, now + wait).await;
-                                me.reply(&tx, id, reply).await;
+                                me.deliver(&tx, id, reply).await;
                             });
                         }
-                        result => self.reply(&tx, id, result.map(Response::Deliveries)).await,
+                        result => self.deliver(&tx, id, result.map(Response::Deliveries)).await,
                     }
                 }
                 Request::Read { stream, filter, from_seq, max, wait } => {
@@ -155,26 +165,58 @@ impl Broker {
                             let tx = tx.clone();
                             tokio::spawn(async move {
                                 let reply = me.read_wait(&tx, &stream, &filter, from_seq, max, now + wait).await;
-                                me.reply(&tx, id, reply).await;
+                                me.deliver(&tx, id, reply).await;
                             });
                         }
-                        result => self.reply(&tx, id, result.map(Response::Msgs)).await,
+                        result => self.deliver(&tx, id, result.map(Response::Msgs)).await,
                     }
                 }
-                Request::Settle { token, how } => self.settle(&token, how),
-                Request::AckMany(tokens) => tokens.iter().for_each(|token| self.settle(token, Settle::Ack)),
+                Request::Settle { token, how } => {
+                    self.cost("broker.ack", 1).await;
+                    self.settle(&token, how);
+                }
+                Request::AckMany(tokens) => {
+                    self.cost("broker.ack", tokens.len()).await;
+                    tokens.iter().for_each(|token| self.settle(token, Settle::Ack));
+                }
                 other => {
                     // A batch is pipelined on one connection, as a NATS
-                    // client's publishes are: it costs the broker one unit.
-                    if let (Some(model), Request::Publish(_) | Request::PublishBatch(_)) = (&self.service_time, &other)
-                    {
-                        model.process("broker.publish").await;
+                    // client's publishes are: per message, or (an older
+                    // model) one unit for the batch.
+                    let published = match &other {
+                        Request::Publish(_) => Some(1),
+                        Request::PublishBatch(msgs) => Some(msgs.len()),
+                        _ => None,
+                    };
+                    match (&self.service_time, published) {
+                        (Some(model), Some(n)) if model.per_message() => self.cost("broker.publish", n).await,
+                        (Some(model), Some(_)) => model.process("broker.publish").await,
+                        _ => {}
                     }
                     let reply = self.handle(other);
                     self.reply(&tx, id, reply).await;
                 }
             }
         }
+    }
+
+    /// The modelled time of `n` messages of `handler` (see [`serve_modelled`]),
+    /// when the broker is modelled per message.
+    async fn cost(&self, handler: &'static str, n: usize) {
+        if let Some(model) = self.service_time.as_ref().filter(|m| m.per_message()) {
+            model.process_many(handler, "broker.wake", n).await;
+        }
+    }
+
+    /// Sends a fetch's or a read's answer, after the time its messages take to deliver.
+    async fn deliver(&self, tx: &Sender, id: u64, reply: Reply) {
+        let n = match &reply {
+            Ok(Response::Deliveries(ds)) => ds.len(),
+            Ok(Response::Msgs(ms)) => ms.len(),
+            _ => 0,
+        };
+        self.cost("broker.deliver", n).await;
+        self.reply(tx, id, reply).await;
     }
 
     /// Sends a request's reply, unless the `reply_lost` fault drops it: the
@@ -376,6 +418,7 @@ impl Broker {
         let mut backlog = backlog.into_iter().peekable();
         while backlog.peek().is_some() {
             let frame: Vec<StoredMsg> = backlog.by_ref().take(TAIL_FRAME_MAX).collect();
+            self.cost("broker.deliver", frame.len()).await;
             if tx.send(Box::new((id, Ok(Response::TailMsgs(frame))) as ReplyFrame)).await.is_err() {
                 return;
             }
@@ -393,6 +436,7 @@ impl Broker {
                     Err(_) => break,
                 }
             }
+            self.cost("broker.deliver", frame.len()).await;
             if tx.send(Box::new((id, Ok(Response::TailMsgs(frame))) as ReplyFrame)).await.is_err() {
                 return;
             }
