@@ -277,6 +277,14 @@ fn make(
     }
 }
 
+/// The broker modelled per message in `c`, with the probe's figures
+/// recorded (`fafnir calibrate --broker-only`): all else `c` holds is kept.
+pub fn with_broker(c: &mut Calibration, b: &crate::broker_probe::BrokerCosts) {
+    let cores = c.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    record_probe(c, b);
+    add_broker(c, b, cores);
+}
+
 /// The broker modelled per message, from what the probe measured
 /// (`--broker-model per-message`).
 fn add_broker(c: &mut Calibration, b: &crate::broker_probe::BrokerCosts, cores: usize) {
@@ -326,6 +334,24 @@ pub fn to_toml(c: &Calibration) -> String {
     )
 }
 
+/// What the broker probe measured, for the terminal.
+pub fn broker_table(b: &crate::broker_probe::BrokerCosts) -> String {
+    let mut out = format!("  broker (nats-server, pid {}), its CPU per message:\n", b.pid);
+    for (what, ns) in [("publish", b.publish_ns), ("deliver", b.deliver_ns), ("ack", b.ack_ns)] {
+        out.push_str(&format!("    {what:<24} {:>26.1}  (back to back)\n", ns as f64 / 1e3));
+    }
+    for (pause, ns) in &b.curve {
+        out.push_str(&format!("    a publish every {pause:>5} µs {:>18.1}\n", *ns as f64 / 1e3));
+    }
+    let shares: Vec<String> = b.wake_curve.iter().map(|(gap, s)| format!("{gap}: {:.0} %", *s as f64 / 10.0)).collect();
+    out.push_str(&format!(
+        "    wake-up {:.1} µs; the share of it paid at each pause (µs): {}\n",
+        b.wake_ns as f64 / 1e3,
+        shares.join(", ")
+    ));
+    out
+}
+
 /// A table of what was measured, for the terminal.
 pub fn table(m: &Measured) -> String {
     let mut out = format!(
@@ -345,22 +371,7 @@ pub fn table(m: &Measured) -> String {
         out.push_str(&format!("  {:<26} {:>9} {:>16.1}  ({what})\n", c.work, c.units, c.cpu_ns_per_unit as f64 / 1e3));
     }
     match &m.broker {
-        Some(b) => {
-            out.push_str(&format!("  broker (nats-server, pid {}), its CPU per message:\n", b.pid));
-            for (what, ns) in [("publish", b.publish_ns), ("deliver", b.deliver_ns), ("ack", b.ack_ns)] {
-                out.push_str(&format!("    {what:<24} {:>26.1}  (back to back)\n", ns as f64 / 1e3));
-            }
-            for (pause, ns) in &b.curve {
-                out.push_str(&format!("    a publish every {pause:>5} µs {:>18.1}\n", *ns as f64 / 1e3));
-            }
-            let shares: Vec<String> =
-                b.wake_curve.iter().map(|(gap, s)| format!("{gap}: {:.0} %", *s as f64 / 10.0)).collect();
-            out.push_str(&format!(
-                "    wake-up {:.1} µs; the share of it paid at each pause (µs): {}\n",
-                b.wake_ns as f64 / 1e3,
-                shares.join(", ")
-            ));
-        }
+        Some(b) => out.push_str(&broker_table(b)),
         None => out.push_str(
             "  broker: nats-server does not run on this machine (no local process listens on its port): its CPU \
              per message was not measured, and broker.publish is its latency less the network's legs\n",

@@ -79,6 +79,11 @@ enum Command {
         /// machine). The probe runs, and its figures are recorded, either way.
         #[arg(long, value_enum, default_value_t = fafnir_scenarios::scenario::BrokerModel::Latency)]
         broker_model: fafnir_scenarios::scenario::BrokerModel,
+        /// Measure the broker alone (the probe, a few seconds; no run) and
+        /// model it per message in the calibration file at --out (default
+        /// calibration/<scenario>.toml), keeping all else that file holds.
+        #[arg(long)]
+        broker_only: bool,
         #[command(flatten)]
         real: RealTarget,
     },
@@ -871,7 +876,8 @@ fn main() -> ExitCode {
         }
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
         Command::Health { addr, service, timeout } => return health_command(&addr, &service, timeout),
-        Command::Calibrate { file, out, seed, duration, broker_model, real } => {
+        Command::Calibrate { file, out, seed, duration, broker_model, broker_only, real } => {
+            let broker_model = if broker_only { None } else { Some(broker_model) };
             return exit_of(calibrate_command(&file, out, seed, duration, broker_model, real));
         }
         Command::Fidelity { file, calibration, seed, duration, out, sim_bin, knee_rates, step, real } => {
@@ -2033,7 +2039,7 @@ fn calibrate_command(
     _: Option<std::path::PathBuf>,
     _: Option<u64>,
     _: Option<std::time::Duration>,
-    _: fafnir_scenarios::scenario::BrokerModel,
+    _: Option<fafnir_scenarios::scenario::BrokerModel>,
     _: RealTarget,
 ) -> Result<u8, RunError> {
     Err(RunError::Usage(
@@ -2048,7 +2054,7 @@ fn calibrate_command(
     out: Option<std::path::PathBuf>,
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
-    broker_model: fafnir_scenarios::scenario::BrokerModel,
+    broker_model: Option<fafnir_scenarios::scenario::BrokerModel>,
     real: RealTarget,
 ) -> Result<u8, RunError> {
     if real.gateway.is_some() {
@@ -2056,6 +2062,9 @@ fn calibrate_command(
     }
     let (scn, _, _) = load(file, seed, duration)?;
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("calibration/{}.toml", scn.name)));
+    let Some(broker_model) = broker_model else {
+        return calibrate_broker_only(&out, &real.nats);
+    };
     println!("fafnir calibrate: scenario {:?}, seed {}, for real on an in-process platform", scn.name, scn.seed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -2077,6 +2086,31 @@ fn calibrate_command(
     std::fs::write(&out, fafnir_scenarios::calibrate::to_toml(&m.calibration))
         .map_err(|e| RunError::Failed(format!("{}: {e}", out.display())))?;
     println!("calibration written: {} (name it from a scenario: calibration = \"{}\")", out.display(), out.display());
+    Ok(0)
+}
+
+/// `fafnir calibrate --broker-only`: the broker probe, into the calibration at `out`.
+#[cfg(not(madsim))]
+fn calibrate_broker_only(out: &std::path::Path, nats: &str) -> Result<u8, RunError> {
+    use fafnir_scenarios::scenario::Calibration;
+    let path = out.to_str().ok_or_else(|| RunError::Usage(format!("{}: not a UTF-8 path", out.display())))?;
+    let mut calibration = Calibration::load(path).map_err(RunError::Usage)?;
+    println!("fafnir calibrate: the broker alone (nats-server at {nats}), into {}", out.display());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+    let probed = rt.block_on(fafnir_scenarios::broker_probe::probe(nats)).map_err(RunError::Failed)?;
+    let Some(b) = probed else {
+        return Err(RunError::Failed(format!(
+            "no process of this machine listens on {nats}'s port: nats-server's CPU per message cannot be measured"
+        )));
+    };
+    print!("{}", fafnir_scenarios::calibrate::broker_table(&b));
+    fafnir_scenarios::calibrate::with_broker(&mut calibration, &b);
+    std::fs::write(out, fafnir_scenarios::calibrate::to_toml(&calibration))
+        .map_err(|e| RunError::Failed(format!("{}: {e}", out.display())))?;
+    println!("calibration written: {} (its broker modelled per message; all else kept)", out.display());
     Ok(0)
 }
 
