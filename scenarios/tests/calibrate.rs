@@ -139,3 +139,45 @@ fn fidelity_compares_stage_by_stage() {
     assert!(f.table().contains("1 of 2 stages"), "{}", f.table());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `fafnir calibrate --broker-only`: the probe alone, into a calibration
+/// file, which keeps everything else it held.
+#[test]
+fn the_broker_alone_goes_into_a_calibration_keeping_the_rest() {
+    let dir = std::env::temp_dir().join(format!("fafnir-broker-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let file = dir.join("cal.toml");
+    std::fs::copy(format!("{root}/calibration/baseline.toml"), &file).unwrap();
+    let before = Calibration::load(file.to_str().unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["calibrate", &format!("{root}/scenarios/baseline.toml"), "--broker-only", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("its CPU per message") && text.contains("all else kept"), "{text}");
+    let after = Calibration::load(file.to_str().unwrap()).unwrap();
+    let broker = &after.service_time["broker"];
+    assert!(broker.wake_curve.as_ref().is_some_and(|c| c.len() == 7), "{broker:?}");
+    assert!(["publish", "deliver", "ack", "wake"].iter().all(|h| broker.handlers.contains_key(&format!("broker.{h}"))));
+    assert!(after.measured["broker_probe"].contains("nats-server"));
+    // Everything else as it was.
+    let others = |c: &Calibration| {
+        c.service_time.iter().filter(|(s, _)| *s != "broker").map(|(s, t)| (s.clone(), t.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(others(&after), others(&before));
+    assert_eq!((after.network, after.cores), (before.network, before.cores));
+    // A file that is not a calibration is refused, and left as it was.
+    std::fs::write(&file, "not = \"a calibration\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["calibrate", &format!("{root}/scenarios/baseline.toml"), "--broker-only", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cal.toml"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not = \"a calibration\"\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
