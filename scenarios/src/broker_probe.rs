@@ -64,7 +64,9 @@ pub async fn probe(nats: &str) -> Result<Option<BrokerCosts>, String> {
     let Some(pid) = listening_pid(port) else { return Ok(None) };
     let cpu = || server_cpu_ns(pid).ok_or_else(|| format!("broker probe: cannot read the CPU time of process {pid}"));
     let bus = std::sync::Arc::new(NatsBus::connect(nats).await.map_err(|e| format!("broker probe: {e}"))?);
-    let stream = format!("FAFNIR_PROBE_{}", std::process::id());
+    // Ends in a letter: deleted by prefix, it is no other probe's
+    // (FAFNIR_PROBE_12 would be a prefix of FAFNIR_PROBE_123).
+    let stream = format!("FAFNIR_PROBE_{}_S", std::process::id());
     let subject = format!("fafnir_probe_{}.m", std::process::id());
     let spec = StreamSpec {
         name: stream.clone(),

@@ -175,11 +175,10 @@ pub async fn calibrate(
         servers.retain(|c| c.work != "broker.publish");
     }
     let mut calibration = make(&costs, &servers, one_way_us, overhead, cores, &scn, seed);
-    if let Some(b) = &broker {
-        record_probe(&mut calibration, b);
-    }
-    if let Some(b) = per_message {
-        add_broker(&mut calibration, b, cores);
+    match (per_message, &broker) {
+        (Some(b), _) => with_broker(&mut calibration, b),
+        (None, Some(b)) => record_probe(&mut calibration, b),
+        (None, None) => {}
     }
     Ok(Measured { costs, servers, one_way_us, overhead, broker, calibration, run })
 }
@@ -278,16 +277,11 @@ fn make(
 }
 
 /// The broker modelled per message in `c`, with the probe's figures
-/// recorded (`fafnir calibrate --broker-only`): all else `c` holds is kept.
+/// recorded (`--broker-model per-message`, `--broker-only`): all else `c`
+/// holds is kept.
 pub fn with_broker(c: &mut Calibration, b: &crate::broker_probe::BrokerCosts) {
-    let cores = c.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     record_probe(c, b);
-    add_broker(c, b, cores);
-}
-
-/// The broker modelled per message, from what the probe measured
-/// (`--broker-model per-message`).
-fn add_broker(c: &mut Calibration, b: &crate::broker_probe::BrokerCosts, cores: usize) {
+    let cores = c.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // The nearest µs (a calibration's times are whole µs), at least 1.
     let us = |ns: u64| ((ns + 500) / 1_000).max(1);
     let handlers = BTreeMap::from([

@@ -196,19 +196,15 @@ impl World {
             let model = spec.service_time.get(name).cloned().map(|m| ServiceModel { cores: cores.clone(), ..m });
             let root_seed = spec.root_seed;
             let name = name.to_string();
-            move || -> Option<Arc<dyn fafnir_platform::services::ServiceTime>> {
+            move || -> Option<Arc<Modelled>> {
                 let model = model.clone()?;
                 Some(Arc::new(Modelled::new(model, root_seed, &name, SlowKnob::default())))
             }
         };
         let disk = BrokerDisk::default();
         let broker_disk = disk.clone();
-        let broker_model = {
-            // The broker's model is its own type: it may be per message (see `broker::serve_modelled`).
-            let model = spec.service_time.get("broker").cloned().map(|m| ServiceModel { cores: cores.clone(), ..m });
-            let root_seed = spec.root_seed;
-            move || model.clone().map(|m| Arc::new(Modelled::new(m, root_seed, "broker", SlowKnob::default())))
-        };
+        // The broker takes the model itself: it may be per message (see `broker::serve_modelled`).
+        let broker_model = server_model("broker");
         let (broker_trace, broker_loss) = (trace.clone(), reply_loss.clone());
         let node = handle
             .create_node()
@@ -225,7 +221,10 @@ impl World {
             .create_node()
             .name("redis")
             .ip(REDIS.ip())
-            .init(move || redis::serve_modelled(REDIS, redis_trace.clone(), redis_model()))
+            .init(move || {
+                let model = redis_model().map(|m| m as Arc<dyn fafnir_platform::services::ServiceTime>);
+                redis::serve_modelled(REDIS, redis_trace.clone(), model)
+            })
             .build();
         nodes.insert("redis".to_string(), node.id());
 
@@ -266,7 +265,7 @@ impl World {
             clients,
             buggify_seed,
             root_seed,
-            loadgen: server_model("loadgen")(),
+            loadgen: server_model("loadgen")().map(|m| m as Arc<dyn fafnir_platform::services::ServiceTime>),
             reply_loss,
             broker_disk,
         }

@@ -36,7 +36,7 @@ pub async fn serve_with(addr: SocketAddr, disk: BrokerDisk, trace: Trace, loss: 
 /// [`serve_with`], with the broker's modelled processing time (a
 /// calibration's `[service_time.broker]`), on the cores the platform shares.
 ///
-/// A model with a warm range (see `ServiceModel::warm`) is per message, as
+/// A model with a wake curve (`ServiceModel::warm`) is per message, as
 /// `fafnir calibrate`'s probe measures nats-server: each published message
 /// costs `broker.publish` before it is acknowledged (and can be delivered),
 /// each message delivered (a fetch's or a read's answer, a tail's frame)
