@@ -70,6 +70,11 @@ pub const BUS_PUBLISH_SECONDS: &str = "fafnir_bus_publish_seconds";
 pub const REDIS_CALL_SECONDS: &str = "fafnir_redis_call_seconds";
 /// Redis commands that failed, by `op`.
 pub const REDIS_ERRORS: &str = "fafnir_redis_errors_total";
+/// Age of a market-data update when the gateway fans it out: from the
+/// engine's publication (the update's own timestamp) to the gateway taking it
+/// from the stream. With a client's `md_fanout` it splits market data's path
+/// into the broker's leg and the gateway-to-client leg.
+pub const MARKET_DATA_AGE_SECONDS: &str = "fafnir_market_data_age_seconds";
 /// Requests the gateway refused to protect the platform, by `reason` (rate_limit, overload).
 pub const GATEWAY_REFUSALS: &str = "fafnir_gateway_refusals_total";
 /// Orders in flight at the gateway (taken, not yet answered).
@@ -112,6 +117,11 @@ pub fn describe() {
     describe_histogram!(BUS_PUBLISH_SECONDS, Unit::Seconds, "Time a JetStream publish took to be stored.");
     describe_histogram!(REDIS_CALL_SECONDS, Unit::Seconds, "Time a Redis command took.");
     describe_counter!(REDIS_ERRORS, "Redis commands that failed.");
+    describe_histogram!(
+        MARKET_DATA_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of a market-data update when the gateway fans it out (from the engine's publication)."
+    );
     describe_counter!(GATEWAY_REFUSALS, "Requests refused by the gateway to protect the platform.");
     describe_gauge!(GATEWAY_ORDERS_IN_FLIGHT, "Orders taken by the gateway and not yet answered.");
 }
@@ -217,42 +227,87 @@ async fn observed<T>(
 /// there); otherwise runs it as it is. What one unit of `work` costs is then
 /// `WORK_CPU_NANOS / WORK_UNITS` (what `fafnir calibrate` reads).
 pub async fn cpu_metered<F: Future>(deps: &Deps, work: &'static str, fut: F) -> F::Output {
-    if !deps.cfg.measure_cpu || deps.clock.thread_cpu().is_none() {
-        return fut.await;
+    match CpuMeter::new(deps, work) {
+        Some(meter) => CpuMetered { inner: Box::pin(fut), meter }.await,
+        None => fut.await,
     }
-    CpuMetered { fut: Box::pin(fut), clock: deps.clock.clone(), work, spent: std::time::Duration::ZERO }.await
 }
 
-struct CpuMetered<F> {
-    fut: std::pin::Pin<Box<F>>,
+/// [`cpu_metered`] on `clock` (None: not metered), for code outside a
+/// service (the load generator's own work, which `fafnir calibrate` prices).
+pub async fn cpu_metered_on<F: Future>(
+    clock: Option<std::sync::Arc<dyn crate::clock::Clock>>,
+    work: &'static str,
+    fut: F,
+) -> F::Output {
+    match clock.filter(|c| c.thread_cpu().is_some()) {
+        Some(clock) => CpuMetered { inner: Box::pin(fut), meter: CpuMeter { clock, work } }.await,
+        None => fut.await,
+    }
+}
+
+/// [`cpu_metered`] for a stream: the thread CPU time of each of its polls
+/// (a server stream's, polled by the connection that sends its items).
+pub fn cpu_metered_stream<S: futures::Stream + Send + 'static>(
+    deps: &Deps,
+    work: &'static str,
+    stream: S,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = S::Item> + Send>> {
+    match CpuMeter::new(deps, work) {
+        Some(meter) => Box::pin(CpuMetered { inner: Box::pin(stream), meter }),
+        None => Box::pin(stream),
+    }
+}
+
+/// Adds the thread CPU time of what it runs to [`WORK_CPU_NANOS`] under `work`.
+struct CpuMeter {
     clock: std::sync::Arc<dyn crate::clock::Clock>,
     work: &'static str,
-    /// Not yet recorded.
-    spent: std::time::Duration,
 }
 
-impl<F: Future> Future for CpuMetered<F> {
-    type Output = F::Output;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+impl CpuMeter {
+    /// None when the deployment does not measure CPU or its clock cannot.
+    fn new(deps: &Deps, work: &'static str) -> Option<CpuMeter> {
+        (deps.cfg.measure_cpu && deps.clock.thread_cpu().is_some())
+            .then(|| CpuMeter { clock: deps.clock.clone(), work })
+    }
+
+    /// Runs `f`, recording its thread CPU time as it goes: a long-lived loop
+    /// (a consumer, a stream) is read while it runs.
+    fn around<R>(&self, f: impl FnOnce() -> R) -> R {
         let before = self.clock.thread_cpu();
-        let poll = self.fut.as_mut().poll(cx);
+        let out = f();
         if let (Some(a), Some(b)) = (before, self.clock.thread_cpu()) {
-            self.spent += b.saturating_sub(a);
+            let spent = b.saturating_sub(a);
+            if !spent.is_zero() {
+                counter!(WORK_CPU_NANOS, "work" => self.work).increment(spent.as_nanos() as u64);
+            }
         }
-        // Recorded as it goes: a long-lived loop (a consumer) is read while it runs.
-        if !self.spent.is_zero() {
-            counter!(WORK_CPU_NANOS, "work" => self.work).increment(self.spent.as_nanos() as u64);
-            self.spent = std::time::Duration::ZERO;
-        }
-        poll
+        out
     }
 }
 
-impl<F> Drop for CpuMetered<F> {
-    fn drop(&mut self) {
-        if !self.spent.is_zero() {
-            counter!(WORK_CPU_NANOS, "work" => self.work).increment(self.spent.as_nanos() as u64);
-        }
+struct CpuMetered<F: ?Sized> {
+    meter: CpuMeter,
+    inner: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future + ?Sized> Future for CpuMetered<F> {
+    type Output = F::Output;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        this.meter.around(|| this.inner.as_mut().poll(cx))
+    }
+}
+
+impl<S: futures::Stream + ?Sized> futures::Stream for CpuMetered<S> {
+    type Item = S::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        let this = &mut *self;
+        this.meter.around(|| this.inner.as_mut().poll_next(cx))
     }
 }
 

@@ -47,6 +47,7 @@ use fafnir_platform::services::health;
 use fafnir_platform::telemetry::{WORK_CPU_NANOS, WORK_UNITS};
 use fafnir_platform::time::Instant;
 
+use crate::driver;
 use crate::real_run::{self, RealRun, Target};
 use crate::scenario::{BrokerModel, Calibration, RawNetwork, RawServiceTime, Scenario};
 
@@ -146,7 +147,7 @@ pub async fn calibrate(
     let cpu = last_by_label(&run, WORK_CPU_NANOS, "work");
     let costs: Vec<WorkCost> = units
         .iter()
-        .filter(|(_, n)| **n > 0.0)
+        .filter(|(work, n)| **n > 0.0 && !work.starts_with("loadgen."))
         .map(|(work, n)| WorkCost {
             work: work.clone(),
             units: *n as u64,
@@ -156,11 +157,12 @@ pub async fn calibrate(
     if costs.iter().all(|c| c.cpu_ns_per_unit == 0) {
         return Err("no CPU time was metered: this build cannot read a thread's CPU clock".into());
     }
-    let metered_s: f64 = cpu.values().sum::<f64>() / 1e9;
+    // The platform's own: the load generator's is priced apart.
+    let metered_s: f64 = cpu.iter().filter(|(w, _)| !w.starts_with("loadgen.")).map(|(_, ns)| ns).sum::<f64>() / 1e9;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let overhead = platform_cpu_s(&run).map_or(1.0, |platform| (platform / metered_s.max(1e-9)).max(1.0));
     let mut servers = server_costs(&run, one_way_us[1]);
-    servers.extend(loadgen_cost(&run));
+    servers.extend(loadgen_costs(&run, &units, &cpu));
     let per_message = match (broker_model, &broker) {
         (BrokerModel::Latency, _) => None,
         (BrokerModel::PerMessage, Some(b)) => Some(b),
@@ -183,18 +185,39 @@ pub async fn calibrate(
     Ok(Measured { costs, servers, one_way_us, overhead, broker, calibration, run })
 }
 
-/// The load generator's CPU per request (submit or cancel): it shares the
-/// machine's cores with the platform, and at high rates takes a good part of them.
-fn loadgen_cost(run: &RealRun) -> Option<WorkCost> {
-    let cpu_ms = run.summary.load_generator.cpu?.load_generator_cpu_ms;
+/// The load generator's CPU per request (submit or cancel) and per
+/// market-data update received: it shares the machine's cores with the
+/// platform, and at high rates takes a good part of them. Its CPU is split
+/// between the two by the CPU metered on each (a request's tasks; a
+/// subscription's reading), its unmetered rest (the gRPC connections) in the
+/// same proportion. Without metered figures, all of it goes to requests.
+fn loadgen_costs(run: &RealRun, units: &BTreeMap<String, f64>, cpu: &BTreeMap<String, f64>) -> Vec<WorkCost> {
+    let Some(cpu_ms) = run.summary.load_generator.cpu.as_ref().map(|c| c.load_generator_cpu_ms) else {
+        return Vec::new();
+    };
     let c = &run.summary.counts;
     let requests = c.submitted + c.cancels;
-    let cpu_ns = cpu_ms as f64 * 1e6;
-    (requests > 0 && cpu_ms > 0).then(|| WorkCost {
-        work: "loadgen.request".into(),
+    let total_ns = cpu_ms as f64 * 1e6;
+    if requests == 0 || cpu_ms == 0 {
+        return Vec::new();
+    }
+    let metered = |work: &str| cpu.get(work).copied().unwrap_or(0.0);
+    let (request_ns, md_ns) = (metered(driver::LOADGEN_REQUEST), metered(driver::LOADGEN_MARKET_DATA));
+    let md_units = units.get(driver::LOADGEN_MARKET_DATA).copied().unwrap_or(0.0) as u64;
+    let md_share = if md_units > 0 && request_ns + md_ns > 0.0 { md_ns / (request_ns + md_ns) } else { 0.0 };
+    let mut out = vec![WorkCost {
+        work: driver::LOADGEN_REQUEST.into(),
         units: requests,
-        cpu_ns_per_unit: (cpu_ns / requests as f64) as u64,
-    })
+        cpu_ns_per_unit: (total_ns * (1.0 - md_share) / requests as f64) as u64,
+    }];
+    if md_share > 0.0 {
+        out.push(WorkCost {
+            work: driver::LOADGEN_MARKET_DATA.into(),
+            units: md_units,
+            cpu_ns_per_unit: (total_ns * md_share / md_units as f64) as u64,
+        });
+    }
+    out
 }
 
 /// The broker's time per publish and Redis's per command: their mean latency

@@ -360,6 +360,9 @@ pub struct AgentHandle {
     pub name: String,
     pub client: Client,
     pub state: Arc<Mutex<AgentState>>,
+    /// Set by a real run that calibrates (`fafnir calibrate`): the CPU of the
+    /// agent's requests is metered on this clock as `loadgen.request`.
+    pub cpu_clock: Option<Arc<dyn fafnir_platform::clock::Clock>>,
 }
 
 impl AgentHandle {
@@ -398,7 +401,7 @@ impl AgentHandle {
             setup: (cash_cents, holdings.clone()),
             hostile: false,
         };
-        Ok(AgentHandle { name: name.to_string(), client, state: Arc::new(Mutex::new(state)) })
+        Ok(AgentHandle { name: name.to_string(), client, state: Arc::new(Mutex::new(state)), cpu_clock: None })
     }
 }
 
@@ -588,6 +591,7 @@ pub async fn follow_market_data(
     clock: Arc<dyn fafnir_platform::clock::Clock>,
 ) {
     while let Ok(Some(u)) = stream.message().await {
+        loadgen_work(LOADGEN_MARKET_DATA).await;
         let now_us = clock.now_us();
         {
             let mut r = rec.lock().expect("recorder");
@@ -654,7 +658,10 @@ pub async fn run_agent(
             agent.wake(&view, &mut intents)
         };
         for intent in intents.drain(..) {
-            inflight.push(tokio::spawn(execute(intent, handle.clone(), rec.clone(), intended)));
+            let request = execute(intent, handle.clone(), rec.clone(), intended);
+            let metered =
+                fafnir_platform::telemetry::cpu_metered_on(handle.cpu_clock.clone(), LOADGEN_REQUEST, request);
+            inflight.push(tokio::spawn(metered));
         }
         match wake {
             Some(t) if t > next => next = t,
@@ -709,20 +716,31 @@ pub fn set_loadgen_time(model: Option<Arc<dyn fafnir_platform::services::Service
     LOADGEN_TIME.with(|m| *m.borrow_mut() = model);
 }
 
-/// The load generator's own work for one request: its modelled time in
-/// simulation (it shares the machine's cores with the platform for real).
-async fn loadgen_work() {
+/// The load generator's work for one request (a submit or a cancel).
+pub const LOADGEN_REQUEST: &str = "loadgen.request";
+/// The load generator's work for one market-data update received on one
+/// subscription (priced only by a calibration that measured it).
+pub const LOADGEN_MARKET_DATA: &str = "loadgen.market_data";
+
+/// The load generator's own work for one unit of `work`: its modelled time
+/// in simulation (it shares the machine's cores with the platform for real,
+/// where it is counted for `fafnir calibrate`).
+async fn loadgen_work(work: &'static str) {
+    metrics::counter!(fafnir_platform::telemetry::WORK_UNITS, "work" => work).increment(1);
     #[cfg(madsim)]
     {
         let model = LOADGEN_TIME.with(|m| m.borrow().clone());
         if let Some(model) = model {
-            model.process("loadgen.request").await;
+            match work {
+                LOADGEN_REQUEST => model.process(work).await,
+                _ => model.process_if_named(work).await,
+            }
         }
     }
 }
 
 async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Recorder>>, intended: Instant) {
-    loadgen_work().await;
+    loadgen_work(LOADGEN_REQUEST).await;
     match intent {
         Intent::Submit { tag, symbol, side, kind, price_cents, qty } => {
             let coid = format!("t{tag}");

@@ -14,6 +14,7 @@ use crate::driver::{self, AgentHandle, Recorder};
 use crate::progress::{Progress, ProgressFn, RunClock, PROGRESS_EVERY};
 use crate::run;
 use crate::scenario::Scenario;
+use fafnir_platform::telemetry::cpu_metered_on;
 
 /// Where the platform is.
 pub struct Target {
@@ -364,6 +365,8 @@ pub(crate) async fn set_up_agents(
     clock: Arc<dyn fafnir_platform::clock::Clock>,
 ) -> Result<Agents, run::Stopped> {
     assert_eq!(plan.len(), users.len(), "one user per agent");
+    // Calibrating: the load generator's own CPU is metered, per request and per market-data update.
+    let meter = scn.measure_cpu.then(|| clock.clone());
     let mut agents = Agents { handles: Vec::new(), listeners: Vec::new() };
     for ((name, p, _, _), user) in plan.iter().zip(users) {
         let pop = &scn.populations[*p];
@@ -375,16 +378,18 @@ pub(crate) async fn set_up_agents(
                 return Err(run::Stopped::Liveness(format!("liveness: the set-up of {name} failed: {e}")));
             }
         };
-        let handle = Arc::new(handle);
+        let handle = Arc::new(AgentHandle { cpu_clock: meter.clone(), ..handle });
         let (h, r) = (handle.clone(), rec.clone());
-        agents.listeners.push(tokio::spawn(driver::keep_following_executions(h, r)));
+        let executions = driver::keep_following_executions(h, r);
+        agents.listeners.push(tokio::spawn(cpu_metered_on(meter.clone(), driver::LOADGEN_REQUEST, executions)));
         if !scn.shared_market_data {
             let (h, r, clock) = (handle.clone(), rec.clone(), clock.clone());
-            agents.listeners.push(tokio::spawn(async move {
+            let follow = async move {
                 if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
                     driver::follow_market_data(s, vec![h.state.clone()], r, clock).await;
                 }
-            }));
+            };
+            agents.listeners.push(tokio::spawn(cpu_metered_on(meter.clone(), driver::LOADGEN_MARKET_DATA, follow)));
         }
         agents.handles.push(handle);
     }
@@ -392,11 +397,12 @@ pub(crate) async fn set_up_agents(
         // One subscription for the whole load generator.
         let (h, r) = (first.clone(), rec.clone());
         let states = agents.handles.iter().map(|a| a.state.clone()).collect();
-        agents.listeners.push(tokio::spawn(async move {
+        let follow = async move {
             if let Ok(s) = driver::retry(|| h.client.market_data(&[])).await {
                 driver::follow_market_data(s, states, r, clock).await;
             }
-        }));
+        };
+        agents.listeners.push(tokio::spawn(cpu_metered_on(meter, driver::LOADGEN_MARKET_DATA, follow)));
     }
     Ok(agents)
 }
@@ -426,7 +432,8 @@ pub(crate) async fn drive(
     let mut runs = Vec::new();
     for (handle, (_, p, i, agent_seed)) in agents.iter().zip(plan) {
         let agent = scn.populations[*p].config.build(*agent_seed, *i, &scn.symbols);
-        runs.push(tokio::spawn(driver::run_agent(agent, handle.clone(), rec.clone(), t0, scn.duration)));
+        let run = driver::run_agent(agent, handle.clone(), rec.clone(), t0, scn.duration);
+        runs.push(tokio::spawn(cpu_metered_on(handle.cpu_clock.clone(), driver::LOADGEN_REQUEST, run)));
     }
     for r in runs {
         r.await.map_err(|e| run::Stopped::Crash(format!("an agent crashed: {e}")))?;

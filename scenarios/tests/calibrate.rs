@@ -39,6 +39,17 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
     for work in ["redis.command", "loadgen.request"] {
         assert!(cost(work).is_some_and(|(units, ns)| units > 0 && ns >= 1_000), "{work}: {:?}", m.servers);
     }
+    // Market data's fan-out: each update sent to each subscriber is a unit
+    // of the gateway's, each received one of the load generator's (its CPU
+    // split from its requests'), so as many of one as of the other.
+    let (sent, sent_ns) = cost("gateway.market_data").unwrap_or_else(|| panic!("fan-out not metered: {:?}", m.costs));
+    let (received, received_ns) = cost("loadgen.market_data").unwrap_or_else(|| panic!("{:?}", m.servers));
+    assert!(sent > 100 && sent_ns > 0 && received_ns > 0, "{sent} of {sent_ns} ns, {received} of {received_ns} ns");
+    assert!(received <= sent && received * 10 >= sent * 9, "received {received} of {sent} sent");
+    let loadgen_cpu_ns = m.run.summary.load_generator.cpu.as_ref().unwrap().load_generator_cpu_ms as f64 * 1e6;
+    let (requests, request_ns) = cost("loadgen.request").unwrap();
+    let split = (requests * request_ns + received * received_ns) as f64;
+    assert!((split - loadgen_cpu_ns).abs() <= loadgen_cpu_ns * 0.01, "{split} ns split of {loadgen_cpu_ns}");
     // The broker: nats-server runs here (ci/test starts it), so the probe
     // measured its CPU per message, and the broker is modelled per message.
     let b = m.broker.as_ref().expect("the probe finds the local nats-server by its port");

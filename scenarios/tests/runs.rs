@@ -224,6 +224,44 @@ mod simulated {
         assert!(p50(&dear) >= p50(&cheap) + 300_000, "md_fanout p50 {} ns against {} ns", p50(&dear), p50(&cheap));
     }
 
+    /// Market data's fan-out is priced only where a calibration measured it:
+    /// with `gateway.market_data` (each update sent to each subscriber) and
+    /// `loadgen.market_data` (each received) named, updates reach the load
+    /// generator later by their time, queued on the shared cores; a model
+    /// that does not name them leaves the run exactly as it was.
+    #[test]
+    fn market_data_fan_out_costs_only_what_a_calibration_names() {
+        use fafnir_scenarios::scenario::RawServiceTime;
+        let with = |gateway_us: Option<u64>, loadgen_us: Option<u64>| {
+            let mut scn = baseline(3);
+            scn.cores = Some(2);
+            let model = |handler: &str, us: Option<u64>| RawServiceTime {
+                dist: "exp".into(),
+                us: vec![30],
+                concurrency: 2,
+                handlers: us.map(|us| (handler.to_string(), us)).into_iter().collect(),
+                wake_curve: None,
+            };
+            scn.service_time.insert("gateway".into(), model("gateway.market_data", gateway_us));
+            scn.service_time.insert("loadgen".into(), model("loadgen.market_data", loadgen_us));
+            scn
+        };
+        let (unnamed, named) = (run(&with(None, None), 5), run(&with(Some(100), Some(100)), 5));
+        for r in [&unnamed, &named] {
+            assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+        }
+        assert_eq!(run(&with(Some(100), Some(100)), 5).summary.trace_hash, named.summary.trace_hash, "same seed");
+        let p50 = |r: &fafnir_scenarios::sim_run::SimRun| r.summary.stages["md_fanout"].p50_ns;
+        // At least one send and one receipt: 200 µs more at the median (the
+        // baseline's dozen subscribers queue behind one another on two cores).
+        assert!(
+            p50(&named) >= p50(&unnamed) + 200_000,
+            "md_fanout p50 {} ns against {} ns",
+            p50(&named),
+            p50(&unnamed)
+        );
+    }
+
     /// Mid-load, every service is killed at once and started again a second
     /// later, then a tenth of all answers is lost for a second and a half:
     /// the run passes the checker (the baseline's 100 ms SLOs do not hold

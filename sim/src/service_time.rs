@@ -218,6 +218,12 @@ impl ServiceTime for Modelled {
             fafnir_platform::time::sleep_until(done).await;
         }
     }
+
+    async fn process_if_named(&self, handler: &'static str) {
+        if self.model.handlers.contains_key(handler) {
+            self.process(handler).await;
+        }
+    }
 }
 
 #[cfg(all(test, madsim))]

@@ -283,6 +283,8 @@ async fn fan_out_settled(state: Arc<State>, mut settled: Follower) {
 
 async fn fan_out_md(state: Arc<State>, mut updates: Follower) {
     while let Some((_, md)) = updates.next::<MarketData>().await {
+        let age_us = state.deps.clock.now_us().saturating_sub(md.ts_us).max(0);
+        metrics::histogram!(crate::telemetry::MARKET_DATA_AGE_SECONDS).record(age_us as f64 / 1e6);
         let tick = state.deps.cfg.instrument(&md.symbol).map_or(1, |i| i.tick_cents);
         let update = MarketDataUpdate {
             symbol: md.symbol.clone(),
@@ -312,6 +314,19 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
     Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// A subscriber's market data: each update sent is one unit of
+/// `gateway.market_data` (the fan-out's work per subscriber, which only a
+/// calibration prices), and its CPU is metered when the deployment measures it.
+fn market_data_stream(deps: Deps, rx: mpsc::Receiver<Result<MarketDataUpdate, Status>>) -> BoxStream<MarketDataUpdate> {
+    const WORK: &str = "gateway.market_data";
+    let updates = futures::stream::unfold((rx, deps.clone()), |(mut rx, deps)| async move {
+        let update = rx.recv().await?;
+        deps.measured_work(WORK).await;
+        Some((update, (rx, deps)))
+    });
+    telemetry::cpu_metered_stream(&deps, WORK, updates)
 }
 
 impl GatewaySvc {
@@ -643,7 +658,7 @@ impl Gateway for GatewaySvc {
                 }
             }
             let rx = self.subscribe(&self.state.market_data, Filter::Symbols(symbols));
-            Ok(Response::new(receiver_stream(rx)))
+            Ok(Response::new(market_data_stream(self.state.deps.clone(), rx)))
         })
         .await
     }

@@ -85,6 +85,16 @@ impl Deps {
             model.process(handler).await;
         }
     }
+
+    /// Like [`Deps::work`], for work that only a measured model prices (market
+    /// data's fan-out to each subscriber): free in a model that does not name
+    /// `handler` (written by hand, or calibrated before it was measured).
+    pub async fn measured_work(&self, handler: &'static str) {
+        metrics::counter!(crate::telemetry::WORK_UNITS, "work" => handler).increment(1);
+        if let Some(model) = &self.service_time {
+            model.process_if_named(handler).await;
+        }
+    }
 }
 
 #[cfg(madsim)]
@@ -130,6 +140,9 @@ pub trait ServiceTime: Send + Sync + 'static {
     /// Waits one call's processing time, holding one of the service's
     /// concurrency slots while it does.
     async fn process(&self, handler: &'static str);
+
+    /// [`ServiceTime::process`] if the model names `handler`; otherwise no time.
+    async fn process_if_named(&self, handler: &'static str);
 }
 
 /// Why a service could not start or stopped.
