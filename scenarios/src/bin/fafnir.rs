@@ -84,6 +84,15 @@ enum Command {
         /// calibration/<scenario>.toml), keeping all else that file holds.
         #[arg(long)]
         broker_only: bool,
+        /// Measure at this many orders a second instead of at the scenario's
+        /// own load: its noise traders scaled to the rate, one market-data
+        /// subscription for the load generator, as `fafnir capacity` runs a
+        /// step. A unit of work costs less CPU on a busy platform than on a
+        /// calm one (threads awake, work batched): to predict a loaded
+        /// platform, calibrate near its load (for example at half the knee).
+        /// The file is then calibration/<scenario>-<rate>.toml by default.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
         #[command(flatten)]
         real: RealTarget,
     },
@@ -876,9 +885,9 @@ fn main() -> ExitCode {
         }
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
         Command::Health { addr, service, timeout } => return health_command(&addr, &service, timeout),
-        Command::Calibrate { file, out, seed, duration, broker_model, broker_only, real } => {
+        Command::Calibrate { file, out, seed, duration, broker_model, broker_only, rate, real } => {
             let broker_model = if broker_only { None } else { Some(broker_model) };
-            return exit_of(calibrate_command(&file, out, seed, duration, broker_model, real));
+            return exit_of(calibrate_command(&file, out, seed, duration, broker_model, rate, real));
         }
         Command::Fidelity { file, calibration, seed, duration, out, sim_bin, knee_rates, step, real } => {
             let args =
@@ -2040,6 +2049,7 @@ fn calibrate_command(
     _: Option<u64>,
     _: Option<std::time::Duration>,
     _: Option<fafnir_scenarios::scenario::BrokerModel>,
+    _: Option<u64>,
     _: RealTarget,
 ) -> Result<u8, RunError> {
     Err(RunError::Usage(
@@ -2055,24 +2065,54 @@ fn calibrate_command(
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
     broker_model: Option<fafnir_scenarios::scenario::BrokerModel>,
+    rate: Option<u64>,
     real: RealTarget,
 ) -> Result<u8, RunError> {
     if real.gateway.is_some() {
         return Err(RunError::Usage("calibrate meters the CPU of an in-process platform: leave out --gateway".into()));
     }
     let (scn, _, _) = load(file, seed, duration)?;
-    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("calibration/{}.toml", scn.name)));
+    let name = rate.map_or_else(|| scn.name.clone(), |rate| format!("{}-{rate}", scn.name));
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("calibration/{name}.toml")));
     let Some(broker_model) = broker_model else {
         return calibrate_broker_only(&out, &real.nats);
     };
-    println!("fafnir calibrate: scenario {:?}, seed {}, for real on an in-process platform", scn.name, scn.seed);
+    if rate.is_some() {
+        fafnir_scenarios::capacity::check(&scn).map_err(|e| RunError::Usage(format!("--rate: {e}")))?;
+    }
+    println!("fafnir calibrate: scenario {name:?}, seed {}, for real on an in-process platform", scn.seed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| RunError::Failed(e.to_string()))?;
-    let m = rt
-        .block_on(fafnir_scenarios::calibrate::calibrate(&scn, scn.seed, real.nats, real.redis, broker_model))
-        .map_err(RunError::Failed)?;
+    let calibrate = |scn: &fafnir_scenarios::scenario::Scenario| {
+        let (nats, redis) = (real.nats.clone(), real.redis.clone());
+        rt.block_on(fafnir_scenarios::calibrate::calibrate(scn, scn.seed, nats, redis, broker_model))
+            .map_err(RunError::Failed)
+    };
+    let m = match rate {
+        None => calibrate(&scn)?,
+        Some(rate) => {
+            // As `fafnir capacity` runs a step: the noise traders scaled to
+            // the rate, once more if what a decision sends was not as assumed.
+            let mut learnt = fafnir_scenarios::capacity::Calibration::default();
+            let mut first_try = true;
+            loop {
+                let mut scaled = fafnir_scenarios::capacity::scaled(&scn, learnt.decisions_for(rate), scn.duration)
+                    .map_err(|e| RunError::Usage(format!("--rate: {e}")))?;
+                scaled.name = name.clone();
+                let m = calibrate(&scaled)?;
+                let offered = m.run.summary.counts.submitted * 1_000 / scn.duration.as_millis().max(1) as u64;
+                if learnt.learn(&scaled, offered, rate) && first_try {
+                    println!("  offered {offered} orders/s for {rate}: the noise traders scaled by what that taught, once more");
+                    first_try = false;
+                    continue;
+                }
+                println!("  measured at {offered} orders/s");
+                break m;
+            }
+        }
+    };
     print!("{}", fafnir_scenarios::calibrate::table(&m));
     if !m.run.summary.checker.passed {
         return Err(RunError::Failed(format!(
