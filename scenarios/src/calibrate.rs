@@ -49,7 +49,7 @@ use fafnir_platform::time::Instant;
 
 use crate::driver;
 use crate::real_run::{self, RealRun, Target};
-use crate::scenario::{BrokerModel, Calibration, RawNetwork, RawServiceTime, Scenario};
+use crate::scenario::{BrokerModel, Calibration, FanOutModel, RawNetwork, RawServiceTime, Scenario};
 
 /// Round trips measured for the network model (after as many again to warm up).
 const PINGS: usize = 400;
@@ -136,6 +136,7 @@ pub async fn calibrate(
     nats: String,
     redis: String,
     broker_model: BrokerModel,
+    fan_out: FanOutModel,
 ) -> Result<Measured, String> {
     let one_way_us = one_way_latency().await?;
     let broker = crate::broker_probe::probe(&nats).await?;
@@ -147,7 +148,7 @@ pub async fn calibrate(
     let cpu = last_by_label(&run, WORK_CPU_NANOS, "work");
     let costs: Vec<WorkCost> = units
         .iter()
-        .filter(|(work, n)| **n > 0.0 && !work.starts_with("loadgen."))
+        .filter(|(work, n)| **n > 0.0 && priced_on_the_platform(work, fan_out))
         .map(|(work, n)| WorkCost {
             work: work.clone(),
             units: *n as u64,
@@ -158,11 +159,12 @@ pub async fn calibrate(
         return Err("no CPU time was metered: this build cannot read a thread's CPU clock".into());
     }
     // The platform's own: the load generator's is priced apart.
-    let metered_s: f64 = cpu.iter().filter(|(w, _)| !w.starts_with("loadgen.")).map(|(_, ns)| ns).sum::<f64>() / 1e9;
+    let metered_s: f64 =
+        cpu.iter().filter(|(w, _)| priced_on_the_platform(w, fan_out)).map(|(_, ns)| ns).sum::<f64>() / 1e9;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let overhead = platform_cpu_s(&run).map_or(1.0, |platform| (platform / metered_s.max(1e-9)).max(1.0));
     let mut servers = server_costs(&run, one_way_us[1]);
-    servers.extend(loadgen_costs(&run, &units, &cpu));
+    servers.extend(loadgen_costs(&run, &units, &cpu, fan_out));
     let per_message = match (broker_model, &broker) {
         (BrokerModel::Latency, _) => None,
         (BrokerModel::PerMessage, Some(b)) => Some(b),
@@ -185,13 +187,26 @@ pub async fn calibrate(
     Ok(Measured { costs, servers, one_way_us, overhead, broker, calibration, run })
 }
 
+/// Whether `work` is one of the platform's own units the calibration prices
+/// (the load generator's are priced apart; with the fan-out folded, the
+/// gateway's market-data batches are part of the platform's overhead).
+fn priced_on_the_platform(work: &str, fan_out: FanOutModel) -> bool {
+    !work.starts_with("loadgen.") && (fan_out == FanOutModel::Priced || work != "gateway.market_data")
+}
+
 /// The load generator's CPU per request (submit or cancel) and per
 /// market-data update received: it shares the machine's cores with the
 /// platform, and at high rates takes a good part of them. Its CPU is split
 /// between the two by the CPU metered on each (a request's tasks; a
 /// subscription's reading), its unmetered rest (the gRPC connections) in the
-/// same proportion. Without metered figures, all of it goes to requests.
-fn loadgen_costs(run: &RealRun, units: &BTreeMap<String, f64>, cpu: &BTreeMap<String, f64>) -> Vec<WorkCost> {
+/// same proportion. With the fan-out folded, or without metered figures,
+/// all of it goes to requests.
+fn loadgen_costs(
+    run: &RealRun,
+    units: &BTreeMap<String, f64>,
+    cpu: &BTreeMap<String, f64>,
+    fan_out: FanOutModel,
+) -> Vec<WorkCost> {
     let Some(cpu_ms) = run.summary.load_generator.cpu.as_ref().map(|c| c.load_generator_cpu_ms) else {
         return Vec::new();
     };
@@ -204,7 +219,8 @@ fn loadgen_costs(run: &RealRun, units: &BTreeMap<String, f64>, cpu: &BTreeMap<St
     let metered = |work: &str| cpu.get(work).copied().unwrap_or(0.0);
     let (request_ns, md_ns) = (metered(driver::LOADGEN_REQUEST), metered(driver::LOADGEN_MARKET_DATA));
     let md_units = units.get(driver::LOADGEN_MARKET_DATA).copied().unwrap_or(0.0) as u64;
-    let md_share = if md_units > 0 && request_ns + md_ns > 0.0 { md_ns / (request_ns + md_ns) } else { 0.0 };
+    let priced = fan_out == FanOutModel::Priced && md_units > 0 && request_ns + md_ns > 0.0;
+    let md_share = if priced { md_ns / (request_ns + md_ns) } else { 0.0 };
     let mut out = vec![WorkCost {
         work: driver::LOADGEN_REQUEST.into(),
         units: requests,

@@ -590,31 +590,46 @@ pub async fn follow_market_data(
     rec: Arc<Mutex<Recorder>>,
     clock: Arc<dyn fafnir_platform::clock::Clock>,
 ) {
-    while let Ok(Some(u)) = stream.message().await {
+    use futures::FutureExt as _;
+    while let Ok(Some(first)) = stream.message().await {
+        // What has arrived by now is read together: one unit of the load
+        // generator's work (a busy subscription reads its updates in batches).
+        let mut batch = vec![first];
+        while let Some(Ok(Some(u))) = stream.message().now_or_never() {
+            batch.push(u);
+        }
         loadgen_work(LOADGEN_MARKET_DATA).await;
         let now_us = clock.now_us();
-        {
-            let mut r = rec.lock().expect("recorder");
-            r.counts.md_updates += 1;
-            // From the engine publishing the update (its timestamp, µs) to this receipt.
-            let published_us = if u.ts_us > 0 { u.ts_us } else { u.ts_ms.saturating_mul(1_000) };
-            r.record_ns("md_fanout", (now_us.saturating_sub(published_us)).max(0) as u64 * 1_000);
+        for u in batch {
+            received_market_data(&u, now_us, &states, &rec);
         }
-        for (i, state) in states.iter().enumerate() {
-            let mut s = state.lock().expect("agent state");
-            if i == 0 {
-                // What was received is kept once, with the subscriber's account.
-                s.received.market_data(&u);
-            }
-            let view = s.market.entry(u.symbol.clone()).or_default();
-            view.bid = (u.bid_qty > 0).then_some((u.bid_cents, u.bid_qty));
-            view.ask = (u.ask_qty > 0).then_some((u.ask_cents, u.ask_qty));
-            if let Some(t) = u.trades.last() {
-                view.last = Some(t.price_cents);
-            }
-            for t in &u.trades {
-                s.inbox.push(OwnedEvent::Trade { symbol: u.symbol.clone(), price_cents: t.price_cents, qty: t.qty });
-            }
+    }
+}
+
+/// One market-data update received at `now_us`: its fan-out latency recorded,
+/// and every agent of the subscription told.
+fn received_market_data(u: &MarketDataUpdate, now_us: i64, states: &[Arc<Mutex<AgentState>>], rec: &Mutex<Recorder>) {
+    {
+        let mut r = rec.lock().expect("recorder");
+        r.counts.md_updates += 1;
+        // From the engine publishing the update (its timestamp, µs) to this receipt.
+        let published_us = if u.ts_us > 0 { u.ts_us } else { u.ts_ms.saturating_mul(1_000) };
+        r.record_ns("md_fanout", (now_us.saturating_sub(published_us)).max(0) as u64 * 1_000);
+    }
+    for (i, state) in states.iter().enumerate() {
+        let mut s = state.lock().expect("agent state");
+        if i == 0 {
+            // What was received is kept once, with the subscriber's account.
+            s.received.market_data(u);
+        }
+        let view = s.market.entry(u.symbol.clone()).or_default();
+        view.bid = (u.bid_qty > 0).then_some((u.bid_cents, u.bid_qty));
+        view.ask = (u.ask_qty > 0).then_some((u.ask_cents, u.ask_qty));
+        if let Some(t) = u.trades.last() {
+            view.last = Some(t.price_cents);
+        }
+        for t in &u.trades {
+            s.inbox.push(OwnedEvent::Trade { symbol: u.symbol.clone(), price_cents: t.price_cents, qty: t.qty });
         }
     }
 }

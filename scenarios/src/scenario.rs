@@ -123,6 +123,18 @@ pub enum BrokerModel {
     PerMessage,
 }
 
+/// How `fafnir calibrate` models market data's fan-out (`--fan-out`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FanOutModel {
+    /// Not a unit of its own: the load generator's CPU for it is folded into
+    /// its requests', the gateway's into the platform's overhead.
+    Folded,
+    /// `gateway.market_data` for each batch sent to a subscriber and
+    /// `loadgen.market_data` for each batch a subscription reads, at their
+    /// CPU as measured at the calibrated load.
+    Priced,
+}
+
 /// A service-time profile measured on a machine (`fafnir calibrate`), which
 /// a scenario names with `calibration = "calibration/<name>.toml"`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -316,17 +316,23 @@ fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> 
     Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
-/// A subscriber's market data: each update sent is one unit of
-/// `gateway.market_data` (the fan-out's work per subscriber, which only a
-/// calibration prices), and its CPU is metered when the deployment measures it.
+/// A subscriber's market data. Each wake of its stream takes every update
+/// queued for it by then and is one unit of `gateway.market_data` (the
+/// fan-out's work per subscriber, which only a calibration prices): a busy
+/// subscriber's updates go out in batches, as the real connection writes
+/// them, so their cost per update falls with the load. Its CPU is metered
+/// when the deployment measures it.
 fn market_data_stream(deps: Deps, rx: mpsc::Receiver<Result<MarketDataUpdate, Status>>) -> BoxStream<MarketDataUpdate> {
     const WORK: &str = "gateway.market_data";
-    let updates = futures::stream::unfold((rx, deps.clone()), |(mut rx, deps)| async move {
-        let update = rx.recv().await?;
+    let batches = futures::stream::unfold((rx, deps.clone()), |(mut rx, deps)| async move {
+        let mut batch = vec![rx.recv().await?];
+        while let Ok(update) = rx.try_recv() {
+            batch.push(update);
+        }
         deps.measured_work(WORK).await;
-        Some((update, (rx, deps)))
+        Some((futures::stream::iter(batch), (rx, deps)))
     });
-    telemetry::cpu_metered_stream(&deps, WORK, updates)
+    telemetry::cpu_metered_stream(&deps, WORK, batches.flatten())
 }
 
 impl GatewaySvc {

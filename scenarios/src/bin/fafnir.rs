@@ -79,6 +79,16 @@ enum Command {
         /// machine). The probe runs, and its figures are recorded, either way.
         #[arg(long, value_enum, default_value_t = fafnir_scenarios::scenario::BrokerModel::Latency)]
         broker_model: fafnir_scenarios::scenario::BrokerModel,
+        /// How market data's fan-out is modelled: `folded` (not a unit of
+        /// its own: the load generator's CPU for it counts in its requests',
+        /// the gateway's in the platform's overhead) or `priced`
+        /// (`gateway.market_data` per batch sent to a subscriber,
+        /// `loadgen.market_data` per batch a subscription reads, at their CPU
+        /// as measured at the calibrated load: right for a calm run, too dear
+        /// for many subscribers under load, where the real connections'
+        /// cost per update falls; see the README's fidelity section).
+        #[arg(long, value_enum, default_value_t = fafnir_scenarios::scenario::FanOutModel::Folded)]
+        fan_out: fafnir_scenarios::scenario::FanOutModel,
         /// Measure the broker alone (the probe, a few seconds; no run) and
         /// model it per message in the calibration file at --out (default
         /// calibration/<scenario>.toml), keeping all else that file holds.
@@ -885,9 +895,9 @@ fn main() -> ExitCode {
         }
         Command::Shrink { run, seed } => return shrink_command(&run, seed),
         Command::Health { addr, service, timeout } => return health_command(&addr, &service, timeout),
-        Command::Calibrate { file, out, seed, duration, broker_model, broker_only, rate, real } => {
-            let broker_model = if broker_only { None } else { Some(broker_model) };
-            return exit_of(calibrate_command(&file, out, seed, duration, broker_model, rate, real));
+        Command::Calibrate { file, out, seed, duration, broker_model, fan_out, broker_only, rate, real } => {
+            let models = if broker_only { None } else { Some((broker_model, fan_out)) };
+            return exit_of(calibrate_command(&file, out, seed, duration, models, rate, real));
         }
         Command::Fidelity { file, calibration, seed, duration, out, sim_bin, knee_rates, step, real } => {
             let args =
@@ -2048,7 +2058,7 @@ fn calibrate_command(
     _: Option<std::path::PathBuf>,
     _: Option<u64>,
     _: Option<std::time::Duration>,
-    _: Option<fafnir_scenarios::scenario::BrokerModel>,
+    _: Option<(fafnir_scenarios::scenario::BrokerModel, fafnir_scenarios::scenario::FanOutModel)>,
     _: Option<u64>,
     _: RealTarget,
 ) -> Result<u8, RunError> {
@@ -2064,7 +2074,7 @@ fn calibrate_command(
     out: Option<std::path::PathBuf>,
     seed: Option<u64>,
     duration: Option<std::time::Duration>,
-    broker_model: Option<fafnir_scenarios::scenario::BrokerModel>,
+    models: Option<(fafnir_scenarios::scenario::BrokerModel, fafnir_scenarios::scenario::FanOutModel)>,
     rate: Option<u64>,
     real: RealTarget,
 ) -> Result<u8, RunError> {
@@ -2074,7 +2084,7 @@ fn calibrate_command(
     let (scn, _, _) = load(file, seed, duration)?;
     let name = rate.map_or_else(|| scn.name.clone(), |rate| format!("{}-{rate}", scn.name));
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("calibration/{name}.toml")));
-    let Some(broker_model) = broker_model else {
+    let Some((broker_model, fan_out)) = models else {
         return calibrate_broker_only(&out, &real.nats);
     };
     if rate.is_some() {
@@ -2087,7 +2097,7 @@ fn calibrate_command(
         .map_err(|e| RunError::Failed(e.to_string()))?;
     let calibrate = |scn: &fafnir_scenarios::scenario::Scenario| {
         let (nats, redis) = (real.nats.clone(), real.redis.clone());
-        rt.block_on(fafnir_scenarios::calibrate::calibrate(scn, scn.seed, nats, redis, broker_model))
+        rt.block_on(fafnir_scenarios::calibrate::calibrate(scn, scn.seed, nats, redis, broker_model, fan_out))
             .map_err(RunError::Failed)
     };
     let m = match rate {
