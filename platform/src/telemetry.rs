@@ -240,8 +240,8 @@ pub async fn cpu_metered_on<F: Future>(
     work: &'static str,
     fut: F,
 ) -> F::Output {
-    match clock.filter(|c| c.thread_cpu().is_some()) {
-        Some(clock) => CpuMetered { inner: Box::pin(fut), meter: CpuMeter { clock, work } }.await,
+    match CpuMeter::on(clock, work) {
+        Some(meter) => CpuMetered { inner: Box::pin(fut), meter }.await,
         None => fut.await,
     }
 }
@@ -268,8 +268,12 @@ struct CpuMeter {
 impl CpuMeter {
     /// None when the deployment does not measure CPU or its clock cannot.
     fn new(deps: &Deps, work: &'static str) -> Option<CpuMeter> {
-        (deps.cfg.measure_cpu && deps.clock.thread_cpu().is_some())
-            .then(|| CpuMeter { clock: deps.clock.clone(), work })
+        CpuMeter::on(deps.cfg.measure_cpu.then(|| deps.clock.clone()), work)
+    }
+
+    /// On `clock`; None without one, or when it cannot read a thread's CPU time.
+    fn on(clock: Option<std::sync::Arc<dyn crate::clock::Clock>>, work: &'static str) -> Option<CpuMeter> {
+        clock.filter(|c| c.thread_cpu().is_some()).map(|clock| CpuMeter { clock, work })
     }
 
     /// Runs `f`, recording its thread CPU time as it goes: a long-lived loop

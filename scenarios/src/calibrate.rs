@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fafnir_platform::services::health;
+use fafnir_platform::services::{gateway, health};
 use fafnir_platform::telemetry::{WORK_CPU_NANOS, WORK_UNITS};
 use fafnir_platform::time::Instant;
 
@@ -191,7 +191,7 @@ pub async fn calibrate(
 /// (the load generator's are priced apart; with the fan-out folded, the
 /// gateway's market-data batches are part of the platform's overhead).
 fn priced_on_the_platform(work: &str, fan_out: FanOutModel) -> bool {
-    !work.starts_with("loadgen.") && (fan_out == FanOutModel::Priced || work != "gateway.market_data")
+    !work.starts_with("loadgen.") && (fan_out == FanOutModel::Priced || work != gateway::MARKET_DATA_WORK)
 }
 
 /// The load generator's CPU per request (submit or cancel) and per

@@ -316,23 +316,25 @@ fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> 
     Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
+/// The work of sending one batch of market data to one subscriber.
+pub const MARKET_DATA_WORK: &str = "gateway.market_data";
+
 /// A subscriber's market data. Each wake of its stream takes every update
-/// queued for it by then and is one unit of `gateway.market_data` (the
+/// queued for it by then and is one unit of [`MARKET_DATA_WORK`] (the
 /// fan-out's work per subscriber, which only a calibration prices): a busy
 /// subscriber's updates go out in batches, as the real connection writes
 /// them, so their cost per update falls with the load. Its CPU is metered
 /// when the deployment measures it.
 fn market_data_stream(deps: Deps, rx: mpsc::Receiver<Result<MarketDataUpdate, Status>>) -> BoxStream<MarketDataUpdate> {
-    const WORK: &str = "gateway.market_data";
     let batches = futures::stream::unfold((rx, deps.clone()), |(mut rx, deps)| async move {
         let mut batch = vec![rx.recv().await?];
         while let Ok(update) = rx.try_recv() {
             batch.push(update);
         }
-        deps.measured_work(WORK).await;
+        deps.measured_work(MARKET_DATA_WORK).await;
         Some((futures::stream::iter(batch), (rx, deps)))
     });
-    telemetry::cpu_metered_stream(&deps, WORK, batches.flatten())
+    telemetry::cpu_metered_stream(&deps, MARKET_DATA_WORK, batches.flatten())
 }
 
 impl GatewaySvc {
