@@ -179,6 +179,7 @@ pub async fn calibrate(
         servers.retain(|c| c.work != "broker.publish");
     }
     let mut calibration = make(&costs, &servers, one_way_us, overhead, cores, &scn, seed);
+    calibration.send_lag_us = send_lag_points(&run.recorder.send_lag);
     match (per_message, &broker) {
         (Some(b), _) => with_broker(&mut calibration, b),
         (None, Some(b)) => record_probe(&mut calibration, b),
@@ -234,6 +235,30 @@ fn loadgen_costs(
         });
     }
     out
+}
+
+/// The quantiles of the load generator's send lag a calibration keeps
+/// (thousandths).
+const SEND_LAG_QUANTILES: [u64; 11] = [0, 50, 100, 250, 500, 750, 900, 950, 990, 999, 1_000];
+
+/// The load generator's send lag (how late it woke for each intended send)
+/// as quantile points `[thousandths, µs]`; None when it sent nothing.
+pub fn send_lag_points(lag: &hdrhistogram::Histogram<u64>) -> Option<Vec<[u64; 2]>> {
+    if lag.is_empty() {
+        return None;
+    }
+    let points: Vec<[u64; 2]> = SEND_LAG_QUANTILES
+        .iter()
+        .map(|&q| {
+            let ns = match q {
+                0 => lag.min(),
+                1_000 => lag.max(),
+                _ => lag.value_at_quantile(q as f64 / 1_000.0),
+            };
+            [q, ns / 1_000]
+        })
+        .collect();
+    Some(points)
 }
 
 /// The broker's time per publish and Redis's per command: their mean latency
@@ -310,6 +335,7 @@ fn make(
     Calibration {
         measured,
         cores: Some(cores),
+        send_lag_us: None,
         network: RawNetwork { latency_us: [one_way_us[0], one_way_us[2]], loss_ppm: 0 },
         service_time,
     }
@@ -402,6 +428,16 @@ pub fn table(m: &Measured) -> String {
     for c in &m.servers {
         let what = if c.work.starts_with("loadgen") { "CPU" } else { "latency less the network's legs" };
         out.push_str(&format!("  {:<26} {:>9} {:>16.1}  ({what})\n", c.work, c.units, c.cpu_ns_per_unit as f64 / 1e3));
+    }
+    if let Some(points) = &m.calibration.send_lag_us {
+        let at = |q: u64| points.iter().find(|p| p[0] == q).map_or(0, |p| p[1]);
+        out.push_str(&format!(
+            "  load generator's send lag (how late it woke for an intended send): p50 {} µs, p99 {} µs, max {} µs \
+             (simulated agents wake as late)\n",
+            at(500),
+            at(990),
+            at(1_000)
+        ));
     }
     match &m.broker {
         Some(b) => out.push_str(&broker_table(b)),

@@ -654,7 +654,14 @@ pub async fn run_agent(
         crate::precise::sleep_until(intended).await;
         #[cfg(madsim)]
         fafnir_platform::time::sleep_until(intended).await;
-        let lag = Instant::now().saturating_duration_since(intended).as_nanos().max(1) as u64;
+        // The real load generator wakes this late (a calibration's send lag);
+        // the simulated agent decides on time, on the view of the market the
+        // same seed gives the real one, and its requests leave this late.
+        #[cfg(madsim)]
+        let late = draw_send_lag();
+        #[cfg(not(madsim))]
+        let late = Duration::ZERO;
+        let lag = (Instant::now() + late).saturating_duration_since(intended).as_nanos().max(1) as u64;
         rec.lock().expect("recorder").send_lag.saturating_record(lag);
         intents.clear();
         let wake = {
@@ -674,6 +681,12 @@ pub async fn run_agent(
         };
         for intent in intents.drain(..) {
             let request = execute(intent, handle.clone(), rec.clone(), intended);
+            let request = async move {
+                if !late.is_zero() {
+                    fafnir_platform::time::sleep(late).await;
+                }
+                request.await
+            };
             let metered =
                 fafnir_platform::telemetry::cpu_metered_on(handle.cpu_clock.clone(), LOADGEN_REQUEST, request);
             inflight.push(tokio::spawn(metered));
@@ -729,6 +742,52 @@ thread_local! {
 #[cfg(madsim)]
 pub fn set_loadgen_time(model: Option<Arc<dyn fafnir_platform::services::ServiceTime>>) {
     LOADGEN_TIME.with(|m| *m.borrow_mut() = model);
+}
+
+#[cfg(madsim)]
+thread_local! {
+    /// The real load generator's send lag in the simulated world on this
+    /// thread (a calibration's `send_lag_us`) and the draws' generator; None:
+    /// agents wake on time.
+    static SEND_LAG: std::cell::RefCell<Option<(Vec<[u64; 2]>, fafnir_platform::rng::SplitMix64)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Sets (or clears) the simulated load generator's send lag on this thread:
+/// each agent wakes late by a draw from the quantile points (`[thousandths,
+/// µs]`), from a generator seeded by `seed`.
+#[cfg(madsim)]
+pub fn set_send_lag(points: Option<Vec<[u64; 2]>>, seed: u64) {
+    let model = points.map(|p| (p, fafnir_platform::rng::SplitMix64::new(seed)));
+    SEND_LAG.with(|m| *m.borrow_mut() = model);
+}
+
+#[cfg(madsim)]
+fn draw_send_lag() -> Duration {
+    SEND_LAG.with(|m| match &mut *m.borrow_mut() {
+        Some((points, rng)) => quantile_us(points, rng.range(0, 999_999)),
+        None => Duration::ZERO,
+    })
+}
+
+/// The value at `millionths` of quantile points `[thousandths, µs]`,
+/// interpolated between the two around it (to the nanosecond).
+pub fn quantile_us(points: &[[u64; 2]], millionths: u64) -> Duration {
+    let mut below = match points.first() {
+        Some(p) => *p,
+        None => return Duration::ZERO,
+    };
+    for p in points {
+        let (at, lo_at) = (p[0] * 1_000, below[0] * 1_000);
+        if millionths <= at {
+            let span = (at - lo_at).max(1);
+            let into = millionths.saturating_sub(lo_at).min(span);
+            let ns = below[1] * 1_000 + (p[1].saturating_sub(below[1])) * 1_000 * into / span;
+            return Duration::from_nanos(ns);
+        }
+        below = *p;
+    }
+    Duration::from_micros(below[1])
 }
 
 /// The load generator's work for one request (a submit or a cancel).
@@ -878,5 +937,24 @@ async fn execute(intent: Intent, handle: Arc<AgentHandle>, rec: Arc<Mutex<Record
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile_us;
+    use std::time::Duration;
+
+    #[test]
+    fn a_quantile_is_interpolated_between_the_points_around_it() {
+        let points = [[0, 100], [500, 200], [990, 400], [1_000, 500]];
+        let us = Duration::from_micros;
+        assert_eq!(quantile_us(&points, 0), us(100));
+        assert_eq!(quantile_us(&points, 250_000), us(150));
+        assert_eq!(quantile_us(&points, 500_000), us(200));
+        assert_eq!(quantile_us(&points, 995_000), us(450));
+        assert_eq!(quantile_us(&points, 999_999), Duration::from_nanos(499_990));
+        assert_eq!(quantile_us(&points, 1_000_000), us(500));
+        assert_eq!(quantile_us(&[], 500_000), Duration::ZERO);
     }
 }

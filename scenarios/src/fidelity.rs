@@ -54,6 +54,9 @@ pub struct Fidelity {
     pub calibration: Option<String>,
     pub stages: Vec<StageFidelity>,
     pub knees: Option<Knees>,
+    /// The load generator's send lag (how late it woke for an intended send:
+    /// a part of every stage), p50 and p99 in ns, simulated and real.
+    pub send_lag_ns: BTreeMap<String, [u64; 2]>,
     /// Stages whose p50 and p99 ratios are both within [`BAND`].
     pub within_band: Vec<String>,
     pub outside_band: Vec<String>,
@@ -76,12 +79,18 @@ pub fn compare(sim: &Path, real: &Path, knees: Option<Knees>, calibration: Optio
         stages.iter().partition(|f| inside(f, "p50") && inside(f, "p99"));
     let name = |v: Vec<&StageFidelity>| v.into_iter().map(|f| f.stage.clone()).collect();
     let (within_band, outside_band) = (name(within), name(outside));
+    let lag = |v: &serde_json::Value| {
+        let lg = &v["load_generator"];
+        [lg["send_lag_p50_ns"].as_u64().unwrap_or(0), lg["send_lag_p99_ns"].as_u64().unwrap_or(0)]
+    };
+    let send_lag_ns = BTreeMap::from([("sim".to_string(), lag(&s)), ("real".to_string(), lag(&r))]);
     Ok(Fidelity {
         scenario: r["scenario"].as_str().unwrap_or_default().to_string(),
         seed: r["seed"].as_u64().unwrap_or(0),
         calibration,
         stages,
         knees,
+        send_lag_ns,
         within_band,
         outside_band,
     })
@@ -131,6 +140,18 @@ impl Fidelity {
                 out.push_str(&format!(" {:>7.3} /{:>7.3} {:>4.2}", ms(f.sim_ns[q]), ms(f.real_ns[q]), f.ratio[q]));
             }
             out.push('\n');
+        }
+        if let (Some(s), Some(r)) = (self.send_lag_ns.get("sim"), self.send_lag_ns.get("real")) {
+            out.push_str(&format!(
+                "  {:<22} {:>7.3} /{:>7.3} {:>4.2}  (p50, p99: {:.3} / {:.3}; the load generator waking late, part of \
+                 every stage)\n",
+                "send lag",
+                ms(s[0]),
+                ms(r[0]),
+                s[0] as f64 / r[0].max(1) as f64,
+                ms(s[1]),
+                ms(r[1])
+            ));
         }
         out.push_str(&format!(
             "  within 25 % at p50 and p99 (ratio {}-{}): {} of {} stages{}\n",

@@ -148,6 +148,13 @@ pub struct Calibration {
     /// workers of its own. Absent: each service its own `concurrency`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<usize>,
+    /// How late the real load generator woke for an intended send (its
+    /// send lag: a thread waking after an idle pause), as quantile points
+    /// `[thousandths, µs]` from 0 to 1000: in simulation each agent wakes
+    /// that late, drawn from them, since every latency is measured from the
+    /// intended time. Absent: agents wake on time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_us: Option<Vec<[u64; 2]>>,
     pub network: RawNetwork,
     pub service_time: BTreeMap<String, RawServiceTime>,
 }
@@ -183,8 +190,32 @@ impl Calibration {
         if cal.cores == Some(0) {
             return Err(at("cores: must be at least 1".into()));
         }
+        if let Some(points) = &cal.send_lag_us {
+            check_send_lag(points).map_err(at)?;
+        }
         Ok(cal)
     }
+}
+
+/// Quantile points `[thousandths, µs]`: from 0 to 1000 thousandths,
+/// increasing, with times that never fall.
+fn check_send_lag(points: &[[u64; 2]]) -> Result<(), String> {
+    let first_last = (points.first().map(|p| p[0]), points.last().map(|p| p[0]));
+    if points.len() < 2 || first_last != (Some(0), Some(1_000)) {
+        return Err("send_lag_us: [thousandths, µs] points from 0 to 1000 thousandths".into());
+    }
+    for w in points.windows(2) {
+        if w[1][0] <= w[0][0] {
+            return Err(format!("send_lag_us: thousandths must increase ({} after {})", w[1][0], w[0][0]));
+        }
+        if w[1][1] < w[0][1] {
+            return Err(format!(
+                "send_lag_us: a higher quantile's lag cannot be shorter ({} µs after {} µs)",
+                w[1][1], w[0][1]
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_network(network: &RawNetwork) -> Result<(), String> {
@@ -235,6 +266,8 @@ pub struct Scenario {
     pub service_time: BTreeMap<String, RawServiceTime>,
     /// Cores the services share (from a calibration): see [`Calibration::cores`].
     pub cores: Option<usize>,
+    /// The load generator's wake-up lag (from a calibration): see [`Calibration::send_lag_us`].
+    pub send_lag_us: Option<Vec<[u64; 2]>>,
     /// The calibration file the scenario names, if any.
     pub calibration: Option<String>,
     pub populations: Vec<Population>,
@@ -281,6 +314,7 @@ impl Scenario {
             network: cal.network,
             service_time: cal.service_time,
             cores: cal.cores,
+            send_lag_us: cal.send_lag_us,
             calibration: Some(path.to_string()),
             ..self
         })
@@ -352,6 +386,7 @@ impl Scenario {
             network,
             service_time,
             cores: calibration.as_ref().and_then(|c| c.cores),
+            send_lag_us: calibration.as_ref().and_then(|c| c.send_lag_us.clone()),
             calibration: raw.calibration,
             populations,
             faults: raw.faults,

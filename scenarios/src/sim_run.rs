@@ -130,6 +130,8 @@ fn run_observed(
         rt.block_on(async move {
             let world = Arc::new(World::build(world_spec(&scn_, seed)));
             crate::driver::set_loadgen_time(world.loadgen.clone());
+            let lag_seed = fafnir_sim::rng::derive_seed(seed, "send-lag");
+            crate::driver::set_send_lag(scn_.send_lag_us.clone(), lag_seed);
             let schedule = FaultSchedule { faults: scn_.faults.clone() };
             schedule.validate(&world.node_names()).map_err(|e| format!("fault: {e}"))?;
             let driver_node = world.client_node("driver");
@@ -141,6 +143,7 @@ fn run_observed(
             // Every task of the world dropped before the runtime is (a sweep runs world after world).
             world.tear_down();
             crate::driver::set_loadgen_time(None);
+            crate::driver::set_send_lag(None, 0);
             fafnir_platform::time::sleep(Duration::from_millis(1)).await;
             let outcome = outcome.map_err(|e| run::Stopped::Crash(format!("the driver crashed: {e}")));
             Ok((outcome.and_then(|r| r), trace_hash))

@@ -75,6 +75,13 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
     assert_eq!(broker.wake_curve.as_ref().map(Vec::len), Some(b.wake_curve.len()));
     assert!(m.one_way_us[0] >= 1 && m.one_way_us[0] <= m.one_way_us[1] && m.one_way_us[1] <= m.one_way_us[2]);
     assert!(m.overhead >= 1.0, "{}", m.overhead);
+    // The load generator's send lag, as quantiles from 0 to 1000 thousandths
+    // that never fall (the file's own check), and its median the run's.
+    let lag = m.calibration.send_lag_us.as_ref().expect("the load generator's send lag");
+    assert_eq!((lag.first().map(|p| p[0]), lag.last().map(|p| p[0])), (Some(0), Some(1_000)), "{lag:?}");
+    assert!(lag.windows(2).all(|w| w[0][1] <= w[1][1]), "{lag:?}");
+    let median = lag.iter().find(|p| p[0] == 500).expect("the median")[1];
+    assert_eq!(median, m.run.summary.load_generator.send_lag_p50_ns / 1_000, "{lag:?}");
 
     // The file: written, read back the same, named by a scenario.
     let dir = std::env::temp_dir().join(format!("fafnir-calibrate-{}", std::process::id()));
@@ -125,6 +132,18 @@ fn a_calibration_file_that_is_wrong_names_the_file_and_the_field() {
             "service_time.orders.wake_curve: only the broker",
         ),
         ("[network]\nlatency_us = [1, 3]\n", "service_time"),
+        (
+            "send_lag_us = [[0, 10], [900, 50]]\n[network]\nlatency_us = [1, 3]\n[service_time]\n",
+            "send_lag_us: [thousandths, µs] points from 0 to 1000",
+        ),
+        (
+            "send_lag_us = [[0, 10], [500, 60], [500, 70], [1000, 90]]\n[network]\nlatency_us = [1, 3]\n[service_time]\n",
+            "send_lag_us: thousandths must increase",
+        ),
+        (
+            "send_lag_us = [[0, 10], [500, 60], [1000, 40]]\n[network]\nlatency_us = [1, 3]\n[service_time]\n",
+            "send_lag_us: a higher quantile's lag cannot be shorter",
+        ),
     ];
     for (i, (text, want)) in bad.iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));
@@ -149,6 +168,7 @@ fn fidelity_compares_stage_by_stage() {
         let summary = serde_json::json!({
             "scenario": "baseline", "seed": 1,
             "stages": {"submit_to_ack": stage(p50, p99), "md_fanout": stage(1_000, 2_000)},
+            "load_generator": {"send_lag_p50_ns": p50 / 10, "send_lag_p99_ns": p99 / 10},
         });
         std::fs::write(d.join("summary.json"), summary.to_string()).unwrap();
         d
@@ -159,6 +179,8 @@ fn fidelity_compares_stage_by_stage() {
     assert!((ack.ratio["p50"] - 1.1).abs() < 1e-9 && (ack.ratio["p99"] - 0.5).abs() < 1e-9, "{ack:?}");
     assert_eq!((&f.within_band, &f.outside_band), (&vec!["md_fanout".to_string()], &vec!["submit_to_ack".to_string()]));
     assert!(f.table().contains("1 of 2 stages"), "{}", f.table());
+    assert_eq!((f.send_lag_ns["sim"], f.send_lag_ns["real"]), ([110, 200], [100, 400]));
+    assert!(f.table().contains("send lag"), "{}", f.table());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

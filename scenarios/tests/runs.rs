@@ -262,6 +262,38 @@ mod simulated {
         );
     }
 
+    /// A calibration's `send_lag_us` (how late the real load generator woke
+    /// for its intended sends) makes the simulated agents wake as late, by
+    /// draws from its quantiles: the run's send lag has the calibrated median,
+    /// and every stage measured from the intended time carries it.
+    #[test]
+    fn agents_wake_as_late_as_the_calibrated_send_lag() {
+        let with = |lag: Option<Vec<[u64; 2]>>| {
+            let mut scn = baseline(3);
+            scn.send_lag_us = lag;
+            scn
+        };
+        let lag = vec![[0, 100], [500, 200], [990, 400], [1_000, 500]];
+        let (on_time, late) = (run(&with(None), 5), run(&with(Some(lag.clone())), 5));
+        for r in [&on_time, &late] {
+            assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+        }
+        assert_eq!(run(&with(Some(lag)), 5).summary.trace_hash, late.summary.trace_hash, "same seed");
+        let lg = |r: &fafnir_scenarios::sim_run::SimRun| r.summary.load_generator.clone();
+        assert!(lg(&on_time).send_lag_p50_ns <= 1_000, "{:?}", lg(&on_time));
+        // The median draw is 200 µs (histograms keep three digits).
+        let p50 = lg(&late).send_lag_p50_ns;
+        assert!((190_000..=215_000).contains(&p50), "send lag p50 {p50} ns");
+        assert!(lg(&late).send_lag_max_ns <= 501_000, "{:?}", lg(&late));
+        let ack = |r: &fafnir_scenarios::sim_run::SimRun| r.summary.stages["submit_to_ack"].p50_ns;
+        assert!(
+            ack(&late) >= ack(&on_time) + 150_000,
+            "submit_to_ack p50 {} ns against {} ns",
+            ack(&late),
+            ack(&on_time)
+        );
+    }
+
     /// Mid-load, every service is killed at once and started again a second
     /// later, then a tenth of all answers is lost for a second and a half:
     /// the run passes the checker (the baseline's 100 ms SLOs do not hold
