@@ -17,7 +17,9 @@
 //! meanwhile), for pauses from 25 µs to 1.6 ms: what the longest pauses cost
 //! beyond `publish` is the wake-up (`wake`), and the share of it each pause
 //! paid is the curve the simulated broker interpolates the wake-up's share
-//! on, by the idle gap before its work (see `ServiceModel::warm`).
+//! on, by the idle gap before its work (see `ServiceModel::warm`). The
+//! paced publishes' median latency at each pause (`latency_curve`) is the
+//! broker's wake-up as latency rather than CPU (`ServiceModel::wake_latency`).
 //!
 //! The server's CPU can be read only when it runs on this machine: the
 //! probe finds the process listening on the NATS address's port. When none
@@ -53,6 +55,9 @@ pub struct BrokerCosts {
     pub wake_curve: Vec<(u64, u32)>,
     /// Each pause between sends (µs) and a publish's CPU at it (ns).
     pub curve: Vec<(u64, u64)>,
+    /// Each pause between sends (µs) and a publish's median latency at it
+    /// (ns, from sending it to its ack, as the client saw it).
+    pub latency_curve: Vec<(u64, u64)>,
 }
 
 /// Probes the nats-server at `nats` (`host:port`); None when no process of
@@ -136,6 +141,7 @@ pub async fn probe(nats: &str) -> Result<Option<BrokerCosts>, String> {
         // Single publishes, sent a pause apart (not waiting for the acks,
         // which come back meanwhile).
         let mut curve = Vec::new();
+        let mut latency_curve = Vec::new();
         let mut i = MESSAGES;
         for pause_us in PAUSES_US {
             let pause = Duration::from_micros(pause_us);
@@ -144,22 +150,30 @@ pub async fn probe(nats: &str) -> Result<Option<BrokerCosts>, String> {
             let mut at = Instant::now();
             for _ in 0..PACED {
                 let (bus, subject, payload, id) = (bus.clone(), subject.clone(), payload.clone(), format!("probe-{i}"));
-                acks.push(tokio::spawn(async move { bus.publish(&subject, &id, payload).await }));
+                acks.push(tokio::spawn(async move {
+                    let sent = Instant::now();
+                    bus.publish(&subject, &id, payload).await.map(|_| sent.elapsed())
+                }));
                 i += 1;
                 at += pause;
                 while Instant::now() < at {
                     tokio::task::yield_now().await;
                 }
             }
+            let mut latencies = Vec::with_capacity(PACED);
             for ack in acks {
-                ack.await
+                let took = ack
+                    .await
                     .map_err(|e| format!("broker probe: publish: {e}"))?
                     .map_err(|e| format!("broker probe: publish: {e}"))?;
+                latencies.push(took.as_nanos() as u64);
             }
             curve.push((pause_us, (cpu()? - before) / PACED as u64));
+            latencies.sort_unstable();
+            latency_curve.push((pause_us, latencies[latencies.len() / 2]));
         }
         let (wake_ns, wake_curve) = wake(publish_ns, &curve);
-        Ok(Some(BrokerCosts { pid, publish_ns, deliver_ns, ack_ns, wake_ns, wake_curve, curve }))
+        Ok(Some(BrokerCosts { pid, publish_ns, deliver_ns, ack_ns, wake_ns, wake_curve, curve, latency_curve }))
     }
     .await;
     let _ = bus.delete_streams_with_prefix(&stream).await;

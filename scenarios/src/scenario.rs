@@ -110,6 +110,12 @@ pub struct RawServiceTime {
     /// wake-up its idle gap calls for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_curve: Option<Vec<[u64; 2]>>,
+    /// The broker only, with `wake_curve`: how much later it picks up work
+    /// after an idle gap (its threads waking: latency, not CPU), as points
+    /// `[gap µs, µs]` interpolated between (what the probe's publishes sent
+    /// a pause apart took beyond the quickest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_latency_us: Option<Vec<[u64; 2]>>,
 }
 
 /// How `fafnir calibrate` models the simulated broker (`--broker-model`).
@@ -604,6 +610,14 @@ fn validate_service_time(service: &str, st: &RawServiceTime) -> Result<(), Strin
     }
     if let Some(h) = st.handlers.keys().find(|h| !h.starts_with(&format!("{service}."))) {
         return Err(at("handlers", &format!("{h:?} is not a handler of {service} (\"{service}.<name>\")")));
+    }
+    if let Some(points) = &st.wake_latency_us {
+        if st.wake_curve.is_none() {
+            return Err(at("wake_latency_us", "only with wake_curve (the broker modelled per message)"));
+        }
+        if points.is_empty() || points.windows(2).any(|w| w[0][0] >= w[1][0]) {
+            return Err(at("wake_latency_us", "[gap µs, µs] points, at least one, gaps increasing"));
+        }
     }
     if let Some(curve) = &st.wake_curve {
         if service != "broker" {

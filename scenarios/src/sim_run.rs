@@ -50,6 +50,9 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
                 warm: st.wake_curve.as_ref().map(|points| {
                     points.iter().map(|[gap, share]| (Duration::from_micros(*gap), *share as u32)).collect()
                 }),
+                wake_latency: st.wake_latency_us.as_ref().map(|points| {
+                    points.iter().map(|[gap, us]| (Duration::from_micros(*gap), Duration::from_micros(*us))).collect()
+                }),
             },
         );
     }

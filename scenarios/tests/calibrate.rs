@@ -73,6 +73,13 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
         assert!(broker.handlers.get(h).is_some_and(|us| *us >= 1), "{h}: {broker:?}");
     }
     assert_eq!(broker.wake_curve.as_ref().map(Vec::len), Some(b.wake_curve.len()));
+    // Its wake-up latency: a median latency at every pause, and the delays
+    // from the quickest pause on, never falling.
+    assert_eq!(b.latency_curve.len(), b.curve.len(), "{b:?}");
+    assert!(b.latency_curve.iter().all(|(_, ns)| *ns > 0), "{b:?}");
+    let delays = broker.wake_latency_us.as_ref().expect("the broker's wake-up latency");
+    assert!(!delays.is_empty() && delays[0][1] == 0, "{delays:?}");
+    assert!(delays.windows(2).all(|w| w[0][0] < w[1][0] && w[0][1] <= w[1][1]), "{delays:?}");
     assert!(m.one_way_us[0] >= 1 && m.one_way_us[0] <= m.one_way_us[1] && m.one_way_us[1] <= m.one_way_us[2]);
     assert!(m.overhead >= 1.0, "{}", m.overhead);
     // The load generator's send lag, as quantiles from 0 to 1000 thousandths
@@ -132,6 +139,14 @@ fn a_calibration_file_that_is_wrong_names_the_file_and_the_field() {
             "service_time.orders.wake_curve: only the broker",
         ),
         ("[network]\nlatency_us = [1, 3]\n", "service_time"),
+        (
+            "[network]\nlatency_us = [1, 3]\n[service_time.broker]\ndist = \"exp\"\nus = [5]\nwake_latency_us = [[50, 10]]\n",
+            "service_time.broker.wake_latency_us: only with wake_curve",
+        ),
+        (
+            "[network]\nlatency_us = [1, 3]\n[service_time.broker]\ndist = \"exp\"\nus = [5]\nwake_curve = [[50, 100]]\nwake_latency_us = [[50, 10], [50, 20]]\n",
+            "service_time.broker.wake_latency_us: [gap µs, µs] points, at least one, gaps increasing",
+        ),
         (
             "send_lag_us = [[0, 10], [900, 50]]\n[network]\nlatency_us = [1, 3]\n[service_time]\n",
             "send_lag_us: [thousandths, µs] points from 0 to 1000",

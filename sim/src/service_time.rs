@@ -36,6 +36,23 @@ pub fn wake_share(curve: &[(Duration, u32)], gap: Duration) -> u32 {
     below.1
 }
 
+/// The delay an idle `gap` calls for: interpolated between the `points`
+/// (gap, delay), from none at no gap; past the last point, the last delay.
+pub fn wake_delay(points: &[(Duration, Duration)], gap: Duration) -> Duration {
+    let mut below = (Duration::ZERO, Duration::ZERO);
+    for &(at, delay) in points {
+        if gap <= at {
+            let span = (at - below.0).as_nanos().max(1);
+            let into = (gap - below.0).as_nanos();
+            let (lo, hi) = (below.1.as_nanos(), delay.as_nanos());
+            let ns = if hi >= lo { lo + (hi - lo) * into / span } else { lo - (lo - hi) * into / span };
+            return Duration::from_nanos(ns as u64);
+        }
+        below = (at, delay);
+    }
+    below.1
+}
+
 /// A distribution of processing times.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Dist {
@@ -88,6 +105,11 @@ pub struct ServiceModel {
     /// points (gap, thousandths) it interpolates between, from none at no
     /// gap; past the last point, the last share. None: no wake-up cost.
     pub warm: Option<Vec<(Duration, u32)>>,
+    /// With `warm`: how much later a server that has been idle picks up
+    /// work (waking its threads: latency, not CPU), as points (gap, delay)
+    /// interpolated between, from none at no gap; past the last point, the
+    /// last delay. None: it picks work up at once.
+    pub wake_latency: Option<Vec<(Duration, Duration)>>,
 }
 
 /// Cores shared by services: when each is next free (None: free since the start).
@@ -115,6 +137,7 @@ impl ServiceModel {
             concurrency: 4,
             cores: None,
             warm: None,
+            wake_latency: None,
         }
     }
 
@@ -131,6 +154,7 @@ impl ServiceModel {
             concurrency: self.concurrency,
             cores: self.cores.clone(),
             warm: self.warm.clone(),
+            wake_latency: self.wake_latency.clone(),
         }
     }
 }
@@ -176,12 +200,12 @@ impl Modelled {
             return;
         }
         let now = Instant::now();
+        let last = *self.last_done.lock().expect("last_done lock");
+        let gap = last.map_or(Duration::MAX, |done| now.saturating_duration_since(done));
         let t = {
             let mut rng = self.rng.lock().expect("rng lock");
             let mut t = dist.draw(&mut rng) + dist.mean() * (n as u32 - 1);
             if let (Some(curve), Some(w)) = (&self.model.warm, self.model.handlers.get(wake)) {
-                let last = *self.last_done.lock().expect("last_done lock");
-                let gap = last.map_or(Duration::MAX, |done| now.saturating_duration_since(done));
                 // Its mean: waking up is the same machinery each time, not an
                 // amount of work (an exponential draw gave the simulated
                 // broker a tail of up to 20 wake-ups the real one lacks).
@@ -189,7 +213,9 @@ impl Modelled {
             }
             t * self.slow.load(Ordering::Relaxed).max(1)
         };
-        let done = self.book(now, t);
+        // Work that finds the server idle starts when it has woken up.
+        let start = now + self.model.wake_latency.as_deref().map_or(Duration::ZERO, |p| wake_delay(p, gap));
+        let done = self.book(start, t);
         *self.last_done.lock().expect("last_done lock") = Some(done);
         if done > now {
             fafnir_platform::time::sleep_until(done).await;
@@ -237,6 +263,7 @@ mod tests {
             concurrency,
             cores: None,
             warm: None,
+            wake_latency: None,
         };
         Modelled::new(model, 1, "test", SlowKnob::default())
     }
@@ -307,6 +334,7 @@ mod tests {
             concurrency: 1,
             cores: None,
             warm: Some(vec![(Duration::from_micros(25), 0), (Duration::from_micros(200), 1_000)]),
+            wake_latency: None,
         };
         Modelled::new(model, 1, "test", SlowKnob::default())
     }
@@ -315,6 +343,37 @@ mod tests {
         let start = Instant::now();
         m.process_many("b.msg", "b.wake", n).await;
         start.elapsed()
+    }
+
+    #[test]
+    fn the_wake_delay_is_interpolated_between_the_measured_points() {
+        let us = Duration::from_micros;
+        let points = [(us(400), us(5)), (us(1_600), us(85))];
+        assert_eq!(wake_delay(&points, us(0)), us(0));
+        assert_eq!(wake_delay(&points, us(200)), Duration::from_nanos(2_500));
+        assert_eq!(wake_delay(&points, us(1_000)), us(45));
+        assert_eq!(wake_delay(&points, us(1_600)), us(85));
+        assert_eq!(wake_delay(&points, Duration::MAX), us(85));
+        assert_eq!(wake_delay(&[], us(50)), Duration::ZERO);
+    }
+
+    /// A server that has been idle picks work up later by the delay its gap
+    /// calls for, without occupying a worker meanwhile; one kept busy, at once.
+    #[madsim::test]
+    async fn an_idle_server_picks_work_up_after_waking() {
+        let mut model = per_message().model;
+        model.wake_latency = Some(vec![
+            (Duration::from_micros(100), Duration::ZERO),
+            (Duration::from_micros(1_000), Duration::from_micros(90)),
+        ]);
+        let m = Modelled::new(model, 1, "test", SlowKnob::default());
+        // Never worked: a whole wake-up (90 µs), then the CPU wake and the message.
+        assert_eq!(timed(&m, 1).await, Duration::from_micros(90 + 110));
+        // At once after it: the message alone.
+        assert_eq!(timed(&m, 1).await, Duration::from_micros(10));
+        // Idle for 550 µs, half-way: 45 µs later, and the CPU wake-up's whole share.
+        fafnir_platform::time::sleep(Duration::from_micros(550)).await;
+        assert_eq!(timed(&m, 1).await, Duration::from_micros(45 + 110));
     }
 
     #[test]
