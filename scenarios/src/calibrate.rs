@@ -335,6 +335,7 @@ fn make(
                 handlers,
                 wake_curve: None,
                 wake_latency_us: None,
+                reply_wake_us: None,
             };
             (service, st)
         })
@@ -376,6 +377,7 @@ pub fn with_broker(c: &mut Calibration, b: &crate::broker_probe::BrokerCosts) {
         handlers,
         wake_curve: Some(b.wake_curve.iter().map(|(gap, share)| [*gap, u64::from(*share)]).collect()),
         wake_latency_us: Some(wake_latency(&b.latency_curve)),
+        reply_wake_us: None,
     };
     c.service_time.insert("broker".into(), st);
 }
@@ -425,18 +427,18 @@ pub fn quantile_of_buckets(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<u64> 
     Some(lo)
 }
 
-/// The shortest pause of the broker probe: any pause lets the platform's
-/// threads park (they do as soon as they have nothing to do).
+/// The platform's threads park as soon as they have nothing to do: an idle
+/// gap this long (the broker probe's shortest pause) parks them.
 const PARKED_AFTER_US: u64 = 25;
 
-/// The platform's own wake-up for the broker's answers, added to the
-/// broker's wake-up latency: a single publish's median latency in the run
-/// (`publish_ns`) beyond what the probe explains (its quickest publish, the
-/// probe's client spinning meanwhile, and the broker's CPU wake-up). The
-/// platform's threads park while they wait for an ack or a delivery and are
-/// woken by it, which costs this machine some 100 µs more than the round
-/// trip; the simulated world knows the idle gap at the broker, so it is
-/// modelled there, for every message that finds it idle 25 µs or more.
+/// The platform's own wake-up for the broker's answers (`reply_wake_us`):
+/// a single publish's median latency in the run (`publish_ns`) beyond what
+/// the probe explains (its quickest publish, the probe's client spinning
+/// meanwhile, and the broker's CPU wake-up). The platform's threads park
+/// while they wait for an ack or a delivery and are woken by it, which
+/// costs this machine some 100 µs beyond the round trip; the simulated
+/// broker sends its answers that much later when the platform has been
+/// idle 25 µs or more.
 pub fn with_platform_wake(c: &mut Calibration, b: &crate::broker_probe::BrokerCosts, publish_ns: u64) {
     let quickest = b.latency_curve.iter().map(|(_, ns)| *ns).min().unwrap_or(0);
     let extra_us = publish_ns.saturating_sub(quickest + b.wake_ns) / 1_000;
@@ -451,21 +453,8 @@ pub fn with_platform_wake(c: &mut Calibration, b: &crate::broker_probe::BrokerCo
         ),
     );
     if let Some(broker) = c.service_time.get_mut("broker") {
-        let probe = broker.wake_latency_us.take().unwrap_or_default();
-        broker.wake_latency_us = Some(platform_wake_points(&probe, extra_us));
+        broker.reply_wake_us = Some(vec![[0, 0], [PARKED_AFTER_US, extra_us]]);
     }
-}
-
-/// The probe's wake-up latency points with `extra_us` more from
-/// [`PARKED_AFTER_US`] on.
-pub fn platform_wake_points(probe: &[[u64; 2]], extra_us: u64) -> Vec<[u64; 2]> {
-    let at = |gap: u64| {
-        let below = probe.iter().rev().find(|p| p[0] <= gap).map_or(0, |p| p[1]);
-        below + extra_us
-    };
-    let mut points = vec![[0, 0], [PARKED_AFTER_US, at(PARKED_AFTER_US)]];
-    points.extend(probe.iter().filter(|p| p[0] > PARKED_AFTER_US).map(|p| [p[0], p[1] + extra_us]));
-    points
 }
 
 /// The broker's wake-up latency by idle gap, `[gap µs, µs]`, from the
@@ -609,13 +598,5 @@ mod tests {
         assert_eq!(super::quantile_of_buckets(&buckets, 0.05), Some(50_000));
         assert_eq!(super::quantile_of_buckets(&buckets, 0.99), Some(250_000));
         assert_eq!(super::quantile_of_buckets(&Default::default(), 0.5), None);
-    }
-
-    #[test]
-    fn the_platform_wakes_for_every_answer_after_a_pause() {
-        let probe = [[100, 0], [200, 1], [400, 5], [800, 26], [1_600, 83]];
-        let points = super::platform_wake_points(&probe, 100);
-        assert_eq!(points, vec![[0, 0], [25, 100], [100, 100], [200, 101], [400, 105], [800, 126], [1_600, 183]]);
-        assert_eq!(super::platform_wake_points(&[], 40), vec![[0, 0], [25, 40]]);
     }
 }

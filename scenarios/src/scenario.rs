@@ -116,6 +116,12 @@ pub struct RawServiceTime {
     /// a pause apart took beyond the quickest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_latency_us: Option<Vec<[u64; 2]>>,
+    /// The broker only, with `wake_curve`: how much later the platform takes
+    /// up the broker's answers (acks, deliveries) after it has been idle,
+    /// as points `[gap µs, µs]` by the gap since the platform's last work
+    /// (its threads park while they wait, and the answer wakes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_wake_us: Option<Vec<[u64; 2]>>,
 }
 
 /// How `fafnir calibrate` models the simulated broker (`--broker-model`).
@@ -611,12 +617,13 @@ fn validate_service_time(service: &str, st: &RawServiceTime) -> Result<(), Strin
     if let Some(h) = st.handlers.keys().find(|h| !h.starts_with(&format!("{service}."))) {
         return Err(at("handlers", &format!("{h:?} is not a handler of {service} (\"{service}.<name>\")")));
     }
-    if let Some(points) = &st.wake_latency_us {
+    for (field, points) in [("wake_latency_us", &st.wake_latency_us), ("reply_wake_us", &st.reply_wake_us)] {
+        let Some(points) = points else { continue };
         if st.wake_curve.is_none() {
-            return Err(at("wake_latency_us", "only with wake_curve (the broker modelled per message)"));
+            return Err(at(field, "only with wake_curve (the broker modelled per message)"));
         }
         if points.is_empty() || points.windows(2).any(|w| w[0][0] >= w[1][0]) {
-            return Err(at("wake_latency_us", "[gap µs, µs] points, at least one, gaps increasing"));
+            return Err(at(field, "[gap µs, µs] points, at least one, gaps increasing"));
         }
     }
     if let Some(curve) = &st.wake_curve {

@@ -50,14 +50,19 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
                 warm: st.wake_curve.as_ref().map(|points| {
                     points.iter().map(|[gap, share]| (Duration::from_micros(*gap), *share as u32)).collect()
                 }),
-                wake_latency: st.wake_latency_us.as_ref().map(|points| {
-                    points.iter().map(|[gap, us]| (Duration::from_micros(*gap), Duration::from_micros(*us))).collect()
-                }),
+                wake_latency: st.wake_latency_us.as_deref().map(delays),
+                reply_wake: st.reply_wake_us.as_deref().map(delays),
+                platform: false,
             },
         );
     }
     spec.cores = scn.cores;
     spec
+}
+
+/// Points `[gap µs, µs]` as durations.
+fn delays(points: &[[u64; 2]]) -> Vec<(Duration, Duration)> {
+    points.iter().map(|[gap, us]| (Duration::from_micros(*gap), Duration::from_micros(*us))).collect()
 }
 
 /// What the random nemesis draws for `seed` (None when the scenario has none):

@@ -80,6 +80,10 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
     let delays = broker.wake_latency_us.as_ref().expect("the broker's wake-up latency");
     assert!(!delays.is_empty() && delays[0][1] == 0, "{delays:?}");
     assert!(delays.windows(2).all(|w| w[0][0] < w[1][0] && w[0][1] <= w[1][1]), "{delays:?}");
+    // The platform's own wake-up for the broker's answers, from the run's publishes.
+    let reply = broker.reply_wake_us.as_ref().expect("the platform's wake-up for the broker's answers");
+    assert_eq!((reply.len(), reply[0], reply[1][0]), (2, [0, 0], 25), "{reply:?}");
+    assert!(m.calibration.measured["platform_wake"].contains("median latency"), "{:?}", m.calibration.measured);
     assert!(m.one_way_us[0] >= 1 && m.one_way_us[0] <= m.one_way_us[1] && m.one_way_us[1] <= m.one_way_us[2]);
     assert!(m.overhead >= 1.0, "{}", m.overhead);
     // The load generator's send lag, as quantiles from 0 to 1000 thousandths

@@ -208,6 +208,7 @@ mod simulated {
                 handlers,
                 wake_curve: Some(vec![[25, 100], [200, 1_000]]),
                 wake_latency_us: None,
+                reply_wake_us: None,
             };
             scn.service_time.insert("broker".into(), broker);
             scn.cores = Some(2);
@@ -243,6 +244,7 @@ mod simulated {
                 handlers: us.map(|us| (handler.to_string(), us)).into_iter().collect(),
                 wake_curve: None,
                 wake_latency_us: None,
+                reply_wake_us: None,
             };
             scn.service_time.insert("gateway".into(), model("gateway.market_data", gateway_us));
             scn.service_time.insert("loadgen".into(), model("loadgen.market_data", loadgen_us));

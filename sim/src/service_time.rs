@@ -110,21 +110,35 @@ pub struct ServiceModel {
     /// interpolated between, from none at no gap; past the last point, the
     /// last delay. None: it picks work up at once.
     pub wake_latency: Option<Vec<(Duration, Duration)>>,
+    /// For a server the platform waits on (the broker): how much later its
+    /// answers are taken up when the platform has been idle, by the gap
+    /// since the platform's last work (its threads park while they wait and
+    /// the answer wakes them), as points (gap, delay) interpolated between.
+    /// None: at once.
+    pub reply_wake: Option<Vec<(Duration, Duration)>>,
+    /// Its work keeps the platform's threads awake: the platform's services
+    /// and the load generator (one process in a calibration's run), not the
+    /// broker or Redis. Set by the world.
+    pub platform: bool,
 }
 
-/// Cores shared by services: when each is next free (None: free since the start).
+/// Cores shared by services: when each is next free (None: free since the
+/// start), and when the platform's last work on them completes.
 #[derive(Clone, Debug)]
-pub struct Cores(Arc<Mutex<Vec<Option<Instant>>>>);
+pub struct Cores {
+    free_at: Arc<Mutex<Vec<Option<Instant>>>>,
+    platform_done: Arc<Mutex<Option<Instant>>>,
+}
 
 impl Cores {
     pub fn new(n: usize) -> Cores {
-        Cores(Arc::new(Mutex::new(vec![None; n.max(1)])))
+        Cores { free_at: Arc::new(Mutex::new(vec![None; n.max(1)])), platform_done: Arc::default() }
     }
 }
 
 impl PartialEq for Cores {
     fn eq(&self, other: &Cores) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.free_at, &other.free_at)
     }
 }
 
@@ -138,6 +152,8 @@ impl ServiceModel {
             cores: None,
             warm: None,
             wake_latency: None,
+            reply_wake: None,
+            platform: false,
         }
     }
 
@@ -155,6 +171,8 @@ impl ServiceModel {
             cores: self.cores.clone(),
             warm: self.warm.clone(),
             wake_latency: self.wake_latency.clone(),
+            reply_wake: self.reply_wake.clone(),
+            platform: self.platform,
         }
     }
 }
@@ -224,12 +242,25 @@ impl Modelled {
 
     /// Books one call of `t` on the worker free soonest; returns when it completes.
     fn book(&self, now: Instant, t: Duration) -> Instant {
-        let mut free_at = self.free_at.0.lock().expect("workers lock");
+        let mut free_at = self.free_at.free_at.lock().expect("workers lock");
         // None (free since the start) orders before any instant.
         let worker = free_at.iter_mut().min_by_key(|at| **at).expect("at least one worker");
         let done = worker.map_or(now, |free| free.max(now)) + t;
         *worker = Some(done);
+        if self.model.platform {
+            let mut last = self.free_at.platform_done.lock().expect("platform_done lock");
+            *last = Some(last.map_or(done, |at| at.max(done)));
+        }
         done
+    }
+
+    /// How much later an answer sent now is taken up (see
+    /// [`ServiceModel::reply_wake`]): by how long the platform has been idle.
+    pub fn reply_delay(&self) -> Duration {
+        let Some(points) = self.model.reply_wake.as_deref() else { return Duration::ZERO };
+        let last = *self.free_at.platform_done.lock().expect("platform_done lock");
+        let gap = last.map_or(Duration::MAX, |done| Instant::now().saturating_duration_since(done));
+        wake_delay(points, gap)
     }
 }
 
@@ -264,6 +295,8 @@ mod tests {
             cores: None,
             warm: None,
             wake_latency: None,
+            reply_wake: None,
+            platform: false,
         };
         Modelled::new(model, 1, "test", SlowKnob::default())
     }
@@ -335,6 +368,8 @@ mod tests {
             cores: None,
             warm: Some(vec![(Duration::from_micros(25), 0), (Duration::from_micros(200), 1_000)]),
             wake_latency: None,
+            reply_wake: None,
+            platform: false,
         };
         Modelled::new(model, 1, "test", SlowKnob::default())
     }
@@ -374,6 +409,37 @@ mod tests {
         // Idle for 550 µs, half-way: 45 µs later, and the CPU wake-up's whole share.
         fafnir_platform::time::sleep(Duration::from_micros(550)).await;
         assert_eq!(timed(&m, 1).await, Duration::from_micros(45 + 110));
+    }
+
+    /// The broker's answers wait for the platform to wake when the
+    /// platform's last work ended long enough ago; not while it works.
+    #[madsim::test]
+    async fn an_answer_waits_for_an_idle_platform_to_wake() {
+        let cores = Cores::new(2);
+        let mut broker = per_message().model;
+        broker.cores = Some(cores.clone());
+        broker.reply_wake =
+            Some(vec![(Duration::ZERO, Duration::ZERO), (Duration::from_micros(25), Duration::from_micros(100))]);
+        let broker = Modelled::new(broker, 1, "broker", SlowKnob::default());
+        let mut service = fixed(40, 2).model;
+        (service.cores, service.platform) = (Some(cores), true);
+        let service = Modelled::new(service, 1, "orders", SlowKnob::default());
+        // The platform never worked: a whole wake-up.
+        assert_eq!(broker.reply_delay(), Duration::from_micros(100));
+        // While it works (40 µs), none; 10 µs after, 40 µs of it; 25 µs after, all of it.
+        let working = async { service.process("x").await };
+        let (_, during) = tokio::join!(working, async {
+            fafnir_platform::time::sleep(Duration::from_micros(20)).await;
+            broker.reply_delay()
+        });
+        assert_eq!(during, Duration::ZERO);
+        fafnir_platform::time::sleep(Duration::from_micros(10)).await;
+        assert_eq!(broker.reply_delay(), Duration::from_micros(40));
+        fafnir_platform::time::sleep(Duration::from_micros(15)).await;
+        assert_eq!(broker.reply_delay(), Duration::from_micros(100));
+        // The broker's own work does not keep the platform awake.
+        broker.process_many("b.msg", "b.wake", 1).await;
+        assert_eq!(broker.reply_delay(), Duration::from_micros(100));
     }
 
     #[test]

@@ -193,7 +193,10 @@ impl World {
         // The broker's and Redis's own processing time, when the spec models
         // it (a calibration does; otherwise they answer in no time).
         let server_model = |name: &str| {
-            let model = spec.service_time.get(name).cloned().map(|m| ServiceModel { cores: cores.clone(), ..m });
+            // The load generator is of the platform's process in a calibration's run.
+            let platform = name == "loadgen";
+            let model =
+                spec.service_time.get(name).cloned().map(|m| ServiceModel { cores: cores.clone(), platform, ..m });
             let root_seed = spec.root_seed;
             let name = name.to_string();
             move || -> Option<Arc<Modelled>> {
@@ -233,8 +236,11 @@ impl World {
             for shard in 0..shards {
                 let name = instance_name(kind, shard);
                 let addr = service_addr(&cfg, kind, shard);
-                let model =
-                    spec.service_time.get(kind.name()).cloned().map(|m| ServiceModel { cores: cores.clone(), ..m });
+                let model = spec.service_time.get(kind.name()).cloned().map(|m| ServiceModel {
+                    cores: cores.clone(),
+                    platform: true,
+                    ..m
+                });
                 let knob = SlowKnob::new(1.into());
                 let node = service_node(
                     &handle,

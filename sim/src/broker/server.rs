@@ -208,6 +208,15 @@ impl Broker {
         }
     }
 
+    /// The platform's wake-up for an answer, when it has been idle (see
+    /// `ServiceModel::reply_wake`): the answer is taken up that much later.
+    async fn platform_wakes(&self) {
+        let delay = self.service_time.as_ref().map_or(std::time::Duration::ZERO, |m| m.reply_delay());
+        if !delay.is_zero() {
+            fafnir_platform::time::sleep(delay).await;
+        }
+    }
+
     /// Sends a fetch's or a read's answer, after the time its messages take to deliver.
     async fn deliver(&self, tx: &Sender, id: u64, reply: Reply) {
         let n = match &reply {
@@ -224,6 +233,7 @@ impl Broker {
     /// comes. The acks of a pipelined batch are lost one by one, as each
     /// publish of a batch has an ack of its own on a NATS connection.
     async fn reply(&self, tx: &Sender, id: u64, reply: Reply) {
+        self.platform_wakes().await;
         let reply = match reply {
             Ok(Response::PubAcks(acks)) => {
                 let kept: Vec<_> = acks.into_iter().map(|ack| (!self.loss.lose()).then_some(ack)).collect();
@@ -437,6 +447,7 @@ impl Broker {
                 }
             }
             self.cost("broker.deliver", frame.len()).await;
+            self.platform_wakes().await;
             if tx.send(Box::new((id, Ok(Response::TailMsgs(frame))) as ReplyFrame)).await.is_err() {
                 return;
             }
