@@ -26,6 +26,9 @@ pub struct StageFidelity {
     pub ratio: BTreeMap<String, f64>,
 }
 
+/// A hop is compared when both worlds have at least this many samples of it.
+const HOP_MIN_COUNT: f64 = 20.0;
+
 /// The capacity knee of both worlds (orders/s; None: no rate met the SLO),
 /// and every step's stages side by side.
 #[derive(Clone, Debug, Serialize)]
@@ -57,6 +60,14 @@ pub struct Fidelity {
     /// The load generator's send lag (how late it woke for an intended send:
     /// a part of every stage), p50 and p99 in ns, simulated and real.
     pub send_lag_ns: BTreeMap<String, [u64; 2]>,
+    /// The platform's own latency histograms side by side (hops: each RPC's
+    /// handling, the publishes by stream, Redis's commands, market data's
+    /// age), at the end of the run: where a stage's time goes. `stage`
+    /// names the metric without `fafnir_` and `_seconds`, and its labels;
+    /// quantiles are interpolated within the buckets, as Prometheus's
+    /// `histogram_quantile` does, so coarser than the stages'. Empty for run
+    /// directories without `metrics.jsonl`.
+    pub hops: Vec<StageFidelity>,
     /// Stages whose p50 and p99 ratios are both within [`BAND`].
     pub within_band: Vec<String>,
     pub outside_band: Vec<String>,
@@ -91,9 +102,66 @@ pub fn compare(sim: &Path, real: &Path, knees: Option<Knees>, calibration: Optio
         stages,
         knees,
         send_lag_ns,
+        hops: compare_hops(sim, real)?,
         within_band,
         outside_band,
     })
+}
+
+/// One measure in both worlds: its counts and its (simulated, real) p50,
+/// p90 and p99 in ns, with their ratios.
+fn side_by_side(name: String, counts: (u64, u64), quantiles: [(u64, u64); 3]) -> StageFidelity {
+    let mut f = StageFidelity {
+        stage: name,
+        count_sim: counts.0,
+        count_real: counts.1,
+        sim_ns: BTreeMap::new(),
+        real_ns: BTreeMap::new(),
+        ratio: BTreeMap::new(),
+    };
+    for ((q, _), (a, b)) in QUANTILES.iter().zip(quantiles) {
+        f.sim_ns.insert(q.to_string(), a);
+        f.real_ns.insert(q.to_string(), b);
+        f.ratio.insert(q.to_string(), a as f64 / b.max(1) as f64);
+    }
+    f
+}
+
+/// A run directory's `metrics.jsonl` (none: an empty list).
+fn metrics(dir: &Path) -> Result<Vec<crate::observe::Sample>, String> {
+    let path = dir.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1)))
+        .collect()
+}
+
+/// The platform's histograms both run directories have enough samples of
+/// (the stages' own, `fafnir_loadgen_stage_seconds`, are compared exactly
+/// from the HdrHistograms instead).
+pub fn compare_hops(sim: &Path, real: &Path) -> Result<Vec<StageFidelity>, String> {
+    use crate::observe::{last_histograms, quantile_of_buckets};
+    let (s, r) = (last_histograms(&metrics(sim)?), last_histograms(&metrics(real)?));
+    let total = |b: &BTreeMap<u64, f64>| b.values().last().copied().unwrap_or(0.0);
+    let mut hops = Vec::new();
+    for (key, sb) in &s {
+        let Some(rb) = r.get(key) else { continue };
+        let (name, labels) = key;
+        if name == "fafnir_loadgen_stage_seconds" || total(sb) < HOP_MIN_COUNT || total(rb) < HOP_MIN_COUNT {
+            continue;
+        }
+        let short = name.trim_start_matches("fafnir_").trim_end_matches("_seconds");
+        let shown: Vec<String> = match (labels.get("grpc_service"), labels.get("grpc_method")) {
+            (Some(service), Some(method)) => vec![format!("{}/{method}", service.trim_start_matches("fafnir."))],
+            _ => labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        };
+        let name = if shown.is_empty() { short.to_string() } else { format!("{short}{{{}}}", shown.join(",")) };
+        let at = |b: &BTreeMap<u64, f64>, q: f64| quantile_of_buckets(b, q).unwrap_or(0);
+        let quantiles = [0.5, 0.9, 0.99].map(|q| (at(sb, q), at(rb, q)));
+        hops.push(side_by_side(name, (total(sb) as u64, total(rb) as u64), quantiles));
+    }
+    Ok(hops)
 }
 
 /// The stages both `stages` objects (summary.json's, or a capacity step's) have samples of.
@@ -107,21 +175,8 @@ fn compare_stages(sim: &serde_json::Value, real: &serde_json::Value) -> Vec<Stag
         if count(sv) == 0 || count(rv) == 0 {
             continue;
         }
-        let mut f = StageFidelity {
-            stage: stage.clone(),
-            count_sim: count(sv),
-            count_real: count(rv),
-            sim_ns: BTreeMap::new(),
-            real_ns: BTreeMap::new(),
-            ratio: BTreeMap::new(),
-        };
-        for (q, field) in QUANTILES {
-            let (a, b) = (sv[field].as_u64().unwrap_or(0), rv[field].as_u64().unwrap_or(0));
-            f.sim_ns.insert(q.into(), a);
-            f.real_ns.insert(q.into(), b);
-            f.ratio.insert(q.into(), a as f64 / b.max(1) as f64);
-        }
-        stages.push(f);
+        let quantiles = QUANTILES.map(|(_, field)| (sv[field].as_u64().unwrap_or(0), rv[field].as_u64().unwrap_or(0)));
+        stages.push(side_by_side(stage.clone(), (count(sv), count(rv)), quantiles));
     }
     stages
 }
@@ -152,6 +207,21 @@ impl Fidelity {
                 ms(s[1]),
                 ms(r[1])
             ));
+        }
+        if !self.hops.is_empty() {
+            out.push_str("  per hop (the platform's own histograms; quantiles interpolated within their buckets):\n");
+            for h in &self.hops {
+                out.push_str(&format!("    {:<66}", h.stage.chars().take(66).collect::<String>()));
+                for q in ["p50", "p99"] {
+                    out.push_str(&format!(
+                        " {q} {:>6.3} /{:>6.3} {:>4.2}",
+                        ms(h.sim_ns[q]),
+                        ms(h.real_ns[q]),
+                        h.ratio[q]
+                    ));
+                }
+                out.push('\n');
+            }
         }
         out.push_str(&format!(
             "  within 25 % at p50 and p99 (ratio {}-{}): {} of {} stages{}\n",

@@ -123,6 +123,67 @@ pub fn samples(text: &str, t_s: u64) -> Vec<Sample> {
     out
 }
 
+/// The `q` quantile of cumulative buckets (upper bound ns → count),
+/// interpolated linearly within its bucket (from 0 for the first; the
+/// highest finite bound when it falls in +Inf), as Prometheus's
+/// `histogram_quantile` does.
+pub fn quantile_of_buckets(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<u64> {
+    let total = *buckets.values().last()?;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lo, mut below) = (0u64, 0.0);
+    for (&bound, &count) in buckets {
+        if count >= rank {
+            if bound == u64::MAX {
+                return Some(lo);
+            }
+            let share = if count > below { (rank - below) / (count - below) } else { 0.0 };
+            return Some(lo + ((bound - lo) as f64 * share) as u64);
+        }
+        (lo, below) = (bound, count);
+    }
+    Some(lo)
+}
+
+/// Every `_seconds` histogram of `samples` at its last sample: by its name
+/// (without `_bucket`) and labels (without `le`), its cumulative buckets
+/// (upper bound ns → count).
+pub fn last_histograms(samples: &[Sample]) -> BTreeMap<(String, BTreeMap<String, String>), BTreeMap<u64, f64>> {
+    let mut last_t: BTreeMap<(String, BTreeMap<String, String>), u64> = BTreeMap::new();
+    let key = |s: &Sample| -> Option<(String, BTreeMap<String, String>)> {
+        let name = s.name.strip_suffix("_bucket")?;
+        let mut labels = s.labels.clone();
+        labels.remove("le")?;
+        Some((name.to_string(), labels))
+    };
+    for s in samples {
+        if let Some(k) = key(s) {
+            let t = last_t.entry(k).or_insert(s.t_s);
+            *t = (*t).max(s.t_s);
+        }
+    }
+    let mut out: BTreeMap<(String, BTreeMap<String, String>), BTreeMap<u64, f64>> = BTreeMap::new();
+    for s in samples {
+        let Some(k) = key(s) else { continue };
+        if last_t.get(&k) != Some(&s.t_s) {
+            continue;
+        }
+        let le = &s.labels["le"];
+        let bound_ns = if le == "+Inf" {
+            u64::MAX
+        } else {
+            match le.parse::<f64>() {
+                Ok(v) => (v * 1e9).round() as u64,
+                Err(_) => continue,
+            }
+        };
+        *out.entry(k).or_default().entry(bound_ns).or_default() += s.value;
+    }
+    out
+}
+
 fn le(bound: f64) -> String {
     if bound.is_infinite() {
         "+Inf".into()
@@ -269,6 +330,36 @@ pub fn durable_consumers(names: &fafnir_platform::config::Names) -> Vec<(String,
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_quantile_of_buckets_is_interpolated_within_its_bucket() {
+        let buckets = std::collections::BTreeMap::from([(100_000, 10.0), (250_000, 90.0), (u64::MAX, 100.0)]);
+        // The 50th of 100 is 40 of the 80 in (100, 250] µs: half-way.
+        assert_eq!(super::quantile_of_buckets(&buckets, 0.5), Some(175_000));
+        assert_eq!(super::quantile_of_buckets(&buckets, 0.05), Some(50_000));
+        assert_eq!(super::quantile_of_buckets(&buckets, 0.99), Some(250_000));
+        assert_eq!(super::quantile_of_buckets(&Default::default(), 0.5), None);
+    }
+
+    #[test]
+    fn the_last_sample_of_each_histogram_is_read() {
+        let text = |n: u64| {
+            format!(
+                "# TYPE fafnir_x_seconds histogram\nfafnir_x_seconds_bucket{{op=\"a\",le=\"0.0001\"}} {n}\n\
+                 fafnir_x_seconds_bucket{{op=\"a\",le=\"+Inf\"}} {}\nfafnir_x_seconds_sum{{op=\"a\"}} 1\n\
+                 fafnir_x_seconds_count{{op=\"a\"}} {}\n",
+                n * 2,
+                n * 2
+            )
+        };
+        let mut all = super::samples(&text(1), 0);
+        all.extend(super::samples(&text(5), 1));
+        let h = super::last_histograms(&all);
+        let labels = std::collections::BTreeMap::from([("op".to_string(), "a".to_string())]);
+        let buckets = &h[&("fafnir_x_seconds".to_string(), labels)];
+        assert_eq!(buckets, &std::collections::BTreeMap::from([(100_000, 5.0), (u64::MAX, 10.0)]));
+        assert_eq!(h.len(), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -77,10 +77,13 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
     // from the quickest pause on, never falling.
     assert_eq!(b.latency_curve.len(), b.curve.len(), "{b:?}");
     assert!(b.latency_curve.iter().all(|(_, ns)| *ns > 0), "{b:?}");
-    let delays = broker.wake_latency_us.as_ref().expect("the broker's wake-up latency");
+    let delays = fafnir_scenarios::calibrate::wake_latency(&b.latency_curve);
     assert!(!delays.is_empty() && delays[0][1] == 0, "{delays:?}");
     assert!(delays.windows(2).all(|w| w[0][0] < w[1][0] && w[0][1] <= w[1][1]), "{delays:?}");
-    // The platform's own wake-up for the broker's answers, from the run's publishes.
+    // The platform's own wake-up for the broker's answers, from the run's
+    // publishes, which hold the broker's own wake-up too: the probe's is not
+    // added to it.
+    assert_eq!(broker.wake_latency_us, None);
     let reply = broker.reply_wake_us.as_ref().expect("the platform's wake-up for the broker's answers");
     assert_eq!((reply.len(), reply[0], reply[1][0]), (2, [0, 0], 25), "{reply:?}");
     assert!(m.calibration.measured["platform_wake"].contains("median latency"), "{:?}", m.calibration.measured);
@@ -190,6 +193,20 @@ fn fidelity_compares_stage_by_stage() {
             "load_generator": {"send_lag_p50_ns": p50 / 10, "send_lag_p99_ns": p99 / 10},
         });
         std::fs::write(d.join("summary.json"), summary.to_string()).unwrap();
+        // One hop: 100 publishes, p50 in the bucket up to 100 µs (sim) or 250 µs (real).
+        let (under, le) = if world == "sim" { (60, "0.0001") } else { (40, "0.0001") };
+        let exposition = format!(
+            "# TYPE fafnir_bus_publish_seconds histogram\n\
+             fafnir_bus_publish_seconds_bucket{{op=\"publish\",le=\"{le}\"}} {under}\n\
+             fafnir_bus_publish_seconds_bucket{{op=\"publish\",le=\"0.00025\"}} 100\n\
+             fafnir_bus_publish_seconds_bucket{{op=\"publish\",le=\"+Inf\"}} 100\n\
+             fafnir_bus_publish_seconds_sum{{op=\"publish\"}} 0.01\nfafnir_bus_publish_seconds_count{{op=\"publish\"}} 100\n"
+        );
+        let lines: Vec<String> = fafnir_scenarios::observe::samples(&exposition, 3)
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap())
+            .collect();
+        std::fs::write(d.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
         d
     };
     let (sim, real) = (write("sim", 1_100, 2_000), write("real", 1_000, 4_000));
@@ -200,6 +217,13 @@ fn fidelity_compares_stage_by_stage() {
     assert!(f.table().contains("1 of 2 stages"), "{}", f.table());
     assert_eq!((f.send_lag_ns["sim"], f.send_lag_ns["real"]), ([110, 200], [100, 400]));
     assert!(f.table().contains("send lag"), "{}", f.table());
+    // The hop: 50th of 100 is 50/60 of the way to 100 µs simulated, 10/60
+    // of the way from 100 to 250 µs real.
+    assert_eq!(f.hops.len(), 1, "{:?}", f.hops);
+    let hop = &f.hops[0];
+    assert_eq!((hop.stage.as_str(), hop.count_sim, hop.count_real), ("bus_publish{op=publish}", 100, 100));
+    assert_eq!((hop.sim_ns["p50"], hop.real_ns["p50"]), (83_333, 125_000));
+    assert!(f.table().contains("bus_publish{op=publish}"), "{}", f.table());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -224,6 +248,8 @@ fn the_broker_alone_goes_into_a_calibration_keeping_the_rest() {
     let after = Calibration::load(file.to_str().unwrap()).unwrap();
     let broker = &after.service_time["broker"];
     assert!(broker.wake_curve.as_ref().is_some_and(|c| c.len() == 7), "{broker:?}");
+    // Without a run, the broker's wake-up latency is the probe's alone.
+    assert!(broker.wake_latency_us.as_ref().is_some_and(|d| !d.is_empty() && d[0][1] == 0), "{broker:?}");
     assert!(["publish", "deliver", "ack", "wake"].iter().all(|h| broker.handlers.contains_key(&format!("broker.{h}"))));
     assert!(after.measured["broker_probe"].contains("nats-server"));
     // Everything else as it was.
