@@ -388,18 +388,13 @@ pub fn with_broker(c: &mut Calibration, b: &crate::broker_probe::BrokerCosts) {
 fn median_publish_ns(run: &RealRun) -> Option<u64> {
     let end_s = run.summary.duration_ms.div_ceil(1_000);
     let name = format!("{}_bucket", fafnir_platform::telemetry::BUS_PUBLISH_SECONDS);
-    let samples = run
-        .recorder
-        .metrics
-        .samples
-        .iter()
-        .filter(|s| s.name == name && s.t_s <= end_s && s.labels.get("op").map(String::as_str) == Some("publish"));
-    let last_t = samples.clone().map(|s| s.t_s).max()?;
+    let load: Vec<_> =
+        run.recorder.metrics.samples.iter().filter(|s| s.name == name && s.t_s <= end_s).cloned().collect();
     let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
-    for s in samples.filter(|s| s.t_s == last_t) {
-        let le = s.labels.get("le")?;
-        let bound_ns = if le == "+Inf" { u64::MAX } else { (le.parse::<f64>().ok()? * 1e9).round() as u64 };
-        *buckets.entry(bound_ns).or_default() += s.value;
+    for ((_, labels), series) in crate::observe::last_histograms(&load) {
+        if labels.get("op").map(String::as_str) == Some("publish") {
+            series.into_iter().for_each(|(bound, count)| *buckets.entry(bound).or_default() += count);
+        }
     }
     crate::observe::quantile_of_buckets(&buckets, 0.5)
 }

@@ -773,21 +773,8 @@ fn draw_send_lag() -> Duration {
 /// The value at `millionths` of quantile points `[thousandths, µs]`,
 /// interpolated between the two around it (to the nanosecond).
 pub fn quantile_us(points: &[[u64; 2]], millionths: u64) -> Duration {
-    let mut below = match points.first() {
-        Some(p) => *p,
-        None => return Duration::ZERO,
-    };
-    for p in points {
-        let (at, lo_at) = (p[0] * 1_000, below[0] * 1_000);
-        if millionths <= at {
-            let span = (at - lo_at).max(1);
-            let into = millionths.saturating_sub(lo_at).min(span);
-            let ns = below[1] * 1_000 + (p[1].saturating_sub(below[1])) * 1_000 * into / span;
-            return Duration::from_nanos(ns);
-        }
-        below = *p;
-    }
-    Duration::from_micros(below[1])
+    let points = points.iter().map(|&[at, us]| (u128::from(at) * 1_000, u128::from(us) * 1_000));
+    Duration::from_nanos(fafnir_sim::service_time::interpolate(points, u128::from(millionths)) as u64)
 }
 
 /// The load generator's work for one request (a submit or a cancel).

@@ -18,39 +18,35 @@ use fafnir_platform::time::Instant;
 
 use crate::rng::{derive_seed, SplitMix64};
 
+/// Piecewise-linear: the value at `x` of `points` (x, y), x increasing,
+/// interpolated between the two points around it; before the first point
+/// its y, past the last the last y, and 0 without points.
+pub fn interpolate(points: impl IntoIterator<Item = (u128, u128)>, x: u128) -> u128 {
+    let mut below: Option<(u128, u128)> = None;
+    for (at, y) in points {
+        if x <= at {
+            let Some((lo_x, lo_y)) = below else { return y };
+            let (span, into) = ((at - lo_x).max(1), x - lo_x);
+            return if y >= lo_y { lo_y + (y - lo_y) * into / span } else { lo_y - (lo_y - y) * into / span };
+        }
+        below = Some((at, y));
+    }
+    below.map_or(0, |(_, y)| y)
+}
+
 /// The share, in thousandths, of a wake-up that an idle `gap` calls for:
 /// interpolated between the `curve`'s points (gap, thousandths), from none
 /// at no gap; past the last point, the last share.
 pub fn wake_share(curve: &[(Duration, u32)], gap: Duration) -> u32 {
-    let mut below = (Duration::ZERO, 0u32);
-    for &(at, share) in curve {
-        if gap <= at {
-            let span = (at - below.0).as_nanos().max(1);
-            let into = (gap - below.0).as_nanos();
-            let (lo, hi) = (u128::from(below.1), u128::from(share));
-            let value = if hi >= lo { lo + (hi - lo) * into / span } else { lo - (lo - hi) * into / span };
-            return value as u32;
-        }
-        below = (at, share);
-    }
-    below.1
+    let points = curve.iter().map(|&(at, share)| (at.as_nanos(), u128::from(share)));
+    interpolate(std::iter::once((0, 0)).chain(points), gap.as_nanos()) as u32
 }
 
 /// The delay an idle `gap` calls for: interpolated between the `points`
 /// (gap, delay), from none at no gap; past the last point, the last delay.
 pub fn wake_delay(points: &[(Duration, Duration)], gap: Duration) -> Duration {
-    let mut below = (Duration::ZERO, Duration::ZERO);
-    for &(at, delay) in points {
-        if gap <= at {
-            let span = (at - below.0).as_nanos().max(1);
-            let into = (gap - below.0).as_nanos();
-            let (lo, hi) = (below.1.as_nanos(), delay.as_nanos());
-            let ns = if hi >= lo { lo + (hi - lo) * into / span } else { lo - (lo - hi) * into / span };
-            return Duration::from_nanos(ns as u64);
-        }
-        below = (at, delay);
-    }
-    below.1
+    let points = points.iter().map(|&(at, delay)| (at.as_nanos(), delay.as_nanos()));
+    Duration::from_nanos(interpolate(std::iter::once((0, 0)).chain(points), gap.as_nanos()) as u64)
 }
 
 /// A distribution of processing times.
