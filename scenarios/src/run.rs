@@ -849,6 +849,9 @@ pub fn load_calibrated(
     if scn.calibration.is_some() {
         // What the calibration file says is part of the configuration.
         config.push_str(&format!("\n{:?}\n{:?}\n{:?}", scn.network, scn.service_time, scn.cores));
+        if let Some(sharing) = scn.core_sharing {
+            config.push_str(&format!("\n{sharing:?}"));
+        }
     }
     let config_hash = hash_hex(config.as_bytes());
     let mut rerun = rerun_command(&file.display().to_string(), scn.seed, duration.map(|d| d.as_millis() as u64));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use fafnir_platform::domain::Instrument;
 use fafnir_sim::faults::Fault;
 use fafnir_sim::nemesis::NemesisConfig;
+use fafnir_sim::service_time::CoreSharing;
 use serde::{Deserialize, Serialize};
 
 use crate::agents::{AgentConfig, SymbolSpec};
@@ -160,6 +161,12 @@ pub struct Calibration {
     /// workers of its own. Absent: each service its own `concurrency`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<usize>,
+    /// How those cores take the calls: `"queue"` (first come, first served,
+    /// the default) or `"fair"` (time-shared among every call in progress,
+    /// as the operating system shares the real machine's cores among its
+    /// threads: a short call is not held behind a long one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_sharing: Option<CoreSharing>,
     /// How late the real load generator woke for an intended send (its
     /// send lag: a thread waking after an idle pause), as quantile points
     /// `[thousandths, µs]` from 0 to 1000: in simulation each agent wakes
@@ -278,6 +285,8 @@ pub struct Scenario {
     pub service_time: BTreeMap<String, RawServiceTime>,
     /// Cores the services share (from a calibration): see [`Calibration::cores`].
     pub cores: Option<usize>,
+    /// How they take calls (from a calibration): see [`Calibration::core_sharing`].
+    pub core_sharing: Option<CoreSharing>,
     /// The load generator's wake-up lag (from a calibration): see [`Calibration::send_lag_us`].
     pub send_lag_us: Option<Vec<[u64; 2]>>,
     /// The calibration file the scenario names, if any.
@@ -326,6 +335,7 @@ impl Scenario {
             network: cal.network,
             service_time: cal.service_time,
             cores: cal.cores,
+            core_sharing: cal.core_sharing,
             send_lag_us: cal.send_lag_us,
             calibration: Some(path.to_string()),
             ..self
@@ -398,6 +408,7 @@ impl Scenario {
             network,
             service_time,
             cores: calibration.as_ref().and_then(|c| c.cores),
+            core_sharing: calibration.as_ref().and_then(|c| c.core_sharing),
             send_lag_us: calibration.as_ref().and_then(|c| c.send_lag_us.clone()),
             calibration: raw.calibration,
             populations,
@@ -482,7 +493,10 @@ impl Scenario {
             }
         }
         if let Some(cores) = self.cores {
-            out.push(format!("the services share {cores} cores"));
+            match self.core_sharing.unwrap_or_default() {
+                CoreSharing::Queue => out.push(format!("the services share {cores} cores, first come, first served")),
+                CoreSharing::Fair => out.push(format!("the services share {cores} cores, time-shared")),
+            }
         }
         out.push("service time of other services: uniform [20, 60] us, 4 at once".into());
         for p in &self.populations {

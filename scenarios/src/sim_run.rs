@@ -57,6 +57,7 @@ fn world_spec(scn: &Scenario, seed: u64) -> WorldSpec {
         );
     }
     spec.cores = scn.cores;
+    spec.core_sharing = scn.core_sharing.unwrap_or_default();
     spec
 }
 

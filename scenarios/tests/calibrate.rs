@@ -105,10 +105,12 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
     let read = Calibration::load(path.to_str().unwrap()).unwrap();
     assert_eq!(read, m.calibration);
     assert_eq!(read.cores, Some(std::thread::available_parallelism().unwrap().get()));
+    // Queued unless asked (`--time-shared-cores`).
+    assert_eq!(read.core_sharing, None);
     let orders = &read.service_time["orders"];
     assert!(orders.handlers["orders.submit"] >= 1, "{orders:?}");
     let named = baseline(1).with_calibration(path.to_str().unwrap()).unwrap();
-    assert_eq!((named.network, named.cores), (read.network, read.cores));
+    assert_eq!((named.network, named.cores, named.core_sharing), (read.network, read.cores, read.core_sharing));
     assert_eq!(named.service_time, read.service_time);
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/baseline.toml")).unwrap();
     let with_key = format!("calibration = {:?}\n{text}", path.display().to_string());
@@ -117,7 +119,7 @@ async fn calibrating_meters_every_handler_and_writes_a_file_a_scenario_can_name(
     let keyed = Scenario::parse(&with_key).unwrap();
     assert_eq!(keyed.service_time["gateway"], read.service_time["gateway"]);
     assert_eq!(keyed.service_time["orders"], baseline(1).service_time["orders"]);
-    assert_eq!((keyed.network, keyed.cores), (baseline(1).network, read.cores));
+    assert_eq!((keyed.network, keyed.cores, keyed.core_sharing), (baseline(1).network, read.cores, read.core_sharing));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -165,6 +167,10 @@ fn a_calibration_file_that_is_wrong_names_the_file_and_the_field() {
         (
             "send_lag_us = [[0, 10], [500, 60], [1000, 40]]\n[network]\nlatency_us = [1, 3]\n[service_time]\n",
             "send_lag_us: a higher quantile's lag cannot be shorter",
+        ),
+        (
+            "cores = 2\ncore_sharing = \"shared\"\n[network]\nlatency_us = [1, 3]\n[service_time]\n",
+            "core_sharing",
         ),
     ];
     for (i, (text, want)) in bad.iter().enumerate() {
@@ -268,5 +274,29 @@ fn the_broker_alone_goes_into_a_calibration_keeping_the_rest() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cal.toml"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not = \"a calibration\"\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `fafnir calibrate --time-shared-cores` writes `core_sharing = "fair"`,
+/// which a scenario naming the file then takes.
+#[test]
+fn time_shared_cores_are_written_when_asked() {
+    let dir = std::env::temp_dir().join(format!("fafnir-time-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let file = dir.join("cal.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fafnir"))
+        .args(["calibrate", &format!("{root}/scenarios/baseline.toml"), "--duration", "1s", "--time-shared-cores"])
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let cal = Calibration::load(file.to_str().unwrap()).unwrap();
+    assert_eq!(cal.core_sharing, Some(fafnir_sim::service_time::CoreSharing::Fair));
+    assert!(std::fs::read_to_string(&file).unwrap().contains("core_sharing = \"fair\""));
+    let named = baseline(1).with_calibration(file.to_str().unwrap()).unwrap();
+    assert_eq!(named.core_sharing, cal.core_sharing);
     std::fs::remove_dir_all(&dir).unwrap();
 }

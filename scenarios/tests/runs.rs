@@ -266,6 +266,36 @@ mod simulated {
         );
     }
 
+    /// A calibration's `core_sharing = "fair"`: the shared cores are
+    /// time-shared among every call in progress instead of queued, which
+    /// changes the run; every check still passes and the same seed still
+    /// gives the same trace, also under load (capacity.toml's 1,000 orders/s
+    /// for a second, where many calls share the cores at once).
+    #[test]
+    fn time_shared_cores_change_the_run_and_keep_it_deterministic() {
+        use fafnir_sim::service_time::CoreSharing;
+        let text = library().into_iter().find(|(p, _)| p.ends_with("capacity.toml")).unwrap().1;
+        let mut loaded = Scenario::parse(&text).unwrap();
+        loaded.duration = Duration::from_secs(1);
+        let with = |sharing: Option<CoreSharing>| {
+            let mut scn =
+                loaded.clone().with_calibration("calibration/baseline.toml").expect("the committed calibration");
+            scn.core_sharing = sharing;
+            scn
+        };
+        let (queued, fair) = (run(&with(None), 5), run(&with(Some(CoreSharing::Fair)), 5));
+        for r in [&queued, &fair] {
+            assert!(r.summary.checker.passed, "{:#?}", r.summary.checker);
+        }
+        assert_eq!(run(&with(Some(CoreSharing::Fair)), 5).summary.trace_hash, fair.summary.trace_hash, "same seed");
+        assert_eq!(
+            run(&with(Some(CoreSharing::Queue)), 5).summary.trace_hash,
+            queued.summary.trace_hash,
+            "the default"
+        );
+        assert_ne!(fair.summary.trace_hash, queued.summary.trace_hash, "time-shared cores are another model");
+    }
+
     /// A calibration's `send_lag_us` (how late the real load generator woke
     /// for its intended sends) makes the simulated agents wake as late, by
     /// draws from its quantiles: the run's send lag has the calibrated median,

@@ -24,7 +24,7 @@ use crate::faults::{Action, Fault, FaultSchedule};
 use crate::redis::{self, SimKv};
 use crate::reply_loss::ReplyLoss;
 use crate::rng::derive_seed;
-use crate::service_time::{Cores, Modelled, ServiceModel, SlowKnob};
+use crate::service_time::{CoreSharing, Cores, Modelled, ServiceModel, SlowKnob};
 use crate::trace::Trace;
 
 /// The broker's and Redis's addresses in every world.
@@ -60,6 +60,8 @@ pub struct WorldSpec {
     /// The cores every service shares (see `ServiceModel::cores`); None:
     /// each service has workers of its own.
     pub cores: Option<usize>,
+    /// How those cores take calls.
+    pub core_sharing: CoreSharing,
     pub network: NetworkModel,
     /// Turns on the platform's in-code fault points from the start; see
     /// [`World::set_buggify`].
@@ -115,6 +117,7 @@ impl WorldSpec {
             cfg,
             service_time,
             cores: None,
+            core_sharing: CoreSharing::Queue,
             network: NetworkModel::LAN,
             buggify: false,
             network_buggify: false,
@@ -189,7 +192,10 @@ impl World {
             }
             lost
         })));
-        let cores = spec.cores.map(Cores::new);
+        let cores = spec.cores.map(|n| match spec.core_sharing {
+            CoreSharing::Queue => Cores::new(n),
+            CoreSharing::Fair => Cores::fair(n),
+        });
         // The broker's and Redis's own processing time, when the spec models
         // it (a calibration does; otherwise they answer in no time).
         let server_model = |name: &str| {
