@@ -71,6 +71,64 @@ pub struct Fidelity {
     /// Stages whose p50 and p99 ratios are both within [`BAND`].
     pub within_band: Vec<String>,
     pub outside_band: Vec<String>,
+    /// With `--repeat N`, the real world against itself: each stage's p50
+    /// and p99 over the N real runs (the ratios above are against the
+    /// first), and whether the simulated ones lie within that spread
+    /// widened by the band. Empty with one real run.
+    pub real_spread: Vec<RealSpread>,
+}
+
+/// One stage over several real runs of the same seed.
+#[derive(Clone, Debug, Serialize)]
+pub struct RealSpread {
+    pub stage: String,
+    pub runs: usize,
+    /// ns, by quantile name (p50, p99): the lowest and highest real value.
+    pub real_min_ns: BTreeMap<String, u64>,
+    pub real_max_ns: BTreeMap<String, u64>,
+    /// Highest over lowest real value, by quantile name: the real world's
+    /// own spread, which no simulated prediction can beat.
+    pub real_spread: BTreeMap<String, f64>,
+    pub sim_ns: BTreeMap<String, u64>,
+    /// The simulated p50 and p99 both within [lowest × 0.8, highest × 1.25].
+    pub within: bool,
+}
+
+/// Each stage's spread over the real runs `reals` (the first is the one
+/// `stages` compared against), and the simulated values against it.
+pub fn spread(stages: &[StageFidelity], reals: &[PathBuf]) -> Result<Vec<RealSpread>, String> {
+    if reals.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let summaries = reals.iter().map(|d| summary(d)).collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for f in stages {
+        let mut s = RealSpread {
+            stage: f.stage.clone(),
+            runs: 0,
+            real_min_ns: BTreeMap::new(),
+            real_max_ns: BTreeMap::new(),
+            real_spread: BTreeMap::new(),
+            sim_ns: BTreeMap::new(),
+            within: true,
+        };
+        for (q, field) in [("p50", "p50_ns"), ("p99", "p99_ns")] {
+            let values: Vec<u64> =
+                summaries.iter().filter_map(|r| r["stages"][&f.stage][field].as_u64()).filter(|v| *v > 0).collect();
+            let (Some(lo), Some(hi)) = (values.iter().min().copied(), values.iter().max().copied()) else { continue };
+            s.runs = values.len();
+            let sim = f.sim_ns[q];
+            s.within &= (lo as f64 * BAND.0..=hi as f64 * BAND.1).contains(&(sim as f64));
+            s.real_min_ns.insert(q.to_string(), lo);
+            s.real_max_ns.insert(q.to_string(), hi);
+            s.real_spread.insert(q.to_string(), hi as f64 / lo.max(1) as f64);
+            s.sim_ns.insert(q.to_string(), sim);
+        }
+        if s.runs >= 2 {
+            out.push(s);
+        }
+    }
+    Ok(out)
 }
 
 const QUANTILES: [(&str, &str); 3] = [("p50", "p50_ns"), ("p90", "p90_ns"), ("p99", "p99_ns")];
@@ -105,6 +163,7 @@ pub fn compare(sim: &Path, real: &Path, knees: Option<Knees>, calibration: Optio
         hops: compare_hops(sim, real)?,
         within_band,
         outside_band,
+        real_spread: Vec::new(),
     })
 }
 
@@ -235,6 +294,30 @@ impl Fidelity {
                 format!("; outside: {}", self.outside_band.join(", "))
             }
         ));
+        if let Some(runs) = self.real_spread.first().map(|s| s.runs) {
+            out.push_str(&format!(
+                "  the real world against itself, {runs} runs (ratios above: against the first); p50 and p99, \
+                 lowest - highest real (highest / lowest), simulated:\n"
+            ));
+            for s in &self.real_spread {
+                out.push_str(&format!("  {:<22}", s.stage));
+                for q in ["p50", "p99"] {
+                    out.push_str(&format!(
+                        " {q} {:>7.3} -{:>7.3} ({:.2}) sim {:>7.3};",
+                        ms(s.real_min_ns[q]),
+                        ms(s.real_max_ns[q]),
+                        s.real_spread[q],
+                        ms(s.sim_ns[q])
+                    ));
+                }
+                out.push_str(if s.within { " within\n" } else { " outside\n" });
+            }
+            let within = self.real_spread.iter().filter(|s| s.within).count();
+            out.push_str(&format!(
+                "  within the real runs' spread widened by 25 % at p50 and p99: {within} of {} stages\n",
+                self.real_spread.len()
+            ));
+        }
         if let Some(k) = &self.knees {
             let show = |v: Option<u64>| v.map_or("none".to_string(), |v| format!("{v}/s"));
             out.push_str(&format!(

@@ -223,6 +223,23 @@ fn fidelity_compares_stage_by_stage() {
     assert!(f.table().contains("1 of 2 stages"), "{}", f.table());
     assert_eq!((f.send_lag_ns["sim"], f.send_lag_ns["real"]), ([110, 200], [100, 400]));
     assert!(f.table().contains("send lag"), "{}", f.table());
+    // With one real run, no spread; with two, each stage's lowest and
+    // highest real p50 and p99, and the simulated ones within them widened
+    // by 25 % (submit→ack's p99 of 2 ms against 2.2 and 4 ms real: within).
+    assert!(f.real_spread.is_empty() && !f.table().contains("against itself"));
+    assert!(fafnir_scenarios::fidelity::spread(&f.stages, std::slice::from_ref(&real)).unwrap().is_empty());
+    let again = write("real-2", 1_200, 2_200);
+    let mut f2 = f.clone();
+    f2.real_spread = fafnir_scenarios::fidelity::spread(&f.stages, &[real.clone(), again]).unwrap();
+    let ack = f2.real_spread.iter().find(|s| s.stage == "submit_to_ack").unwrap();
+    assert_eq!((ack.runs, ack.real_min_ns["p50"], ack.real_max_ns["p50"]), (2, 1_000, 1_200));
+    assert_eq!((ack.real_min_ns["p99"], ack.real_max_ns["p99"]), (2_200, 4_000));
+    assert!((ack.real_spread["p99"] - 4_000.0 / 2_200.0).abs() < 1e-9 && ack.within, "{ack:?}");
+    assert!(f2.table().contains("2 of 2 stages"), "{}", f2.table());
+    // The same real run twice: no spread, and 2 ms is outside 4 ms less 20 %.
+    let same = fafnir_scenarios::fidelity::spread(&f.stages, &[real.clone(), real.clone()]).unwrap();
+    assert!(!same.iter().find(|s| s.stage == "submit_to_ack").unwrap().within);
+    assert!(same.iter().find(|s| s.stage == "md_fanout").unwrap().within);
     // The hop: 50th of 100 is 50/60 of the way to 100 µs simulated, 10/60
     // of the way from 100 to 250 µs real.
     assert_eq!(f.hops.len(), 1, "{:?}", f.hops);

@@ -146,6 +146,13 @@ enum Command {
         /// Each capacity step's load, with --knee-rates.
         #[arg(long, value_parser = parse_duration, default_value = "5s")]
         step: std::time::Duration,
+        /// Run the real side this many times, back to back, with the same
+        /// seed (real/, real-2/, ...): the table then also gives each stage's
+        /// lowest and highest real p50 and p99 (the machine against itself)
+        /// and whether the simulated ones lie within that spread widened by
+        /// 25 %. Ratios stay against the first real run.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        repeat: u32,
         #[command(flatten)]
         real: RealTarget,
     },
@@ -918,9 +925,9 @@ fn main() -> ExitCode {
             let models = if broker_only { None } else { Some((broker_model, fan_out, time_shared_cores)) };
             return exit_of(calibrate_command(&file, out, seed, duration, models, rate, real));
         }
-        Command::Fidelity { file, calibration, seed, duration, out, sim_bin, knee_rates, step, real } => {
-            let args =
-                FidelityArgs { calibration, seed, duration, out, sim_bin, knee_rates: knee_rates.map(|r| r.0), step };
+        Command::Fidelity { file, calibration, seed, duration, out, sim_bin, knee_rates, step, repeat, real } => {
+            let knee_rates = knee_rates.map(|r| r.0);
+            let args = FidelityArgs { calibration, seed, duration, out, sim_bin, knee_rates, step, repeat };
             return exit_of(fidelity_command(&file, args, real));
         }
         Command::Capacity { file, rates, step, seed, out, no_overload, calibration, real } => {
@@ -2196,6 +2203,7 @@ struct FidelityArgs {
     sim_bin: Option<std::path::PathBuf>,
     knee_rates: Option<Vec<u64>>,
     step: std::time::Duration,
+    repeat: u32,
 }
 
 #[cfg(madsim)]
@@ -2244,22 +2252,27 @@ fn fidelity_command(file: &std::path::Path, a: FidelityArgs, real: RealTarget) -
     }
     println!("  simulated run: {} {}", sim_bin.display(), args.join(" "));
     fidelity::run_quietly(&sim_bin, &args).map_err(RunError::Failed)?;
-    println!("  real run (in-process platform) ...");
-    let target = fafnir_scenarios::real_run::Target {
-        gateway: None,
-        nats: real.nats.clone(),
-        redis: real.redis.clone(),
-        namespace: None,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| RunError::Failed(e.to_string()))?;
-    let r = rt
-        .block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash, "-".into(), None))
-        .map_err(RunError::Failed)?;
-    fafnir_scenarios::run::write_run_dir(&real_dir, &r)
-        .map_err(|e| RunError::Failed(format!("{}: {e}", real_dir.display())))?;
+    // The first real run is real/, the others real-2/, real-3/, ...
+    let real_dirs: Vec<std::path::PathBuf> =
+        (1..=a.repeat).map(|i| if i == 1 { real_dir.clone() } else { out.join(format!("real-{i}")) }).collect();
+    for (i, dir) in real_dirs.iter().enumerate() {
+        println!("  real run {} of {} (in-process platform) ...", i + 1, a.repeat);
+        let target = fafnir_scenarios::real_run::Target {
+            gateway: None,
+            nats: real.nats.clone(),
+            redis: real.redis.clone(),
+            namespace: None,
+        };
+        let r = rt
+            .block_on(fafnir_scenarios::real_run::run(&scn, scn.seed, target, config_hash.clone(), "-".into(), None))
+            .map_err(RunError::Failed)?;
+        fafnir_scenarios::run::write_run_dir(dir, &r)
+            .map_err(|e| RunError::Failed(format!("{}: {e}", dir.display())))?;
+    }
     let knees = match &a.knee_rates {
         None => None,
         Some(rates) => {
@@ -2268,8 +2281,9 @@ fn fidelity_command(file: &std::path::Path, a: FidelityArgs, real: RealTarget) -
             Some(k)
         }
     };
-    let report = fidelity::compare(&sim_dir, &real_dir, knees, calibration.map(|c| c.display().to_string()))
+    let mut report = fidelity::compare(&sim_dir, &real_dir, knees, calibration.map(|c| c.display().to_string()))
         .map_err(RunError::Failed)?;
+    report.real_spread = fidelity::spread(&report.stages, &real_dirs).map_err(RunError::Failed)?;
     print!("{}", report.table());
     std::fs::write(out.join("fidelity.json"), serde_json::to_string_pretty(&report).expect("serializes"))
         .map_err(|e| RunError::Failed(format!("{}: {e}", out.display())))?;
