@@ -753,6 +753,8 @@ mod real_main {
     }
 
     pub async fn up(c: Common) -> Result<(), String> {
+        // Caught from here on: a stop sent while the services start is kept.
+        let stop = futures::FutureExt::shared(Box::pin(stop_signal()));
         let metrics = metrics_addr(&c, c.base_port)?;
         let (deps, _) = fafnir_scenarios::real::connect(config(&c)?).await?;
         fafnir_scenarios::real::check_can_listen(&listen_addrs(&deps.cfg))?;
@@ -778,7 +780,6 @@ mod real_main {
             println!("  engine-{i}  {e}  symbols {:?}", deps.cfg.engine_shards[i]);
         }
         serve_metrics(metrics, &deps, &fafnir_platform::services::DURABLES).await?;
-        let stop = futures::FutureExt::shared(Box::pin(stop_signal()));
         // Aborted when dropped: on every way out of `up`.
         let mut graphql = fafnir_platform::services::TaskGroup::default();
         if let Some(addr) = graphql_at {
@@ -872,18 +873,29 @@ mod real_main {
     /// container): a graceful stop. A process that is a container's PID 1
     /// has no default action for SIGTERM, so without this it would be killed
     /// only when the grace period ran out.
-    pub(super) async fn stop_signal() {
+    ///
+    /// Both signals are caught from this call on, not from the future's
+    /// first poll: `fafnir up` calls it before it starts its services, so a
+    /// SIGTERM sent as soon as the gateway answers (before the rest is set
+    /// up) is not lost. (It was: `docker stop` right after the health check
+    /// found the container PID 1 with no handler yet, and killed it after 10 s.)
+    /// Call it within a tokio runtime.
+    pub(super) fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    biased;
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let (interrupt, term) = (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok());
+        async move {
+            let next = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                biased;
+                _ = next(interrupt) => {}
+                _ = next(term) => {}
             }
         }
     }
@@ -1882,7 +1894,7 @@ fn worker_command(
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(fafnir_scenarios::worker::run(opts, real_main::stop_signal())) {
+    match rt.block_on(async { fafnir_scenarios::worker::run(opts, real_main::stop_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fafnir: {e}");
