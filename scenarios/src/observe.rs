@@ -192,6 +192,16 @@ fn le(bound: f64) -> String {
     }
 }
 
+/// Every series of `handle` at `t_s`, with the consumers' lag set first.
+/// Rendering and reading it back costs milliseconds of CPU: a real run does
+/// it off its runtime and without holding the recorder.
+pub fn snapshot(handle: &PrometheusHandle, t_s: u64, lags: &[(String, String, ConsumerLag)]) -> Vec<Sample> {
+    for (stream, consumer, lag) in lags {
+        telemetry::record_consumer_lag(stream, consumer, *lag);
+    }
+    samples(&handle.render(), t_s)
+}
+
 /// The metrics of one run over time: a sample of every series each second.
 #[derive(Clone, Debug, Default)]
 pub struct MetricsLog {
@@ -201,6 +211,22 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
+    /// The whole second to sample at, if one has passed since the last
+    /// sample (`elapsed` since the load started); it is then taken as done.
+    pub fn due(&mut self, elapsed: Duration) -> Option<u64> {
+        let t_s = elapsed.as_secs();
+        if t_s < self.next_s {
+            return None;
+        }
+        self.next_s = t_s + 1;
+        Some(t_s)
+    }
+
+    /// Adds one sample's series (from [`snapshot`]).
+    pub fn push(&mut self, taken: Vec<Sample>) {
+        self.samples.extend(taken);
+    }
+
     /// Samples `handle` if a whole second has passed since the last sample
     /// (`elapsed` since the load started), with the consumers' lag set first.
     pub fn sample_if_due(
@@ -209,15 +235,9 @@ impl MetricsLog {
         elapsed: Duration,
         lags: &[(String, String, ConsumerLag)],
     ) {
-        let t_s = elapsed.as_secs();
-        if t_s < self.next_s {
-            return;
+        if let Some(t_s) = self.due(elapsed) {
+            self.push(snapshot(handle, t_s, lags));
         }
-        self.next_s = t_s + 1;
-        for (stream, consumer, lag) in lags {
-            telemetry::record_consumer_lag(stream, consumer, *lag);
-        }
-        self.samples.extend(samples(&handle.render(), t_s));
     }
 
     /// Samples `handle` now, in the second after the last sample at the
@@ -383,6 +403,24 @@ mod tests {
         );
         assert!(s.iter().all(|s| s.t_s == 7));
         assert_eq!(s[2].value, 2.0);
+    }
+
+    #[test]
+    fn a_sample_is_due_once_each_whole_second_and_stored_when_pushed() {
+        let mut log = MetricsLog::default();
+        let ms = Duration::from_millis;
+        assert_eq!(log.due(ms(3)), Some(0));
+        // Taken as done when due: a second caller in the same second finds nothing due.
+        assert_eq!(log.due(ms(900)), None);
+        assert_eq!(log.due(ms(1_020)), Some(1));
+        // A late tick skips the seconds it missed rather than sampling each.
+        assert_eq!(log.due(ms(3_400)), Some(3));
+        assert_eq!(log.due(ms(3_999)), None);
+        assert!(log.samples.is_empty(), "nothing is stored until a sample is pushed");
+        let taken = samples("# TYPE a_total counter\na_total 4\n", 3);
+        log.push(taken.clone());
+        assert_eq!(log.samples, taken);
+        assert_eq!(log.series("a_total", &[]), vec![(3, 4.0)]);
     }
 
     #[test]

@@ -32,6 +32,26 @@ fn capacity_with(rates: &str, step: &str, extra: &[&str], out: &Path) -> (i32, S
     (o.status.code().expect("an exit code"), text(&o.stdout), text(&o.stderr))
 }
 
+/// A step's metrics.jsonl: every series sampled at the load's start and at
+/// its end (the real build samples on a thread of its own, off the load
+/// generator's runtime), the platform's with the consumers' lag among them.
+fn assert_metrics_sampled(dir: &Path) {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let samples: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seconds: std::collections::BTreeSet<u64> = samples.iter().map(|s| s["t_s"].as_u64().unwrap()).collect();
+    assert!(seconds.contains(&0) && seconds.len() >= 2, "{}: sampled at {seconds:?}", dir.display());
+    let at = |t: u64, name: &str| samples.iter().any(|s| s["t_s"] == t && s["name"] == name);
+    let last = *seconds.last().unwrap();
+    for (t, name) in [
+        (0, "fafnir_consumer_lag_messages"),
+        (0, "grpc_server_handled_total"),
+        (last, "fafnir_consumer_lag_messages"),
+        (last, "fafnir_orders_accepted_total"),
+    ] {
+        assert!(at(t, name), "{}: no {name} at {t} s", dir.display());
+    }
+}
+
 /// What every capacity directory holds, whatever the build.
 fn assert_capacity_dir(out: &Path, rates: &[u64]) -> serde_json::Value {
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("capacity.json")).unwrap()).unwrap();
@@ -58,6 +78,7 @@ fn assert_capacity_dir(out: &Path, rates: &[u64]) -> serde_json::Value {
         }
         let dir = out.join(step["run_dir"].as_str().unwrap());
         assert!(dir.join("summary.json").is_file() && dir.join("index.html").is_file(), "{}", dir.display());
+        assert_metrics_sampled(&dir);
     }
     // The knee is the highest step within, or none.
     let within: Vec<u64> =
