@@ -60,6 +60,8 @@ pub async fn run(mut opts: Options, stop: impl std::future::Future<Output = ()>)
         opts.sim_bin.display(),
         opts.ack_wait
     );
+    // A worker is a real process only: its stop signal never runs in a simulated world.
+    #[allow(clippy::disallowed_methods)]
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut slots = Vec::new();
     slots.push(tokio::spawn(report_given_up(queue.clone(), opts.name.clone(), rx.clone())));
