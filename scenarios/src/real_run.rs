@@ -311,14 +311,16 @@ async fn measure(
     // Unique per run, so a running platform can host many runs (and
     // within the 32 bytes of a username: "market-maker-0-12-4242r3").
     let users: Vec<String> = plan.iter().map(|(name, ..)| format!("{name}-{}r{nth}", std::process::id())).collect();
-    let agents = set_up_agents(scn, deps.cfg.addrs.gateway, &plan, &users, rec, deps.clock.clone()).await?.handles;
+    // Listening until this returns (the liveness phase hears fills settle): dropped then.
+    let set_up = set_up_agents(scn, deps.cfg.addrs.gateway, &plan, &users, rec, deps.clock.clone()).await?;
+    let agents = &set_up.handles;
     fafnir_platform::time::sleep(SUBSCRIPTIONS_SETTLE).await;
     let t0 = fafnir_platform::time::Instant::now();
     start_recording(rec, t0, deps.clock.now_ms());
     let ticker = progress.map(|report| tokio::spawn(tick(rec.clone(), t0, scn.duration, report)));
     let refresh = crate::observe::Refresh::of(deps.bus.clone(), &deps.cfg.names());
     let sampler = tokio::spawn(sample_metrics(rec.clone(), t0, refresh));
-    let load = match drive(scn, &agents, &plan, rec, t0).await {
+    let load = match drive(scn, agents, &plan, rec, t0).await {
         Ok(()) => liveness_phase(scn, deps).await,
         Err(crashed) => Err(crashed),
     };
@@ -332,7 +334,7 @@ async fn measure(
         let _ = ticker.await;
     }
     load?;
-    let mut input = run::gather(deps.bus.as_ref(), &deps.cfg, &agents).await.map_err(run::Stopped::from_error)?;
+    let mut input = run::gather(deps.bus.as_ref(), &deps.cfg, agents).await.map_err(run::Stopped::from_error)?;
     let recorder = snapshot(rec);
     input.hostile = recorder.hostile.clone();
     Ok(run::finish(scn, meta, recorder, &input))
@@ -347,8 +349,20 @@ pub(crate) struct Agents {
     /// In the order of the plan they were set up from.
     pub(crate) handles: Vec<Arc<AgentHandle>>,
     /// The tasks that follow their execution reports and market data: they
-    /// run (reconnecting when a stream breaks) until aborted.
+    /// run (reconnecting when a stream breaks) until aborted, which dropping
+    /// the agents does.
     pub(crate) listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Agents {
+    /// A listener outlives its run otherwise: a dropped JoinHandle detaches
+    /// its task, and an execution follower retries a stopped gateway every
+    /// 100 ms for as long as the process lives (each capacity step, fidelity
+    /// repeat or calibration run left all its agents doing so, spending the
+    /// load generator's CPU in every later step).
+    fn drop(&mut self) {
+        self.listeners.iter().for_each(|l| l.abort());
+    }
 }
 
 /// Registers each agent of `plan` at the gateway as the user of the same
@@ -373,8 +387,7 @@ pub(crate) async fn set_up_agents(
         let handle = match AgentHandle::setup(gateway, user, pop.cash_cents, &pop.holdings).await {
             Ok(handle) => handle,
             Err(e) => {
-                // Stop the listeners already started: a worker outlives a failed share.
-                agents.listeners.iter().for_each(|l| l.abort());
+                // Dropping them stops the listeners already started: a worker outlives a failed share.
                 return Err(run::Stopped::Liveness(format!("liveness: the set-up of {name} failed: {e}")));
             }
         };
@@ -490,5 +503,33 @@ async fn tick(rec: Arc<Mutex<Recorder>>, t0: fafnir_platform::time::Instant, dur
         every.tick().await;
         let p = Progress::read(&rec.lock().expect("recorder"), RunClock::Wall, t0.elapsed(), duration);
         report(&p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Agents;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn dropping_a_runs_agents_stops_their_listeners() {
+        // A listener holds its share of `alive` for as long as its task lives.
+        let alive = Arc::new(());
+        let held = alive.clone();
+        let listener = tokio::spawn(async move {
+            let _held = held;
+            futures::future::pending::<()>().await
+        });
+        let agents = Agents { handles: Vec::new(), listeners: vec![listener] };
+        tokio::task::yield_now().await;
+        assert_eq!(Arc::strong_count(&alive), 2, "the listener runs while the agents do");
+        drop(agents);
+        for _ in 0..100 {
+            if Arc::strong_count(&alive) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(Arc::strong_count(&alive), 1, "the listener outlived its run's agents");
     }
 }

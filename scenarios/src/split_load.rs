@@ -297,15 +297,15 @@ pub async fn run_share(job: &LoadJob) -> Result<LoadedShare, String> {
     let clock: Arc<dyn fafnir_platform::clock::Clock> = Arc::new(crate::real::SystemClock);
     let set_up_at = fafnir_platform::time::Instant::now();
     let rec = Arc::new(Mutex::new(Recorder::new(set_up_at)));
-    let agents = real_run::set_up_agents(&scn, gateway, &plan, &users, &rec, clock.clone())
+    let mut agents = real_run::set_up_agents(&scn, gateway, &plan, &users, &rec, clock.clone())
         .await
         .map_err(|s| at(stopped_text(s)))?;
     let mut share = LoadedShare {
         run_id: job.run_id.clone(),
         shares: job.shares,
         users,
-        handles: agents.handles,
-        listeners: agents.listeners,
+        handles: std::mem::take(&mut agents.handles),
+        listeners: std::mem::take(&mut agents.listeners),
         rec,
         figures: ShareFigures {
             share: job.share,
