@@ -354,6 +354,13 @@ pub(crate) struct Agents {
     pub(crate) listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Agents {
+    /// Stops the listeners: nothing reaches the agents' state any more.
+    pub(crate) fn stop_listening(&mut self) {
+        self.listeners.drain(..).for_each(|l| l.abort());
+    }
+}
+
 impl Drop for Agents {
     /// A listener outlives its run otherwise: a dropped JoinHandle detaches
     /// its task, and an execution follower retries a stopped gateway every
@@ -361,7 +368,7 @@ impl Drop for Agents {
     /// repeat or calibration run left all its agents doing so, spending the
     /// load generator's CPU in every later step).
     fn drop(&mut self) {
-        self.listeners.iter().for_each(|l| l.abort());
+        self.stop_listening();
     }
 }
 

@@ -186,8 +186,8 @@ pub struct LoadedShare {
     run_id: String,
     shares: u32,
     users: Vec<String>,
-    handles: Vec<Arc<driver::AgentHandle>>,
-    listeners: Vec<tokio::task::JoinHandle<()>>,
+    /// Their listeners stop when the agents are dropped.
+    agents: real_run::Agents,
     rec: Arc<Mutex<Recorder>>,
     figures: ShareFigures,
     bucket_ms: u64,
@@ -297,15 +297,14 @@ pub async fn run_share(job: &LoadJob) -> Result<LoadedShare, String> {
     let clock: Arc<dyn fafnir_platform::clock::Clock> = Arc::new(crate::real::SystemClock);
     let set_up_at = fafnir_platform::time::Instant::now();
     let rec = Arc::new(Mutex::new(Recorder::new(set_up_at)));
-    let mut agents = real_run::set_up_agents(&scn, gateway, &plan, &users, &rec, clock.clone())
+    let agents = real_run::set_up_agents(&scn, gateway, &plan, &users, &rec, clock.clone())
         .await
         .map_err(|s| at(stopped_text(s)))?;
     let mut share = LoadedShare {
         run_id: job.run_id.clone(),
         shares: job.shares,
         users,
-        handles: std::mem::take(&mut agents.handles),
-        listeners: std::mem::take(&mut agents.listeners),
+        agents,
         rec,
         figures: ShareFigures {
             share: job.share,
@@ -340,7 +339,7 @@ pub async fn run_share(job: &LoadJob) -> Result<LoadedShare, String> {
     let t0 = fafnir_platform::time::Instant::now();
     let t0_clock_ms = clock.now_ms();
     real_run::start_recording(&share.rec, t0, t0_clock_ms);
-    real_run::drive(&scn, &share.handles, &plan, &share.rec, t0).await.map_err(|s| at(stopped_text(s)))?;
+    real_run::drive(&scn, &share.agents.handles, &plan, &share.rec, t0).await.map_err(|s| at(stopped_text(s)))?;
     let r = share.rec.lock().expect("recorder");
     share.figures = ShareFigures {
         submitted: r.counts.submitted,
@@ -396,16 +395,14 @@ impl LoadedShare {
     /// Stops the agents' listeners and returns what the share measured and
     /// what its agents saw. Take it once the platform has quiesced.
     pub fn result(mut self) -> ShareResult {
-        for l in self.listeners.drain(..) {
-            l.abort();
-        }
+        self.agents.stop_listening();
         let rec = {
             // Taken, not copied: nothing records into it any more.
             let mut r = self.rec.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *r, Recorder::new(fafnir_platform::time::Instant::now()))
         };
         let mut views: Vec<AgentView> =
-            self.handles.iter().map(|h| h.state.lock().expect("agent state").view()).collect();
+            self.agents.handles.iter().map(|h| h.state.lock().expect("agent state").view()).collect();
         drop_repeated_market_data(&mut views);
         let agents = std::mem::take(&mut self.users)
             .into_iter()
@@ -457,14 +454,6 @@ fn drop_repeated_market_data(views: &mut [AgentView]) {
             trades.retain(|t| seen.insert(*t));
         }
         v.received.trades.retain(|_, trades| !trades.is_empty());
-    }
-}
-
-impl Drop for LoadedShare {
-    fn drop(&mut self) {
-        for l in &self.listeners {
-            l.abort();
-        }
     }
 }
 
